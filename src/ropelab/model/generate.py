@@ -1,0 +1,94 @@
+"""Autoregressive decoding: greedy, temperature, top-k and top-p (nucleus) sampling.
+
+With ``use_cache=True`` the prompt is prefilled once and each new token costs one single-token
+forward against the KV cache; ``use_cache=False`` recomputes the whole sequence every step. Both
+paths draw from the same seeded generator, so they give the same tokens (tested for every method).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from ropelab.errors import RopelabError
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+    """Pick the next token from ``[B, vocab]`` logits; ``temperature == 0`` is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.to(torch.float32) / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass before it already reaches top_p (the first token always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if max_new_tokens < 0:
+        raise RopelabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise RopelabError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise RopelabError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise RopelabError(f"top_p must be in (0, 1], got {top_p}")
+
+
+@torch.no_grad()
+def stream(
+    model,
+    input_ids,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[Tensor]:
+    """Yield the next token ids ``[B]`` one step at a time."""
+    _validate(max_new_tokens, temperature, top_k, top_p)
+    ids = torch.as_tensor(input_ids, dtype=torch.long, device=model.embed_tokens.weight.device)
+    if ids.dim() == 1:
+        ids = ids[None]
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=ids.device)
+        generator.manual_seed(0 if seed is None else seed)
+    cache = model.new_cache() if use_cache else None
+    logits = model(ids, cache=cache)[:, -1]
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for step in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        yield token
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            return
+        if use_cache:
+            logits = model(token[:, None], cache=cache)[:, -1]
+        else:
+            ids = torch.cat((ids, token[:, None]), dim=1)
+            logits = model(ids)[:, -1]
+
+
+def generate(model, input_ids, max_new_tokens: int, **kwargs) -> Tensor:
+    """The new tokens ``[B, n]`` (``n <= max_new_tokens``; shorter if every row hit ``eos_id``)."""
+    tokens = list(stream(model, input_ids, max_new_tokens, **kwargs))
+    if not tokens:
+        ids = torch.as_tensor(input_ids)
+        return torch.zeros((1 if ids.dim() == 1 else ids.shape[0], 0), dtype=torch.long)
+    return torch.stack(tokens, dim=1)

@@ -1,0 +1,309 @@
+"""A Llama-family decoder (Touvron et al. 2023): RMSNorm, SwiGLU, grouped-query attention,
+optional q/k/v biases (Qwen2), tied or untied embeddings.
+
+Parameter names follow Hugging Face's ``LlamaForCausalLM`` (minus the ``model.`` prefix), so HF
+weights load by name. The position encoding is one module, ``self.pe``, reached only through
+:class:`~ropelab.pe.base.PositionEncoding`'s hooks: rotation tables, an additive bias, an input
+embedding. The model never looks at a method's name.
+
+Attention uses ``scaled_dot_product_attention``. RoPE-family methods pass no mask (``is_causal``),
+so no ``[T, T]`` float matrix is built; bias methods (ALiBi, KERPLE, FIRE) need their bias as a
+float mask, which is ``O(T^2)`` by nature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ropelab import pe as pe_registry
+from ropelab.errors import RopelabError
+from ropelab.model.config import ModelConfig
+from ropelab.pe.base import PEContext, PositionEncoding, Rotation, apply_rotary
+
+
+def _sdpa_supports_gqa() -> bool:
+    q = torch.zeros(1, 2, 1, 2)
+    kv = torch.zeros(1, 1, 1, 2)
+    try:
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+    except (TypeError, RuntimeError):
+        return False
+    return True
+
+
+_SDPA_GQA = _sdpa_supports_gqa()
+
+
+class RMSNorm(nn.Module):
+    """Zhang & Sennrich 2019; normalises in float32 like HF Llama, scales in the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys/values of every layer for the tokens seen so far, and their positions.
+
+    Keys are stored rotated, except for encodings whose rotation depends on the input length
+    (dynamic NTK): those keep raw keys and rotate all of them with the current table at each
+    step, so layer 0 matches a full recompute exactly. (Deeper layers' cached keys/values were
+    computed under the earlier length's angles; no cache can avoid that for dynamic NTK.)
+    """
+
+    n_layers: int
+    keys: list[Tensor | None] = field(default_factory=list)
+    values: list[Tensor | None] = field(default_factory=list)
+    positions: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.keys = [None] * self.n_layers
+        self.values = [None] * self.n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.positions is None else int(self.positions.shape[1])
+
+    def update(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        if self.keys[layer] is not None:
+            key = torch.cat((self.keys[layer], key), dim=2)
+            value = torch.cat((self.values[layer], value), dim=2)
+        self.keys[layer], self.values[layer] = key, value
+        return key, value
+
+
+@dataclass
+class AttentionInputs:
+    """What every layer needs from the position encoding for one forward pass."""
+
+    q_rotation: Rotation | None
+    k_rotation: Rotation | None
+    rotate_cached_keys: bool
+    q_positions: Tensor
+    k_positions: Tensor
+    causal_mask: Tensor | None  # bool [Tq, Tk]; None means "plain causal" or "no mask needed"
+    is_causal: bool
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.layout = config.rope_layout
+        self.q_proj = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(
+        self, x: Tensor, layer: int, pe: PositionEncoding, inputs: AttentionInputs, cache: KVCache | None
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if inputs.q_rotation is not None:
+            q = apply_rotary(q, inputs.q_rotation, self.layout)
+            if not inputs.rotate_cached_keys:
+                k = apply_rotary(k, inputs.k_rotation, self.layout)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if inputs.rotate_cached_keys:
+            k = apply_rotary(k, inputs.k_rotation, self.layout)
+
+        mask = None
+        bias = pe.attention_bias(layer, inputs.q_positions, inputs.k_positions)
+        if bias is not None:
+            if inputs.causal_mask is not None or inputs.is_causal:
+                allowed = inputs.causal_mask if inputs.causal_mask is not None else _causal(T, k.shape[2], x.device)
+                bias = bias.masked_fill(~allowed, float("-inf"))
+            mask = bias.to(q.dtype)
+        elif inputs.causal_mask is not None:
+            mask = inputs.causal_mask
+        is_causal = inputs.is_causal and mask is None
+
+        if self.n_kv_heads != self.n_heads and not _SDPA_GQA:
+            repeat = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        gqa = {"enable_gqa": True} if _SDPA_GQA and self.n_kv_heads != self.n_heads else {}
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def _causal(q_len: int, k_len: int, device) -> Tensor:
+    """Bool ``[q_len, k_len]``: query i (the last q_len of k_len tokens) sees keys 0..past+i."""
+    past = k_len - q_len
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(config.hidden_dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, layer, pe, inputs, cache):
+        x = x + self.self_attn(self.input_layernorm(x), layer, pe, inputs, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """The decoder. ``model(input_ids)`` returns logits ``[batch, seq, vocab]``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self._init_weights()
+        self.pe = self._build_pe(config.pe)
+
+    # -- construction --------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        """N(0, init_std); residual projections scaled by 1/sqrt(2*n_layers) (GPT-2)."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj", "down_proj")) else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def pe_context(self) -> PEContext:
+        c = self.config
+        return PEContext(
+            head_dim=c.head_dim,
+            n_heads=c.n_heads,
+            train_len=c.train_len,
+            rope_base=c.rope_base,
+            dim=c.dim,
+            n_layers=c.n_layers,
+        )
+
+    def _build_pe(self, spec: str) -> PositionEncoding:
+        encoding = pe_registry.build(spec, self.pe_context())
+        device = self.embed_tokens.weight.device
+        return encoding.to(device)
+
+    def with_method(self, spec: str) -> Transformer:
+        """Switch the position method in place, keeping the weights; returns ``self``.
+
+        Methods with learned parameters (learned, KERPLE, FIRE) are freshly initialised when
+        switched to, so switching makes sense between parameter-free methods (the RoPE family,
+        NoPE, ALiBi) or onto a model trained with that method.
+        """
+        self.pe = self._build_pe(spec)
+        self.config.pe = self.pe.spec
+        return self
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    # -- forward -------------------------------------------------------------------------------
+    def _attention_inputs(self, positions: Tensor, T: int, cache: KVCache | None) -> AttentionInputs:
+        past = cache.length if cache is not None else 0
+        k_positions = positions if past == 0 else torch.cat((cache.positions, positions), dim=1)
+        pe = self.pe
+        rotate_cached = pe.rotation_depends_on_length
+        if rotate_cached:  # one table for all keys, queries take its tail
+            k_rot = pe.rotation(k_positions)
+            q_rot = None if k_rot is None else Rotation(k_rot.cos[:, past:], k_rot.sin[:, past:])
+        else:
+            q_rot = pe.rotation(positions)
+            k_rot = q_rot
+        if past == 0:
+            causal_mask, is_causal = None, T > 1
+        elif T == 1:
+            causal_mask, is_causal = None, False
+        else:
+            causal_mask, is_causal = _causal(T, past + T, positions.device), False
+        return AttentionInputs(q_rot, k_rot, rotate_cached, positions, k_positions, causal_mask, is_causal)
+
+    def _check_positions(self, input_ids: Tensor, positions: Tensor | None, cache: KVCache | None) -> Tensor:
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if positions is None:
+            return torch.arange(past, past + T, device=input_ids.device)[None]
+        positions = torch.as_tensor(positions, device=input_ids.device)
+        if positions.dim() == 1:
+            positions = positions[None]
+        if positions.dim() not in (2, 3) or positions.shape[1] != T or positions.shape[0] not in (1, B):
+            raise RopelabError(
+                f"positions must have shape [batch or 1, {T}] or [batch or 1, {T}, levels], got {tuple(positions.shape)}"
+            )
+        if positions.is_floating_point() and positions.dtype not in (torch.float32, torch.float64):
+            raise RopelabError("positions must be integers or float32/float64 (never fp16/bf16)")
+        if positions.numel() and positions.min() < 0:
+            raise RopelabError("positions must be non-negative")
+        if cache is not None and cache.positions is not None and cache.positions.shape[2:] != positions.shape[2:]:
+            raise RopelabError("positions must have the same number of levels as the cached ones")
+        return positions
+
+    def hidden_states(self, input_ids: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Final normed hidden states ``[B, T, dim]``; the cache (if any) is extended in place."""
+        if input_ids.dim() != 2:
+            raise RopelabError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        T = input_ids.shape[1]
+        if T == 0:
+            raise RopelabError("input_ids is empty")
+        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
+            raise RopelabError(f"token ids must be in 0..{self.config.vocab_size - 1}")
+        positions = self._check_positions(input_ids, positions, cache)
+        inputs = self._attention_inputs(positions, T, cache)
+        x = self.embed_tokens(input_ids)
+        extra = self.pe.input_embedding(positions)
+        if extra is not None:
+            x = x + extra.to(x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, i, self.pe, inputs, cache)
+        if cache is not None:
+            cache.positions = inputs.k_positions
+        return self.norm(x)
+
+    def forward(self, input_ids: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        return self.lm_head(self.hidden_states(input_ids, positions, cache))
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layers)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, **kwargs) -> Tensor:
+        """Shorthand for :func:`ropelab.model.generate.generate`."""
+        from ropelab.model.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)

@@ -1,0 +1,146 @@
+"""The position-encoding registry.
+
+A method is named by a spec string ``NAME[:key=value,...]``; methods compose with ``+``:
+
+    rope                       plain RoPE
+    hope                       HoPE (drops frequencies with period > train length)
+    yarn:factor=4              RoPE + YaRN (a transform alone applies to ``rope``)
+    hope+pi:factor=4           HoPE, then Position Interpolation at inference
+    alibi                      ALiBi (a bias method: no transforms allowed)
+
+``build(spec, ctx)`` returns a :class:`~ropelab.pe.base.PositionEncoding` module; the model only
+ever talks to that interface. ``methods()`` lists every registered method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ropelab.errors import SpecError
+from ropelab.pe import alibi, fire, hope, kerple, learned, nope, rope, scaling, yarn
+from ropelab.pe.base import (
+    MethodInfo,
+    Param,
+    PEContext,
+    PositionEncoding,
+    Rotation,
+    apply_rotary,
+)
+from ropelab.pe.rope import FrequencyPlan, RotaryEncoding
+
+__all__ = [
+    "FrequencyPlan",
+    "MethodInfo",
+    "PEContext",
+    "Param",
+    "PositionEncoding",
+    "RotaryEncoding",
+    "Rotation",
+    "apply_rotary",
+    "build",
+    "get_method",
+    "methods",
+    "parse_spec",
+]
+
+_REGISTRY: dict[str, MethodInfo] = {}
+for _module in (rope, hope, scaling, yarn, nope, learned, alibi, kerple, fire):
+    for _info in _module.METHODS:
+        _REGISTRY[_info.name] = _info
+
+
+def methods() -> list[MethodInfo]:
+    """Every registered method, in registry order."""
+    return list(_REGISTRY.values())
+
+
+def get_method(name: str) -> MethodInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SpecError(f"unknown position method {name!r}; known methods: {', '.join(_REGISTRY)}") from None
+
+
+@dataclass(frozen=True)
+class SpecPart:
+    info: MethodInfo
+    params: dict
+
+    def canonical(self) -> str:
+        defaults = {p.name: p for p in self.info.params}
+        given = {k: v for k, v in self.params.items() if defaults[k].always_show or v != defaults[k].default}
+        if not given:
+            return self.info.name
+        values = ",".join(f"{k}={_format(v)}" for k, v in given.items())
+        return f"{self.info.name}:{values}"
+
+
+def _format(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def parse_spec(spec: str) -> list[SpecPart]:
+    """Parse and validate ``NAME[:k=v,...]+NAME...``; a lone transform is prefixed with ``rope``.
+
+    Rules: at most one base encoding, and it comes first; transforms (pi, ntk, dynamic-ntk, yarn)
+    only follow a RoPE-family base.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError("empty position method; give a spec such as 'rope' or 'hope+yarn:factor=2'")
+    parts: list[SpecPart] = []
+    for chunk in spec.strip().split("+"):
+        chunk = chunk.strip()
+        if not chunk:
+            raise SpecError(f"malformed spec {spec!r}: empty method between '+' signs")
+        name, _, arg_text = chunk.partition(":")
+        info = get_method(name.strip().lower())
+        given: dict[str, str] = {}
+        if arg_text.strip():
+            for item in arg_text.split(","):
+                key, eq, value = item.partition("=")
+                if not eq or not key.strip() or not value.strip():
+                    raise SpecError(f"{info.name}: malformed parameter {item.strip()!r}; write key=value")
+                if key.strip() in given:
+                    raise SpecError(f"{info.name}: parameter {key.strip()!r} given twice")
+                given[key.strip()] = value.strip()
+        parts.append(SpecPart(info, info.resolve(given)))
+
+    if parts[0].info.kind == "transform":
+        parts.insert(0, SpecPart(_REGISTRY["rope"], _REGISTRY["rope"].resolve({})))
+    base, rest = parts[0], parts[1:]
+    for part in rest:
+        if part.info.kind != "transform":
+            raise SpecError(
+                f"{part.info.name!r} cannot be composed after {base.info.name!r}: only one base encoding per spec, "
+                "followed by RoPE transforms (pi, ntk, dynamic-ntk, yarn)"
+            )
+        if base.info.kind != "rotary":
+            raise SpecError(
+                f"{part.info.name!r} rescales RoPE frequencies, but {base.info.name!r} has none; "
+                "compose it with a RoPE-family method (rope, hope, hope-ab1, hope-ab2, hope-ab3)"
+            )
+    return parts
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec with defaults dropped and names normalised (``rope+yarn:factor=2`` -> same)."""
+    return "+".join(part.canonical() for part in parse_spec(spec))
+
+
+def build(spec: str, ctx: PEContext) -> PositionEncoding:
+    """Build the encoding named by ``spec`` for a model described by ``ctx``."""
+    parts = parse_spec(spec)
+    base = parts[0]
+    canonical = "+".join(part.canonical() for part in parts)
+    if base.info.kind == "rotary":
+        plan = base.info.factory(ctx, **base.params)
+        transforms = [part.info.factory(**part.params) for part in parts[1:]]
+        encoding = RotaryEncoding(ctx, canonical, plan, transforms)
+    else:
+        encoding = base.info.factory(ctx, canonical, **base.params)
+    encoding.info = base.info
+    return encoding

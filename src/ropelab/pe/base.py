@@ -1,0 +1,202 @@
+"""The one interface between a model and its position encoding.
+
+A position encoding may provide any of three things, and the model asks for all three without
+ever branching on a method's name:
+
+* ``rotation(positions)`` -> :class:`Rotation`: cos/sin tables (float32, built from per-token
+  positions and per-frequency angles) that rotate queries and keys -- RoPE and its relatives.
+  Positions may be ``[B, T]`` (one index per token) or ``[B, T, levels]`` (a position vector per
+  token); in the second case ``frequency_level[j]`` says which level frequency ``j`` reads
+  (HiRoPE).
+* ``attention_bias(layer, q_pos, k_pos)`` -> an additive ``[B|1, H, Tq, Tk]`` bias on the
+  pre-softmax logits (ALiBi, KERPLE, FIRE).
+* ``input_embedding(positions)`` -> ``[B|1, T, dim]`` added to token embeddings (learned APE).
+
+Methods whose scores cannot be written as rotated-q . rotated-k plus a bias (ReRoPE, Self-Extend,
+HiRoPE's window) will add a fourth, optional hook: a score function the attention layer calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ropelab.errors import RopelabError, SpecError
+
+LAYOUTS = ("half", "interleaved")
+
+
+@dataclass(frozen=True)
+class PEContext:
+    """What an encoding may know about the model it serves (fixed at construction).
+
+    ``train_len`` is the checkpoint's training length: it is never derived from the current input.
+    """
+
+    head_dim: int
+    n_heads: int
+    train_len: int
+    rope_base: float = 10000.0
+    dim: int | None = None  # model width; needed only by encodings that add input embeddings
+    n_layers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise RopelabError(f"head_dim must be a positive even number, got {self.head_dim}")
+        if self.train_len <= 0:
+            raise RopelabError(f"train_len must be positive, got {self.train_len}")
+        if self.n_heads <= 0:
+            raise RopelabError(f"n_heads must be positive, got {self.n_heads}")
+        if not self.rope_base > 1.0:
+            raise RopelabError(f"rope base must be > 1, got {self.rope_base}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method: its type, default and allowed range."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None  # inclusive
+    maximum: float | None = None  # inclusive
+    exclusive_minimum: bool = False
+    always_show: bool = False  # keep in the canonical spec even at its default (e.g. factor)
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        lo = hi = None
+        if self.minimum is not None:
+            lo = f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
+        if self.maximum is not None:
+            hi = f"<= {self.maximum:g}"
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[self.type]
+        return " ".join(x for x in (kind, lo, "and" if lo and hi else None, hi) if x)
+
+    def parse(self, method: str, raw: str | Any) -> Any:
+        """Convert and validate one value; the error names the method, key and allowed values."""
+        value = raw
+        try:
+            if isinstance(raw, str):
+                if self.type is bool:
+                    low = raw.strip().lower()
+                    if low not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    value = low in ("true", "1", "yes")
+                elif self.type is int:
+                    as_float = float(raw)
+                    if not as_float.is_integer():
+                        raise ValueError
+                    value = int(as_float)
+                else:
+                    value = self.type(raw)
+            elif self.type is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+                value = float(raw)
+            elif not isinstance(raw, self.type) or (self.type is int and isinstance(raw, bool)):
+                raise ValueError
+        except ValueError:
+            raise SpecError(
+                f"{method}: {self.name}={raw!r} is not valid; {self.name} must be {self.allowed()}"
+            ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{method}: {self.name} must be finite, got {raw!r}")
+        bad = (
+            (self.choices is not None and value not in self.choices)
+            or (
+                self.minimum is not None
+                and (value < self.minimum or (self.exclusive_minimum and value == self.minimum))
+            )
+            or (self.maximum is not None and value > self.maximum)
+        )
+        if bad:
+            raise SpecError(f"{method}: {self.name}={raw!r} is out of range; {self.name} must be {self.allowed()}")
+        return value
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registry entry: what a method is called, what it does and which parameters it takes."""
+
+    name: str
+    family: str  # rope | scaling | absolute | bias | none
+    kind: str  # "rotary" (a RoPE-family base), "transform" (rescales RoPE frequencies), "encoding"
+    description: str
+    paper: str
+    params: tuple[Param, ...] = ()
+    factory: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+
+    def resolve(self, given: dict[str, str | Any]) -> dict[str, Any]:
+        """Validate user-given values and fill defaults; unknown keys list the allowed ones."""
+        known = {p.name: p for p in self.params}
+        for key in given:
+            if key not in known:
+                allowed = ", ".join(known) if known else "none"
+                raise SpecError(f"{self.name}: unknown parameter {key!r}; allowed parameters: {allowed}")
+        return {name: (p.parse(self.name, given[name]) if name in given else p.default) for name, p in known.items()}
+
+
+@dataclass
+class Rotation:
+    """cos/sin tables ``[B|1, T, head_dim/2]`` in float32, already scaled by the attention factor."""
+
+    cos: Tensor
+    sin: Tensor
+
+
+def apply_rotary(x: Tensor, rotation: Rotation, layout: str = "half") -> Tensor:
+    """Rotate ``x`` of shape ``[B, H, T, head_dim]`` by the tables in ``rotation``.
+
+    ``half`` (HF Llama): frequency j lives in channels j and j + d/2.
+    ``interleaved`` (Meta/llama2.c/GGUF): frequency j lives in channels 2j and 2j + 1.
+    The tables are float32; they are cast to ``x``'s dtype only for the final multiply.
+    """
+    cos = rotation.cos.unsqueeze(1).to(x.dtype)
+    sin = rotation.sin.unsqueeze(1).to(x.dtype)
+    if layout == "half":
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    if layout == "interleaved":
+        pairs = x.unflatten(-1, (-1, 2))
+        x1, x2 = pairs[..., 0], pairs[..., 1]
+        return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    raise RopelabError(f"unknown rotary layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+
+
+def relative_distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """``q - k`` as float32 ``[B|1, 1, Tq, Tk]`` from positions ``[B|1, Tq]`` and ``[B|1, Tk]``."""
+    return q_pos.to(torch.float32)[:, None, :, None] - k_pos.to(torch.float32)[:, None, None, :]
+
+
+class PositionEncoding(nn.Module):
+    """Base class: every hook returns ``None`` (that is NoPE)."""
+
+    info: ClassVar[MethodInfo]
+    #: True when the rotation of a position changes with the input length (dynamic NTK): the KV
+    #: cache then keeps keys unrotated and rotates all of them with the current table each step.
+    rotation_depends_on_length: bool = False
+
+    def __init__(self, ctx: PEContext, spec: str) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.spec = spec
+
+    def rotation(self, positions: Tensor) -> Rotation | None:
+        return None
+
+    def attention_bias(self, layer: int, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        return None
+
+    def input_embedding(self, positions: Tensor) -> Tensor | None:
+        return None
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}"

@@ -1,0 +1,77 @@
+"""FIRE -- Li et al. 2024, "Functional Interpolation for Relative Positions Improves Long Context
+Transformers" (ICLR 2024, arXiv 2310.04418), Section 3, Eq. (4)-(6).
+
+The bias of query ``i`` and key ``j`` is ``f(psi(i - j) / psi(max(i, L_thr)))`` where
+``psi(x) = log(c*x + 1)`` with learned ``c`` (init 0.1), ``L_thr = |multiplier * init_L|`` a learned
+threshold (init ``init_L`` = 512 as in the paper's code; ``init_L=0`` uses the training length) and
+``f`` a small MLP
+``1 -> width -> n_heads`` with ReLU (width 32). Dividing by ``psi(max(i, L_thr))`` maps every
+distance into [0, 1], which is what lets FIRE generalise to longer inputs ("progressive
+interpolation"). Parameterisation follows the paper's appendix code. Each layer has its own FIRE
+by default; ``shared=true`` uses one for all layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding, relative_distance
+
+FIRE_PAPER = "Li et al. 2024, Functional Interpolation for Relative Positions Improves Long Context Transformers (arXiv 2310.04418)"
+
+
+class FireBias(nn.Module):
+    """One FIRE function (``f``, ``c`` and the threshold) producing a bias for every head."""
+
+    def __init__(self, n_heads: int, width: int, init_c: float, init_L: float, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, width), nn.ReLU(), nn.Linear(width, n_heads))
+        self.c = nn.Parameter(torch.tensor(float(init_c)))
+        self.register_buffer("init_L", torch.tensor(float(init_L)))
+        self.L_multiplier = nn.Parameter(torch.tensor(1.0))
+        self.eps = eps
+
+    def forward(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        distance = relative_distance(q_pos, k_pos).clamp(min=0)[:, 0]  # [B|1, Tq, Tk]; future keys are masked anyway
+        threshold = (self.L_multiplier * self.init_L).abs()
+        normaliser = torch.maximum(q_pos.to(torch.float32), threshold)[:, :, None]
+        normalised = torch.log(torch.abs(self.c * distance) + 1) / (
+            torch.log(torch.abs(self.c * normaliser) + 1) + self.eps
+        )
+        return self.mlp(normalised.unsqueeze(-1)).permute(0, 3, 1, 2)  # [B|1, H, Tq, Tk]
+
+
+class Fire(PositionEncoding):
+    def __init__(self, ctx: PEContext, spec: str, width: int, init_c: float, init_L: float, shared: bool) -> None:
+        super().__init__(ctx, spec)
+        sets = 1 if shared else ctx.n_layers
+        self.shared = shared
+        self.functions = nn.ModuleList(FireBias(ctx.n_heads, width, init_c, init_L) for _ in range(sets))
+
+    def attention_bias(self, layer: int, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        return self.functions[0 if self.shared else layer](q_pos, k_pos)
+
+
+def _build(ctx: PEContext, spec: str, width: int, init_c: float, init_L: float, shared: bool) -> Fire:
+    return Fire(ctx, spec, width, init_c, init_L or float(ctx.train_len), shared)
+
+
+METHODS = [
+    MethodInfo(
+        name="fire",
+        family="bias",
+        kind="encoding",
+        description="FIRE: learned MLP of log-normalised relative distance, per head.",
+        paper=FIRE_PAPER,
+        params=(
+            Param("width", int, 32, "hidden width of the MLP", minimum=1),
+            Param(
+                "init_c", float, 0.1, "initial value of the log-transform scale c", minimum=0.0, exclusive_minimum=True
+            ),
+            Param("init_L", float, 512.0, "initial threshold L; 0 = the training length", minimum=0.0),
+            Param("shared", bool, False, "one FIRE for all layers instead of one per layer"),
+        ),
+        factory=_build,
+    )
+]

@@ -1,0 +1,54 @@
+"""Learned absolute position embeddings -- Vaswani et al. 2017 ("Attention Is All You Need",
+Section 3.5 mentions the learned variant) as used by GPT-2 (Radford et al. 2019): a trainable
+``[max_len, dim]`` table added to the token embeddings, initialised N(0, 0.02) like GPT-2.
+
+A learned table has no entries past ``max_len`` (default: the training length): asking for a
+later position raises a clear error instead of indexing out of range. It cannot extrapolate.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ropelab.errors import RopelabError
+from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding
+
+
+class LearnedAbsolute(PositionEncoding):
+    def __init__(self, ctx: PEContext, spec: str, max_len: int) -> None:
+        super().__init__(ctx, spec)
+        if ctx.dim is None:
+            raise RopelabError("learned: the model width (dim) is needed to build the embedding table")
+        self.max_len = max_len or ctx.train_len
+        self.table = nn.Embedding(self.max_len, ctx.dim)
+        nn.init.normal_(self.table.weight, mean=0.0, std=0.02)
+
+    def input_embedding(self, positions: Tensor) -> Tensor:
+        if positions.dim() != 2:
+            raise RopelabError("learned: positions must be one index per token ([batch, seq])")
+        top = int(positions.max().item()) if positions.numel() else 0
+        if top >= self.max_len or (positions.numel() and int(positions.min().item()) < 0):
+            raise RopelabError(
+                f"learned: position {top} is outside the learned table (positions 0..{self.max_len - 1}); "
+                "learned absolute embeddings cannot extrapolate -- use inputs of at most "
+                f"{self.max_len} tokens"
+            )
+        return self.table(positions.to(torch.long))
+
+
+def _build(ctx: PEContext, spec: str, max_len: int) -> LearnedAbsolute:
+    return LearnedAbsolute(ctx, spec, max_len)
+
+
+METHODS = [
+    MethodInfo(
+        name="learned",
+        family="absolute",
+        kind="encoding",
+        description="Learned absolute position embeddings added to the input (GPT-2 style).",
+        paper="Vaswani et al. 2017, Attention Is All You Need (arXiv 1706.03762); Radford et al. 2019 (GPT-2)",
+        params=(Param("max_len", int, 0, "table size; 0 = the training length", minimum=0),),
+        factory=_build,
+    )
+]

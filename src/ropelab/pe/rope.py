@@ -1,0 +1,153 @@
+"""RoPE -- Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding".
+
+Eq. (14)-(15) of RoFormer: frequency ``j`` rotates the channel pair of that frequency by
+``position * theta_j`` with ``theta_j = base^(-2j/d)``; q.k after rotation depends only on the
+relative position (tested as a property).
+
+Every RoPE-family method in ropelab is a :class:`FrequencyPlan` (one angle per frequency, an
+attention factor, and which position level each frequency reads) built by a *base* method
+(``rope``, ``hope``, ...) and then rescaled by any number of *transforms* (``pi``, ``ntk``,
+``yarn``, ...). :class:`RotaryEncoding` turns a plan into cos/sin tables. The same object serves
+training from scratch, inference-time extension, ``ropelab describe`` and the Hugging Face patch,
+so each formula lives in exactly one place.
+
+Choices: angles are ``position(float32) * theta(float32)``, exactly as Hugging Face computes them,
+so logits match ``transformers`` to float32 rounding. A frequency with ``theta == 0`` is
+position-independent (cos 1, sin 0): that is how HoPE drops components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ropelab.errors import RopelabError
+from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding, Rotation
+
+ROPE_PAPER = "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding (arXiv 2104.09864)"
+
+BASE_PARAM = Param(
+    "base", float, None, "rotary base; default: the model's rope base", minimum=1.0, exclusive_minimum=True
+)
+
+
+@dataclass(frozen=True)
+class FrequencyPlan:
+    """What a RoPE-family method does to each frequency index ``j = 0 .. d/2-1``.
+
+    ``theta``: angle per unit position, float32 ``[d/2]``; 0 means position-independent.
+    ``attention_factor``: multiplies cos and sin (so the logit by its square), YaRN's ``mscale``.
+    ``frequency_level``: which component of a position vector frequency j reads (all 0 for
+    one-level positions).
+    ``base``: the rotary base the plan was built from (transforms such as YaRN need it).
+    """
+
+    theta: Tensor
+    base: float
+    attention_factor: float = 1.0
+    frequency_level: Tensor | None = None
+
+    @property
+    def num_frequencies(self) -> int:
+        return int(self.theta.numel())
+
+    def roles(self) -> list[str]:
+        return ["rotated" if t > 0 else "position-independent" for t in self.theta.tolist()]
+
+
+def rope_theta(head_dim: int, base: float) -> Tensor:
+    """``theta_j = base^(-2j/d)`` in float32, computed exactly as Hugging Face does."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    return 1.0 / (base**exponent)
+
+
+def frequency_exponent(head_dim: int) -> Tensor:
+    """``2j/d`` for every frequency, in float64 (used by transforms that change the base)."""
+    return torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+
+
+def rope_plan(ctx: PEContext, base: float | None = None) -> FrequencyPlan:
+    base = float(base or ctx.rope_base)
+    return FrequencyPlan(theta=rope_theta(ctx.head_dim, base), base=base)
+
+
+#: A transform rescales a plan; ``seq_len`` is the current input length (only dynamic ones use it).
+Transform = Callable[[FrequencyPlan, PEContext, int | None], FrequencyPlan]
+
+
+class RotaryEncoding(PositionEncoding):
+    """A RoPE-family encoding: a base plan followed by transforms, turned into rotation tables."""
+
+    def __init__(
+        self,
+        ctx: PEContext,
+        spec: str,
+        base_plan: FrequencyPlan,
+        transforms: list[tuple[Transform, bool]] | None = None,
+    ) -> None:
+        super().__init__(ctx, spec)
+        self.base_plan = base_plan
+        self.transforms = list(transforms or [])
+        self.rotation_depends_on_length = any(dynamic for _, dynamic in self.transforms)
+        static = self.plan(ctx.train_len)
+        # Non-persistent: the angles are a function of the spec and config, never stored weights.
+        self.register_buffer("inv_freq", static.theta.clone(), persistent=False)
+        self.attention_factor = static.attention_factor
+        level = base_plan.frequency_level
+        self.register_buffer(
+            "frequency_level",
+            level.clone() if level is not None else torch.zeros(base_plan.num_frequencies, dtype=torch.long),
+            persistent=False,
+        )
+
+    def plan(self, seq_len: int | None = None) -> FrequencyPlan:
+        """The frequency plan in force for an input of ``seq_len`` tokens (float32 angles)."""
+        plan = self.base_plan
+        for transform, _ in self.transforms:
+            plan = transform(plan, self.ctx, seq_len)
+        return replace(plan, theta=plan.theta.to(torch.float32))
+
+    def rotation(self, positions: Tensor) -> Rotation:
+        """cos/sin tables for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``."""
+        if positions.is_floating_point() and positions.dtype in (torch.float16, torch.bfloat16):
+            raise RopelabError("positions must be integers or float32/float64, never fp16/bf16")
+        theta, factor = self.inv_freq, self.attention_factor
+        if self.rotation_depends_on_length:
+            plan = self.plan(int(positions.max().item()) + 1)
+            theta, factor = plan.theta.to(positions.device), plan.attention_factor
+        pos = positions.to(torch.float32)
+        if pos.dim() == 3:  # a position vector per token: frequency j reads level frequency_level[j]
+            levels = pos.shape[-1]
+            if int(self.frequency_level.max()) >= levels:
+                raise RopelabError(
+                    f"{self.spec}: frequencies read {int(self.frequency_level.max()) + 1} position levels, "
+                    f"but positions have {levels}"
+                )
+            pos = pos[..., self.frequency_level]
+        else:
+            pos = pos[..., None]
+        angles = pos * theta.to(torch.float32)
+        cos, sin = angles.cos(), angles.sin()
+        if factor != 1.0:
+            cos, sin = cos * factor, sin * factor
+        return Rotation(cos=cos, sin=sin)
+
+
+def _rope(ctx: PEContext, base: float | None) -> FrequencyPlan:
+    return rope_plan(ctx, base)
+
+
+METHODS = [
+    MethodInfo(
+        name="rope",
+        family="rope",
+        kind="rotary",
+        description="Rotary position embedding: every frequency base^(-2j/d) rotates its channel pair.",
+        paper=ROPE_PAPER,
+        params=(BASE_PARAM,),
+        factory=_rope,
+    ),
+]

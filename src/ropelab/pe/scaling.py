@@ -1,0 +1,95 @@
+"""Inference-time rescaling of RoPE frequencies for a pretrained model.
+
+* ``pi`` -- Position Interpolation, Chen et al. 2023 (arXiv 2306.15595), Eq. (3): positions are
+  divided by ``factor``, i.e. every angle is ``theta_j / factor``. Hugging Face rope type
+  ``linear``.
+* ``ntk`` -- NTK-aware scaling (bloc97, 2023; Peng et al. 2023, YaRN paper Section 3.1):
+  the base becomes ``base * factor^(d/(d-2))``, which leaves the highest frequency unchanged and
+  interpolates the lowest one by ``factor``. Static: the same angles at every input length.
+* ``dynamic-ntk`` -- dynamic NTK (emozilla 2023; YaRN paper Section 3.3), Hugging Face rope type
+  ``dynamic``: for an input of ``n > L`` tokens the base becomes
+  ``base * (factor*n/L - (factor-1))^(d/(d-2))``; at ``n <= L`` RoPE is unchanged.
+  With a KV cache, ropelab re-rotates cached keys when ``n`` grows, so cached decoding equals a
+  full recompute (Hugging Face keeps the stale rotation of cached keys).
+
+All three are transforms of a :class:`~ropelab.pe.rope.FrequencyPlan`: they compose with any
+RoPE-family base (``hope+pi:factor=4``); a position-independent frequency (theta 0) stays 0.
+A base change is applied as the multiplier ``(base/base')^(2j/d)`` computed in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ropelab.pe.base import MethodInfo, Param, PEContext
+from ropelab.pe.rope import FrequencyPlan, frequency_exponent
+
+FACTOR = Param(
+    "factor", float, 2.0, "context extension factor (new length / train length)", minimum=1.0, always_show=True
+)
+
+
+def rebase(plan: FrequencyPlan, head_dim: int, new_base: float) -> FrequencyPlan:
+    """Change the rotary base of a plan: ``theta_j *= (base/new_base)^(2j/d)``."""
+    multiplier = (plan.base / new_base) ** frequency_exponent(head_dim)
+    theta = (plan.theta.to(torch.float64) * multiplier).to(torch.float32)
+    return replace(plan, theta=theta, base=new_base)
+
+
+def pi(factor: float):
+    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
+        return replace(plan, theta=plan.theta / factor)
+
+    return transform, False
+
+
+def ntk(factor: float):
+    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
+        d = ctx.head_dim
+        return rebase(plan, d, plan.base * factor ** (d / (d - 2)))
+
+    return transform, False
+
+
+def dynamic_ntk(factor: float):
+    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
+        n = max(seq_len or ctx.train_len, ctx.train_len)
+        if n <= ctx.train_len:
+            return plan
+        d = ctx.head_dim
+        return rebase(plan, d, plan.base * ((factor * n / ctx.train_len) - (factor - 1)) ** (d / (d - 2)))
+
+    return transform, True
+
+
+METHODS = [
+    MethodInfo(
+        name="pi",
+        family="scaling",
+        kind="transform",
+        description="Position Interpolation: divide every RoPE angle by factor (HF rope type 'linear').",
+        paper="Chen et al. 2023, Extending Context Window of Large Language Models via Positional Interpolation (arXiv 2306.15595)",
+        params=(FACTOR,),
+        factory=pi,
+    ),
+    MethodInfo(
+        name="ntk",
+        family="scaling",
+        kind="transform",
+        description="Static NTK-aware scaling: rotary base * factor^(d/(d-2)).",
+        paper="bloc97 2023, NTK-Aware Scaled RoPE; Peng et al. 2023, YaRN (arXiv 2309.00071) Sec. 3.1",
+        params=(FACTOR,),
+        factory=ntk,
+    ),
+    MethodInfo(
+        name="dynamic-ntk",
+        family="scaling",
+        kind="transform",
+        description="Dynamic NTK: rebase by the current length n > L (HF rope type 'dynamic'); RoPE at n <= L.",
+        paper="emozilla 2023, Dynamically Scaled RoPE; Peng et al. 2023, YaRN (arXiv 2309.00071) Sec. 3.3",
+        params=(FACTOR,),
+        factory=dynamic_ntk,
+    ),
+]

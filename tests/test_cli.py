@@ -1,0 +1,110 @@
+"""The command line: listing, describing, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from ropelab.cli import main
+from tests.test_spec import CANONICAL
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_methods_lists_every_canonical_name(capsys):
+    code, out, _ = run(capsys, "methods", "--format", "json")
+    assert code == 0
+    data = json.loads(out)["methods"]
+    assert {m["name"] for m in data} >= set(CANONICAL)
+    yarn = next(m for m in data if m["name"] == "yarn")
+    assert yarn["family"] == "scaling" and "2309.00071" in yarn["paper"]
+    assert {p["name"] for p in yarn["parameters"]} >= {
+        "factor",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+        "attention_factor",
+    }
+    code, text, _ = run(capsys, "methods")
+    assert code == 0 and all(name in text for name in CANONICAL)
+
+
+def test_describe_hope_reports_16_of_32(capsys):
+    code, out, _ = run(capsys, "describe", "hope", "--head-dim", "64", "--train-len", "512", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["rotated_frequencies"] == 16 and len(data["frequencies"]) == 32
+    assert data["attention_factor"] == 1.0
+    first, last = data["frequencies"][0], data["frequencies"][-1]
+    assert first == {"index": 0, "theta": 1.0, "period": pytest.approx(2 * math.pi), "role": "rotated"}
+    assert last["theta"] == 0 and last["period"] is None and last["role"] == "position-independent"
+    # the last kept frequency has a period within the train length, the first dropped one beyond
+    assert data["frequencies"][15]["period"] <= 512 < 2 * math.pi / (10000 ** (-2 * 16 / 64))
+
+
+def test_describe_yarn_attention_factor_and_text(capsys):
+    code, out, _ = run(
+        capsys, "describe", "yarn:factor=4", "--head-dim", "64", "--train-len", "512", "--format", "json"
+    )
+    assert json.loads(out)["attention_factor"] == pytest.approx(0.1 * math.log(4) + 1)
+    code, out, _ = run(capsys, "describe", "hope", "--head-dim", "128", "--train-len", "8192", "--base", "500000")
+    assert code == 0 and "rotated frequencies: 35 of 64" in out
+
+
+def test_describe_dynamic_ntk_uses_length(capsys):
+    _, at_l, _ = run(
+        capsys, "describe", "dynamic-ntk:factor=2", "--head-dim", "64", "--train-len", "512", "--format", "json"
+    )
+    _, beyond, _ = run(
+        capsys,
+        "describe",
+        "dynamic-ntk:factor=2",
+        "--head-dim",
+        "64",
+        "--train-len",
+        "512",
+        "--length",
+        "2048",
+        "--format",
+        "json",
+    )
+    assert json.loads(at_l)["frequencies"][-1]["theta"] > json.loads(beyond)["frequencies"][-1]["theta"]
+
+
+def test_describe_non_rotary_method(capsys):
+    code, out, _ = run(capsys, "describe", "alibi", "--head-dim", "64", "--train-len", "512", "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and data["rotated_frequencies"] == 0 and data["frequencies"] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["describe", "rop", "--head-dim", "64", "--train-len", "512"], "unknown position method 'rop'"),
+        (["describe", "yarn:factor=0", "--head-dim", "64", "--train-len", "512"], "factor must be a number >= 1"),
+        (["describe", "rope", "--head-dim", "63", "--train-len", "512"], "head_dim must be a positive even number"),
+    ],
+)
+def test_bad_input_prints_one_error_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_console_script_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "ropelab.cli", "describe", "nope-typo", "--head-dim", "8", "--train-len", "8"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -1,0 +1,186 @@
+"""The model: KV-cache decoding equals full recompute for every method, generation, layouts,
+grouped-query attention and input validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ropelab import ModelConfig, Transformer, pe
+from ropelab.errors import RopelabError
+
+ALL_SPECS = [m.name for m in pe.methods()] + ["hope+yarn:factor=2", "hope+pi:factor=4", "learned:max_len=64"]
+ALL_SPECS.remove("learned")
+
+
+def tiny(spec: str, **overrides) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("tiny", pe=spec, vocab_size=61, train_len=16, **overrides)
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_kv_cache_decoding_equals_full_recompute(spec):
+    """Prefill, a multi-token chunk, then single tokens -- past the train length (16).
+
+    Dynamic NTK is the one method where the two cannot agree exactly past the train length: its
+    angles depend on the current length, so a full recompute at length n changes every layer's
+    hidden states, while cached keys/values of layers >= 1 were computed at an earlier length.
+    ropelab re-rotates cached keys (exact for layer 0, unlike Hugging Face which keeps stale
+    rotations); the remaining gap is bounded below and exact within the train length.
+    """
+    model = tiny(spec)
+    ids = torch.randint(0, 61, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cache = model.new_cache()
+        pieces = [model(ids[:, :10], cache=cache), model(ids[:, 10:14], cache=cache)]
+        pieces += [model(ids[:, t : t + 1], cache=cache) for t in range(14, 40)]
+        cached = torch.cat(pieces, dim=1)
+        # the full-recompute reference for step t is the last logit of a forward over ids[:, :t+1]
+        reference = torch.stack([model(ids[:, : t + 1])[:, -1] for t in range(40)], dim=1)
+    assert cache.length == 40
+    if model.pe.rotation_depends_on_length:
+        torch.testing.assert_close(cached[:, :16], reference[:, :16], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(cached, reference, atol=1e-3, rtol=1e-3)
+    else:
+        torch.testing.assert_close(cached, reference, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_generate_with_cache_equals_full_recompute(spec):
+    model = tiny(spec)
+    prompt = torch.randint(0, 61, (1, 8), generator=torch.Generator().manual_seed(2))
+    for kwargs in ({}, {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 3}):
+        cached = model.generate(prompt, 24, use_cache=True, **kwargs)
+        recomputed = model.generate(prompt, 24, use_cache=False, **kwargs)
+        assert cached.shape == (1, 24)
+        assert torch.equal(cached, recomputed), (spec, kwargs)
+
+
+def test_sampling_is_seeded_and_greedy_is_argmax():
+    model = tiny("rope")
+    prompt = torch.tensor([[1, 2, 3]])
+    a = model.generate(prompt, 10, temperature=1.0, seed=5)
+    b = model.generate(prompt, 10, temperature=1.0, seed=5)
+    assert torch.equal(a, b)
+    greedy = model.generate(prompt, 1)
+    assert greedy.item() == model(prompt)[0, -1].argmax().item()
+
+
+def test_eos_stops_generation():
+    model = tiny("rope")
+    prompt = torch.tensor([[1, 2, 3]])
+    first = model.generate(prompt, 1).item()
+    out = model.generate(prompt, 10, eos_id=first)
+    assert out.tolist() == [[first]]
+
+
+def test_generate_rejects_bad_arguments():
+    model = tiny("rope")
+    for kwargs in ({"temperature": -1.0}, {"top_k": 0, "temperature": 1.0}, {"top_p": 1.5, "temperature": 1.0}):
+        with pytest.raises(RopelabError):
+            model.generate(torch.tensor([[1]]), 3, **kwargs)
+
+
+def _interleave_rows(weight: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Reorder each head's output rows from rotate-half to interleaved channel pairs."""
+    half = head_dim // 2
+    perm = torch.stack((torch.arange(half), torch.arange(half) + half), dim=-1).flatten()
+    return weight.view(n_heads, head_dim, -1)[:, perm].reshape(weight.shape)
+
+
+@pytest.mark.parametrize("spec", ["rope", "hope", "yarn:factor=2", "dynamic-ntk:factor=2"])
+def test_interleaved_layout_with_permuted_weights_gives_identical_logits(spec):
+    half = tiny(spec)
+    inter = tiny(spec, rope_layout="interleaved")
+    state = half.state_dict()
+    c = half.config
+    for i in range(c.n_layers):
+        q, k = f"layers.{i}.self_attn.q_proj.weight", f"layers.{i}.self_attn.k_proj.weight"
+        state[q] = _interleave_rows(state[q], c.n_heads, c.head_dim)
+        state[k] = _interleave_rows(state[k], c.n_kv_heads, c.head_dim)
+    inter.load_state_dict(state)
+    ids = torch.randint(0, 61, (1, 50))
+    with torch.no_grad():
+        torch.testing.assert_close(inter(ids), half(ids), atol=1e-5, rtol=1e-5)
+        # and a layout mismatch is not silently equivalent
+        wrong = tiny(spec, rope_layout="interleaved")
+        wrong.load_state_dict(half.state_dict())
+        assert (wrong(ids) - half(ids)).abs().max() > 1e-3
+
+
+def test_grouped_query_attention_equals_repeated_kv_heads():
+    torch.manual_seed(0)
+    gqa = Transformer(ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, train_len=32)).eval()
+    mha = Transformer(ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, n_kv_heads=4, train_len=32)).eval()
+    state = gqa.state_dict()
+    for name in ("k_proj", "v_proj"):
+        w = state[f"layers.0.self_attn.{name}.weight"].view(2, 8, 32)
+        state[f"layers.0.self_attn.{name}.weight"] = w.repeat_interleave(2, dim=0).reshape(32, 32)
+    mha.load_state_dict(state)
+    ids = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids), mha(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_with_method_switches_encoding_and_keeps_weights():
+    model = tiny("rope")
+    ids = torch.randint(0, 61, (1, 30))
+    with torch.no_grad():
+        before = model(ids)
+        weights = model.layers[0].self_attn.q_proj.weight.clone()
+        model.with_method("yarn:factor=2")
+        assert model.pe.spec == "rope+yarn:factor=2" and model.config.pe == "rope+yarn:factor=2"
+        assert torch.equal(model.layers[0].self_attn.q_proj.weight, weights)
+        assert (model(ids) - before).abs().max() > 1e-4
+        model.with_method("rope")
+        torch.testing.assert_close(model(ids), before)
+
+
+def test_explicit_positions_equal_default_and_shifting_all_positions_is_invisible_to_rope():
+    model = tiny("rope")
+    ids = torch.randint(0, 61, (2, 12))
+    with torch.no_grad():
+        default = model(ids)
+        torch.testing.assert_close(model(ids, positions=torch.arange(12)), default)
+        # RoPE is relative: shifting every position by 100 changes nothing
+        torch.testing.assert_close(model(ids, positions=torch.arange(100, 112)), default, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("ids", "positions", "message"),
+    [
+        (torch.zeros(3, dtype=torch.long), None, "input_ids must be"),
+        (torch.zeros(1, 0, dtype=torch.long), None, "empty"),
+        (torch.full((1, 3), 61), None, "token ids must be in 0..60"),
+        (torch.zeros(1, 3, dtype=torch.long), torch.arange(4), "positions must have shape"),
+        (torch.zeros(1, 3, dtype=torch.long), torch.tensor([-1, 0, 1]), "non-negative"),
+        (torch.zeros(1, 3, dtype=torch.long), torch.arange(3).to(torch.bfloat16), "never fp16/bf16"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(ids, positions, message):
+    model = tiny("rope")
+    with pytest.raises(RopelabError, match=message):
+        model(ids, positions=positions)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"n_heads": 3}, "divisible by n_heads"),
+        ({"n_kv_heads": 3}, "multiple of n_kv_heads"),
+        ({"rope_layout": "split"}, "rope_layout must be one of half, interleaved"),
+        ({"train_len": 0}, "train_len must be a positive integer"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(overrides, message):
+    with pytest.raises(RopelabError, match=message):
+        ModelConfig.from_name("tiny", **overrides)
+    with pytest.raises(RopelabError, match="unknown model config 'huge'; known configs: tiny"):
+        ModelConfig.from_name("huge")
+
+
+def test_named_configs_sizes():
+    small = Transformer(ModelConfig.from_name("small"))
+    assert 4e6 < small.num_parameters < 6e6  # the CPU demo size (ENVIRONMENT.md: <= ~5M)
+    assert ModelConfig.from_name("hope-125m").dim == 768

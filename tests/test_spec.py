@@ -1,0 +1,83 @@
+"""Spec strings: parsing, composition rules and the error messages a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from ropelab import pe
+from ropelab.errors import SpecError
+from ropelab.pe import canonical_spec, parse_spec
+
+CANONICAL = [
+    "rope",
+    "hope",
+    "hope-ab1",
+    "hope-ab2",
+    "hope-ab3",
+    "nope",
+    "learned",
+    "alibi",
+    "kerple-log",
+    "kerple-power",
+    "fire",
+    "pi",
+    "ntk",
+    "dynamic-ntk",
+    "yarn",
+]
+
+
+def test_every_canonical_name_is_registered():
+    assert set(CANONICAL) <= {m.name for m in pe.methods()}
+
+
+@pytest.mark.parametrize(
+    ("spec", "canonical"),
+    [
+        ("rope", "rope"),
+        ("yarn:factor=2", "rope+yarn:factor=2"),
+        ("hope+yarn:factor=2", "hope+yarn:factor=2"),
+        (" HOPE + PI:factor=4 ", "hope+pi:factor=4"),
+        ("yarn:factor=4,beta_fast=16", "rope+yarn:factor=4,beta_fast=16"),
+        ("pi", "rope+pi:factor=2"),
+        ("fire:shared=yes", "fire:shared=true"),
+    ],
+)
+def test_canonical_spec(spec, canonical):
+    assert canonical_spec(spec) == canonical
+
+
+def test_transforms_chain_in_order():
+    parts = parse_spec("hope+pi:factor=2+yarn:factor=2")
+    assert [p.info.name for p in parts] == ["hope", "pi", "yarn"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "empty position method"),
+        ("rop", "unknown position method 'rop'; known methods: rope, hope"),
+        ("yarn:fctor=2", "yarn: unknown parameter 'fctor'; allowed parameters: factor, beta_fast"),
+        ("yarn:factor=abc", "yarn: factor='abc' is not valid; factor must be a number >= 1"),
+        ("pi:factor=0.5", "pi: factor='0.5' is out of range; factor must be a number >= 1"),
+        ("yarn:factor=inf", "factor must be finite"),
+        ("yarn:factor", "malformed parameter 'factor'; write key=value"),
+        ("yarn:factor=2,factor=3", "given twice"),
+        ("alibi+yarn:factor=2", "'yarn' rescales RoPE frequencies, but 'alibi' has none"),
+        ("hope+alibi", "only one base encoding per spec"),
+        ("rope++pi", "empty method between '+' signs"),
+        ("learned:max_len=-1", "max_len must be an integer >= 0"),
+        ("fire:shared=maybe", "shared must be true or false"),
+    ],
+)
+def test_bad_specs_name_the_problem(spec, message):
+    with pytest.raises(SpecError) as error:
+        parse_spec(spec)
+    assert message in str(error.value)
+
+
+def test_every_method_documents_paper_and_parameters():
+    for info in pe.methods():
+        assert info.description and info.paper and info.family and info.kind in ("rotary", "transform", "encoding")
+        for param in info.params:
+            assert param.help and param.allowed()
