@@ -184,3 +184,14 @@ def test_named_configs_sizes():
     small = Transformer(ModelConfig.from_name("small"))
     assert 4e6 < small.num_parameters < 6e6  # the CPU demo size (ENVIRONMENT.md: <= ~5M)
     assert ModelConfig.from_name("hope-125m").dim == 768
+
+
+def test_casting_the_model_to_bf16_keeps_float32_angles():
+    model = tiny("yarn:factor=2")
+    angles = model.pe.inv_freq.clone()
+    model.to(torch.bfloat16)
+    assert model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.pe.inv_freq.dtype == torch.float32 and torch.equal(model.pe.inv_freq, angles)
+    assert model(torch.randint(0, 61, (1, 20))).dtype == torch.bfloat16
+    model.float()
+    assert torch.equal(model.pe.inv_freq, angles)

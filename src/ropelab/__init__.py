@@ -6,7 +6,7 @@
 """
 
 from ropelab.errors import CheckpointError, RopelabError, SpecError
-from ropelab.model import KVCache, ModelConfig, Transformer, generate, load_checkpoint, save_checkpoint
+from ropelab.model import KVCache, ModelConfig, Transformer, generate, load_checkpoint, load_model, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -19,5 +19,6 @@ __all__ = [
     "Transformer",
     "generate",
     "load_checkpoint",
+    "load_model",
     "save_checkpoint",
 ]

@@ -2,6 +2,8 @@
 
     ropelab methods [--format json]
     ropelab describe SPEC --head-dim D --train-len L [--base B] [--length N] [--format json]
+    ropelab models [--format json]
+    ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T]
 
 Bad input (an unknown method, a bad parameter, a length out of range) prints one ``error:`` line
 and exits with status 2; no traceback.
@@ -123,6 +125,100 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from ropelab.model.config import CONFIGS
+    from ropelab.model.pretrained import PRETRAINED
+
+    entries = [
+        {
+            "name": e.name,
+            "kind": "pretrained",
+            "description": e.description,
+            "architecture": e.architecture,
+            "train_len": e.train_len,
+            "rope_base": e.rope_base,
+            "installed": e.installed(),
+            "install": e.install,
+            "default": e.default,
+        }
+        for e in PRETRAINED.values()
+    ]
+    entries += [
+        {
+            "name": name,
+            "kind": "config",
+            "description": "architecture for training from scratch",
+            "train_len": c["train_len"],
+            "installed": True,
+        }
+        for name, c in CONFIGS.items()
+    ]
+    if args.format == "json":
+        print(json.dumps({"models": entries}, indent=2))
+        return 0
+    width = max(len(e["name"]) for e in entries)
+    for e in entries:
+        status = "installed" if e["installed"] else f"not installed: {e['install']}"
+        kind = "pretrained" if e["kind"] == "pretrained" else "config    "
+        print(f"{e['name']:<{width}}  {kind}  train length {e['train_len']:>6}  {status}")
+        print(f"{'':<{width}}  {e['description']}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ropelab.model.generate import stream
+    from ropelab.model.pretrained import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, method=args.method)
+    if tokenizer is None:
+        raise RopelabError(f"{args.model}: has no tokenizer.json, so text cannot be encoded")
+    prompt = args.prompt
+    if args.prompt_file:
+        prompt = _read_text(args.prompt_file)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise RopelabError("the prompt is empty")
+    print(prompt, end="", flush=True)
+    generated: list[int] = []
+    shown = ""
+    for token in stream(
+        model,
+        torch.tensor([ids]),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        eos_id=tokenizer.eos_id,
+    ):
+        if tokenizer.eos_id is not None and int(token[0]) == tokenizer.eos_id:
+            break
+        generated.append(int(token[0]))
+        # decode the whole continuation so multi-byte characters split across tokens print once
+        text = tokenizer.decode(generated)
+        if not text.endswith("\ufffd"):
+            print(text[len(shown) :], end="", flush=True)
+            shown = text
+    print(tokenizer.decode(generated)[len(shown) :], flush=True)
+    return 0
+
+
+def _read_text(path: str) -> str:
+    try:
+        data = open(path, "rb").read()
+    except OSError as error:
+        raise RopelabError(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        print(f"warning: {path} is not valid UTF-8; undecodable bytes were replaced", file=sys.stderr)
+        return data.decode("utf-8", errors="replace")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ropelab", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=_version())
@@ -142,6 +238,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("models", help="list pretrained models and named configs, and whether each is installed")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("generate", help="stream a continuation of a prompt")
+    p.add_argument("model", help="registry name (e.g. smollm2-135m), .gguf file, HF model dir or ropelab checkpoint")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text")
+    source.add_argument("--prompt-file", help="read the prompt from a file")
+    p.add_argument("--method", default=None, help="position method spec (default: the model's own)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

@@ -15,3 +15,7 @@ __all__ = [
     "save_checkpoint",
     "stream",
 ]
+
+from ropelab.model.pretrained import PRETRAINED, load_model
+
+__all__ += ["PRETRAINED", "load_model"]

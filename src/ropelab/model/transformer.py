@@ -298,6 +298,26 @@ class Transformer(nn.Module):
     def forward(self, input_ids: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         return self.lm_head(self.hidden_states(input_ids, positions, cache))
 
+    def token_losses(self, input_ids: Tensor, positions: Tensor | None = None, chunk_size: int = 1024) -> Tensor:
+        """Next-token negative log-likelihood ``[B, T-1]`` (float32): entry t scores token t+1.
+
+        The LM head and the loss run over ``chunk_size`` positions at a time, so a long input
+        never holds ``[T, vocab]`` float32 logits (16K tokens x 49K vocab would be 3 GB).
+        """
+        if chunk_size <= 0:
+            raise RopelabError(f"chunk_size must be positive, got {chunk_size}")
+        hidden = self.hidden_states(input_ids, positions)[:, :-1]
+        targets = input_ids[:, 1:]
+        losses = []
+        for start in range(0, targets.shape[1], chunk_size):
+            logits = self.lm_head(hidden[:, start : start + chunk_size]).float()
+            target = targets[:, start : start + chunk_size]
+            nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+            losses.append(nll.view(target.shape))
+        if not losses:
+            return hidden.new_zeros(input_ids.shape[0], 0, dtype=torch.float32)
+        return torch.cat(losses, dim=1)
+
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
 

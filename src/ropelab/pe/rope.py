@@ -103,6 +103,13 @@ class RotaryEncoding(PositionEncoding):
             persistent=False,
         )
 
+    def _apply(self, fn, recurse=True):
+        # ``model.to(torch.bfloat16)`` would round the angle table: rebuild it in float32
+        result = super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = self.plan(self.ctx.train_len).theta.to(self.inv_freq.device)
+        return result
+
     def plan(self, seq_len: int | None = None) -> FrequencyPlan:
         """The frequency plan in force for an input of ``seq_len`` tokens (float32 angles)."""
         plan = self.base_plan

