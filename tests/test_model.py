@@ -10,6 +10,9 @@ from ropelab import ModelConfig, Transformer, pe
 from ropelab.errors import RopelabError
 
 ALL_SPECS = [m.name for m in pe.methods()] + ["hope+yarn:factor=2", "hope+pi:factor=4", "learned:max_len=64"]
+# windowed methods with windows shorter than the test inputs, so both score sets are exercised
+ALL_SPECS += ["rerope:window=8", "rerope:window=8,logn=true", "self-extend:window=8,group=3", "hirope:window=8,chunk=5"]
+ALL_SPECS += ["hirope:window=8,levels=3,chunk=5", "hirope:window=0,split=auto,chunk=6"]
 ALL_SPECS.remove("learned")
 
 

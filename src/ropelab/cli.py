@@ -86,7 +86,7 @@ def describe(spec: str, head_dim: int, train_len: int, base: float, length: int 
         "num_frequencies": head_dim // 2,
         "attention_factor": 1.0,
     }
-    if not isinstance(encoding, pe.RotaryEncoding):
+    if not hasattr(encoding, "plan"):
         result["note"] = f"{encoding.info.name} has no rotary frequencies ({encoding.info.family} method)"
         return result
     plan = encoding.plan(length or train_len)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ropelab.errors import RopelabError
+from ropelab.model.transformer import extend_positions
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
@@ -57,8 +58,13 @@ def stream(
     seed: int | None = None,
     eos_id: int | None = None,
     use_cache: bool = True,
+    positions: Tensor | None = None,
 ) -> Iterator[Tensor]:
-    """Yield the next token ids ``[B]`` one step at a time."""
+    """Yield the next token ids ``[B]`` one step at a time.
+
+    ``positions``: the prompt's positions (e.g. HiRoPE's hierarchical ``[B, T, levels]``);
+    generated tokens continue them (see :func:`ropelab.model.transformer.extend_positions`).
+    """
     _validate(max_new_tokens, temperature, top_k, top_p)
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=model.embed_tokens.weight.device)
     if ids.dim() == 1:
@@ -67,8 +73,12 @@ def stream(
     if temperature > 0:
         generator = torch.Generator(device=ids.device)
         generator.manual_seed(0 if seed is None else seed)
+    if positions is not None:
+        positions = torch.as_tensor(positions, device=ids.device)
+        if positions.dim() == 1:
+            positions = positions[None]
     cache = model.new_cache() if use_cache else None
-    logits = model(ids, cache=cache)[:, -1]
+    logits = model(ids, positions=positions, cache=cache)[:, -1]
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -81,8 +91,10 @@ def stream(
         if use_cache:
             logits = model(token[:, None], cache=cache)[:, -1]
         else:
+            if positions is not None:
+                positions = torch.cat((positions, extend_positions(positions, 1)), dim=1)
             ids = torch.cat((ids, token[:, None]), dim=1)
-            logits = model(ids)[:, -1]
+            logits = model(ids, positions=positions)[:, -1]
 
 
 def generate(model, input_ids, max_new_tokens: int, **kwargs) -> Tensor:

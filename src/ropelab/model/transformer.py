@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from ropelab import pe as pe_registry
 from ropelab.errors import RopelabError
 from ropelab.model.config import ModelConfig
-from ropelab.pe.base import PEContext, PositionEncoding, Rotation, apply_rotary
+from ropelab.model.window_attention import windowed_attention
+from ropelab.pe.base import PEContext, PositionEncoding, Rotation, WindowedRotation, apply_rotary
 
 
 def _sdpa_supports_gqa() -> bool:
@@ -67,11 +68,13 @@ class KVCache:
     n_layers: int
     keys: list[Tensor | None] = field(default_factory=list)
     values: list[Tensor | None] = field(default_factory=list)
+    far_keys: list[Tensor | None] = field(default_factory=list)  # windowed methods' second key set
     positions: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.keys = [None] * self.n_layers
         self.values = [None] * self.n_layers
+        self.far_keys = [None] * self.n_layers
 
     @property
     def length(self) -> int:
@@ -83,6 +86,12 @@ class KVCache:
             value = torch.cat((self.values[layer], value), dim=2)
         self.keys[layer], self.values[layer] = key, value
         return key, value
+
+    def update_far(self, layer: int, key: Tensor) -> Tensor:
+        if self.far_keys[layer] is not None:
+            key = torch.cat((self.far_keys[layer], key), dim=2)
+        self.far_keys[layer] = key
+        return key
 
 
 @dataclass
@@ -96,6 +105,8 @@ class AttentionInputs:
     k_positions: Tensor
     causal_mask: Tensor | None  # bool [Tq, Tk]; None means "plain causal" or "no mask needed"
     is_causal: bool
+    windowed: WindowedRotation | None = None  # near/far tables of a windowed method
+    past: int = 0
 
 
 class Attention(nn.Module):
@@ -115,6 +126,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if inputs.windowed is not None:
+            out = self._windowed(q, k, v, layer, pe, inputs, cache)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         if inputs.q_rotation is not None:
             q = apply_rotary(q, inputs.q_rotation, self.layout)
             if not inputs.rotate_cached_keys:
@@ -141,6 +155,31 @@ class Attention(nn.Module):
         gqa = {"enable_gqa": True} if _SDPA_GQA and self.n_kv_heads != self.n_heads else {}
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _windowed(self, q, k, v, layer, pe, inputs, cache):
+        tables = inputs.windowed
+        q_near, q_far = apply_rotary(q, tables.near_q, self.layout), apply_rotary(q, tables.far_q, self.layout)
+        k_near, k_far = apply_rotary(k, tables.near_k, self.layout), apply_rotary(k, tables.far_k, self.layout)
+        if cache is not None:
+            k_near, v = cache.update(layer, k_near, v)
+            k_far = cache.update_far(layer, k_far)
+        return windowed_attention(q_near, q_far, k_near, k_far, v, pe.window, inputs.past)
+
+
+def extend_positions(positions: Tensor, count: int) -> Tensor:
+    """Positions of ``count`` tokens appended after ``positions``.
+
+    One index per token: the next integers. Hierarchical vectors ``[B, T, levels]``: the new
+    tokens extend the last segment (token level + 1, higher levels unchanged) -- generated code
+    is not re-parsed (documented choice: a re-parse could move tokens already in the cache).
+    """
+    last = positions[:, -1:]
+    steps = torch.arange(1, count + 1, device=positions.device)
+    if positions.dim() == 2:
+        return last + steps[None]
+    step = torch.zeros(positions.shape[-1], dtype=positions.dtype, device=positions.device)
+    step[0] = 1
+    return last + steps[None, :, None] * step
 
 
 def _causal(q_len: int, k_len: int, device) -> Tensor:
@@ -240,6 +279,10 @@ class Transformer(nn.Module):
         k_positions = positions if past == 0 else torch.cat((cache.positions, positions), dim=1)
         pe = self.pe
         rotate_cached = pe.rotation_depends_on_length
+        if pe.window is not None:
+            index = torch.arange(past, past + T, device=positions.device)[None]
+            windowed = pe.windowed_rotation(positions, index)
+            return AttentionInputs(None, None, False, positions, k_positions, None, False, windowed, past)
         if rotate_cached:  # one table for all keys, queries take its tail
             k_rot = pe.rotation(k_positions)
             q_rot = None if k_rot is None else Rotation(k_rot.cos[:, past:], k_rot.sin[:, past:])
@@ -252,12 +295,14 @@ class Transformer(nn.Module):
             causal_mask, is_causal = None, False
         else:
             causal_mask, is_causal = _causal(T, past + T, positions.device), False
-        return AttentionInputs(q_rot, k_rot, rotate_cached, positions, k_positions, causal_mask, is_causal)
+        return AttentionInputs(q_rot, k_rot, rotate_cached, positions, k_positions, causal_mask, is_causal, None, past)
 
     def _check_positions(self, input_ids: Tensor, positions: Tensor | None, cache: KVCache | None) -> Tensor:
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if positions is None:
+            if cache is not None and cache.positions is not None and cache.positions.dim() == 3:
+                return extend_positions(cache.positions, T)
             return torch.arange(past, past + T, device=input_ids.device)[None]
         positions = torch.as_tensor(positions, device=input_ids.device)
         if positions.dim() == 1:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ropelab.errors import SpecError
-from ropelab.pe import alibi, fire, hope, kerple, learned, nope, rope, scaling, yarn
+from ropelab.pe import alibi, fire, hirope, hope, kerple, learned, nope, rerope, rope, scaling, self_extend, yarn
 from ropelab.pe.base import (
     MethodInfo,
     Param,
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, MethodInfo] = {}
-for _module in (rope, hope, scaling, yarn, nope, learned, alibi, kerple, fire):
+for _module in (rope, hope, scaling, yarn, nope, learned, alibi, kerple, fire, rerope, self_extend, hirope):
     for _info in _module.METHODS:
         _REGISTRY[_info.name] = _info
 

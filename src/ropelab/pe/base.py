@@ -12,8 +12,14 @@ ever branching on a method's name:
   pre-softmax logits (ALiBi, KERPLE, FIRE).
 * ``input_embedding(positions)`` -> ``[B|1, T, dim]`` added to token embeddings (learned APE).
 
-Methods whose scores cannot be written as rotated-q . rotated-k plus a bias (ReRoPE, Self-Extend,
-HiRoPE's window) will add a fourth, optional hook: a score function the attention layer calls.
+Methods whose scores cannot be written as one rotated-q . rotated-k (ReRoPE, Self-Extend, HiRoPE's
+window) set ``window`` and provide a fourth hook:
+
+* ``windowed_rotation(positions, index)`` -> :class:`WindowedRotation`: two sets of tables. A
+  query/key pair whose sequence distance ``m - n`` is below ``window`` scores with the *near*
+  tables, every other pair with the *far* tables; the attention layer computes both score sets
+  chunk by chunk and merges them by that distance mask (``ropelab.model.window_attention``).
+  Key tables depend only on the key, so a KV cache keeps both rotated keys.
 """
 
 from __future__ import annotations
@@ -69,8 +75,13 @@ class Param:
     maximum: float | None = None  # inclusive
     exclusive_minimum: bool = False
     always_show: bool = False  # keep in the canonical spec even at its default (e.g. factor)
+    specials: tuple[str, ...] = ()  # words accepted verbatim besides values of ``type`` (e.g. "auto")
 
     def allowed(self) -> str:
+        text = self._allowed()
+        return text + "".join(f" or {word!r}" for word in self.specials)
+
+    def _allowed(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(str(c) for c in self.choices)
         lo = hi = None
@@ -84,6 +95,8 @@ class Param:
     def parse(self, method: str, raw: str | Any) -> Any:
         """Convert and validate one value; the error names the method, key and allowed values."""
         value = raw
+        if isinstance(raw, str) and raw.strip().lower() in self.specials:
+            return raw.strip().lower()
         try:
             if isinstance(raw, str):
                 if self.type is bool:
@@ -151,6 +164,16 @@ class Rotation:
     sin: Tensor
 
 
+@dataclass
+class WindowedRotation:
+    """Tables of a windowed method: ``near_*`` for pairs with ``m - n < window``, ``far_*`` beyond."""
+
+    near_q: Rotation
+    near_k: Rotation
+    far_q: Rotation
+    far_k: Rotation
+
+
 def apply_rotary(x: Tensor, rotation: Rotation, layout: str = "half") -> Tensor:
     """Rotate ``x`` of shape ``[B, H, T, head_dim]`` by the tables in ``rotation``.
 
@@ -183,6 +206,11 @@ class PositionEncoding(nn.Module):
     #: True when the rotation of a position changes with the input length (dynamic NTK): the KV
     #: cache then keeps keys unrotated and rotates all of them with the current table each step.
     rotation_depends_on_length: bool = False
+    #: Set by windowed methods (ReRoPE, Self-Extend, HiRoPE): pairs closer than this use the
+    #: near tables of :meth:`windowed_rotation`, the others its far tables.
+    window: int | None = None
+    #: True when the method reads hierarchical (code-structure) positions ``[B, T, levels]``.
+    uses_hierarchy: bool = False
 
     def __init__(self, ctx: PEContext, spec: str) -> None:
         super().__init__()
@@ -196,6 +224,11 @@ class PositionEncoding(nn.Module):
         return None
 
     def input_embedding(self, positions: Tensor) -> Tensor | None:
+        return None
+
+    def windowed_rotation(self, positions: Tensor, index: Tensor) -> WindowedRotation | None:
+        """``positions``: what the caller gave (``[B|1, T]`` or ``[B|1, T, levels]``);
+        ``index``: each token's index in the sequence ``[1, T]`` (cache-aware)."""
         return None
 
     def extra_repr(self) -> str:

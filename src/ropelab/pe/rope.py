@@ -49,13 +49,19 @@ class FrequencyPlan:
     base: float
     attention_factor: float = 1.0
     frequency_level: Tensor | None = None
+    level_names: tuple[str, ...] = ()
 
     @property
     def num_frequencies(self) -> int:
         return int(self.theta.numel())
 
     def roles(self) -> list[str]:
-        return ["rotated" if t > 0 else "position-independent" for t in self.theta.tolist()]
+        """``rotated`` / ``position-independent``; for hierarchical plans the level each reads."""
+        levels = self.frequency_level.tolist() if self.frequency_level is not None else [0] * self.num_frequencies
+        return [
+            "position-independent" if t <= 0 else (self.level_names[level] if self.level_names else "rotated")
+            for t, level in zip(self.theta.tolist(), levels)
+        ]
 
 
 def rope_theta(head_dim: int, base: float) -> Tensor:
@@ -72,6 +78,49 @@ def frequency_exponent(head_dim: int) -> Tensor:
 def rope_plan(ctx: PEContext, base: float | None = None) -> FrequencyPlan:
     base = float(base or ctx.rope_base)
     return FrequencyPlan(theta=rope_theta(ctx.head_dim, base), base=base)
+
+
+def check_positions_dtype(positions: Tensor) -> None:
+    if positions.is_floating_point() and positions.dtype in (torch.float16, torch.bfloat16):
+        raise RopelabError("positions must be integers or float32/float64, never fp16/bf16")
+
+
+def rotation_tables(
+    theta: Tensor,
+    positions: Tensor,
+    frequency_level: Tensor | None = None,
+    attention_factor: float | Tensor = 1.0,
+    name: str = "rotary",
+) -> Rotation:
+    """cos/sin ``[B|1, T, d/2]`` (float32) for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``.
+
+    With a position vector per token, frequency j reads level ``frequency_level[j]``.
+    ``attention_factor`` (a float, or a ``[B|1, T]`` tensor of per-token factors) scales both.
+    """
+    check_positions_dtype(positions)
+    pos = positions.to(torch.float32)
+    if pos.dim() == 3:
+        levels = pos.shape[-1]
+        level = (
+            frequency_level.to(pos.device)
+            if frequency_level is not None
+            else torch.zeros(theta.numel(), dtype=torch.long, device=pos.device)
+        )
+        if int(level.max()) >= levels:
+            raise RopelabError(
+                f"{name}: frequencies read {int(level.max()) + 1} position levels, but positions have {levels}"
+            )
+        pos = pos[..., level]
+    else:
+        pos = pos[..., None]
+    angles = pos * theta.to(device=pos.device, dtype=torch.float32)
+    cos, sin = angles.cos(), angles.sin()
+    if isinstance(attention_factor, Tensor):
+        factor = attention_factor.to(torch.float32)[..., None]
+        cos, sin = cos * factor, sin * factor
+    elif attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return Rotation(cos=cos, sin=sin)
 
 
 #: A transform rescales a plan; ``seq_len`` is the current input length (only dynamic ones use it).
@@ -119,28 +168,12 @@ class RotaryEncoding(PositionEncoding):
 
     def rotation(self, positions: Tensor) -> Rotation:
         """cos/sin tables for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``."""
-        if positions.is_floating_point() and positions.dtype in (torch.float16, torch.bfloat16):
-            raise RopelabError("positions must be integers or float32/float64, never fp16/bf16")
+        check_positions_dtype(positions)
         theta, factor = self.inv_freq, self.attention_factor
         if self.rotation_depends_on_length:
             plan = self.plan(int(positions.max().item()) + 1)
             theta, factor = plan.theta.to(positions.device), plan.attention_factor
-        pos = positions.to(torch.float32)
-        if pos.dim() == 3:  # a position vector per token: frequency j reads level frequency_level[j]
-            levels = pos.shape[-1]
-            if int(self.frequency_level.max()) >= levels:
-                raise RopelabError(
-                    f"{self.spec}: frequencies read {int(self.frequency_level.max()) + 1} position levels, "
-                    f"but positions have {levels}"
-                )
-            pos = pos[..., self.frequency_level]
-        else:
-            pos = pos[..., None]
-        angles = pos * theta.to(torch.float32)
-        cos, sin = angles.cos(), angles.sin()
-        if factor != 1.0:
-            cos, sin = cos * factor, sin * factor
-        return Rotation(cos=cos, sin=sin)
+        return rotation_tables(theta, positions, self.frequency_level, factor, self.spec)
 
 
 def _rope(ctx: PEContext, base: float | None) -> FrequencyPlan:
