@@ -1,11 +1,16 @@
 """Attention for windowed methods (ReRoPE, Self-Extend, HiRoPE): two score sets merged by distance.
 
 For query ``m`` and key ``n <= m`` (sequence indices) the logit is ``q_near[m] . k_near[n]`` when
-``m - n < window`` and ``q_far[m] . k_far[n]`` otherwise. Queries are processed in chunks; for a
-chunk ``[s, e)`` only keys ``[s - window + 1, e)`` need near scores and only keys
-``[0, e - window)`` need far scores, so the work is one causal ``Q K^T`` plus a band, and memory is
-``O(chunk x T)`` per head instead of ``O(T^2)``: a 16K-token prefill never materialises a full
-``T x T`` matrix. Softmax runs in float32.
+``m - n < window`` and ``q_far[m] . k_far[n]`` otherwise.
+
+Queries are processed in chunks ``[s, e)``. Keys before ``s - window + 1`` are far from every
+query of the chunk and fully visible: that block is plain unmasked attention with the far
+tables, done by a fused kernel that also returns its log-sum-exp (PyTorch's CPU flash kernel;
+elsewhere a plain computation). The remaining *band* of keys ``[s - window + 1, e)`` (width
+``chunk + window``) gets both score sets, merged by the distance mask and the causal mask. The two
+blocks are combined exactly through their log-sum-exps. Memory is ``O(chunk x (chunk + window))``
+per head beyond the kernel's own tiles: a 16K-token prefill never materialises ``T x T`` scores.
+Softmax statistics are float32.
 """
 
 from __future__ import annotations
@@ -15,13 +20,20 @@ import math
 import torch
 from torch import Tensor
 
-#: Upper bound on the float32 score block of one query chunk (all heads), in elements.
-SCORE_BLOCK_ELEMENTS = 1 << 25  # 128 MB
+#: Queries per chunk; the band costs ``chunk x (chunk + window)`` scores per head.
+CHUNK = 256
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
-    """``q`` [B, Hkv, G, C, d] against ``k`` [B, Hkv, N, d] -> [B, Hkv, G, C, N] float32."""
-    return torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)).float() * scale
+def _block(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Unmasked attention of ``q`` [B, H, C, d] over ``k``/``v`` [B, H, N, d]: (output, logsumexp)."""
+    if _FLASH_CPU is not None and q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16):
+        out, lse = _FLASH_CPU(q, k, v, 0.0, False, scale=scale)
+        return out, lse.float()
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul((scores - lse[..., None]).exp().to(v.dtype), v), lse
 
 
 def windowed_attention(
@@ -37,32 +49,37 @@ def windowed_attention(
     """Causal attention of queries ``[B, H, Tq, d]`` (sequence indices ``past .. past+Tq-1``) over
     keys/values ``[B, Hkv, Tk, d]`` (indices ``0 .. Tk-1``, ``Tk = past + Tq``)."""
     B, H, Tq, d = q_near.shape
-    Hkv, Tk = k_near.shape[1], k_near.shape[2]
-    groups = H // Hkv
+    groups = H // k_near.shape[1]
+    if groups > 1:  # grouped-query attention: give every query head its key/value head
+        k_near, k_far, value = (t.repeat_interleave(groups, dim=1) for t in (k_near, k_far, value))
+    chunk_size = chunk_size or CHUNK
     scale = 1.0 / math.sqrt(d)
-    if chunk_size is None:
-        chunk_size = max(16, SCORE_BLOCK_ELEMENTS // max(1, B * H * Tk))
-    qn = q_near.view(B, Hkv, groups, Tq, d)
-    qf = q_far.view(B, Hkv, groups, Tq, d)
-    out = torch.empty(B, Hkv, groups, Tq, d, dtype=value.dtype, device=value.device)
+    device = q_near.device
+    out = torch.empty(B, H, Tq, d, dtype=value.dtype, device=device)
     for start in range(0, Tq, chunk_size):
         stop = min(Tq, start + chunk_size)
-        first, last = past + start, past + stop - 1  # sequence indices of the chunk's queries
-        n_keys = last + 1
-        query_index = torch.arange(first, last + 1, device=q_near.device)[:, None]
-        scores = torch.full((B, Hkv, groups, stop - start, n_keys), float("-inf"), device=q_near.device)
-        far_end = max(0, last - window + 1)  # keys n <= m - window for some m in the chunk
-        if far_end > 0:
-            key_index = torch.arange(far_end, device=q_near.device)[None]
-            far = _scores(qf[:, :, :, start:stop], k_far[:, :, :far_end], scale)
-            scores[..., :far_end] = far.masked_fill(query_index - key_index < window, float("-inf"))
-        near_start = max(0, first - window + 1)
-        if window > 0 and near_start < n_keys:
-            key_index = torch.arange(near_start, n_keys, device=q_near.device)[None]
-            distance = query_index - key_index
-            near = _scores(qn[:, :, :, start:stop], k_near[:, :, near_start:n_keys], scale)
-            inside = (distance >= 0) & (distance < window)
-            scores[..., near_start:n_keys] = torch.where(inside, near, scores[..., near_start:n_keys])
-        weights = scores.softmax(dim=-1).to(value.dtype)
-        out[:, :, :, start:stop] = torch.matmul(weights, value[:, :, :n_keys].unsqueeze(2))
-    return out.view(B, H, Tq, d)
+        first = past + start  # sequence index of the chunk's first query
+        n_keys = past + stop
+        band = max(0, first - max(window, 1) + 1)  # keys before it are far from every query here
+
+        # the band: both score sets, distance mask, causal mask
+        distance = (
+            torch.arange(first, past + stop, device=device)[:, None] - torch.arange(band, n_keys, device=device)[None]
+        )
+        near = torch.matmul(q_near[:, :, start:stop], k_near[:, :, band:n_keys].transpose(-1, -2)).float()
+        far = torch.matmul(q_far[:, :, start:stop], k_far[:, :, band:n_keys].transpose(-1, -2)).float()
+        scores = torch.where(distance < window, near, far).mul_(scale).masked_fill_(distance < 0, float("-inf"))
+        band_max = scores.amax(dim=-1, keepdim=True)
+        weights = scores.sub_(band_max).exp_()
+        numerator = torch.matmul(weights.to(value.dtype), value[:, :, band:n_keys]).float()
+        denominator = weights.sum(dim=-1, keepdim=True)
+
+        if band > 0:  # everything before the band: far tables, no mask
+            far_out, far_lse = _block(q_far[:, :, start:stop], k_far[:, :, :band], value[:, :, :band], scale)
+            far_lse = far_lse[..., None]
+            top = torch.maximum(far_lse, band_max)
+            far_weight, band_weight = (far_lse - top).exp(), (band_max - top).exp()
+            numerator = far_out.float() * far_weight + numerator * band_weight
+            denominator = far_weight + denominator * band_weight
+        out[:, :, start:stop] = (numerator / denominator).to(value.dtype)
+    return out
