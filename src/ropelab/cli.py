@@ -4,6 +4,7 @@
     ropelab describe SPEC --head-dim D --train-len L [--base B] [--length N] [--format json]
     ropelab models [--format json]
     ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T]
+    ropelab positions FILE [--language L] [--tokenizer MODEL] [--granularity function|class] [--levels 2|3]
 
 Bad input (an unknown method, a bad parameter, a length out of range) prints one ``error:`` line
 and exits with status 2; no traceback.
@@ -207,6 +208,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_positions(args: argparse.Namespace) -> int:
+    """HiRoPE positions of a source file. JSON ``positions`` rows are highest level first:
+    ``[segment, token]`` (``[unit, segment, token]`` with ``--levels 3``), the reverse of the
+    column order of ``Hierarchy.positions()``."""
+    from ropelab.code import canonical_language, extract, load_tokenizer, read_source
+
+    text, warnings = read_source(args.file)
+    language = canonical_language(args.language) if args.language else None
+    tokenizer = load_tokenizer(args.tokenizer)
+    hierarchy = extract(
+        text, tokenizer, language=language, path=args.file, granularity=args.granularity, levels=args.levels
+    )
+    for warning in warnings + hierarchy.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.format == "json":
+        info = {
+            "language": hierarchy.language,
+            "num_tokens": hierarchy.num_tokens,
+            "segments": [s.to_dict() for s in hierarchy.segments],
+            "positions": hierarchy.positions().flip(1).tolist(),
+        }
+        print(json.dumps(info))
+        return 0
+    segments = hierarchy.segments
+    print(
+        f"{args.file}: {hierarchy.language}, {hierarchy.num_tokens} tokens, {len(segments)} segments "
+        f"(granularity {args.granularity}, levels {args.levels})"
+    )
+    unit = args.levels == 3
+    width = max([4, *(len(s.name or "-") for s in segments)])
+    print(f"{'seg':>5}  {'unit  ' if unit else ''}{'kind':<8}  {'name':<{width}}  {'lines':>11}  {'tokens':>13}")
+    for s in segments:
+        print(
+            f"{s.index:>5}  {f'{s.unit:>4}  ' if unit else ''}{s.kind:<8}  {s.name or '-':<{width}}  "
+            f"{f'{s.start_line}-{s.end_line}':>11}  {f'{s.start_token}-{s.end_token}':>13}"
+        )
+    return 0
+
+
 def _read_text(path: str) -> str:
     try:
         data = open(path, "rb").read()
@@ -256,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("positions", help="HiRoPE hierarchical positions (segments) of a source file")
+    p.add_argument("file", help="source file; the language comes from its extension unless --language is given")
+    p.add_argument(
+        "--language", default=None, help="python, java, c, cpp, javascript, typescript, tsx, go, rust or text"
+    )
+    p.add_argument(
+        "--tokenizer", default="smollm2-135m", help="model name, model dir or tokenizer.json (default: smollm2-135m)"
+    )
+    p.add_argument("--granularity", choices=("function", "class"), default="function")
+    p.add_argument("--levels", type=int, choices=(2, 3), default=2)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_positions)
     return parser
 
 
