@@ -38,7 +38,13 @@ SPECS = [
     "hope+yarn:factor=2",
     "hope+pi:factor=4",
     "nope",
+    # windowed methods go through the attention-function hook
+    "rerope:window=24",
+    "rerope:window=24,logn=true",
+    "self-extend:window=24,group=3",
+    "hirope:window=24,chunk=10",
 ]
+WINDOWED = ["rerope:window=24", "self-extend:window=24,group=3", "hirope:window=24,chunk=10"]
 NON_ROTARY = ["alibi", "kerple-log", "kerple-power", "fire", "learned"]
 
 
@@ -270,10 +276,10 @@ def test_context_reads_original_max_position_embeddings_and_theta() -> None:
 # -- generation -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spec", ["yarn:factor=2", *WINDOWED])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_generate_matches_ropelab(models, arch: str) -> None:
+def test_generate_matches_ropelab(models, arch: str, spec: str) -> None:
     model, twin = models[arch]
-    spec = "yarn:factor=2"
     prompt = torch.randint(0, VOCAB, (2, 60), generator=torch.Generator().manual_seed(11))  # crosses 64
     hf.patch(model, spec)
     try:
@@ -302,8 +308,10 @@ def test_generate_matches_ropelab(models, arch: str) -> None:
 
 def test_rotary_module_dtype_and_legacy_call(models) -> None:
     model, _ = models["llama"]
-    rotary = hf.RopelabRotaryEmbedding(hf.patch(model, "hope+yarn:factor=2"), model.model.rotary_emb.original)
+    encoding = hf.patch(model, "hope+yarn:factor=2")
+    original = copy.deepcopy(model.model.rotary_emb.original)  # the cast below must not touch the shared model
     hf.unpatch(model)
+    rotary = hf.RopelabRotaryEmbedding(encoding, original)
     positions = torch.arange(LENGTH)[None]
     x = torch.zeros(1, dtype=torch.bfloat16)
     cos, sin = rotary(x, positions)
@@ -337,3 +345,41 @@ def test_legacy_per_layer_rotary_modules_are_patched(ids) -> None:
     hf.unpatch(model)
     assert [model.model.rotary_emb] + [layer.self_attn.rotary_emb for layer in model.model.layers] == originals
     assert torch.equal(_logits(model, ids), expected)
+
+
+# -- windowed methods -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", WINDOWED)
+def test_windowed_patch_switches_attention_and_unpatch_restores(models, ids, spec: str) -> None:
+    model, _ = models["llama"]
+    before = model.config._attn_implementation
+    unpatched = _logits(model, ids)  # not the module fixture: another test round-trips dtypes
+    hf.patch(model, spec)
+    try:
+        assert model.config._attn_implementation == hf.WINDOW_ATTENTION
+        assert _max_diff(_logits(model, ids), unpatched) > 1e-3
+        hf.patch(model, "rope")  # a plain rotary patch gives the attention implementation back
+        assert model.config._attn_implementation == before
+    finally:
+        hf.unpatch(model)
+    assert model.config._attn_implementation == before
+    assert torch.equal(_logits(model, ids), unpatched)
+
+
+def test_hirope_reads_hierarchical_positions_from_a_forward_keyword(models, ids) -> None:
+    model, twin = models["llama"]
+    T = ids.shape[1]
+    positions = torch.stack((torch.arange(T) % 17, torch.arange(T) // 17), dim=-1)[None]
+    spec = "hirope:window=24"
+    hf.patch(model, spec)
+    try:
+        with torch.no_grad():
+            got = model(input_ids=ids, use_cache=False, ropelab_positions=positions).logits
+            chunked = _logits(model, ids)
+    finally:
+        hf.unpatch(model)
+    with torch.no_grad():
+        expected = twin.with_method(spec)(ids, positions=positions)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    assert _max_diff(got, chunked) > 1e-3  # the positions were used, not the default chunks

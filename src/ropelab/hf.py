@@ -46,12 +46,21 @@ model with the same weights). Methods that are not rotary -- ``alibi``, ``kerple
 (attention biases) and ``learned`` (an input embedding) -- raise :class:`~ropelab.errors.RopelabError`:
 they would need HF's attention function or embeddings to change, not the rotary tables.
 
+Windowed methods (``rerope``, ``self-extend``, ``hirope``) go through transformers' attention
+hook (``AttentionInterface``, transformers >= 4.48): the rotary tables become the identity so
+queries and keys (and HF's KV cache) stay unrotated, and a registered attention function
+``"ropelab_window"`` rotates them with the method's near/far tables and runs
+:func:`ropelab.model.window_attention.windowed_attention`; ``unpatch`` restores the model's own
+attention implementation. HiRoPE reads hierarchical positions from an extra forward keyword,
+``ropelab_positions`` (``[B|1, T, levels]`` for the whole sequence, e.g. from
+``ropelab.code.extract(...).positions()``); without it tokens fall into HiRoPE's fixed chunks.
+
 Limitations:
 
-* Only methods expressible as per-token cos/sin tables. Methods that need a score function in the
-  attention (ReRoPE, Self-Extend, HiRoPE's window) or position vectors per token (HiRoPE's
-  multi-level positions) will need a hook into HF's attention function -- a later issue; a
-  rotary encoding whose frequencies read more than one position level is refused.
+* Windowed methods assume unpadded inputs (every row's tokens are at sequence indices 0..T-1);
+  HF's padding mask is not applied by the window attention function.
+* A rotary encoding whose frequencies read more than one position level is refused (HF's
+  ``position_ids`` carry one index per token).
 * ``dynamic-ntk`` rebases by ``max(position_ids) + 1`` at each call, exactly like HF's ``dynamic``
   rope type; HF's KV cache keeps the rotation cached keys were computed with, whereas ropelab's own
   :class:`~ropelab.model.transformer.Transformer` re-rotates them. Cached HF generation past the
@@ -127,12 +136,12 @@ class RopelabRotaryEmbedding(nn.Module):
     def _tables(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """float32 ``[..., T, head_dim]`` cos/sin in HF's rotate-half layout."""
         encoding = self.encoding
-        if isinstance(encoding, RotaryEncoding):
+        if isinstance(encoding, RotaryEncoding) and encoding.window is None:
             if encoding.inv_freq.device != position_ids.device:
                 encoding.to(position_ids.device)
             rotation = encoding.rotation(position_ids)
             cos, sin = rotation.cos, rotation.sin
-        else:  # nope: every frequency position-independent
+        else:  # nope, or a windowed method (it rotates inside the attention function)
             shape = (*position_ids.shape, self.head_dim // 2)
             cos = torch.ones(shape, dtype=torch.float32, device=position_ids.device)
             sin = torch.zeros(shape, dtype=torch.float32, device=position_ids.device)
@@ -250,7 +259,7 @@ def _build(spec: str, ctx: PEContext) -> PositionEncoding:
                 "cannot carry; it needs the attention-function hook (not yet supported)"
             )
         return encoding
-    if encoding.info.family == "none":
+    if encoding.info.family == "none" or encoding.window is not None:
         return encoding
     rotary = ", ".join(m.name for m in pe_registry.methods() if m.kind == "rotary")
     raise RopelabError(
@@ -258,6 +267,73 @@ def _build(spec: str, ctx: PEContext) -> PositionEncoding:
         f"pi/ntk/dynamic-ntk/yarn) and nope; {encoding.info.name!r} is a {encoding.info.family} method "
         "that cannot be expressed as rotary cos/sin tables"
     )
+
+
+# -- windowed methods through the attention hook -----------------------------------------------
+
+WINDOW_ATTENTION = "ropelab_window"
+
+
+def _window_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function for windowed methods: q/k arrive unrotated."""
+    from ropelab.model.window_attention import windowed_attention
+    from ropelab.pe.base import Rotation, apply_rotary
+
+    encoding = module._ropelab_window
+    q_len, k_len = query.shape[2], key.shape[2]
+    index = torch.arange(k_len, device=query.device)[None]
+    positions = kwargs.get("ropelab_positions")
+    if positions is None or positions.shape[1] != k_len:
+        positions = index
+    tables = encoding.windowed_rotation(torch.as_tensor(positions, device=query.device), index)
+    past = k_len - q_len
+
+    def tail(rotation: Rotation) -> Rotation:
+        return Rotation(rotation.cos[:, past:], rotation.sin[:, past:])
+
+    out = windowed_attention(
+        apply_rotary(query, tail(tables.near_q)),
+        apply_rotary(query, tail(tables.far_q)),
+        apply_rotary(key, tables.near_k),
+        apply_rotary(key, tables.far_k),
+        value,
+        encoding.window,
+        past,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_window_attention() -> None:
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    except ImportError:
+        raise RopelabError(
+            "hf.patch: windowed methods (rerope, self-extend, hirope) need transformers >= 4.48 "
+            "(its AttentionInterface hook); this transformers version has none"
+        ) from None
+    AttentionInterface.register(WINDOW_ATTENTION, _window_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(WINDOW_ATTENTION, sdpa_mask)
+
+
+def _set_window(model: nn.Module, encoding: PositionEncoding | None) -> None:
+    """Switch the attention implementation to ropelab's window function (or back)."""
+    config = model.config
+    saved = getattr(config, "_ropelab_saved_attn", None)
+    if encoding is not None and encoding.window is not None:
+        _register_window_attention()
+        if saved is None:
+            config._ropelab_saved_attn = config._attn_implementation
+        config._attn_implementation = WINDOW_ATTENTION
+    elif saved is not None:
+        config._attn_implementation = saved
+        del config._ropelab_saved_attn
+    for layer in _body(model).layers:
+        attention = layer.self_attn
+        if encoding is not None and encoding.window is not None:
+            attention._ropelab_window = encoding
+        elif hasattr(attention, "_ropelab_window"):
+            del attention._ropelab_window
 
 
 def patch(model: nn.Module, spec: str, train_len: int | None = None) -> PositionEncoding:
@@ -279,6 +355,7 @@ def patch(model: nn.Module, spec: str, train_len: int | None = None) -> Position
         current = getattr(owner, name)
         original = current.original if isinstance(current, RopelabRotaryEmbedding) else current
         setattr(owner, name, RopelabRotaryEmbedding(encoding, original))
+    _set_window(model, encoding)
     return encoding
 
 
@@ -290,6 +367,7 @@ def unpatch(model: nn.Module) -> bool:
         if isinstance(current, RopelabRotaryEmbedding):
             setattr(owner, name, current.original)
             restored = True
+    _set_window(model, None)
     return restored
 
 
