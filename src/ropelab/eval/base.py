@@ -1,0 +1,80 @@
+"""What every evaluation task provides, and what the runner gives back to it.
+
+A task turns ``(tokenizer, length, n, seed)`` into :class:`Sample` objects -- the exact text and
+tokens the model sees plus the gold answer -- and scores a sample from the model's
+:class:`Outputs`. Tasks never look at the method: the runner applies every method unchanged.
+
+Scoring modes (``Task.mode``):
+
+* ``"loss"``: the runner returns per-token losses of the whole prompt (``ppl``).
+* ``"teacher_forced"``: one forward over prompt + gold answer; the runner returns the losses and
+  the argmax prediction at every answer token. "Every argmax equals the gold token" is exactly
+  "greedy decoding reproduces the answer", at the cost of one forward (passkey, copy).
+* ``"generate"``: greedy decoding of up to ``max_new_tokens`` after the prompt, cut at the first
+  of ``stop`` strings (completion, few-shot, symbols).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from ropelab.errors import RopelabError
+
+
+@dataclass
+class Sample:
+    task: str
+    length: int  # the requested input length in tokens
+    index: int  # sample number within (task, length)
+    seed: int
+    prompt: str  # exactly the text the model sees
+    prompt_ids: list[int]  # its tokens (the model input; may be cut to ``length``)
+    answer: str  # the gold continuation / label / answer text
+    answer_ids: list[int] = field(default_factory=list)  # gold continuation tokens (teacher-forced tasks)
+    language: str | None = None  # programming language of the prompt (for HiRoPE's hierarchy), or None
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific fields, dumped with the sample
+
+    def to_json(self, with_ids: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_ids:
+            data.pop("prompt_ids")
+            data.pop("answer_ids")
+        extra = data.pop("extra")
+        return {**data, **extra, "num_prompt_tokens": len(self.prompt_ids)}
+
+
+@dataclass
+class Outputs:
+    """What the runner observed for one sample under one method."""
+
+    losses: list[float] | None = None  # loss mode: per-token losses of the prompt (entry t scores token t+1)
+    answer_losses: list[float] | None = None  # teacher-forced: loss of each gold answer token
+    answer_argmax: list[int] | None = None  # teacher-forced: argmax prediction at each answer position
+    generated: str | None = None  # generate mode: the decoded continuation (cut at a stop string)
+
+
+class Task:
+    """Base class of an evaluation task (one file per task in ``ropelab/eval/``)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    mode: ClassVar[str]  # "loss" | "teacher_forced" | "generate"
+    metric: ClassVar[str]  # the headline metric in reports
+    higher_is_better: ClassVar[bool] = True
+    max_new_tokens: ClassVar[int] = 0
+    stop: ClassVar[tuple[str, ...]] = ()
+    #: the smallest input length the task can build (tokens)
+    min_length: ClassVar[int] = 64
+
+    def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
+        raise NotImplementedError
+
+    def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
+        raise NotImplementedError
+
+    def check_length(self, length: int) -> None:
+        if length < self.min_length:
+            raise RopelabError(
+                f"{self.name}: length {length} is too short; the task needs at least {self.min_length} tokens"
+            )

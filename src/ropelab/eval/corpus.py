@@ -1,0 +1,51 @@
+"""Offline text sources for evaluation: the running interpreter's standard library.
+
+Files are read in a fixed order (size descending, then name) so every run sees the same text;
+undecodable files are skipped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from functools import lru_cache
+from pathlib import Path
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+@lru_cache(maxsize=4)
+def stdlib_python_files(min_bytes: int = 0) -> tuple[Path, ...]:
+    """Top-level and package ``.py`` files of the stdlib (no tests), largest first."""
+    root = stdlib_dir()
+    files = [
+        p
+        for p in root.rglob("*.py")
+        if p.is_file()
+        and p.stat().st_size >= min_bytes
+        and not any(part in ("test", "tests", "idle_test", "site-packages") for part in p.relative_to(root).parts)
+    ]
+    return tuple(sorted(files, key=lambda p: (-p.stat().st_size, str(p))))
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
+
+
+def long_code(min_chars: int, skip: int = 0) -> tuple[str, list[str]]:
+    """Whole stdlib files concatenated (largest first, after ``skip`` files) to ``min_chars``."""
+    parts, names, total = [], [], 0
+    for path in stdlib_python_files()[skip:]:
+        text = read_text(path)
+        if text is None:
+            continue
+        parts.append(text if text.endswith("\n") else text + "\n")
+        names.append(str(path.relative_to(stdlib_dir())))
+        total += len(text)
+        if total >= min_chars:
+            break
+    return "".join(parts), names

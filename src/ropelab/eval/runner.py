@@ -1,0 +1,323 @@
+"""One runner for every task x method x length: results streamed to JSONL, resumable.
+
+    run = evaluate(model, tokenizer, methods=["rope", "yarn:factor=2"], tasks=["ppl", "passkey"],
+                   lengths=["0.5x", "1x", "1.5x"], samples=2, out="runs/demo")
+
+A run directory holds ``config.json`` (everything needed to reproduce it), ``results.jsonl`` (one
+record per task x method x length x sample, appended as soon as it is measured, so an interrupted
+run resumes where it stopped), ``summary.json`` and the rendered report (``ropelab.eval.report``).
+
+``window`` is a reference "method" in every run: the same targets scored by the model's own RoPE
+with the context truncated to the training length (a sliding window). A method that does not beat
+it is not using the longer context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ropelab.errors import RopelabError
+from ropelab.eval.base import Outputs, Sample, Task
+
+WINDOW = "window"
+
+
+def parse_length(text: str, train_len: int) -> int:
+    """``2x`` (times the train length), ``12k`` (x1024), ``4096``."""
+    raw = str(text).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(x|k)?", raw)
+    if not match:
+        raise RopelabError(
+            f"length {text!r} is not understood; write e.g. 0.5x, 2x (train length multiples), 4k or 4096"
+        )
+    value, unit = float(match.group(1)), match.group(2)
+    tokens = value * train_len if unit == "x" else value * 1024 if unit == "k" else value
+    if unit is None and not value.is_integer():
+        raise RopelabError(f"length {text!r}: a token count must be a whole number")
+    tokens = round(tokens)
+    if tokens <= 0:
+        raise RopelabError(f"length {text!r} must be positive")
+    return tokens
+
+
+@dataclass
+class RunConfig:
+    model: str
+    methods: list[str]
+    tasks: list[str]
+    lengths: list[int]
+    length_labels: list[str]
+    samples: int
+    seed: int
+    train_len: int
+    include_window: bool = True
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _hierarchy_positions(
+    sample: Sample, ids: list[int], tokenizer, levels: int
+) -> tuple[torch.Tensor | None, str | None]:
+    """HiRoPE positions ``[1, T, levels]`` for ``ids`` (the sample's input), or (None, reason)."""
+    from ropelab.code import align, segment_text
+
+    text = tokenizer.decode(ids)
+    encoding = tokenizer.encode_with_offsets(text)
+    if encoding.ids != list(ids):
+        return None, "re-tokenised prompt differs from the input ids; fixed chunks used"
+    spans, _ = segment_text(text, sample.language)
+    hierarchy = align(text, encoding.ids, encoding.offsets, spans, sample.language or "text", levels=levels)
+    return hierarchy.positions()[None], None
+
+
+class Evaluator:
+    """Computes :class:`Outputs` for samples under the model's current method."""
+
+    def __init__(self, model, tokenizer, method: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.method = method
+        self.window = method == WINDOW
+        self.train_len = model.config.train_len
+        self._loss_cache: dict[tuple, list[float]] = {}
+
+    def positions(self, sample: Sample, ids: list[int]) -> tuple[torch.Tensor | None, str | None]:
+        pe = self.model.pe
+        if self.window or not pe.uses_hierarchy or not sample.language:
+            return None, None
+        return _hierarchy_positions(sample, ids, self.tokenizer, getattr(pe, "levels", 2))
+
+    def _shared_source(self, ids: list[int], related: list[Sample]) -> Sample | None:
+        """The longest related sample whose input starts with ``ids`` and can be scored in one
+        pass for all of them (causal model, angles independent of the input length)."""
+        if self.model.pe.rotation_depends_on_length:
+            return None
+        limit = self.train_len if self.window else None
+        fitting = [
+            s
+            for s in related
+            if len(s.prompt_ids) >= len(ids)
+            and (limit is None or len(s.prompt_ids) <= limit)
+            and s.prompt_ids[: len(ids)] == ids
+        ]
+        return max(fitting, key=lambda s: len(s.prompt_ids), default=None)
+
+    @torch.no_grad()
+    def outputs(self, task: Task, sample: Sample, related: list[Sample] = ()) -> tuple[Outputs, dict]:
+        info: dict = {}
+        ids = list(sample.prompt_ids)
+        if task.mode == "loss":
+            if self.window and len(ids) > self.train_len:
+                ids = ids[-self.train_len :]
+                info["context"] = len(ids)
+            source = self._shared_source(ids, related)
+            if source is not None:
+                key = (task.name, source.index, len(source.prompt_ids))
+                if key not in self._loss_cache:
+                    self._loss_cache = {key: self._losses(sample, source.prompt_ids, info)}
+                info["shared_pass"] = len(source.prompt_ids)
+                return Outputs(losses=self._loss_cache[key][: len(ids) - 1]), info
+            return Outputs(losses=self._losses(sample, ids, info)), info
+        if task.mode == "teacher_forced":
+            answer = list(sample.answer_ids)
+            if self.window:
+                ids = ids[-(self.train_len - len(answer)) :]
+                info["context"] = len(ids)
+            full = ids + answer
+            positions, note = self.positions(sample, full)
+            if note:
+                info["hierarchy"] = note
+            hidden = self.model.hidden_states(torch.tensor([full]), positions)[0, len(ids) - 1 : -1]
+            logits = self.model.lm_head(hidden).float()
+            target = torch.tensor(answer)
+            losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+            return Outputs(answer_losses=losses.tolist(), answer_argmax=logits.argmax(-1).tolist()), info
+        if task.mode == "generate":
+            if self.window:
+                ids = ids[-(self.train_len - task.max_new_tokens) :]
+                info["context"] = len(ids)
+            positions, note = self.positions(sample, ids)
+            if note:
+                info["hierarchy"] = note
+            return Outputs(generated=self._generate(task, ids, positions)), info
+        raise RopelabError(f"task {task.name}: unknown mode {task.mode!r}")
+
+    def _losses(self, sample: Sample, ids: list[int], info: dict) -> list[float]:
+        positions, note = self.positions(sample, ids)
+        if note:
+            info["hierarchy"] = note
+        return self.model.token_losses(torch.tensor([ids]), positions)[0].tolist()
+
+    def _generate(self, task: Task, ids: list[int], positions) -> str:
+        from ropelab.model.generate import stream
+
+        generated: list[int] = []
+        text = ""
+        for token in stream(
+            self.model, torch.tensor([ids]), task.max_new_tokens, eos_id=self.tokenizer.eos_id, positions=positions
+        ):
+            if self.tokenizer.eos_id is not None and int(token[0]) == self.tokenizer.eos_id:
+                break
+            generated.append(int(token[0]))
+            text = self.tokenizer.decode(generated)
+            if _stopped(text, task.stop):
+                break
+        return _cut(text, task.stop)
+
+
+def _stopped(text: str, stops: Iterable[str]) -> bool:
+    body = text.lstrip("\n")
+    return any(stop in body for stop in stops) if body.strip() else False
+
+
+def _cut(text: str, stops: Iterable[str]) -> str:
+    body = text.lstrip("\n")
+    cut = min((body.find(s) for s in stops if s in body), default=-1)
+    return body if cut < 0 else body[:cut]
+
+
+def _done_keys(path: Path) -> set[tuple]:
+    keys = set()
+    if not path.exists():
+        return keys
+    with open(path) as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupted write: measured again
+            keys.add((record["task"], record["method"], record["length"], record["index"]))
+    return keys
+
+
+def read_results(path: str | os.PathLike) -> list[dict]:
+    records = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def evaluate(
+    model,
+    tokenizer,
+    model_name: str,
+    methods: list[str],
+    tasks: list[str],
+    lengths: list[str],
+    samples: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    include_window: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Run every task x method x length x sample into ``out``; returns the run directory."""
+    from ropelab.eval import get_task
+    from ropelab.pe import canonical_spec
+
+    if samples < 1:
+        raise RopelabError(f"samples must be >= 1, got {samples}")
+    train_len = model.config.train_len
+    token_lengths = [parse_length(x, train_len) for x in lengths]
+    methods = [canonical_spec(m) for m in methods]  # validates every spec before any work
+    task_objects = [get_task(name) for name in tasks]
+    config = RunConfig(
+        model_name, methods, tasks, token_lengths, list(lengths), samples, seed, train_len, include_window
+    )
+    built: dict[tuple[str, int], list[Sample]] = {}
+    for task in task_objects:
+        for length in token_lengths:
+            task.check_length(length)
+            built[(task.name, length)] = task.build(tokenizer, length, samples, seed, train_len)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        if previous != config.to_json():
+            raise RopelabError(f"{out} holds a run with a different configuration; choose another --out directory")
+    else:
+        from ropelab.model.checkpoint import atomic_write_text
+
+        atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
+    results_path = out / "results.jsonl"
+    done = _done_keys(results_path)
+
+    all_methods = methods + ([WINDOW] if include_window else [])
+    # longest first within each sample index, so shorter inputs reuse the longest pass (ppl)
+    units = [
+        (method, task, built[(task.name, length)][index])
+        for method in all_methods
+        for task in task_objects
+        for index in range(samples)
+        for length in sorted(token_lengths, reverse=True)
+    ]
+    todo = [u for u in units if (u[1].name, u[0], u[2].length, u[2].index) not in done]
+    original = model.pe.spec
+    bar = tqdm(
+        total=len(units),
+        initial=len(units) - len(todo),
+        disable=not progress,
+        desc="evaluating",
+        unit="sample",
+        file=sys.stderr,
+    )
+    evaluator = None
+    try:
+        with open(results_path, "a") as results:
+            for method, task, sample in todo:
+                if evaluator is None or evaluator.method != method:
+                    model.with_method(original if method == WINDOW else method)
+                    evaluator = Evaluator(model, tokenizer, method)
+                bar.set_postfix_str(f"{method} {task.name} {sample.length}", refresh=False)
+                related = [built[(task.name, n)][sample.index] for n in token_lengths]
+                start = time.perf_counter()
+                outputs, info = evaluator.outputs(task, sample, related)
+                metrics = task.score(sample, outputs)
+                record = {
+                    "task": task.name,
+                    "method": method,
+                    "length": sample.length,
+                    "index": sample.index,
+                    "seed": seed,
+                    "metrics": metrics,
+                    "seconds": round(time.perf_counter() - start, 3),
+                    **info,
+                }
+                for key in ("depth",):
+                    if key in sample.extra:
+                        record[key] = sample.extra[key]
+                if outputs.generated is not None:
+                    record["generated"] = outputs.generated
+                if outputs.losses is not None and task.mode == "loss":
+                    record["bucket_losses"] = _buckets(outputs.losses, 8)
+                results.write(json.dumps(record) + "\n")
+                results.flush()
+                bar.update(1)
+    finally:
+        bar.close()
+        model.with_method(original)
+    from ropelab.eval.report import write_report
+
+    write_report(out)
+    return out
+
+
+def _buckets(losses: list[float], count: int) -> list[float]:
+    size = max(1, math.ceil(len(losses) / count))
+    return [sum(part) / len(part) for part in (losses[i : i + size] for i in range(0, len(losses), size))]
