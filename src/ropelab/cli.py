@@ -4,6 +4,10 @@
     ropelab describe SPEC --head-dim D --train-len L [--base B] [--length N] [--format json]
     ropelab models [--format json]
     ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T]
+    ropelab compare                                  (the main job: SmolLM2, 7 methods, ppl + passkey)
+    ropelab eval MODEL --methods SPEC,... --tasks ppl,passkey,... --lengths 0.5x,1x,12k
+    ropelab report RUN_DIR [RUN_B]
+    ropelab task-sample TASK --model MODEL --length LEN [--seed S] [--n N] [--format json]
     ropelab positions FILE [--language L] [--tokenizer MODEL] [--granularity function|class] [--levels 2|3]
 
 Bad input (an unknown method, a bad parameter, a length out of range) prints one ``error:`` line
@@ -259,6 +263,135 @@ def _read_text(path: str) -> str:
         return data.decode("utf-8", errors="replace")
 
 
+COMPARE_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,self-extend,hope,hirope"
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
+    result = {}
+    for item in items or []:
+        task, eq, lengths = item.partition("=")
+        if not eq or not task.strip() or not lengths.strip():
+            raise RopelabError(f"--task-lengths expects TASK=LEN[,LEN...], got {item!r}")
+        result[task.strip()] = _split(lengths)
+    return result
+
+
+def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None) -> int:
+    import time
+
+    import torch
+
+    from ropelab.eval import get_task
+    from ropelab.eval.runner import evaluate
+    from ropelab.model.pretrained import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_name = args.model
+    for name in _split(args.tasks):
+        get_task(name)  # unknown task names fail before the model loads
+    model, tokenizer = load_model(model_name)
+    if tokenizer is None:
+        raise RopelabError(f"{model_name}: has no tokenizer.json; evaluation needs one")
+    out = args.out or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = evaluate(
+        model,
+        tokenizer,
+        model_name,
+        _split(args.methods),
+        _split(args.tasks),
+        _split(args.lengths),
+        args.samples,
+        out,
+        seed=args.seed,
+        include_window=not args.no_window,
+        task_lengths=_task_lengths(task_lengths),
+    )
+    print((run / "report.md").read_text())
+    print(f"report: {run / 'report.md'} (plots and results.jsonl beside it)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return _run_eval(args, args.task_lengths)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The main job. Passkey runs at 1.5x only by default: every 12K-token forward costs about
+    1.5 minutes on 2 CPU cores, and a needle at depth 0.25 of 12K is beyond the window's reach."""
+    task_lengths = args.task_lengths
+    if task_lengths is None and "passkey" in _split(args.tasks):
+        task_lengths = ["passkey=1.5x"]
+    return _run_eval(args, task_lengths)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ropelab.eval.report import compare_runs, write_report
+
+    if len(args.runs) == 1:
+        path = write_report(args.runs[0])
+        print(path.read_text())
+        print(f"report: {path}")
+    elif len(args.runs) == 2:
+        print(compare_runs(*args.runs))
+    else:
+        raise RopelabError("ropelab report takes one run directory (re-render) or two (compare)")
+    return 0
+
+
+def cmd_task_sample(args: argparse.Namespace) -> int:
+    from ropelab.eval import get_task
+    from ropelab.eval.runner import parse_length
+    from ropelab.model.pretrained import load_model
+
+    task = get_task(args.task)
+    model, tokenizer = load_model(args.model)
+    length = parse_length(args.length, model.config.train_len)
+    task.check_length(length)
+    samples = task.build(tokenizer, length, args.n, args.seed, model.config.train_len)
+    data = {
+        "task": task.name,
+        "model": args.model,
+        "length": length,
+        "seed": args.seed,
+        "samples": [s.to_json() for s in samples],
+    }
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        for sample in data["samples"]:
+            print(f"--- {task.name} sample {sample['index']} ({sample['num_prompt_tokens']} tokens) ---")
+            print(sample["prompt"][-2000:])
+            print(f"--- answer: {sample['answer']!r}")
+    return 0
+
+
+def _eval_options(p: argparse.ArgumentParser, methods: str, tasks: str, lengths: str, samples: int) -> None:
+    p.add_argument("--methods", default=methods, help=f"comma-separated specs (default: {methods})")
+    p.add_argument("--tasks", default=tasks, help=f"comma-separated tasks (default: {tasks})")
+    p.add_argument(
+        "--lengths",
+        default=lengths,
+        help=f"input lengths: 0.5x, 2x (train length multiples), 12k, 4096 (default: {lengths})",
+    )
+    p.add_argument(
+        "--task-lengths", action="append", metavar="TASK=LEN,...", help="other lengths for one task (repeatable)"
+    )
+    p.add_argument(
+        "--samples", type=_positive_int, default=samples, help=f"samples per task x length (default: {samples})"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", default=None, help="run directory (default: runs/<command>-<time>); an existing one resumes"
+    )
+    p.add_argument("--no-window", action="store_true", help="skip the truncated-context reference row")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ropelab", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=_version())
@@ -309,6 +442,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, choices=(2, 3), default=2)
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_positions)
+
+    p = sub.add_parser("eval", help="evaluate a model under several methods on several tasks and lengths")
+    p.add_argument("model", help="registry name, .gguf file, HF model dir or ropelab checkpoint")
+    _eval_options(p, "rope,yarn:factor=2", "ppl,passkey", "0.5x,1x,1.5x", 1)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="the main job: SmolLM2-135M, seven methods + window, ppl + passkey")
+    p.add_argument("--model", default="smollm2-135m")
+    _eval_options(p, COMPARE_METHODS, "ppl,passkey", "0.5x,1x,1.5x", 1)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="re-render a run's report, or compare two runs")
+    p.add_argument("runs", nargs="+", help="RUN_DIR, or RUN_A RUN_B")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("task-sample", help="print exactly what the model sees for a task")
+    p.add_argument("task")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--length", required=True, help="e.g. 2x, 4k, 4096")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_positive_int, default=1)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_task_sample)
     return parser
 
 

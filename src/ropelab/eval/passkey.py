@@ -9,7 +9,8 @@ filler tokens::
 
 and the prompt ends with ``# What is the pass key? The pass key is``; the gold answer is
 `` 68217``. Sample ``i`` of ``n`` sits at depth ``i / (n - 1)`` (0 = start, 1 = end), so a run over
-``n`` samples and several lengths is the depth x length grid of the heatmap. Scored teacher-forced:
+``n`` samples and several lengths is the depth x length grid of the heatmap (one sample: depth
+0.25). Scored teacher-forced:
 exact match means greedy decoding would produce the five digits.
 """
 
@@ -24,7 +25,10 @@ QUESTION = "\n# What is the pass key? The pass key is"
 
 
 def depth_of(index: int, n: int) -> float:
-    return 0.5 if n == 1 else index / (n - 1)
+    """Depth of sample ``index`` of ``n``: evenly from 0 to 1; a single sample sits at 0.25, so at
+    1.5x the train length its needle is further from the question than the train length reaches
+    (a truncated-context ``window`` cannot see it)."""
+    return 0.25 if n == 1 else index / (n - 1)
 
 
 class Passkey(Task):

@@ -90,7 +90,7 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
     for name, task in summary["tasks"].items():
         metric, higher = task["metric"], task["higher_is_better"]
         cells = task["cells"]
-        lengths = sorted(config["lengths"])
+        lengths = sorted(config.get("task_lengths", {}).get(name, config["lengths"]))
         unit = " (%)" if _fmt(0.5, metric).endswith(".0") else ""
         lines += [f"## {name}: {metric}{unit}, {'higher' if higher else 'lower'} is better", ""]
         lines.append("| method | " + " | ".join(_label(n, train_len) for n in lengths) + " |")
@@ -193,7 +193,7 @@ def make_plots(run: Path, summary: dict, records: list[dict]) -> list[str]:
         for ax in list(axes.flat)[len(methods) :]:
             ax.axis("off")
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="exact match")
-        fig.suptitle(f"passkey retrieval ({config['model']}, train length {train_len})", fontsize=10)
+        fig.suptitle(f"passkey retrieval ({config['model']}, train length {train_len})", fontsize=10, y=1.0)
         path = run / "passkey_heatmap.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -58,6 +58,7 @@ class RunConfig:
     tasks: list[str]
     lengths: list[int]
     length_labels: list[str]
+    task_lengths: dict[str, list[int]]
     samples: int
     seed: int
     train_len: int
@@ -225,23 +226,31 @@ def evaluate(
     seed: int = 0,
     include_window: bool = True,
     progress: bool = True,
+    task_lengths: dict[str, list[str]] | None = None,
 ) -> Path:
-    """Run every task x method x length x sample into ``out``; returns the run directory."""
+    """Run every task x method x length x sample into ``out``; returns the run directory.
+
+    ``lengths`` apply to every task unless ``task_lengths`` names other lengths for a task.
+    """
     from ropelab.eval import get_task
     from ropelab.pe import canonical_spec
 
     if samples < 1:
         raise RopelabError(f"samples must be >= 1, got {samples}")
     train_len = model.config.train_len
-    token_lengths = [parse_length(x, train_len) for x in lengths]
     methods = [canonical_spec(m) for m in methods]  # validates every spec before any work
     task_objects = [get_task(name) for name in tasks]
+    unknown = sorted(set(task_lengths or {}) - set(tasks))
+    if unknown:
+        raise RopelabError(f"lengths given for tasks that are not run: {', '.join(unknown)}")
+    per_task = {name: [parse_length(x, train_len) for x in (task_lengths or {}).get(name, lengths)] for name in tasks}
+    token_lengths = sorted({n for values in per_task.values() for n in values})
     config = RunConfig(
-        model_name, methods, tasks, token_lengths, list(lengths), samples, seed, train_len, include_window
+        model_name, methods, tasks, token_lengths, list(lengths), per_task, samples, seed, train_len, include_window
     )
     built: dict[tuple[str, int], list[Sample]] = {}
     for task in task_objects:
-        for length in token_lengths:
+        for length in per_task[task.name]:
             task.check_length(length)
             built[(task.name, length)] = task.build(tokenizer, length, samples, seed, train_len)
     out = Path(out)
@@ -265,7 +274,7 @@ def evaluate(
         for method in all_methods
         for task in task_objects
         for index in range(samples)
-        for length in sorted(token_lengths, reverse=True)
+        for length in sorted(per_task[task.name], reverse=True)
     ]
     todo = [u for u in units if (u[1].name, u[0], u[2].length, u[2].index) not in done]
     original = model.pe.spec
@@ -285,7 +294,7 @@ def evaluate(
                     model.with_method(original if method == WINDOW else method)
                     evaluator = Evaluator(model, tokenizer, method)
                 bar.set_postfix_str(f"{method} {task.name} {sample.length}", refresh=False)
-                related = [built[(task.name, n)][sample.index] for n in token_lengths]
+                related = [built[(task.name, n)][sample.index] for n in per_task[task.name]]
                 start = time.perf_counter()
                 outputs, info = evaluator.outputs(task, sample, related)
                 metrics = task.score(sample, outputs)
