@@ -59,7 +59,11 @@ class Passkey(Task):
                 line_ids.append(ids)
                 total += len(ids)
             depth = depth_of(index, n)
-            at = round(depth * len(line_ids))
+            # the line boundary whose token offset is nearest to depth x filler tokens
+            boundaries = [0]
+            for ids in line_ids:
+                boundaries.append(boundaries[-1] + len(ids))
+            at = min(range(len(boundaries)), key=lambda b: abs(boundaries[b] - depth * total))
             pieces = [*line_ids[:at], tokenizer.encode(needle), *line_ids[at:], tokenizer.encode(QUESTION)]
             prompt_ids = [t for piece in pieces for t in piece]
             samples.append(

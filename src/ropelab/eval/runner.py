@@ -189,8 +189,19 @@ def _cut(text: str, stops: Iterable[str]) -> str:
     return body if cut < 0 else body[:cut]
 
 
+def _drop_partial_line(path: Path) -> None:
+    """An interrupted run can leave half a record at the end: cut it, so appends start clean."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def _done_keys(path: Path) -> set[tuple]:
     keys = set()
+    _drop_partial_line(path)
     if not path.exists():
         return keys
     with open(path) as handle:

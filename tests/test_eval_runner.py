@@ -1,0 +1,184 @@
+"""The evaluation runner and the ppl / passkey tasks, on a tiny random model with a small
+byte-level BPE tokenizer trained in the test (no real model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ropelab import ModelConfig, Transformer
+from ropelab.errors import RopelabError
+from ropelab.eval import get_task
+from ropelab.eval.base import Outputs
+from ropelab.eval.corpus import long_code
+from ropelab.eval.passkey import QUESTION
+from ropelab.eval.report import compare_runs, write_report
+from ropelab.eval.runner import WINDOW, Evaluator, evaluate, parse_length, read_results
+from ropelab.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    text, _ = long_code(200_000)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator([text[i : i + 2000] for i in range(0, len(text), 2000)], trainer)
+    return Tokenizer(backend)
+
+
+@pytest.fixture
+def model(tokenizer):
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, train_len=128)
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"), [("2x", 1024), ("0.5x", 256), ("1.5x", 768), ("4k", 4096), ("12K", 12288), ("300", 300)]
+)
+def test_parse_length(text, tokens):
+    assert parse_length(text, 512) == tokens
+
+
+@pytest.mark.parametrize("bad", ["", "x", "-1x", "2q", "0", "12.5"])
+def test_parse_length_rejects_bad_input(bad):
+    with pytest.raises(RopelabError):
+        parse_length(bad, 512)
+
+
+def test_ppl_samples_are_prefixes_and_reproducible(tokenizer):
+    task = get_task("ppl")
+    short = task.build(tokenizer, 300, 2, seed=0, train_len=128)
+    long = task.build(tokenizer, 500, 2, seed=0, train_len=128)
+    again = task.build(tokenizer, 500, 2, seed=0, train_len=128)
+    assert [s.prompt_ids for s in long] == [s.prompt_ids for s in again]
+    for a, b in zip(short, long):
+        assert len(a.prompt_ids) == 300 and len(b.prompt_ids) == 500
+        assert b.prompt_ids[:300] == a.prompt_ids  # what lets one pass serve every length
+    assert short[0].prompt_ids != short[1].prompt_ids  # samples are different documents
+    # the metric is the mean loss of the last 256 tokens, by hand
+    losses = [float(i) for i in range(299)]
+    assert task.score(short[0], Outputs(losses=losses))["loss"] == pytest.approx(sum(losses[-256:]) / 256)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_passkey_places_the_needle_at_its_depth(tokenizer, n):
+    task = get_task("passkey")
+    samples = task.build(tokenizer, 400, n, seed=3, train_len=128)
+    for sample in samples:
+        assert len(sample.prompt_ids) <= 400
+        key = sample.answer.strip()
+        assert len(key) == 5 and key.isdigit()
+        assert sample.prompt.count(f"The pass key is {key}.") == 1
+        assert sample.prompt.endswith(QUESTION)
+        needle_char = sample.prompt.index("# The pass key is")
+        filler_chars = (
+            len(sample.prompt) - len(QUESTION) - len(f"# The pass key is {key}. Remember it. {key} is the pass key.\n")
+        )
+        # the needle starts at a line boundary, at the requested fraction of the filler
+        assert needle_char == 0 or sample.prompt[needle_char - 1] == "\n"
+        assert abs(needle_char / filler_chars - sample.extra["depth"]) < 0.1
+        assert sample.answer_ids == tokenizer.encode(sample.answer)
+    if n > 1:
+        assert [s.extra["depth"] for s in samples] == [i / (n - 1) for i in range(n)]
+    else:
+        assert samples[0].extra["depth"] == 0.25
+    correct = Outputs(answer_argmax=list(samples[0].answer_ids))
+    assert task.score(samples[0], correct)["exact_match"] == 1.0
+    wrong = Outputs(answer_argmax=[*samples[0].answer_ids[:-1], -1])
+    assert task.score(samples[0], wrong)["exact_match"] == 0.0
+
+
+def test_teacher_forced_argmax_equals_greedy_generation(tokenizer, model):
+    """Exact match under teacher forcing is exactly 'greedy decoding reproduces the answer'."""
+    task = get_task("passkey")
+    sample = task.build(tokenizer, 200, 1, seed=0, train_len=128)[0]
+    greedy = model.generate(torch.tensor([sample.prompt_ids]), len(sample.answer_ids))[0].tolist()
+    sample.answer_ids = greedy  # make the model's own greedy output the gold answer
+    outputs, _ = Evaluator(model, tokenizer, "rope").outputs(task, sample)
+    assert outputs.answer_argmax == greedy
+
+
+def test_shared_pass_equals_separate_passes(tokenizer, model):
+    task = get_task("ppl")
+    samples = [task.build(tokenizer, n, 1, seed=0, train_len=128)[0] for n in (260, 300, 400)]
+    shared = Evaluator(model, tokenizer, "rope")
+    for sample in sorted(samples, key=lambda s: -s.length):
+        outputs, info = shared.outputs(task, sample, samples)
+        alone, _ = Evaluator(model, tokenizer, "rope").outputs(task, sample)
+        assert info["shared_pass"] == 400
+        torch.testing.assert_close(torch.tensor(outputs.losses), torch.tensor(alone.losses), atol=1e-4, rtol=1e-4)
+
+
+def test_window_reference_truncates_to_the_train_length(tokenizer, model):
+    task = get_task("ppl")
+    sample = task.build(tokenizer, 300, 1, seed=0, train_len=128)[0]
+    outputs, info = Evaluator(model, tokenizer, WINDOW).outputs(task, sample)
+    assert info["context"] == 128 and len(outputs.losses) == 127
+    direct = model.token_losses(torch.tensor([sample.prompt_ids[-128:]]))[0]
+    torch.testing.assert_close(torch.tensor(outputs.losses), direct, atol=1e-5, rtol=1e-5)
+
+
+def test_run_writes_everything_and_resumes(tmp_path, tokenizer, model):
+    out = tmp_path / "run"
+    args = dict(
+        model_name="tiny-random",
+        methods=["rope", "yarn:factor=2", "hirope:window=32"],
+        tasks=["ppl", "passkey"],
+        lengths=["2.5x", "3x"],
+        samples=2,
+        out=out,
+        progress=False,
+    )
+    evaluate(model, tokenizer, **args)
+    records = read_results(out / "results.jsonl")
+    # 4 methods (with window) x 2 tasks x 2 lengths x 2 samples
+    assert len(records) == 32
+    assert {r["method"] for r in records} == {"rope", "rope+yarn:factor=2", "hirope:window=32", WINDOW}
+    for name in (
+        "config.json",
+        "summary.json",
+        "report.md",
+        "ppl_loss.png",
+        "passkey_exact_match.png",
+        "passkey_heatmap.png",
+    ):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "| `rope` |" in report and "*window* (reference)" in report and "does a method beat the `window`" in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"]["ppl"]["cells"]["rope"]["320"]["n"] == 2
+
+    # interrupt: drop the last 5 records and cut a line in half, then resume
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])
+    evaluate(model, tokenizer, **args)
+    resumed = read_results(out / "results.jsonl")
+    assert len(resumed) == 32
+    key = lambda r: (r["task"], r["method"], r["length"], r["index"])  # noqa: E731
+    assert sorted(map(key, resumed)) == sorted(map(key, records))
+    before = {key(r): r["metrics"] for r in records}
+    assert all(before[key(r)] == pytest.approx(r["metrics"], rel=1e-4) for r in resumed)
+
+    with pytest.raises(RopelabError, match="different configuration"):
+        evaluate(model, tokenizer, **{**args, "samples": 3})
+    assert "| `rope` |" in compare_runs(out, out)
+    assert write_report(out).is_file()
+
+
+def test_bad_run_arguments(tmp_path, tokenizer, model):
+    with pytest.raises(RopelabError, match="unknown task 'nope'"):
+        evaluate(model, tokenizer, "m", ["rope"], ["nope"], ["1x"], 1, tmp_path / "a", progress=False)
+    with pytest.raises(RopelabError, match="unknown position method"):
+        evaluate(model, tokenizer, "m", ["ropee"], ["ppl"], ["2x"], 1, tmp_path / "b", progress=False)
+    with pytest.raises(RopelabError, match="too short"):
+        evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["100"], 1, tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "config.json").exists()  # nothing written for a rejected run
