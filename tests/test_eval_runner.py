@@ -182,3 +182,28 @@ def test_bad_run_arguments(tmp_path, tokenizer, model):
     with pytest.raises(RopelabError, match="too short"):
         evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["100"], 1, tmp_path / "c", progress=False)
     assert not (tmp_path / "c" / "config.json").exists()  # nothing written for a rejected run
+
+
+def test_every_task_runs_through_the_runner(tmp_path, tokenizer, model):
+    from ropelab.eval import TASKS
+
+    out = evaluate(
+        model,
+        tokenizer,
+        "tiny-random",
+        ["rope"],
+        list(TASKS),
+        ["6x"],
+        1,
+        tmp_path / "all",
+        progress=False,
+        include_window=False,
+    )
+    records = read_results(out / "results.jsonl")
+    assert sorted(r["task"] for r in records) == sorted(TASKS)
+    for record in records:
+        task = get_task(record["task"])
+        assert task.metric in record["metrics"]
+        if task.mode == "generate":
+            assert "generated" in record
+    assert all(f"## {name}:" in (out / "report.md").read_text() for name in TASKS)
