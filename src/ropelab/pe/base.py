@@ -140,7 +140,7 @@ class MethodInfo:
 
     name: str
     family: str  # rope | scaling | absolute | bias | none
-    kind: str  # "rotary" (a RoPE-family base), "transform" (rescales RoPE frequencies), "encoding"
+    kind: str  # "rotary" (a RoPE-family base), "transform" (rescales RoPE frequencies), "window", "encoding"
     description: str
     paper: str
     params: tuple[Param, ...] = ()
