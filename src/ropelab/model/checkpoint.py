@@ -134,27 +134,14 @@ def load_checkpoint(
     try:
         model_config = ModelConfig.from_dict(config["model"])
         model_config.pe = config.get("pe", model_config.pe)
-        model = Transformer(model_config).to(device)
+        with torch.device("meta"):
+            skeleton = Transformer(model_config, init_weights=False)
     except RopelabError as error:
         raise CheckpointError(f"{directory / CONFIG}: {error}") from None
-
-    expected_state = model.state_dict()
-    if model_config.tie_embeddings:
-        expected_state.pop("lm_head.weight", None)
-    missing = sorted(set(expected_state) - set(state))
-    unexpected = sorted(set(state) - set(expected_state))
-    wrong = sorted(k for k in set(state) & set(expected_state) if state[k].shape != expected_state[k].shape)
-    if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            problems.append(f"unexpected tensors: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            shapes = ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected_state[k].shape)}" for k in wrong[:3])
-            problems.append(f"shape mismatch: {shapes}")
+    problems = skeleton.state_problems(state)
+    if problems:
         raise CheckpointError(f"{weights} does not match {CONFIG}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=False)
+    model = Transformer.from_state_dict(model_config, state).to(device)
     if method is not None:
         model.with_method(method)
     return model

@@ -151,8 +151,7 @@ def convert_gguf(gguf_path: Path, target: Path, source_id: str) -> None:
     start = time.perf_counter()
     _log(f"converting {gguf_path.name} to float32 (once; cached in {target})")
     config, state, meta = read_gguf(gguf_path)
-    model = Transformer(config)
-    _load_weights(model, state, str(gguf_path))
+    model = _model_from(config, state, str(gguf_path))
     tokenizer = gguf_tokenizer(gguf_path)
     if tokenizer.bos_id is None:
         tokenizer.bos_id = meta.get("bos_id")
@@ -167,15 +166,17 @@ def convert_gguf(gguf_path: Path, target: Path, source_id: str) -> None:
     _log(f"converted in {time.perf_counter() - start:.1f} s")
 
 
-def _load_weights(model: Transformer, state: dict, source: str) -> None:
-    expected = model.state_dict()
-    if model.config.tie_embeddings:
-        expected.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(state))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or wrong:
-        raise RopelabError(f"{source}: weights do not fit the model: missing {missing[:4]}, wrong shapes {wrong[:4]}")
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+def _model_from(config, state: dict, source: str) -> Transformer:
+    """The model holding ``state``; a clear error when the weights do not fit the config."""
+    import torch
+
+    with torch.device("meta"):
+        skeleton = Transformer(config, init_weights=False)
+    state = {k: v for k, v in state.items() if not (config.tie_embeddings and k == "lm_head.weight")}
+    problems = skeleton.state_problems(state)
+    if problems:
+        raise RopelabError(f"{source}: weights do not fit the model: " + "; ".join(problems))
+    return Transformer.from_state_dict(config, state)
 
 
 def _cached(target: Path, source_id: str) -> bool:
@@ -255,9 +256,7 @@ def load_model(
         from ropelab.model.hf_dir import read_hf_dir
 
         config, state, meta = read_hf_dir(directory)
-        model = Transformer(config)
-        _load_weights(model, state, str(directory))
-        model = model.to(device)
+        model = _model_from(config, state, str(directory)).to(device)
         if method is not None:
             model.with_method(method)
     else:

@@ -217,17 +217,59 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """The decoder. ``model(input_ids)`` returns logits ``[batch, seq, vocab]``."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, init_weights: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        # without init (loading weights), hand the embedding an empty table: its own reset would
+        # run normal_, which on the meta device imports torch's compiler stack (seconds)
+        table = None if init_weights else torch.empty(config.vocab_size, config.dim)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim, _weight=table)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self._init_weights()
+        if init_weights:
+            self._init_weights()
         self.pe = self._build_pe(config.pe)
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor]) -> Transformer:
+        """A model holding ``state`` (already validated), built without random initialisation.
+
+        The skeleton is made on the meta device and the tensors are assigned, so loading a
+        checkpoint costs no init time and no second copy of the weights.
+        """
+        with torch.device("meta"):
+            model = cls(config, init_weights=False)
+        model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        # the encoding's angle tables are not stored: rebuild it for real, then give it its weights
+        model.pe = model._build_pe(config.pe)
+        model.pe.load_state_dict({k.removeprefix("pe."): v for k, v in state.items() if k.startswith("pe.")})
+        left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise RopelabError(f"weights missing for: {', '.join(left[:5])}")
+        return model
+
+    def state_problems(self, state: dict[str, Tensor]) -> list[str]:
+        """What keeps ``state`` from loading into this model: missing/unexpected tensors, shapes."""
+        expected = self.state_dict()
+        if self.config.tie_embeddings:
+            expected.pop("lm_head.weight", None)
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        problems = []
+        if missing:
+            problems.append(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            problems.append(f"unexpected tensors: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            shapes = ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:3])
+            problems.append(f"shape mismatch: {shapes}")
+        return problems
 
     # -- construction --------------------------------------------------------------------------
     def _init_weights(self) -> None:
