@@ -78,6 +78,11 @@ def test_bad_specs_name_the_problem(spec, message):
 
 def test_every_method_documents_paper_and_parameters():
     for info in pe.methods():
-        assert info.description and info.paper and info.family and info.kind in ("rotary", "transform", "encoding", "window")
+        assert (
+            info.description
+            and info.paper
+            and info.family
+            and info.kind in ("rotary", "transform", "encoding", "window")
+        )
         for param in info.params:
             assert param.help and param.allowed()

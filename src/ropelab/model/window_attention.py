@@ -70,7 +70,8 @@ def windowed_attention(
         far = torch.matmul(q_far[:, :, start:stop], k_far[:, :, band:n_keys].transpose(-1, -2)).float()
         scores = torch.where(distance < window, near, far).mul_(scale).masked_fill_(distance < 0, float("-inf"))
         band_max = scores.amax(dim=-1, keepdim=True)
-        weights = scores.sub_(band_max).exp_()
+        # in place when nothing is recorded for backward (inference: one less score-sized buffer)
+        weights = (scores - band_max).exp() if torch.is_grad_enabled() else scores.sub_(band_max).exp_()
         numerator = torch.matmul(weights.to(value.dtype), value[:, :, band:n_keys]).float()
         denominator = weights.sum(dim=-1, keepdim=True)
 

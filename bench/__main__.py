@@ -1,0 +1,32 @@
+"""Command line: ``python -m bench [NAME [options]]``; without a name, list the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bench import BENCHMARKS
+from ropelab.errors import RopelabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="ropelab benchmarks")
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    modules = {name: importlib.import_module(path) for name, path in BENCHMARKS.items()}
+    for name, module in modules.items():
+        module.add_arguments(sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION))
+    args = parser.parse_args(argv)
+    if args.benchmark is None:
+        print("available benchmarks (run `python -m bench NAME --help` for options):")
+        for name, module in modules.items():
+            print(f"  {name:<12} {module.DESCRIPTION}")
+        return 0
+    try:
+        return modules[args.benchmark].run(args)
+    except RopelabError as error:  # a bad config name or method spec
+        parser.error(str(error))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Training (forward+backward) and inference (forward) speed of every position method, relative to RoPE.
+
+Every method gets its own model, built once from the same seed and fed the same random tokens
+(fp32, CPU, train mode; the loss is next-token cross-entropy). After a warm-up, the methods are
+timed round-robin (each round starts one method later), so slow drift on a shared machine hits all
+of them alike; the median of the rounds is reported. A method whose step raises (e.g. one that
+cannot be trained) is reported with its error instead of a time, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import ropelab
+from ropelab.pe import methods, parse_spec
+
+DESCRIPTION = "forward+backward and forward-only time of every position method, as a ratio to rope"
+REFERENCE = "rope"
+#: Allowed fwd+bwd slowdown vs rope per method family; families not listed have no target.
+TARGETS: dict[str, float] = {"rope": 1.10, "scaling": 1.10, "bias": 2.0}
+#: An interquartile ratio (Q3/Q1 of a method's samples) above this means the machine was busy.
+NOISY = 1.3
+
+Step = Callable[[ropelab.Transformer, torch.Tensor], None]
+
+
+def train_step(model: ropelab.Transformer, tokens: torch.Tensor) -> None:
+    """Next-token cross-entropy, forward and backward."""
+    model.zero_grad(set_to_none=True)
+    logits = model(tokens[:, :-1])
+    F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+
+
+def infer_step(model: ropelab.Transformer, tokens: torch.Tensor) -> None:
+    """Forward only, without autograd."""
+    with torch.no_grad():
+        model(tokens[:, :-1])
+
+
+#: What is timed, by the name used in the JSON.
+PHASES: dict[str, Step] = {"fwd_bwd": train_step, "fwd": infer_step}
+
+
+@dataclass
+class Case:
+    """One method under test: its model, its timings so far (seconds) and any phase that failed."""
+
+    spec: str
+    family: str
+    model: ropelab.Transformer
+    samples: dict[str, list[float]] = field(default_factory=lambda: {phase: [] for phase in PHASES})
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def attempt(self, phase: str, tokens: torch.Tensor) -> float | None:
+        """Run one step of ``phase``; its wall time, or ``None`` once the phase has failed."""
+        if phase in self.errors:
+            return None
+        start = time.perf_counter()
+        try:
+            PHASES[phase](self.model, tokens)
+        except Exception as error:  # report the method as broken, keep benchmarking the others
+            self.errors[phase] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            return None
+        return time.perf_counter() - start
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="small", help="named model config (default: small)")
+    parser.add_argument("--seq-len", type=_count(1), default=256, help="tokens per sequence (default: 256)")
+    parser.add_argument("--batch", type=_count(1), default=8, help="sequences per batch (default: 8)")
+    parser.add_argument("--repeats", type=_count(1), default=5, help="timed rounds over all methods (default: 5)")
+    parser.add_argument("--warmup", type=_count(0), default=2, help="untimed iterations per method (default: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and tokens (default: 0)")
+    parser.add_argument("--methods", nargs="+", metavar="SPEC", help="method specs (default: every registered method)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/pe_speed.json"), help="JSON results path")
+
+
+def family_of(spec: str) -> str:
+    """The family of the last method in the spec (``pi`` -> ``rope+pi`` -> scaling)."""
+    return parse_spec(spec)[-1].info.family
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine_info() -> dict:
+    """CPU, threads, versions, date, git commit and current load, for the JSON."""
+    cpu_lines = [line for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")]
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        commit = git.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "cpu": cpu_lines[0].split(":", 1)[1].strip() if cpu_lines else platform.processor(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "loadavg": _read("/proc/loadavg").split()[:3],  # 1/5/15-minute load when the run ended
+    }
+
+
+def measure(
+    specs: list[str], config: str, seq_len: int, batch: int, repeats: int, warmup: int, seed: int
+) -> list[Case]:
+    """Build one model per spec, warm each up, then time them round-robin ``repeats`` times."""
+    cases = []
+    for spec in specs:
+        torch.manual_seed(seed)
+        model = ropelab.Transformer(ropelab.ModelConfig.from_name(config, pe=spec)).train()
+        cases.append(Case(spec, family_of(spec), model))
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cases[0].model.config.vocab_size, (batch, seq_len + 1), generator=generator)
+
+    with tqdm(total=len(cases) * (warmup + repeats), desc="pe-speed", unit="step", leave=False) as bar:
+        for case in cases:
+            bar.set_postfix_str(f"warm-up {case.spec}")
+            for _ in range(warmup):
+                for phase in PHASES:
+                    case.attempt(phase, tokens)
+                bar.update()
+        for round_ in range(repeats):
+            for i in range(len(cases)):
+                case = cases[(i + round_) % len(cases)]
+                bar.set_postfix_str(f"round {round_ + 1}/{repeats} {case.spec}")
+                for phase in PHASES:
+                    seconds = case.attempt(phase, tokens)
+                    if seconds is not None:
+                        case.samples[phase].append(seconds)
+                bar.update()
+    return cases
+
+
+def _iqr_ratio(samples: list[float]) -> float:
+    """Q3/Q1: how far apart the middle half of the samples lies (1.0 = no spread)."""
+    if len(samples) < 2:
+        return 1.0
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q3 / q1
+
+
+def _median(samples: list[float]) -> float | None:
+    return statistics.median(samples) if samples else None
+
+
+def summarise(cases: list[Case]) -> list[dict]:
+    """Median times (ms), ratios to the reference, PASS/MISS (or ERROR) per method."""
+    ref = next(case for case in cases if case.spec == REFERENCE)
+    rows = []
+    for case in cases:
+        row: dict = {"method": case.spec, "spec": case.model.pe.spec, "family": case.family}
+        for phase, samples in case.samples.items():
+            median, ref_median = _median(samples), _median(ref.samples[phase])
+            row[f"{phase}_ms"] = None if median is None else 1e3 * median
+            row[f"{phase}_ratio"] = None if median is None or ref_median is None else median / ref_median
+        target = TARGETS.get(case.family)
+        ratio = row["fwd_bwd_ratio"]
+        row["target"] = target
+        if case.errors:
+            row["status"] = "ERROR"
+        elif target is not None and ratio is not None:
+            row["status"] = "PASS" if ratio <= target else "MISS"
+        else:
+            row["status"] = None
+        row["errors"] = case.errors
+        row["iqr_ratio"] = max((_iqr_ratio(samples) for samples in case.samples.values() if samples), default=None)
+        for phase, samples in case.samples.items():
+            row[f"{phase}_samples_ms"] = [1e3 * t for t in samples]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The readable table: method, family, fwd+bwd ms and ratio, fwd ms and ratio, target verdict."""
+
+    def number(value: float | None, width: int, digits: int) -> str:
+        return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    header = f"{'method':<14} {'family':<9} {'fwd+bwd ms':>10} {'ratio':>6} {'fwd ms':>8} {'ratio':>6}  target"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        verdict = r["status"] or "-"
+        if r["target"] is not None and r["status"] in ("PASS", "MISS"):
+            verdict += f" (<= {r['target']:.2f}x)"
+        if r["errors"]:
+            verdict += " in " + ", ".join(r["errors"])
+        lines.append(
+            f"{r['method']:<14} {r['family']:<9} {number(r['fwd_bwd_ms'], 10, 1)} {number(r['fwd_bwd_ratio'], 6, 2)} "
+            f"{number(r['fwd_ms'], 8, 1)} {number(r['fwd_ratio'], 6, 2)}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically (through ``PATH.tmp``) so an interrupted run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = list(dict.fromkeys([REFERENCE, *(args.methods or [m.name for m in methods()])]))
+    for spec in specs:
+        parse_spec(spec)  # fail fast on a bad spec, before any model is built
+    start = time.perf_counter()
+    load_before = _read("/proc/loadavg").split()[:3]
+    cases = measure(specs, args.config, args.seq_len, args.batch, args.repeats, args.warmup, args.seed)
+    rows = summarise(cases)
+    machine = {**machine_info(), "loadavg_before": load_before}
+
+    print(
+        f"pe-speed: config={args.config} seq_len={args.seq_len} batch={args.batch} repeats={args.repeats} "
+        f"fp32 CPU, {machine['torch_threads']} threads, torch {machine['torch']}, {machine['cpu']}"
+    )
+    print(format_table(rows))
+    for r in rows:
+        for phase, message in r["errors"].items():
+            print(f"error: {r['method']} {phase}: {message}")
+    noisy = [r["method"] for r in rows if r["iqr_ratio"] is not None and r["iqr_ratio"] > NOISY]
+    if noisy:
+        print(
+            f"warning: samples spread more than {NOISY}x (Q3/Q1) for {', '.join(noisy)}; the machine was busy "
+            f"(load average {' '.join(load_before)} before, {' '.join(machine['loadavg'])} after): rerun when idle"
+        )
+    misses = [r["method"] for r in rows if r["status"] == "MISS"]
+    print(
+        f"targets: {'all met' if not misses else 'MISS: ' + ', '.join(misses)}  ({time.perf_counter() - start:.0f} s)"
+    )
+
+    write_json(
+        args.out,
+        {
+            "benchmark": "pe-speed",
+            "machine": machine,
+            "settings": {
+                "config": args.config,
+                "seq_len": args.seq_len,
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "seed": args.seed,
+                "dtype": "float32",
+                "device": "cpu",
+                "reference": REFERENCE,
+                "targets": TARGETS,
+            },
+            "model_config": {k: v for k, v in cases[0].model.config.to_dict().items() if k != "pe"},
+            "results": rows,
+        },
+    )
+    print(f"wrote {args.out}")
+    return 0
