@@ -39,7 +39,6 @@ import ast
 import random
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
 
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
@@ -52,16 +51,16 @@ _CHARS_PER_TOKEN_BOUND = 8  # gather at least this many characters per wanted to
 
 
 class Completion(Task):
-    name: ClassVar[str] = "completion"
-    description: ClassVar[str] = (
+    name = "completion"
+    description = (
         "LCC-style long code completion: the last `length` tokens of a stdlib code prefix; "
         "the model writes the next line (edit similarity)"
     )
-    mode: ClassVar[str] = "generate"
-    metric: ClassVar[str] = "edit_similarity"
-    max_new_tokens: ClassVar[int] = 48
-    stop: ClassVar[tuple[str, ...]] = ("\n",)
-    min_length: ClassVar[int] = 64
+    mode = "generate"
+    metric = "edit_similarity"
+    max_new_tokens = 48
+    stop = ("\n",)
+    min_length = 64
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)

@@ -43,7 +43,6 @@ Sources (constructor ``source``; the paper does not say where its sequences come
 from __future__ import annotations
 
 import random
-from typing import ClassVar
 
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
@@ -59,14 +58,14 @@ _MIN_LINE_CHARS = 24
 
 
 class Copy(Task):
-    name: ClassVar[str] = "copy"
-    description: ClassVar[str] = (
+    name = "copy"
+    description = (
         "HoPE in-context copying: N sequences of an 8-token prefix + 4-token suffix, then the middle "
         "sequence's prefix; the model must reproduce its suffix"
     )
-    mode: ClassVar[str] = "teacher_forced"
-    metric: ClassVar[str] = "exact_match"
-    min_length: ClassVar[int] = 64
+    mode = "teacher_forced"
+    metric = "exact_match"
+    min_length = 64
 
     def __init__(self, source: str = "corpus", num_sequences: int | None = None) -> None:
         if source not in SOURCES:

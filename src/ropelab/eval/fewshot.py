@@ -56,7 +56,6 @@ import ast
 import random
 import textwrap
 from functools import lru_cache
-from typing import ClassVar
 
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
@@ -76,17 +75,17 @@ _PUNCTUATION = ".,;:!?\"'`()[]{}<>"
 
 
 class FewShot(Task):
-    name: ClassVar[str] = "fewshot"
-    description: ClassVar[str] = (
+    name = "fewshot"
+    description = (
         "HoPE few-shot following on code labels: 5 labelled examples, filler sentences, a query; "
         "scores whether the output is one of the examples' labels"
     )
-    mode: ClassVar[str] = "generate"
-    metric: ClassVar[str] = "follow_rate"
-    max_new_tokens: ClassVar[int] = 8
-    stop: ClassVar[tuple[str, ...]] = ("\n",)
+    mode = "generate"
+    metric = "follow_rate"
+    max_new_tokens = 8
+    stop = ("\n",)
     #: the paper's shortest input (0.5 L at L = 512); 5 function examples + a query need ~200 tokens
-    min_length: ClassVar[int] = 256
+    min_length = 256
 
     def __init__(self, subtask: str = "mixed", filler: str = "paper") -> None:
         if subtask not in (*SUBTASKS, "mixed"):

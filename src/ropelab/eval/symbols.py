@@ -39,7 +39,6 @@ import random
 import re
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import ClassVar
 
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
@@ -54,16 +53,16 @@ _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 class Symbols(Task):
-    name: ClassVar[str] = "symbols"
-    description: ClassVar[str] = (
+    name = "symbols"
+    description = (
         "HiRoPE Code Symbol Understanding: a long stdlib code file, then a request to list every "
         "function and class defined in it (recall of the AST's names)"
     )
-    mode: ClassVar[str] = "generate"
-    metric: ClassVar[str] = "recall"
-    max_new_tokens: ClassVar[int] = 256
-    stop: ClassVar[tuple[str, ...]] = ("\n\n",)
-    min_length: ClassVar[int] = 128
+    mode = "generate"
+    metric = "recall"
+    max_new_tokens = 256
+    stop = ("\n\n",)
+    min_length = 128
 
     def __init__(self, scope: str = "all") -> None:
         if scope not in SCOPES:
