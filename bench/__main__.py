@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.benchmark is None:
         print("available benchmarks (run `python -m bench NAME --help` for options):")
+        width = max(map(len, modules))
         for name, module in modules.items():
-            print(f"  {name:<12} {module.DESCRIPTION}")
+            print(f"  {name:<{width}}  {module.DESCRIPTION}")
         return 0
     try:
         return modules[args.benchmark].run(args)
