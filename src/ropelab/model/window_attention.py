@@ -28,7 +28,14 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 def _block(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Unmasked attention of ``q`` [B, H, C, d] over ``k``/``v`` [B, H, N, d]: (output, logsumexp)."""
-    if _FLASH_CPU is not None and q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16):
+    # the fused kernel's log-sum-exp carries no gradient: use it only when nothing needs one
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if (
+        _FLASH_CPU is not None
+        and not needs_grad
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.bfloat16)
+    ):
         out, lse = _FLASH_CPU(q, k, v, 0.0, False, scale=scale)
         return out, lse.float()
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
