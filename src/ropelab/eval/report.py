@@ -178,7 +178,8 @@ def make_plots(run: Path, summary: dict, records: list[dict]) -> list[str]:
         lengths = sorted({r["length"] for r in passkey})
         cols = min(4, len(methods))
         rows = math.ceil(len(methods) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.6), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows + 0.6), squeeze=False)
+        fig.subplots_adjust(hspace=0.55, wspace=0.35)
         for ax, method in zip(axes.flat, methods):
             grid = [[float("nan")] * len(lengths) for _ in depths]
             for r in passkey:
