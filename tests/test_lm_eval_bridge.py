@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ropelab import hf
-from ropelab.model.config import ModelConfig
+from ropelab.model.hf_dir import hf_config_to_ropelab
 from ropelab.model.transformer import Transformer
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -84,19 +84,8 @@ def _loglikelihoods(lm, task) -> list[list[float]]:
 
 
 def _ropelab_loglikelihoods(hf_model, spec: str, docs) -> list[list[float]]:
-    c = hf_model.config
-    config = ModelConfig(
-        vocab_size=c.vocab_size,
-        dim=c.hidden_size,
-        n_layers=c.num_hidden_layers,
-        n_heads=c.num_attention_heads,
-        n_kv_heads=c.num_key_value_heads,
-        hidden_dim=c.intermediate_size,
-        norm_eps=c.rms_norm_eps,
-        train_len=c.max_position_embeddings,
-        tie_embeddings=False,
-        pe=spec,
-    )
+    config = hf_config_to_ropelab(hf_model.config.to_dict())
+    config.pe = spec
     model = Transformer(config).eval()
     model.load_state_dict({k.removeprefix("model."): v for k, v in hf_model.state_dict().items()})
     out = []
