@@ -134,14 +134,11 @@ def load_checkpoint(
     try:
         model_config = ModelConfig.from_dict(config["model"])
         model_config.pe = config.get("pe", model_config.pe)
-        with torch.device("meta"):
-            skeleton = Transformer(model_config, init_weights=False)
+        model = Transformer.from_state_dict(model_config, state).to(device)
+    except CheckpointError as error:
+        raise CheckpointError(f"{weights} does not match {CONFIG}: {error}") from None
     except RopelabError as error:
         raise CheckpointError(f"{directory / CONFIG}: {error}") from None
-    problems = skeleton.state_problems(state)
-    if problems:
-        raise CheckpointError(f"{weights} does not match {CONFIG}: " + "; ".join(problems))
-    model = Transformer.from_state_dict(model_config, state).to(device)
     if method is not None:
         model.with_method(method)
     return model

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ropelab.errors import RopelabError
+from ropelab.errors import CheckpointError, RopelabError
 from ropelab.model.checkpoint import (
     CONFIG,
     FORMAT,
@@ -168,15 +168,10 @@ def convert_gguf(gguf_path: Path, target: Path, source_id: str) -> None:
 
 def _model_from(config, state: dict, source: str) -> Transformer:
     """The model holding ``state``; a clear error when the weights do not fit the config."""
-    import torch
-
-    with torch.device("meta"):
-        skeleton = Transformer(config, init_weights=False)
-    state = {k: v for k, v in state.items() if not (config.tie_embeddings and k == "lm_head.weight")}
-    problems = skeleton.state_problems(state)
-    if problems:
-        raise RopelabError(f"{source}: weights do not fit the model: " + "; ".join(problems))
-    return Transformer.from_state_dict(config, state)
+    try:
+        return Transformer.from_state_dict(config, state)
+    except CheckpointError as error:
+        raise RopelabError(f"{source}: weights do not fit the model: {error}") from None
 
 
 def _cached(target: Path, source_id: str) -> bool:

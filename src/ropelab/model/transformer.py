@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ropelab import pe as pe_registry
-from ropelab.errors import RopelabError
+from ropelab.errors import CheckpointError, RopelabError
 from ropelab.model.config import ModelConfig
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe.base import PEContext, PositionEncoding, Rotation, WindowedRotation, apply_rotary
@@ -235,13 +235,19 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor]) -> Transformer:
-        """A model holding ``state`` (already validated), built without random initialisation.
+        """A model holding ``state``, built without random initialisation.
 
         The skeleton is made on the meta device and the tensors are assigned, so loading a
-        checkpoint costs no init time and no second copy of the weights.
+        checkpoint costs no init time and no second copy of the weights. Weights that do not fit
+        the config (missing, unexpected, wrong shape) raise :class:`CheckpointError` naming them.
         """
         with torch.device("meta"):
             model = cls(config, init_weights=False)
+        if config.tie_embeddings:
+            state = {k: v for k, v in state.items() if k != "lm_head.weight"}  # the embedding serves
+        problems = model.state_problems(state)
+        if problems:
+            raise CheckpointError("; ".join(problems))
         model.load_state_dict(state, strict=False, assign=True)
         if config.tie_embeddings:
             model.lm_head.weight = model.embed_tokens.weight
