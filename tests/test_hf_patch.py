@@ -14,7 +14,7 @@ import torch
 
 from ropelab import hf
 from ropelab.errors import RopelabError, SpecError
-from ropelab.model.config import ModelConfig
+from ropelab.model.hf_dir import hf_config_to_ropelab
 from ropelab.model.transformer import Transformer
 from ropelab.pe import RotaryEncoding
 from ropelab.pe import canonical_spec as _canonical
@@ -91,21 +91,9 @@ def _hf_model(arch: str, seed: int = 0):
 
 def _twin(hf_model, spec: str) -> Transformer:
     """ropelab's Transformer with the HF model's weights (names minus ``model.``)."""
-    c = hf_model.config
-    config = ModelConfig(
-        vocab_size=c.vocab_size,
-        dim=c.hidden_size,
-        n_layers=c.num_hidden_layers,
-        n_heads=c.num_attention_heads,
-        n_kv_heads=c.num_key_value_heads,
-        hidden_dim=c.intermediate_size,
-        norm_eps=c.rms_norm_eps,
-        rope_base=THETA,
-        train_len=c.max_position_embeddings,
-        qkv_bias=c.model_type == "qwen2",
-        tie_embeddings=c.tie_word_embeddings,
-        pe=spec,
-    )
+    config = hf_config_to_ropelab(hf_model.config.to_dict())
+    assert (config.rope_base, config.train_len) == (THETA, MAX_POS)
+    config.pe = spec
     model = Transformer(config)
     state = {key.removeprefix("model."): value for key, value in hf_model.state_dict().items()}
     model.load_state_dict(state, strict=True)
