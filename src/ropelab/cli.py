@@ -465,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=1)
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_task_sample)
+
+    from ropelab.analysis.cli import register as register_analysis
+    from ropelab.train.cli import register as register_train
+
+    register_train(sub)
+    register_analysis(sub)
     return parser
 
 
