@@ -127,6 +127,20 @@ def test_window_reference_truncates_to_the_train_length(tokenizer, model):
     torch.testing.assert_close(torch.tensor(outputs.losses), direct, atol=1e-5, rtol=1e-5)
 
 
+def test_window_reuses_the_own_method_only_where_it_truncates_nothing(tmp_path, tokenizer, model):
+    train_len = model.config.train_len
+    out = evaluate(model, tokenizer, "m", ["rope"], ["passkey"], ["100", "3x"], 1, tmp_path / "w", progress=False)
+    records = {(r["method"], r["length"]): r for r in read_results(out / "results.jsonl")}
+    within, beyond = records[(WINDOW, 100)], records[(WINDOW, 3 * train_len)]
+    assert within["same_as"] == "rope" and within["metrics"] == records[("rope", 100)]["metrics"]
+    # computing it as a window gives the same answer: the copy is exact, not an approximation
+    task = get_task("passkey")
+    sample = task.build(tokenizer, 100, 1, seed=0, train_len=train_len)[0]
+    outputs, info = Evaluator(model, tokenizer, WINDOW).outputs(task, sample)
+    assert "context" not in info and task.score(sample, outputs) == within["metrics"]
+    assert "same_as" not in beyond and beyond["context"] < 3 * train_len
+
+
 def test_run_writes_everything_and_resumes(tmp_path, tokenizer, model):
     out = tmp_path / "run"
     args = dict(

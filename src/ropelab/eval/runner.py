@@ -133,7 +133,7 @@ class Evaluator:
             return Outputs(losses=self._losses(sample, ids, info)), info
         if task.mode == "teacher_forced":
             answer = list(sample.answer_ids)
-            if self.window:
+            if self.window and self.truncates(task, sample):
                 ids = ids[-(self.train_len - len(answer)) :]
                 info["context"] = len(ids)
             full = ids + answer
@@ -146,7 +146,7 @@ class Evaluator:
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
             return Outputs(answer_losses=losses.tolist(), answer_argmax=logits.argmax(-1).tolist()), info
         if task.mode == "generate":
-            if self.window:
+            if self.window and self.truncates(task, sample):
                 ids = ids[-(self.train_len - task.max_new_tokens) :]
                 info["context"] = len(ids)
             positions, note = self.positions(sample, ids)
@@ -154,6 +154,12 @@ class Evaluator:
                 info["hierarchy"] = note
             return Outputs(generated=self._generate(task, ids, positions)), info
         raise RopelabError(f"task {task.name}: unknown mode {task.mode!r}")
+
+    def truncates(self, task: Task, sample: Sample) -> bool:
+        """Whether the ``window`` reference would cut this sample's context (otherwise it sees
+        exactly what the model's own method sees, and its result is that method's)."""
+        extra = len(sample.answer_ids) if task.mode == "teacher_forced" else task.max_new_tokens
+        return len(sample.prompt_ids) + extra > self.train_len
 
     def _losses(self, sample: Sample, ids: list[int], info: dict) -> list[float]:
         positions, note = self.positions(sample, ids)
@@ -277,6 +283,13 @@ def evaluate(
         atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
     results_path = out / "results.jsonl"
     done = _done_keys(results_path)
+    # the model's own method, if it is run: ``window`` copies its records where it truncates nothing
+    own = canonical_spec(model.pe.spec)
+    own_records = {
+        (r["task"], r["length"], r["index"]): r
+        for r in (read_results(results_path) if results_path.exists() else [])
+        if r["method"] == own
+    }
 
     all_methods = methods + ([WINDOW] if include_window else [])
     # longest first within each sample index, so shorter inputs reuse the longest pass (ppl)
@@ -305,6 +318,13 @@ def evaluate(
                     model.with_method(original if method == WINDOW else method)
                     evaluator = Evaluator(model, tokenizer, method)
                 bar.set_postfix_str(f"{method} {task.name} {sample.length}", refresh=False)
+                same = own_records.get((task.name, sample.length, sample.index))
+                if method == WINDOW and same is not None and not evaluator.truncates(task, sample):
+                    record = {**same, "method": WINDOW, "seconds": 0.0, "same_as": own}
+                    results.write(json.dumps(record) + "\n")
+                    results.flush()
+                    bar.update(1)
+                    continue
                 related = [built[(task.name, n)][sample.index] for n in per_task[task.name]]
                 start = time.perf_counter()
                 outputs, info = evaluator.outputs(task, sample, related)
@@ -328,6 +348,8 @@ def evaluate(
                     record["bucket_losses"] = _buckets(outputs.losses, 8)
                 results.write(json.dumps(record) + "\n")
                 results.flush()
+                if method == own:
+                    own_records[(task.name, sample.length, sample.index)] = record
                 bar.update(1)
     finally:
         bar.close()
