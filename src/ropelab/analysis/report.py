@@ -1,0 +1,204 @@
+"""``analysis.md``: the index of an analysis directory -- tables of the headline numbers, the plots,
+and what each plot shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ropelab.analysis.plots import slug
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _skipped(subjects: list[dict], key: str) -> list[str]:
+    lines = []
+    for s in subjects:
+        value = s.get(key)
+        if isinstance(value, dict) and "skipped" in value:
+            lines.append(f"- `{s['label']}`: skipped ({value['skipped']})")
+    return lines
+
+
+def _embed(plots: list[str], *names: str) -> list[str]:
+    have = {Path(p).name for p in plots}
+    return [f"![{Path(n).stem}]({n})" for n in names if n in have]
+
+
+def _input_line(config: dict) -> str:
+    if config["input"] == "probe":
+        return (
+            f"Input: the paper's probe, `[BOS] t t ... t` with one random non-special token `t` per sample; "
+            f"{config['samples']} sample(s), seed {config['seed']}."
+        )
+    return f"Input: {config['samples']} window(s) of real text from `{config['input']}` (each starting with BOS)."
+
+
+def render_markdown(data: dict, plots: list[str]) -> str:
+    config, subjects = data["config"], data["subjects"]
+    lines = [f"# ropelab analysis: `{config['path']}`", ""]
+    lines += [
+        _input_line(config) + f" Lengths: {', '.join(config['lengths'])} (x = times the train length L).",
+        "Logits are pre-softmax (`q.k / sqrt(d)` plus any bias), of the last query against every key; key 0 "
+        "(BOS) is left out of all statistics. Data: `analysis.json` (summary), `pattern.json`, "
+        "`components.json`, `ood.json`, `hierarchy.json`.",
+        "",
+        "| subject | method | checkpoint | L | head dim | base | activated band j | lower band j | layers |",
+        "|---|---|---|---:|---:|---:|---|---|---|",
+    ]
+    for s in subjects:
+        m = s["model"]
+        step = f"step {s['step']}" if s.get("step") is not None else Path(s["checkpoint"]).name
+        layers = s["analysed_layers"]
+        shown = (
+            f"{layers[0]}-{layers[-1]}"
+            if layers == list(range(layers[0], layers[-1] + 1))
+            else ",".join(map(str, layers))
+        )
+        lower = m["bands"]["lower"]
+        lines.append(
+            f"| `{s['label']}` | `{s['method']}` | {step} | {m['train_len']} | {m['head_dim']} | {m['base']:g} | "
+            f"{', '.join(map(str, m['bands']['activated'])) or 'none'} | "
+            f"{f'{lower[0]}-{lower[-1]}' if lower else 'none'} | {shown} |"
+        )
+    lines.append("")
+    for s in subjects:
+        for length, error in s.get("errors", {}).items():
+            lines.append(f"- `{s['label']}` could not run at length {length}: {error}")
+    lines.append("")
+
+    if "pattern" in config["analyses"]:
+        lines += [
+            "## Position-related attention pattern",
+            "",
+            "What the plot shows: the logit the last query gives each key position, averaged over samples, "
+            "heads and layers (the paper's Figures 2, 6, 8); one column per subject, one row per length. "
+            "Keys at distance >= L from the query (only in rows beyond the train length) are shaded. A U-shape "
+            "(high at the first keys and at the nearest keys, low in between) is what the paper reports for "
+            "trained RoPE models; `pattern_layers.png` shows every layer separately.",
+            "",
+            "| subject | length | first 10% | middle 10% | last 10% | U-shape (ends - middle) |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for s in subjects:
+            for entry in s["pattern"] if isinstance(s.get("pattern"), list) else []:
+                shape = entry["shape"]
+                lines.append(
+                    f"| `{s['label']}` | {entry['length']} | {shape['first']:.4g} | {shape['middle']:.4g} | "
+                    f"{shape['last']:.4g} | {'yes' if shape['u_shape'] else 'no'} ({shape['u_depth']:+.3g}) |"
+                )
+        lines += ["", *_skipped(subjects, "pattern"), *_embed(plots, "pattern.png", "pattern_layers.png"), ""]
+
+    if "vaf" in config["analyses"]:
+        lines += [
+            "## RoPE components and VAF",
+            "",
+            "What the plots show: `components.png` splits the pattern into its per-frequency terms C_j (Eq. 4; "
+            "activated band red, lower band blue, high frequencies grey) and, below, the whole logit next to "
+            "the sum of the activated components (Figure 3a). `vaf.png` is VAF_j = 1 - sum((y - C_j)^2) / sum(y^2) "
+            "(Eq. 5) for every component of the layer-averaged pattern y (Figure 3b); hatched bars are "
+            "components the method makes position-independent (HoPE). Uncentred, per-layer and centred VAF "
+            "are in `components.json`.",
+            "",
+            "| subject | length | activated j: VAF | VAF of activated sum | VAF of lower sum | VAF of high sum | top components (VAF) |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
+        for s in subjects:
+            comp = s.get("components")
+            if not isinstance(comp, dict) or "skipped" in comp:
+                continue
+            activated = ", ".join(f"{a['index']}: {_pct(a['vaf'])}" for a in comp["activated"]) or "none"
+            top = ", ".join(f"{j} ({_pct(comp['vaf'][j])})" for j in comp["ranking"][:3])
+            bands = comp["vaf_bands"]
+            lines.append(
+                f"| `{s['label']}` | {comp['length']} | {activated} | {_pct(bands['activated'])} | "
+                f"{_pct(bands['lower'])} | {_pct(bands['high'])} | {top} |"
+            )
+        series = [
+            s for s in subjects if isinstance(s.get("components"), dict) and len(s["components"].get("series", [])) > 1
+        ]
+        if series:
+            lines += [
+                "",
+                "Over training (`vaf_training.png`, Figure 3b): VAF of the summed activated components at each checkpoint.",
+                "",
+                "| subject | " + " | ".join(f"step {e['step']}" for e in series[0]["components"]["series"]) + " |",
+                "|---|" + "---:|" * len(series[0]["components"]["series"]),
+            ]
+            for s in series:
+                lines.append(
+                    f"| `{s['label']}` | "
+                    + " | ".join(_pct(e["vaf_bands"]["activated"]) for e in s["components"]["series"])
+                    + " |"
+                )
+        lines += ["", *_skipped(subjects, "components")]
+        lines += [*_embed(plots, "components.png", "vaf.png", "vaf_training.png"), ""]
+
+    if "ood" in config["analyses"]:
+        lines += [
+            "## Extrapolation OOD check",
+            "",
+            "What the plot shows (Figure 3c): top, the first analysed layer's logits against distance from the "
+            "last query in the longest run, over the band (green) its logits spanned in the in-range run; "
+            "red points are beyond-L logits outside that band. Bottom: the OOD score of every layer. "
+            "OOD score = fraction of last-query logits at keys with distance >= L lying outside the in-range "
+            "[min, max] band of the same sample and head (+1% of its width), averaged over samples and heads "
+            "(definition and limitations: `ropelab.analysis.ood`).",
+            "",
+            "| subject | in-range -> beyond | first layer | mean over layers | worst layer | mean excess (band widths) |",
+            "|---|---|---:|---:|---|---:|",
+        ]
+        for s in subjects:
+            ood = s.get("ood")
+            if not isinstance(ood, dict) or "skipped" in ood:
+                continue
+            frac = ood["ood_fraction"]
+            worst = max(range(len(frac)), key=lambda i: frac[i])
+            lines.append(
+                f"| `{s['label']}` | {ood['in_range_length']} -> {ood['length']} | {_pct(frac[0])} | "
+                f"{_pct(sum(frac) / len(frac))} | layer {ood['layers'][worst]}: {_pct(frac[worst])} | "
+                f"{sum(ood['ood_excess']) / len(ood['ood_excess']):.3g} |"
+            )
+        lines += ["", *_skipped(subjects, "ood"), *_embed(plots, "ood.png"), ""]
+
+    if "hierarchy" in config["analyses"]:
+        done = [s for s in subjects if isinstance(s.get("hierarchy"), dict) and "skipped" not in s["hierarchy"]]
+        lines += [
+            "## Hierarchy",
+            "",
+            "What the plots show: left, the position level each frequency reads (HiRoPE: high frequencies the "
+            "token level, low ones the segment level) with the activated and lower bands marked; right, the "
+            "attention probabilities on a real source file (log scale, averaged over heads and layers) with its "
+            "function/class segments drawn as cyan lines. 'Own segment' is the attention a query puts on keys of "
+            "its own segment; 'uniform' is what uniform causal attention would put there.",
+            "",
+        ]
+        if done:
+            lines += [
+                "| subject | tokens | segments | frequencies per level | own segment | uniform |",
+                "|---|---:|---:|---|---:|---:|",
+            ]
+            for s in done:
+                h = s["hierarchy"]
+                counts = [h["frequency_level"].count(i) for i in range(len(h["level_names"]))]
+                per_level = ", ".join(f"{name} {n}" for name, n in zip(h["level_names"], counts) if n)
+                mass = sum(h["same_segment_mass"]) / len(h["same_segment_mass"])
+                lines.append(
+                    f"| `{s['label']}` | {h['length']} | {len(h['segments'])} | {per_level} | {_pct(mass)} | "
+                    f"{_pct(h['same_segment_uniform'])} |"
+                )
+        lines += ["", *_skipped(subjects, "hierarchy")]
+        lines += [*_embed(plots, *(f"hierarchy_{slug(s['label'])}.png" for s in done)), ""]
+
+    lines += [
+        f"Reproduce: `ropelab analyze {config['path']} --analyses {','.join(config['analyses'])} "
+        f"--lengths {','.join(config['lengths'])} --samples {config['samples']} --seed {config['seed']}"
+        + (f" --input {config['input']}" if config["input"] != "probe" else "")
+        + (f" --method {','.join(config['methods'])}" if config.get("methods") else "")
+        + (f" --checkpoints {config['checkpoints']}" if config["checkpoints"] != "latest" else "")
+        + (f" --layers {config['layers']}" if config.get("layers") else "")
+        + "`",
+        "",
+    ]
+    return "\n".join(lines)
