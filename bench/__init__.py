@@ -10,4 +10,5 @@ BENCHMARKS: dict[str, str] = {
     "pe-speed": "bench.pe_speed",
     "hierarchy-speed": "bench.hierarchy_speed",
     "long-context": "bench.long_context",
+    "hf-speed": "bench.hf_speed",
 }

@@ -311,7 +311,7 @@ def run(args: argparse.Namespace | None = None) -> int:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         args = parser.parse_args([])
-    from bench.pe_speed import machine_info, write_json
+    from bench.common import machine_info, write_json
 
     languages = args.languages or ["python", *SYNTHETIC, "text"]
     tokenizer, tokenizer_name = get_tokenizer(args.tokenizer)

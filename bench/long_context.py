@@ -17,41 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import subprocess
 import sys
-import sysconfig
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 DESCRIPTION = "long-context loss per position bucket of a real model under several methods (time, peak RSS)"
 DEFAULT_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,self-extend,hirope,hirope:split=auto"
 
 
-def stdlib_code(min_chars: int) -> tuple[str, list[str]]:
-    """Whole stdlib .py files, largest first, concatenated until ``min_chars`` characters."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted((p for p in stdlib.glob("*.py") if p.is_file()), key=lambda p: (-p.stat().st_size, p.name))
-    parts, names, total = [], [], 0
-    for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        parts.append(text if text.endswith("\n") else text + "\n")
-        names.append(path.name)
-        total += len(text)
-        if total >= min_chars:
-            break
-    return "".join(parts), names
-
-
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
+    from bench.common import RssSampler, peak_rss_mb
+    from ropelab.eval.corpus import long_code, long_java
     from ropelab.model.pretrained import load_model
 
     if args.threads:
@@ -59,7 +36,13 @@ def worker(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, method=args.method)
     load_seconds = time.perf_counter() - start
-    text, files = stdlib_code(args.tokens * 6)
+    if args.language == "java":
+        source = long_java(min_chars=args.tokens * 6)
+        if source is None:
+            raise SystemExit("no JDK sources (src.zip) installed; apt install openjdk-17-source")
+        text, files = source
+    else:
+        text, files = long_code(min_chars=args.tokens * 6)
     ids = tokenizer.encode(text)[: args.tokens]
     positions = None
     hierarchy_seconds = 0.0
@@ -67,7 +50,7 @@ def worker(args: argparse.Namespace) -> dict:
         from ropelab.code import extract
 
         start = time.perf_counter()
-        hierarchy = extract(text, tokenizer, language="python")
+        hierarchy = extract(text, tokenizer, language=args.language)
         hierarchy_seconds = time.perf_counter() - start
         if list(hierarchy.ids[: args.tokens]) != ids:
             raise SystemExit("hierarchy tokens differ from the tokenizer's")
@@ -75,10 +58,12 @@ def worker(args: argparse.Namespace) -> dict:
         if model.pe.levels != positions.shape[-1]:
             positions = positions[..., : model.pe.levels]
     input_ids = torch.tensor([ids])
-    start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad():  # warm-up: pages in the memory-mapped weights, initialises kernels
+        model(input_ids[:, :16])
+    with torch.no_grad(), RssSampler() as memory:
+        start = time.perf_counter()
         losses = model.token_losses(input_ids, positions=positions)[0]
-    forward_seconds = time.perf_counter() - start
+        forward_seconds = time.perf_counter() - start
     buckets = []
     for lo in range(0, losses.numel(), args.bucket):
         part = losses[lo : lo + args.bucket]
@@ -90,34 +75,10 @@ def worker(args: argparse.Namespace) -> dict:
         "load_seconds": load_seconds,
         "hierarchy_seconds": hierarchy_seconds,
         "forward_seconds": forward_seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
+        "forward_memory_mb": memory.peak - memory.before,  # growth of the resident set during the pass
         "mean_loss": float(losses.mean()),
         "buckets": buckets,
-    }
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit or None,
     }
 
 
@@ -139,8 +100,15 @@ def render(results: list[dict], bucket: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", default=DEFAULT_METHODS)
-    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--tokens", type=int, default=16384, help="length of the scored pass (default: 16384)")
     parser.add_argument("--bucket", type=int, default=2048)
+    parser.add_argument("--language", choices=("python", "java"), default="python", help="corpus (default: python)")
+    parser.add_argument(
+        "--scaling-lengths",
+        default="4096,8192",
+        help="shorter passes for the time/memory scaling of --scaling-methods ('' for none; default: 4096,8192)",
+    )
+    parser.add_argument("--scaling-methods", default="rope,rerope,self-extend,hirope")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="bench/results/long_context.json")
     parser.add_argument("--method", help=argparse.SUPPRESS)  # worker mode
@@ -152,39 +120,82 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def scaling_summary(rows: list[dict]) -> list[dict]:
+    """Per method and length: time relative to rope at the same length, and how the forward pass's
+    memory grows with length (exponent of ``memory ~ tokens^k`` between consecutive lengths:
+    1 = linear, 2 = quadratic)."""
+    import math
+
+    rope = {r["tokens"]: r for r in rows if r["method"] == "rope"}
+    summary = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["tokens"])
+        for previous, row in zip([None, *mine], mine):
+            ref = rope.get(row["tokens"])
+            exponent = None
+            if previous and previous["forward_memory_mb"] > 0 and row["forward_memory_mb"] > 0:
+                exponent = math.log(row["forward_memory_mb"] / previous["forward_memory_mb"]) / math.log(
+                    row["tokens"] / previous["tokens"]
+                )
+            summary.append(
+                {
+                    "method": method,
+                    "tokens": row["tokens"],
+                    "forward_seconds": row["forward_seconds"],
+                    "time_vs_rope": row["forward_seconds"] / ref["forward_seconds"] if ref else None,
+                    "forward_memory_mb": row["forward_memory_mb"],
+                    "memory_exponent": exponent,
+                }
+            )
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     if args.method:
         print(json.dumps(worker(args)))
         return 0
-    results = []
-    for spec in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        command = [sys.executable, "-m", "bench.long_context", "--method", spec, "--model", args.model]
-        command += ["--tokens", str(args.tokens), "--bucket", str(args.bucket), "--threads", str(args.threads)]
-        print(f"[{spec}] running ...", file=sys.stderr, flush=True)
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"[{spec}] failed:\n{done.stderr[-2000:]}", file=sys.stderr)
-            continue
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(
-            f"[{spec}] {result['forward_seconds']:.0f} s, peak RSS {result['peak_rss_mb']:.0f} MB, mean loss {result['mean_loss']:.3f}",
-            file=sys.stderr,
+    from tqdm import tqdm
+
+    from bench.common import isolated, load_average, machine_info, write_json
+
+    load_before = load_average()
+    scaling_methods = set(_split(args.scaling_methods))
+    cases = [(spec, args.tokens) for spec in _split(args.methods)]
+    cases += [(spec, int(n)) for n in _split(args.scaling_lengths) for spec in _split(args.scaling_methods)]
+    common = ["--model", args.model, "--bucket", str(args.bucket), "--threads", str(args.threads)]
+    results, scaling, errors = [], [], []
+    for spec, tokens in tqdm(cases, desc="long-context", unit="pass", file=sys.stderr):
+        result = isolated(
+            "bench.long_context", ["--method", spec, "--tokens", str(tokens), "--language", args.language, *common]
         )
-        results.append(result)
+        if "error" in result:
+            errors.append({"method": spec, "tokens": tokens, "error": result["error"]})
+            print(f"[{spec} {tokens}] failed: {result['error']}", file=sys.stderr)
+            continue
+        result["spec"] = spec
+        if tokens == args.tokens:
+            results.append(result)
+        if spec in scaling_methods:
+            scaling.append({**{k: v for k, v in result.items() if k != "buckets"}, "method": spec})
     if not results:
         return 1
     report = {
         "benchmark": "long_context",
         "model": args.model,
-        "machine": machine(),
+        "language": args.language,
+        "machine": {**machine_info(), "loadavg_before": load_before},
         "bucket": args.bucket,
         "results": results,
+        "scaling": scaling_summary(scaling),
+        "errors": errors,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
     print(render(results, args.bucket))
-    print(f"\nwritten to {out}")
+    print(f"\nwritten to {args.out}")
     return 0
 
 

@@ -10,12 +10,7 @@ cannot be trained) is reported with its error instead of a time, and the run goe
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +21,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ropelab
+from bench.common import load_average, machine_info, write_json
+from ropelab.errors import RopelabError
 from ropelab.pe import methods, parse_spec
 
 DESCRIPTION = "forward+backward and forward-only time of every position method, as a ratio to rope"
@@ -64,10 +61,11 @@ class Case:
     model: ropelab.Transformer
     samples: dict[str, list[float]] = field(default_factory=lambda: {phase: [] for phase in PHASES})
     errors: dict[str, str] = field(default_factory=dict)
+    skipped: str | None = None  # why the method was not run at this size (memory), if it was not
 
     def attempt(self, phase: str, tokens: torch.Tensor) -> float | None:
         """Run one step of ``phase``; its wall time, or ``None`` once the phase has failed."""
-        if phase in self.errors:
+        if phase in self.errors or self.skipped:
             return None
         start = time.perf_counter()
         try:
@@ -96,6 +94,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=_count(0), default=2, help="untimed iterations per method (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and tokens (default: 0)")
     parser.add_argument("--methods", nargs="+", metavar="SPEC", help="method specs (default: every registered method)")
+    parser.add_argument(
+        "--phases", default="fwd_bwd,fwd", help="comma-separated phases: fwd_bwd (training), fwd (inference)"
+    )
+    parser.add_argument(
+        "--max-bias-gb",
+        type=float,
+        default=3.0,
+        help="skip methods whose T x T additive bias would exceed this many GB (default: 3)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/pe_speed.json"), help="JSON results path")
 
 
@@ -104,43 +111,31 @@ def family_of(spec: str) -> str:
     return parse_spec(spec)[-1].info.family
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def machine_info() -> dict:
-    """CPU, threads, versions, date, git commit and current load, for the JSON."""
-    cpu_lines = [line for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")]
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        commit = git.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {
-        "cpu": cpu_lines[0].split(":", 1)[1].strip() if cpu_lines else platform.processor(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": commit,
-        "loadavg": _read("/proc/loadavg").split()[:3],  # 1/5/15-minute load when the run ended
-    }
+def bias_gb(model: ropelab.Transformer, batch: int, seq_len: int) -> float:
+    """Memory of one float32 ``[batch, heads, T, T]`` additive bias (bias methods materialise it)."""
+    return batch * model.config.n_heads * seq_len**2 * 4 / 2**30
 
 
 def measure(
-    specs: list[str], config: str, seq_len: int, batch: int, repeats: int, warmup: int, seed: int
+    specs: list[str],
+    config: str,
+    seq_len: int,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    seed: int,
+    phases: tuple[str, ...] = tuple(PHASES),
+    max_bias_gb: float = float("inf"),
 ) -> list[Case]:
     """Build one model per spec, warm each up, then time them round-robin ``repeats`` times."""
     cases = []
     for spec in specs:
         torch.manual_seed(seed)
         model = ropelab.Transformer(ropelab.ModelConfig.from_name(config, pe=spec)).train()
-        cases.append(Case(spec, family_of(spec), model))
+        case = Case(spec, family_of(spec), model, samples={phase: [] for phase in phases})
+        if case.family == "bias" and bias_gb(model, batch, seq_len) > max_bias_gb:
+            case.skipped = f"T x T bias {bias_gb(model, batch, seq_len):.1f} GB > {max_bias_gb:g} GB"
+        cases.append(case)
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, cases[0].model.config.vocab_size, (batch, seq_len + 1), generator=generator)
 
@@ -148,14 +143,14 @@ def measure(
         for case in cases:
             bar.set_postfix_str(f"warm-up {case.spec}")
             for _ in range(warmup):
-                for phase in PHASES:
+                for phase in case.samples:
                     case.attempt(phase, tokens)
                 bar.update()
         for round_ in range(repeats):
             for i in range(len(cases)):
                 case = cases[(i + round_) % len(cases)]
                 bar.set_postfix_str(f"round {round_ + 1}/{repeats} {case.spec}")
-                for phase in PHASES:
+                for phase in case.samples:
                     seconds = case.attempt(phase, tokens)
                     if seconds is not None:
                         case.samples[phase].append(seconds)
@@ -186,15 +181,20 @@ def summarise(cases: list[Case]) -> list[dict]:
             row[f"{phase}_ms"] = None if median is None else 1e3 * median
             row[f"{phase}_ratio"] = None if median is None or ref_median is None else median / ref_median
         target = TARGETS.get(case.family)
-        ratio = row["fwd_bwd_ratio"]
+        # the target applies to training when it was measured, otherwise to inference
+        row["target_phase"] = "fwd_bwd" if "fwd_bwd" in case.samples else "fwd"
+        ratio = row[f"{row['target_phase']}_ratio"]
         row["target"] = target
-        if case.errors:
+        if case.skipped:
+            row["status"] = "SKIP"
+        elif case.errors:
             row["status"] = "ERROR"
         elif target is not None and ratio is not None:
             row["status"] = "PASS" if ratio <= target else "MISS"
         else:
             row["status"] = None
         row["errors"] = case.errors
+        row["skipped"] = case.skipped
         row["iqr_ratio"] = max((_iqr_ratio(samples) for samples in case.samples.values() if samples), default=None)
         for phase, samples in case.samples.items():
             row[f"{phase}_samples_ms"] = [1e3 * t for t in samples]
@@ -216,19 +216,13 @@ def format_table(rows: list[dict]) -> str:
             verdict += f" (<= {r['target']:.2f}x)"
         if r["errors"]:
             verdict += " in " + ", ".join(r["errors"])
+        if r.get("skipped"):
+            verdict += f": {r['skipped']}"
         lines.append(
-            f"{r['method']:<14} {r['family']:<9} {number(r['fwd_bwd_ms'], 10, 1)} {number(r['fwd_bwd_ratio'], 6, 2)} "
-            f"{number(r['fwd_ms'], 8, 1)} {number(r['fwd_ratio'], 6, 2)}  {verdict}"
+            f"{r['method']:<14} {r['family']:<9} {number(r.get('fwd_bwd_ms'), 10, 1)} {number(r.get('fwd_bwd_ratio'), 6, 2)} "
+            f"{number(r.get('fwd_ms'), 8, 1)} {number(r.get('fwd_ratio'), 6, 2)}  {verdict}"
         )
     return "\n".join(lines)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically (through ``PATH.tmp``) so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -236,8 +230,22 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         parse_spec(spec)  # fail fast on a bad spec, before any model is built
     start = time.perf_counter()
-    load_before = _read("/proc/loadavg").split()[:3]
-    cases = measure(specs, args.config, args.seq_len, args.batch, args.repeats, args.warmup, args.seed)
+    load_before = load_average()
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown or not phases:
+        raise RopelabError(f"--phases: unknown phase(s) {', '.join(unknown) or '(none)'}; known: {', '.join(PHASES)}")
+    cases = measure(
+        specs,
+        args.config,
+        args.seq_len,
+        args.batch,
+        args.repeats,
+        args.warmup,
+        args.seed,
+        phases=phases,
+        max_bias_gb=args.max_bias_gb,
+    )
     rows = summarise(cases)
     machine = {**machine_info(), "loadavg_before": load_before}
 
@@ -272,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
                 "repeats": args.repeats,
                 "warmup": args.warmup,
                 "seed": args.seed,
+                "phases": list(phases),
+                "max_bias_gb": args.max_bias_gb,
                 "dtype": "float32",
                 "device": "cpu",
                 "reference": REFERENCE,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ropelab.errors import RopelabError
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
 from ropelab.pe import PEContext, RotaryEncoding, build
@@ -327,3 +328,30 @@ def test_greedy_generation_matches_hf(prompt_len: int) -> None:
     assert all(len(set(row)) > 1 for row in ours.tolist())
     # Same tokens without the KV cache (prompt 50 + 20 new crosses max_position_embeddings).
     assert model.generate(ids, 20, use_cache=False).tolist() == hf_new.tolist()
+
+
+@pytest.mark.parametrize("qkv_bias,tie", [(False, True), (True, False)])
+def test_to_hf_model_is_the_same_network(qkv_bias, tie):
+    """ropelab -> transformers export: same logits, and the config maps back to itself."""
+    from ropelab.model.hf_dir import hf_config_to_ropelab, ropelab_to_hf_config, to_hf_model
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("tiny", qkv_bias=qkv_bias, tie_embeddings=tie, train_len=64)
+    model = Transformer(config).eval()
+    with torch.no_grad():  # non-zero biases, so a dropped bias would show
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0, 0.5)
+    hf = to_hf_model(model)
+    assert type(hf).__name__ == ("Qwen2ForCausalLM" if qkv_bias else "LlamaForCausalLM")
+    ids = torch.randint(0, config.vocab_size, (2, 100))  # beyond max_position_embeddings: plain RoPE either way
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
+    assert hf_config_to_ropelab(ropelab_to_hf_config(config)) == config
+
+
+def test_to_hf_model_refuses_methods_hf_cannot_express():
+    from ropelab.model.hf_dir import to_hf_model
+
+    with pytest.raises(RopelabError, match="only rope"):
+        to_hf_model(Transformer(ModelConfig.from_name("tiny", pe="hope")))

@@ -49,3 +49,39 @@ def long_code(min_chars: int, skip: int = 0) -> tuple[str, list[str]]:
         if total >= min_chars:
             break
     return "".join(parts), names
+
+
+def jdk_sources() -> Path | None:
+    """The JDK's ``src.zip`` (Debian's ``openjdk-17-source`` package), if one is installed."""
+    candidates = sorted(Path("/usr/lib/jvm").glob("*/lib/src.zip")) if Path("/usr/lib/jvm").is_dir() else []
+    preferred = [p for p in candidates if "17" in p.parent.parent.name]
+    return (preferred or candidates or [None])[0]
+
+
+def long_java(min_chars: int, skip: int = 0) -> tuple[str, list[str]] | None:
+    """Whole ``java.base/java/util/`` source files of the installed JDK, largest first, concatenated to
+    ``min_chars``; ``None`` when no JDK sources are installed."""
+    import zipfile
+
+    archive = jdk_sources()
+    if archive is None:
+        return None
+    with zipfile.ZipFile(archive) as zf:
+        entries = [
+            info
+            for info in zf.infolist()
+            if info.filename.startswith("java.base/java/util/") and info.filename.endswith(".java")
+        ]
+        entries.sort(key=lambda info: (-info.file_size, info.filename))
+        parts, names, total = [], [], 0
+        for info in entries[skip:]:
+            try:
+                text = zf.read(info).decode("utf-8")
+            except (UnicodeDecodeError, OSError, zipfile.BadZipFile):
+                continue
+            parts.append(text if text.endswith("\n") else text + "\n")
+            names.append(info.filename)
+            total += len(text)
+            if total >= min_chars:
+                break
+    return "".join(parts), names

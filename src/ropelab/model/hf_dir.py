@@ -96,3 +96,58 @@ def read_hf_dir(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, to
     if isinstance(metadata["eos_id"], list):
         metadata["eos_id"] = metadata["eos_id"][0]
     return config, state, metadata
+
+
+def ropelab_to_hf_config(config: ModelConfig) -> dict:
+    """The ``config.json`` of a Hugging Face ``transformers`` model with ``config``'s architecture:
+    Qwen2 when q/k/v carry biases, Llama otherwise. Plain RoPE only: the model's own position
+    method must be ``rope`` with the rotate-half layout (HF's); anything else is refused, since
+    the HF model would silently compute something different."""
+    if config.pe != "rope" or config.rope_layout != "half":
+        raise RopelabError(
+            f"only rope with the half layout has a Hugging Face twin; this model has pe={config.pe!r}, "
+            f"rope_layout={config.rope_layout!r}"
+        )
+    common = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.dim,
+        intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads,
+        head_dim=config.head_dim,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_base,
+        max_position_embeddings=config.train_len,
+        tie_word_embeddings=config.tie_embeddings,
+        hidden_act="silu",
+    )
+    if config.qkv_bias:
+        return {"model_type": "qwen2", **common}
+    return {"model_type": "llama", "attention_bias": False, "mlp_bias": False, **common}
+
+
+def to_hf_model(model, attn_implementation: str = "sdpa"):
+    """A ``transformers`` ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` holding ``model``'s weights
+    (float32, eval mode): the same network in HF's implementation, for parity checks and
+    benchmarks. The parameter names are the same in both (``model.`` prefix aside)."""
+    import transformers
+
+    hf = ropelab_to_hf_config(model.config)
+    kind = hf.pop("model_type")
+    config_class = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
+    model_class = transformers.Qwen2ForCausalLM if kind == "qwen2" else transformers.LlamaForCausalLM
+    hf_config = config_class(**hf)
+    hf_config._attn_implementation = attn_implementation
+    hf_model = model_class(hf_config)
+    state = {
+        (name if name.startswith("lm_head.") else f"model.{name}"): tensor
+        for name, tensor in model.state_dict().items()
+    }
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = hf_model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not (model.config.tie_embeddings and name == "lm_head.weight")]
+    if missing or unexpected:
+        raise RopelabError(f"weights do not map onto {model_class.__name__}: missing {missing}, unexpected {unexpected}")
+    return hf_model.float().eval()

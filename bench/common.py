@@ -1,0 +1,123 @@
+"""What every benchmark shares: machine information, atomic JSON output, isolated worker
+processes (so wall time and peak RSS belong to one case), and the machine's measured fp32 matmul
+peak (the denominator of model FLOP utilisation)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine_info() -> dict:
+    """CPU, threads, versions, date, git commit and current load, for the JSON."""
+    cpu_lines = [line for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")]
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        commit = git.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    memory = [line for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")]
+    return {
+        "cpu": cpu_lines[0].split(":", 1)[1].strip() if cpu_lines else platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(int(memory[0].split()[1]) / 2**20, 1) if memory else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "loadavg": load_average(),  # 1/5/15-minute load when the run ended
+    }
+
+
+def load_average() -> list[str]:
+    return _read("/proc/loadavg").split()[:3]
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write atomically (through ``PATH.tmp``) so an interrupted run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def isolated(module: str, arguments: list[str]) -> dict:
+    """Run ``python -m MODULE ARGUMENTS`` in a fresh process; its last stdout line is a JSON result.
+
+    A fresh process per case makes its peak RSS (``ru_maxrss``) and its wall time its own. A case
+    that fails returns ``{"error": ...}`` with the end of its stderr, and the benchmark goes on.
+    """
+    done = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {done.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak_gflops(size: int = 2048, seconds: float = 2.0) -> float:
+    """The best fp32 ``size x size`` matmul rate this process reaches (GFLOP/s), with torch's
+    current thread count: the practical peak that model FLOP utilisation is measured against."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+class RssSampler:
+    """Peak resident set size (MB) of this process while the ``with`` block runs."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss_mb())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self.before = self.rss_mb()
+        self.peak = self.before
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss_mb())
