@@ -1,0 +1,141 @@
+"""What a training run is: every setting, validated, written to ``OUT/train_config.json``.
+
+Defaults follow the HoPE paper's Appendix A where it says something (AdamW, betas 0.9/0.999,
+learning rate 3e-4, 2,000 warm-up steps, gradient clipping 1.0, no dropout, bf16 on GPUs) and are
+documented choices where it does not:
+
+* warm-up: the paper's 2,000 steps of 50,000 (4%); a shorter run warms up for 4% of its steps
+  (at least 1), a longer one for 2,000;
+* schedule: cosine decay from the peak to ``min_lr_ratio`` (0.1) of it at the last step, or
+  ``constant`` after the warm-up;
+* weight decay 0.1 on matrices (embeddings included), none on norms, biases and scalars;
+* batch: 16 sequences of ``train_len`` tokens per optimizer step (the paper: 512 x 512; a CPU
+  cannot), split into micro-batches (gradient accumulation) and over processes (DDP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ropelab.errors import RopelabError
+
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+PAPER_WARMUP = 2000
+PAPER_STEPS = 50000
+
+#: settings that do not change the weights a run produces: they may differ when resuming
+RUNTIME_FIELDS = ("micro_batch_size", "keep", "log_every", "threads")
+
+
+@dataclass
+class TrainConfig:
+    pe: str = "rope"
+    model_config: str = "tiny"
+    train_len: int | None = None  # default: the named config's
+    data: list[str] = field(default_factory=lambda: ["stdlib"])
+    holdout: list[str] = field(default_factory=list)  # files always in validation
+    tokenizer: str = "bpe-8k"
+    val_fraction: float = 0.05
+    seed: int = 0
+    steps: int | None = None
+    minutes: float | None = None  # a time budget instead of steps (steps are then calibrated)
+    batch_size: int = 16  # sequences per optimizer step, over all processes
+    micro_batch_size: int | None = None  # sequences per forward (default: batch_size / processes)
+    lr: float = 3e-4
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    warmup: int | None = None  # default: 4% of the steps, at most 2000 (the paper's ratio)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int | None = None  # default: with every checkpoint
+    val_sequences: int = 64  # validation loss over this many fixed val sequences
+    log_every: int = 10
+    checkpoint_every: int | None = None  # default: steps // 10 (and always the last step)
+    keep: int = 0  # keep the newest N checkpoints (0: all -- analysis reads the whole series)
+    device: str = "auto"
+    threads: int | None = None
+
+    def validate(self) -> None:
+        from ropelab.model.config import CONFIGS
+        from ropelab.pe import canonical_spec
+
+        self.pe = canonical_spec(self.pe)
+        if self.model_config not in CONFIGS:
+            raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
+        if (self.steps is None) == (self.minutes is None):
+            raise RopelabError("give exactly one of steps (--steps N) or a time budget (--minutes M)")
+        positive = ["batch_size", "val_sequences", "log_every"]
+        optional = ["steps", "train_len", "micro_batch_size", "warmup", "eval_every", "checkpoint_every", "threads"]
+        for name in positive + optional:
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise RopelabError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.warmup is not None and self.steps is not None and self.warmup > self.steps:
+            raise RopelabError(f"warmup ({self.warmup}) is longer than the run ({self.steps} steps)")
+        if self.minutes is not None and not self.minutes > 0:
+            raise RopelabError(f"minutes must be positive, got {self.minutes}")
+        if not self.lr > 0:
+            raise RopelabError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise RopelabError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise RopelabError(f"min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise RopelabError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
+            raise RopelabError("weight-decay and grad-clip must be >= 0 and eps > 0")
+        if self.keep < 0:
+            raise RopelabError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
+        if self.device not in DEVICES:
+            raise RopelabError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not self.data:
+            raise RopelabError("no data sources given")
+
+    # -- derived settings ------------------------------------------------------------------------
+    def resolved_warmup(self, steps: int) -> int:
+        if self.warmup is not None:
+            return min(self.warmup, steps)
+        return max(1, min(PAPER_WARMUP, round(steps * PAPER_WARMUP / PAPER_STEPS)))
+
+    def resolved_checkpoint_every(self, steps: int) -> int:
+        return self.checkpoint_every or max(1, math.ceil(steps / 10))
+
+    def resolved_eval_every(self, steps: int) -> int:
+        return self.eval_every or self.resolved_checkpoint_every(steps)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RopelabError(f"train config: unknown keys {', '.join(unknown)}")
+        return cls(**data)
+
+    def semantic(self) -> dict:
+        """The settings that decide the weights (what must match to resume)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+def learning_rate(step: int, steps: int, config: TrainConfig) -> float:
+    """LR for optimizer step ``step`` (0-based): linear warm-up to ``lr``, then cosine to
+    ``min_lr_ratio * lr`` at the last step (or constant)."""
+    warmup = config.resolved_warmup(steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "constant" or steps <= warmup:
+        return config.lr
+    progress = min(1.0, (step - warmup) / max(1, steps - 1 - warmup))
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,334 @@
+"""The experiment report: every model's training and evaluation in one ``report.md``.
+
+Inputs are the run directories the experiment wrote (``models/<pe>/`` training runs,
+``eval/<pe>/`` evaluation runs with their ``summary.json`` and ``results.jsonl``); outputs are
+``summary.json`` (all cells of all models, the training results and the HoPE-vs-RoPE verdict),
+``report.md`` and PNG plots. Plots reuse :func:`ropelab.eval.report.make_plots` on the merged
+cells; tables follow the paper's layout (methods as rows, lengths as columns, an average column
+for the exact-match tasks, best value per column in bold).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from ropelab.errors import RopelabError
+from ropelab.eval.report import _fmt, _label, make_plots
+from ropelab.eval.runner import WINDOW, read_results
+from ropelab.model.checkpoint import atomic_write_text
+
+#: the tasks of the paper's tables, in the report's order, with their headings
+HEADINGS = {
+    "copy": "Copy (the paper's Table 1): exact match (%) of the queried sequence's 4-token suffix",
+    "fewshot": "Few-shot following (the paper's Table 2): follow rate (%), the answer is one of the examples' labels",
+    "ppl": "Perplexity (the paper's Figure 5): loss of the last 256 tokens",
+    "passkey": "Passkey retrieval: exact match (%)",
+}
+AVERAGED = ("exact_match", "follow_rate", "accuracy")
+
+
+def _row_order(pes: list[str], cells: dict) -> list[str]:
+    from ropelab.train.experiment import PAPER_ORDER
+
+    ranked = sorted(pes, key=lambda p: (PAPER_ORDER.index(p) if p in PAPER_ORDER else len(PAPER_ORDER), pes.index(p)))
+    rows = []
+    for pe in ranked:
+        rows += sorted((m for m in cells if m == pe or m.startswith(pe + "+")), key=lambda m: (m != pe, m))
+        if f"{WINDOW}[{pe}]" in cells:
+            rows.append(f"{WINDOW}[{pe}]")
+    return rows + sorted(m for m in cells if m not in rows)
+
+
+def collect(exp: Path) -> dict:
+    """Merge the experiment's runs into one summary (cells keyed by method; windows renamed)."""
+    from ropelab.train.experiment import run_dir_name
+    from ropelab.train.trainer import read_log
+
+    record_path = exp / "experiment.json"
+    if not record_path.is_file():
+        raise RopelabError(f"{exp}: not an experiment directory (experiment.json expected)")
+    experiment = json.loads(record_path.read_text())
+    config, plan = experiment["config"], experiment["plan"]
+    tasks: dict[str, dict] = {}
+    records: list[dict] = []
+    training = {}
+    for pe in config["pes"]:
+        name = run_dir_name(pe)
+        run = exp / "models" / name
+        log = read_log(run)
+        final = log[-1] if log else {}
+        vals = [r for r in log if "val_loss" in r]
+        train_config = (
+            json.loads((run / "train_config.json").read_text()) if (run / "train_config.json").is_file() else {}
+        )
+        training[pe] = {
+            "parameters": train_config.get("parameters"),
+            "steps": final.get("step", 0),
+            "planned_steps": train_config.get("resolved", {}).get("steps"),
+            "tokens": final.get("tokens", 0),
+            "train_loss": final.get("loss"),
+            "val_loss": vals[-1]["val_loss"] if vals else None,
+            "minutes": final.get("elapsed_s", 0) / 60,
+            "curve": [(r["tokens"], r["val_loss"]) for r in vals],
+        }
+        summary_path = exp / "eval" / name / "summary.json"
+        if not summary_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        rename = {WINDOW: f"{WINDOW}[{pe}]"}
+        for task, data in summary["tasks"].items():
+            merged = tasks.setdefault(
+                task, {"metric": data["metric"], "higher_is_better": data["higher_is_better"], "cells": {}}
+            )
+            for method, cells in data["cells"].items():
+                merged["cells"][rename.get(method, method)] = cells
+        for record in read_results(exp / "eval" / name / "results.jsonl"):
+            records.append({**record, "method": rename.get(record["method"], record["method"])})
+    methods = [m for task in tasks.values() for m in task["cells"]]
+    lengths = sorted({int(n) for task in tasks.values() for cells in task["cells"].values() for n in cells})
+    task_lengths = {t: sorted({int(n) for cells in d["cells"].values() for n in cells}) for t, d in tasks.items()}
+    merged_config = {
+        "model": f"{config['model_config']}, {plan['steps']} steps",
+        "methods": list(dict.fromkeys(methods)),
+        "tasks": list(tasks),
+        "lengths": lengths,
+        "task_lengths": {t: [n for n in ns] for t, ns in task_lengths.items()},
+        "train_len": config["train_len"],
+        "samples": plan["samples"],
+        "seed": config["seed"],
+        "include_window": config.get("window", False),
+    }
+    return {"config": merged_config, "experiment": experiment, "training": training, "tasks": tasks, "records": records}
+
+
+def _per_sample(records: list[dict], task: str, metric: str) -> dict[tuple[str, int], dict[int, float]]:
+    values: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    for r in records:
+        if r["task"] == task and metric in r["metrics"]:
+            values[(r["method"], r["length"])][r["index"]] = r["metrics"][metric]
+    return values
+
+
+def compare(records: list[dict], task: str, metric: str, higher: bool, a: str, b: str, lengths: list[int]) -> dict:
+    """``a`` vs ``b`` on ``task`` over ``lengths``: means, the paired difference and its standard
+    error (samples are the same inputs for every method), and a plain verdict."""
+    values = _per_sample(records, task, metric)
+    diffs, mean_a, mean_b = [], [], []
+    for n in lengths:
+        va, vb = values.get((a, n), {}), values.get((b, n), {})
+        for index in sorted(set(va) & set(vb)):
+            diffs.append(va[index] - vb[index])
+            mean_a.append(va[index])
+            mean_b.append(vb[index])
+    if not diffs:
+        return {"n": 0, "verdict": "not measured"}
+    count = len(diffs)
+    mean = sum(diffs) / count
+    var = sum((d - mean) ** 2 for d in diffs) / (count - 1) if count > 1 else 0.0
+    se = math.sqrt(var / count)
+    better = mean > 0 if higher else mean < 0
+    if mean == 0:
+        verdict = "tie"
+    elif abs(mean) <= 2 * se:
+        verdict = f"{a if better else b} ahead, within noise (|difference| <= 2 standard errors)"
+    else:
+        verdict = f"{a if better else b} better"
+    return {
+        "n": count,
+        "a": a,
+        "b": b,
+        "mean_a": sum(mean_a) / count,
+        "mean_b": sum(mean_b) / count,
+        "difference": mean,
+        "standard_error": se,
+        "a_beats_b": bool(better and mean != 0),
+        "verdict": verdict,
+    }
+
+
+def _verdicts(merged: dict) -> list[dict]:
+    train_len = merged["config"]["train_len"]
+    pes = merged["experiment"]["config"]["pes"]
+    if "rope" not in pes or "hope" not in pes:
+        return []
+    out = []
+    pairs = [("hope", "rope")]
+    for method in merged["config"]["methods"]:
+        if method.startswith("hope+yarn"):
+            pairs.append((method, method.replace("hope+", "rope+", 1)))
+    for task in ("copy", "ppl", "fewshot", "passkey"):
+        if task not in merged["tasks"]:
+            continue
+        data = merged["tasks"][task]
+        metric = data["metric"]
+        beyond = [n for n in merged["config"]["task_lengths"].get(task, []) if n > train_len]
+        for a, b in pairs:
+            result = compare(merged["records"], task, metric, data["higher_is_better"], a, b, beyond)
+            out.append({"task": task, "metric": metric, "lengths": beyond, **result})
+    return out
+
+
+def _table(task: str, data: dict, merged: dict) -> list[str]:
+    config = merged["config"]
+    metric, higher, cells = data["metric"], data["higher_is_better"], data["cells"]
+    lengths = config["task_lengths"].get(task, [])
+    train_len = config["train_len"]
+    average = metric in AVERAGED
+    header = [_label(n, train_len) for n in lengths] + (["Avg."] if average else [])
+    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    rows = _row_order(merged["experiment"]["config"]["pes"], cells)
+    values = {m: [cells[m].get(str(n), {}).get(metric) for n in lengths] for m in rows}
+    if average:
+        for m in rows:
+            present = [v for v in values[m] if v is not None]
+            values[m].append(sum(present) / len(present) if len(present) == len(lengths) else None)
+    columns = len(header)
+    best = []
+    for c in range(columns):
+        column = [values[m][c] for m in rows if not m.startswith(WINDOW) and values[m][c] is not None]
+        best.append((max(column) if higher else min(column)) if column else None)
+    for m in rows:
+        row = []
+        for c in range(columns):
+            value = values[m][c]
+            text = _fmt(value, metric)
+            if value is not None and value == best[c] and not m.startswith(WINDOW):
+                text = f"**{text}**"
+            row.append(text)
+        label = f"*{m}* (reference)" if m.startswith(WINDOW) else f"`{m}`"
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return lines
+
+
+def render(merged: dict, plots: list[str], verdicts: list[dict]) -> str:
+    config, experiment = merged["config"], merged["experiment"]
+    exp_config, plan = experiment["config"], experiment["plan"]
+    train_len = config["train_len"]
+    data = plan.get("data", {})
+    lines = [
+        "# HoPE experiment: position encodings trained from scratch under identical settings",
+        "",
+        f"Model `{exp_config['model_config']}` trained at length {train_len} with "
+        f"{', '.join(f'`{p}`' for p in exp_config['pes'])}: {plan['steps']} steps of {exp_config['batch_size']} "
+        f"sequences ({plan['tokens_per_model']:,} tokens per model), AdamW (0.9, 0.999), peak lr "
+        f"{exp_config['lr']:g}, cosine schedule, gradient clipping 1.0, seed {exp_config['seed']}, the same data "
+        f"order for every model. Data: {', '.join(exp_config['data'])} "
+        f"({data.get('tokens', {}).get('train', 0):,} train tokens, tokenizer {exp_config['tokenizer']}"
+        + (", the files the evaluation reads held out of training" if exp_config.get("holdout_eval") else "")
+        + f"). Budget {exp_config['budget_minutes']:g} min; {plan['samples']} sample(s) per cell; "
+        f"`+pi` / `+yarn` use factor {_factor(exp_config):g} at inference.",
+        "",
+        "## Training",
+        "",
+        "| model | parameters | steps | tokens | train loss | val loss | minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pe, t in merged["training"].items():
+        steps = f"{t['steps']}" + (
+            f" of {t['planned_steps']}" if t["planned_steps"] and t["steps"] != t["planned_steps"] else ""
+        )
+        lines.append(
+            f"| `{pe}` | {t['parameters'] or 0:,} | {steps} | {t['tokens']:,} | {_num(t['train_loss'])} | "
+            f"{_num(t['val_loss'])} | {t['minutes']:.1f} |"
+        )
+    lines.append("")
+    for task in ("copy", "fewshot", "ppl", "passkey", *sorted(set(merged["tasks"]) - set(HEADINGS))):
+        if task not in merged["tasks"]:
+            continue
+        data_task = merged["tasks"][task]
+        lines += [f"## {HEADINGS.get(task, task)}", ""]
+        lines += _table(task, data_task, merged)
+        dropped = plan.get("dropped_lengths", {}).get(task)
+        if dropped:
+            lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in dropped.items())]
+        lines.append("")
+    if verdicts:
+        lines += ["## HoPE vs RoPE beyond the train length", ""]
+        for v in verdicts:
+            if v["n"] == 0:
+                continue
+            higher = merged["tasks"][v["task"]]["higher_is_better"]
+            beat = "yes" if v["a_beats_b"] and "within noise" not in v["verdict"] else "no"
+            lengths = ", ".join(str(n) for n in v["lengths"])
+            lines.append(
+                f"- **{v['task']}** ({v['metric']}, {'higher' if higher else 'lower'} is better; lengths {lengths}; "
+                f"{v['n']} paired samples): did `{v['a']}` beat `{v['b']}`? **{beat}** -- "
+                f"{_fmt(v['mean_a'], v['metric'])} vs {_fmt(v['mean_b'], v['metric'])} "
+                f"(difference {_diff(v, v['metric'])}); {v['verdict']}."
+            )
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    lines += [
+        "Per-model evaluation reports: `eval/<model>/report.md`; training runs: `models/<model>/`. "
+        "Regenerate this report with `ropelab experiment hope --report-only --out <this directory>`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _factor(config: dict) -> float:
+    from ropelab.train.experiment import ExperimentConfig
+
+    return ExperimentConfig(**config).factor
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _diff(v: dict, metric: str) -> str:
+    scale = 100 if metric in AVERAGED else 1
+    unit = " points" if scale == 100 else ""
+    return f"{scale * v['difference']:+.2f}{unit} +/- {scale * v['standard_error']:.2f}"
+
+
+def _training_plot(exp: Path, merged: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {pe: t["curve"] for pe, t in merged["training"].items() if t["curve"]}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for pe, curve in curves.items():
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label=pe)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss")
+    ax.set_title("validation loss during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = exp / "training_val_loss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def write_experiment_report(exp: str | os.PathLike) -> Path:
+    exp = Path(exp)
+    merged = collect(exp)
+    summary_for_plots = {"config": merged["config"], "tasks": merged["tasks"]}
+    plots = []
+    training_plot = _training_plot(exp, merged)
+    if training_plot:
+        plots.append(training_plot)
+    if merged["tasks"]:
+        plots += make_plots(exp, summary_for_plots, merged["records"])
+    verdicts = _verdicts(merged)
+    summary = {
+        "config": merged["config"],
+        "experiment": merged["experiment"],
+        "training": {pe: {k: v for k, v in t.items() if k != "curve"} for pe, t in merged["training"].items()},
+        "tasks": merged["tasks"],
+        "hope_vs_rope": verdicts,
+    }
+    atomic_write_text(exp / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(exp / "report.md", render(merged, plots, verdicts))
+    return exp / "report.md"

@@ -1,0 +1,206 @@
+"""Training checkpoints: a normal ropelab checkpoint plus the state to resume, without pickle.
+
+``OUT/checkpoints/step-000100/`` holds
+
+* ``model.safetensors`` + ``config.json`` (:func:`ropelab.model.checkpoint.save_checkpoint`,
+  ``tokenizer="tokenizer.json"``) and ``tokenizer.json`` + ``special_tokens.json``, so
+  ``ropelab.model.pretrained.load_model`` loads model and tokenizer from it;
+* ``optimizer.safetensors``: AdamW's per-parameter tensors, keyed ``<parameter name>.<field>``;
+* ``rng.safetensors``: torch's CPU (and CUDA) generator states as uint8 tensors;
+* ``trainer_state.json``: step, tokens and samples consumed (the data cursor), elapsed time,
+  losses, the optimizer's hyper-parameters with its parameter names per group.
+
+By default only the newest checkpoint keeps the resume files (optimizer, rng, trainer state are
+removed from older ones, which stay loadable models for analysis). A checkpoint is written into
+``.step-000100.partial/`` and renamed into place, then ``checkpoints/latest.json`` is replaced
+atomically; a crash leaves either the old or the new state, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ropelab.errors import CheckpointError
+from ropelab.model.checkpoint import atomic_path, atomic_write_text, save_checkpoint
+
+LATEST = "latest.json"
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.safetensors"
+RNG = "rng.safetensors"
+RESUME_FILES = (STATE, OPTIMIZER, RNG)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def parameter_names(model: torch.nn.Module) -> dict[int, str]:
+    """id(parameter) -> its first name (tied weights counted once)."""
+    names: dict[int, str] = {}
+    for name, param in model.named_parameters():
+        names.setdefault(id(param), name)
+    return names
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> tuple[dict, list[dict]]:
+    """(tensors keyed ``name.field``, param groups as JSON with parameter names)."""
+    state_dict = optimizer.state_dict()
+    tensors, groups = {}, []
+    for group, saved in zip(optimizer.param_groups, state_dict["param_groups"]):
+        group_names = []
+        for index, param in zip(saved["params"], group["params"]):
+            name = names[id(param)]
+            group_names.append(name)
+            for key, value in state_dict["state"].get(index, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    tensors[f"{name}.{key}"] = torch.tensor(value, dtype=torch.float64)
+        hyper = {k: v for k, v in saved.items() if k != "params"}
+        groups.append({**{k: list(v) if isinstance(v, tuple) else v for k, v in hyper.items()}, "params": group_names})
+    return tensors, groups
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], tensors: dict, groups: list[dict]) -> None:
+    current = optimizer.state_dict()
+    if len(groups) != len(current["param_groups"]):
+        raise CheckpointError("optimizer state has a different number of parameter groups than this model")
+    state: dict[int, dict] = {}
+    for group, saved, live in zip(optimizer.param_groups, groups, current["param_groups"]):
+        expected = [names[id(p)] for p in group["params"]]
+        if saved["params"] != expected:
+            raise CheckpointError("optimizer state was saved for other parameters than this model's")
+        for index, name in zip(live["params"], expected):
+            fields = {k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")}
+            if fields:
+                state[index] = fields
+        for key, value in saved.items():
+            if key != "params":
+                live[key] = tuple(value) if key == "betas" else value
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = state
+    return tensors
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def write_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokenizer_files: list[Path],
+    trainer_state: dict[str, Any],
+    extra: dict[str, Any],
+    keep: int = 0,
+) -> Path:
+    """Write ``root/step-NNNNNN`` atomically, point ``latest.json`` at it, prune older ones."""
+    name = checkpoint_name(step)
+    final = root / name
+    partial = root / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_checkpoint(partial, model, tokenizer="tokenizer.json", extra=extra)
+    for path in tokenizer_files:
+        if path.is_file():
+            shutil.copyfile(path, partial / path.name)
+    names = parameter_names(model)
+    tensors, groups = optimizer_tensors(optimizer, names)
+    with atomic_path(partial / OPTIMIZER) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(partial / RNG) as tmp:
+        save_file(rng_tensors(), str(tmp))
+    atomic_write_text(partial / STATE, json.dumps({**trainer_state, "optimizer": {"param_groups": groups}}, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(partial, final)
+    _fsync_dir(root)
+    atomic_write_text(
+        root / LATEST,
+        json.dumps({"checkpoint": name, "step": step, "tokens": trainer_state.get("tokens")}, indent=2),
+    )
+    _prune(root, final, keep)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoints (``step-NNNNNN``), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit())
+
+
+def _prune(root: Path, newest: Path, keep: int) -> None:
+    older = [p for p in list_checkpoints(root) if p != newest]
+    for path in older:
+        for name in RESUME_FILES:  # only the newest checkpoint is needed to resume
+            (path / name).unlink(missing_ok=True)
+    if keep > 0:
+        for path in older[: max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(path, ignore_errors=True)
+    for debris in root.glob(".step-*.partial"):
+        shutil.rmtree(debris, ignore_errors=True)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``latest.json`` names (None when there is none yet)."""
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{pointer}: unreadable; delete it to resume from {root} by hand") from None
+    path = root / name
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {name}, which does not exist")
+    return path
+
+
+def read_resume_state(directory: Path) -> tuple[dict, dict, dict]:
+    """(trainer state, optimizer tensors, rng tensors) of a checkpoint; clear errors if damaged."""
+    missing = [name for name in RESUME_FILES if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{directory}: no training state to resume from (missing {', '.join(missing)})")
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{directory / STATE}: unreadable ({error})") from None
+    tensors = {}
+    for name in (OPTIMIZER, RNG):
+        try:
+            tensors[name] = load_file(str(directory / name))
+        except (SafetensorError, OSError, RuntimeError) as error:
+            raise CheckpointError(f"{directory / name}: cannot be read ({error}); truncated or corrupt") from None
+    return state, tensors[OPTIMIZER], tensors[RNG]

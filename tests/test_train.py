@@ -1,0 +1,242 @@
+"""The trainer: LR schedule, exact resume, gradient accumulation, checkpoint layout, bad input,
+and the HoPE experiment end to end at toy scale."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ropelab.cli import main
+from ropelab.errors import CheckpointError, RopelabError
+from ropelab.model.pretrained import load_model
+from ropelab.train import TrainConfig, learning_rate, read_log, train
+from ropelab.train.state import OPTIMIZER, RESUME_FILES
+
+TEXT = "".join(
+    f"def handler_{k}(request, value={k}):\n    if value > {k % 7}:\n        return request.send(value)\n"
+    f"    return None\n\n"
+    for k in range(400)
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(6):
+        (root / f"part{i}.py").write_text(TEXT[i * 2000 :] + TEXT[: i * 2000])
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def home(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("home")
+        patch.setenv("ROPELAB_HOME", str(path))
+        yield path
+
+
+def config(corpus, **overrides) -> TrainConfig:
+    settings = dict(
+        pe="rope",
+        model_config="tiny",
+        train_len=32,
+        data=[str(corpus)],
+        tokenizer="bpe-300",
+        val_fraction=0.2,
+        steps=8,
+        batch_size=4,
+        checkpoint_every=3,
+        log_every=1,
+        val_sequences=4,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def weights(run, step) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+
+
+def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
+    cfg = TrainConfig(steps=100, lr=1e-3, warmup=10, min_lr_ratio=0.1)
+    assert [learning_rate(s, 100, cfg) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3])
+    assert learning_rate(10, 100, cfg) == pytest.approx(1e-3)
+    middle = 10 + (99 - 10) / 2
+    assert learning_rate(int(middle), 100, cfg) == pytest.approx(
+        1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * (int(middle) - 10) / 89))
+    )
+    assert learning_rate(99, 100, cfg) == pytest.approx(1e-4)
+    constant = TrainConfig(steps=100, lr=1e-3, warmup=10, schedule="constant")
+    assert learning_rate(99, 100, constant) == 1e-3
+    # default warm-up: the paper's 2000 of 50000 steps, i.e. 4%, at most 2000
+    assert TrainConfig(steps=1).resolved_warmup(500) == 20
+    assert TrainConfig(steps=1).resolved_warmup(10**6) == 2000
+    defaults = TrainConfig(steps=1)
+    assert (defaults.lr, defaults.beta1, defaults.beta2, defaults.grad_clip) == (3e-4, 0.9, 0.999, 1.0)
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(corpus, tmp_path):
+    # kerple-log: learned position parameters are in the optimizer state too; micro-batches: 2 x 2
+    settings = dict(pe="kerple-log", micro_batch_size=2)
+    straight = train(config(corpus, **settings), tmp_path / "a", progress=False)
+    assert straight.complete and straight.step == 8
+
+    def interrupt(step, record):
+        if step == 4:  # not a checkpoint step: the signal itself must write one
+            signal.raise_signal(signal.SIGINT)
+
+    cut = train(config(corpus, **settings), tmp_path / "b", progress=False, on_step=interrupt)
+    assert cut.status == "interrupted" and cut.step == 4
+    assert json.loads((tmp_path / "b/checkpoints/latest.json").read_text())["checkpoint"] == "step-000004"
+    resumed = train(config(corpus, **settings), tmp_path / "b", progress=False)
+    assert resumed.complete and resumed.step == 8
+    a, b = weights(tmp_path / "a", 8), weights(tmp_path / "b", 8)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    assert [r["step"] for r in log_b] == list(range(1, 9))  # lines after the checkpoint were dropped
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    # a finished run started again does nothing
+    assert train(config(corpus, **settings), tmp_path / "b", progress=False).step == 8
+
+
+def test_run_directory_layout_and_checkpoints_load_as_models(corpus, tmp_path):
+    run = tmp_path / "run"
+    result = train(config(corpus, pe="hope", lr=1e-2), run, progress=False)
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["requested"]["pe"] == "hope" and saved["resolved"]["steps"] == 8
+    assert saved["model"]["train_len"] == 32 and saved["data"]["tokens"]["train"] > 0
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["latest.json", "step-000003", "step-000006", "step-000008"]
+    for name in names[1:-1]:  # only the newest keeps the state to resume
+        assert not any((run / "checkpoints" / name / f).exists() for f in RESUME_FILES)
+    assert all((run / "checkpoints/step-000008" / f).exists() for f in RESUME_FILES)
+    model, tokenizer = load_model(run / "checkpoints" / "step-000003")
+    assert model.pe.spec == "hope" and tokenizer is not None and tokenizer.eos_id == 0
+    assert torch.equal(model.embed_tokens.weight, weights(run, 3)["embed_tokens.weight"])
+    log = read_log(run)
+    assert set(log[0]) >= {"step", "tokens", "loss", "lr", "tokens_per_s"}
+    assert [r["step"] for r in log if "val_loss" in r] == [3, 6, 8]
+    assert log[-1]["loss"] < log[0]["loss"] - 0.5  # it learns (a repetitive corpus, lr 1e-2)
+    assert result.val_loss == log[-1]["val_loss"]
+
+
+def test_gradient_accumulation_equals_one_big_batch(corpus, tmp_path):
+    whole = train(config(corpus, steps=3, micro_batch_size=None), tmp_path / "whole", progress=False)
+    parts = train(config(corpus, steps=3, micro_batch_size=1), tmp_path / "parts", progress=False)
+    assert whole.complete and parts.complete
+    a, b = weights(tmp_path / "whole", 3), weights(tmp_path / "parts", 3)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_keep_prunes_old_checkpoints(corpus, tmp_path):
+    train(config(corpus, steps=7, checkpoint_every=2, keep=2), tmp_path / "k", progress=False)
+    assert sorted(p.name for p in (tmp_path / "k/checkpoints").iterdir()) == [
+        "latest.json",
+        "step-000006",
+        "step-000007",
+    ]
+
+
+def test_another_config_in_the_same_directory_is_refused(corpus, tmp_path):
+    train(config(corpus, steps=2), tmp_path / "r", progress=False)
+    with pytest.raises(RopelabError, match=r"other settings \(lr differ"):
+        train(config(corpus, steps=2, lr=1e-3), tmp_path / "r", progress=False)
+
+
+def test_resume_from_a_truncated_checkpoint_is_a_clear_error(corpus, tmp_path):
+    def interrupt(step, record):
+        if step == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    train(config(corpus, steps=4), tmp_path / "t", progress=False, on_step=interrupt)
+    optimizer = tmp_path / "t/checkpoints/step-000001" / OPTIMIZER
+    optimizer.write_bytes(optimizer.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        train(config(corpus, steps=4), tmp_path / "t", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(steps=None), "exactly one of steps"),
+        (dict(model_config="huge"), "unknown model config 'huge'"),
+        (dict(pe="ropey"), "unknown position method 'ropey'"),
+        (dict(batch_size=4, micro_batch_size=3), "does not divide"),
+        (dict(train_len=100000), "fewer than one sequence"),
+    ],
+)
+def test_bad_settings_give_clear_errors(corpus, tmp_path, overrides, message):
+    with pytest.raises(RopelabError, match=message):
+        train(config(corpus, **overrides), tmp_path / "bad", progress=False)
+
+
+def test_cli_train_and_its_errors(corpus, tmp_path, capsys):
+    def argv(steps="2", data=str(corpus), out="c"):
+        return [
+            "train",
+            "--pe",
+            "alibi",
+            "--train-len",
+            "32",
+            "--steps",
+            steps,
+            "--batch-size",
+            "2",
+            "--data",
+            data,
+            "--tokenizer",
+            "bpe-300",
+            "--out",
+            str(tmp_path / out),
+            "--no-progress",
+        ]
+
+    assert main(argv()) == 0
+    assert "complete: 2/2 steps" in capsys.readouterr().out
+    assert main(argv(steps="0", out="zero")) == 2
+    assert capsys.readouterr().err.strip() == "error: steps must be a positive integer, got 0"
+    assert main(argv(data=str(tmp_path / "missing"), out="d")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no such file or directory" in err[0]
+
+
+def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    argv = ["experiment", "hope", "--pes", "hope,alibi,rope", "--model-config", "tiny", "--train-len", "128"]
+    argv += ["--data", str(corpus), "--tokenizer", "bpe-300", "--tasks", "copy,ppl", "--lengths", "1x,2x,4x"]
+    argv += ["--steps", "2", "--samples", "1", "--batch-size", "2", "--out", str(exp), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "## Copy (the paper's Table 1)" in out and "## HoPE vs RoPE beyond the train length" in out
+    for row in ("`rope`", "`rope+pi:factor=4`", "`rope+yarn:factor=4`", "`hope+yarn:factor=4`", "`alibi`"):
+        assert row in out
+    assert "did `hope` beat `rope`?" in out
+    assert sorted(p.name for p in (exp / "models").iterdir()) == ["alibi", "hope", "rope"]
+    summary = json.loads((exp / "summary.json").read_text())
+    cells = summary["tasks"]["ppl"]["cells"]
+    assert set(cells) == {
+        "rope",
+        "rope+pi:factor=4",
+        "rope+yarn:factor=4",
+        "hope",
+        "hope+pi:factor=4",
+        "hope+yarn:factor=4",
+        "alibi",
+    }
+    assert set(cells["rope"]) == {"512"}  # ppl scores 256 tokens after a context: 128 and 256 are dropped
+    assert summary["experiment"]["plan"]["dropped_lengths"]["ppl"].keys() == {"1x", "2x"}
+    assert set(summary["tasks"]["copy"]["cells"]["alibi"]) == {"128", "256", "512"}
+    assert {v["task"] for v in summary["hope_vs_rope"]} == {"copy", "ppl"}
+    assert all(summary["training"][pe]["steps"] == 2 for pe in ("rope", "hope", "alibi"))
+    assert (exp / "ppl_loss.png").is_file() and (exp / "training_val_loss.png").is_file()
+    # the same command resumes (nothing left to do) and re-renders
+    assert main(argv) == 0
+    assert main(["experiment", "hope", "--report-only", "--out", str(exp)]) == 0
