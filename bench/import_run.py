@@ -1,0 +1,22 @@
+"""``python -m bench import-run {compare,hope-experiment} RUN_DIR``: publish a finished run's
+summary and plots into ``bench/results`` / ``docs/results`` for ``docs/results.md``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = "copy a finished `ropelab compare` / `ropelab experiment hope` run into bench/results for docs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=("compare", "hope-experiment"))
+    parser.add_argument("run_dir", type=Path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.render import import_run, write
+
+    print(f"wrote {import_run(args.kind, args.run_dir)}")
+    print(f"wrote {write()}")
+    return 0

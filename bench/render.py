@@ -1,0 +1,396 @@
+"""Render ``docs/results.md`` from the JSON in ``bench/results/`` -- never typed by hand.
+
+    python -m bench render                 # docs/results.md from the current JSON files
+    python -m bench all                    # measure everything again, then render (see bench/README.md)
+    python -m bench import-run compare RUN_DIR          # publish a `ropelab compare` run
+    python -m bench import-run hope-experiment EXP_DIR  # publish a `ropelab experiment hope` run
+
+Every section names the command that regenerates it and the machine it was measured on; a
+section whose JSON is missing says so instead of showing numbers. The seed papers' numbers
+(``bench/paper_numbers.json``, transcribed from the papers with their table numbers) are shown
+beside ours only where the protocol matches, with the differences stated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+DESCRIPTION = "render docs/results.md from bench/results/*.json (no measuring)"
+RESULTS = Path("bench/results")
+DOCS = Path("docs/results.md")
+PAPER = Path(__file__).with_name("paper_numbers.json")
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _machine(data: dict) -> str:
+    m = data.get("machine", {})
+    load = m.get("loadavg_before")
+    return (
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch threads, "
+        f"torch {m.get('torch', '?')}, {m.get('date', '?')}"
+        + (f", load average before {' / '.join(load)}" if load else "")
+        + (
+            f", commit {str(m.get('git_commit') or m.get('commit'))[:10]}"
+            if m.get("git_commit") or m.get("commit")
+            else ""
+        )
+    )
+
+
+def _missing(command: str) -> list[str]:
+    return [f"*Not measured yet.* Run `{command}`.", ""]
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def section_pe_speed() -> list[str]:
+    lines = ["## 1. Cost of every position method relative to `rope`", ""]
+    train = [(name, load(f"pe_speed_train_{name}.json")) for name in ("small", "medium")]
+    train = [(name, data) for name, data in train if data] or (
+        [("small", load("pe_speed.json"))] if load("pe_speed.json") else []
+    )
+    if not train:
+        return lines + _missing("python -m bench pe-speed")
+    lines += [
+        "Training step (forward+backward, batch 8) and inference forward, fp32 CPU, median of round-robin "
+        "repeats, as a ratio to `rope`. Targets: RoPE-family methods within 1.10x, bias methods within 2x "
+        "(of the training step). Run-to-run noise on this machine is about +-8%.",
+        "",
+    ]
+    header = "| method | family | " + " | ".join(
+        f"fwd+bwd {name} (T={data['settings']['seq_len']}) | fwd {name}" for name, data in train
+    )
+    lines += [header + " | target |", "|---|---|" + "---:|---:|" * len(train) + "---|"]
+    rows = {r["method"]: r for r in train[0][1]["results"]}
+    for method, first in rows.items():
+        cells = []
+        statuses = []
+        for _, data in train:
+            row = next((r for r in data["results"] if r["method"] == method), {})
+            cells += [_ratio(row.get("fwd_bwd_ratio")), _ratio(row.get("fwd_ratio"))]
+            if row.get("status"):
+                statuses.append(row["status"])
+        target = first.get("target")
+        verdict = (f"<= {target:.2f}x: " + "/".join(statuses)) if target else "-"
+        lines.append(f"| `{method}` | {first['family']} | " + " | ".join(cells) + f" | {verdict} |")
+    lines.append("")
+    for name, data in train:
+        lines.append(f"- {name}: {_machine(data)}.")
+    lines += [
+        "",
+        "Regenerate: `python -m bench pe-speed --config small --out bench/results/pe_speed_train_small.json` "
+        "(and `--config medium ... pe_speed_train_medium.json`).",
+        "",
+    ]
+    infer = [(n, load(f"pe_speed_infer_{n}.json")) for n in (1024, 4096, 16384)]
+    infer = [(n, d) for n, d in infer if d]
+    if infer:
+        lines += [
+            "Inference forward (batch 1, config `small`) at long inputs, ratio to `rope`. Bias methods materialise "
+            "a `[heads, T, T]` bias and are skipped where it would exceed 3 GB.",
+            "",
+            "| method | " + " | ".join(f"{n // 1024}K" for n, _ in infer) + " |",
+            "|---|" + "---:|" * len(infer),
+        ]
+        for method in [r["method"] for r in infer[0][1]["results"]]:
+            cells = []
+            for _, data in infer:
+                row = next((r for r in data["results"] if r["method"] == method), {})
+                cells.append("skipped" if row.get("skipped") else _ratio(row.get("fwd_ratio")))
+            lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"Machine: {_machine(infer[-1][1])}.",
+            "",
+            "Regenerate: `python -m bench pe-speed --phases fwd --batch 1 --seq-len N --repeats 3 --warmup 1 "
+            "--out bench/results/pe_speed_infer_N.json` for N in 1024, 4096, 16384.",
+            "",
+        ]
+    return lines
+
+
+def section_hf_speed() -> list[str]:
+    lines = ["## 2. ropelab vs Hugging Face transformers on the same SmolLM2-135M weights", ""]
+    data = load("hf_speed.json")
+    if not data:
+        return lines + _missing("python -m bench hf-speed")
+    lines += [
+        "Prefill of real stdlib code with a KV cache (last-position logits), then 32 greedy decode steps; "
+        "each implementation in its own process; peak memory = growth of the resident set during "
+        "prefill + decode. transformers runs `LlamaForCausalLM` with SDPA attention, float32.",
+        "",
+        "| tokens | ropelab prefill s | transformers prefill s | prefill speed-up | ropelab decode tok/s "
+        "| transformers decode tok/s | ropelab MB | transformers MB | max logit diff | same tokens |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    by = {(r["impl"], r["length"]): r for r in data["results"]}
+    for c in data["comparisons"]:
+        ours, theirs = by[("ropelab", c["length"])], by[("transformers", c["length"])]
+        lines.append(
+            f"| {c['length']} | {ours['prefill_s']:.2f} | {theirs['prefill_s']:.2f} | {c['prefill_speedup']:.2f}x "
+            f"| {ours['decode_tokens_per_s']:.1f} | {theirs['decode_tokens_per_s']:.1f} "
+            f"| {ours['peak_memory_mb']:.0f} | {theirs['peak_memory_mb']:.0f} | {c['max_logit_diff']:.1e} "
+            f"| {'yes' if c['same_tokens'] else 'NO'} |"
+        )
+    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench hf-speed`.", ""]
+    return lines
+
+
+def _bucket_table(data: dict) -> list[str]:
+    results = data["results"]
+    longest = max(results, key=lambda r: len(r["buckets"]))["buckets"]
+    heads = [f"{b['start'] // 1024}-{-(-b['end'] // 1024)}K" for b in longest]
+    lines = ["| method | " + " | ".join(heads) + " | mean |", "|---|" + "---:|" * (len(heads) + 1)]
+    best = [min(r["buckets"][i]["mean_loss"] for r in results if i < len(r["buckets"])) for i in range(len(heads))]
+    for r in results:
+        cells = []
+        for i, b in enumerate(r["buckets"]):
+            text = f"{b['mean_loss']:.3f}"
+            cells.append(f"**{text}**" if b["mean_loss"] == best[i] else text)
+        lines.append(f"| `{r.get('spec', r['method'])}` | " + " | ".join(cells) + f" | {r['mean_loss']:.3f} |")
+    return lines
+
+
+def section_window_scaling() -> list[str]:
+    lines = ["## 3. Windowed methods (ReRoPE, Self-Extend, HiRoPE) vs `rope`: time and memory at 4K-16K", ""]
+    data = load("long_context.json")
+    if not data or not data.get("scaling"):
+        return lines + _missing("python -m bench long-context")
+    lines += [
+        "SmolLM2-135M, one scored forward pass (chunked LM head) per method and length, each in its own "
+        "process. Memory = growth of the resident set during the pass; its exponent k in memory ~ tokens^k "
+        "between consecutive lengths says how it scales (1 = linear, 2 = quadratic). Targets: time within "
+        "2.5x of `rope`, memory linear in length.",
+        "",
+        "| method | tokens | seconds | time vs rope | pass memory MB | memory exponent | verdict |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in data["scaling"]:
+        ratio, exponent = row["time_vs_rope"], row["memory_exponent"]
+        verdict = []
+        if ratio is not None and row["method"] != "rope":
+            verdict.append("time PASS" if ratio <= 2.5 else "time MISS")
+        if exponent is not None:
+            verdict.append("linear" if exponent < 1.5 else "super-linear")
+        lines.append(
+            f"| `{row['method']}` | {row['tokens']} | {row['forward_seconds']:.0f} | {_ratio(ratio)} "
+            f"| {row['forward_memory_mb']:.0f} | {'-' if exponent is None else f'{exponent:.2f}'} "
+            f"| {', '.join(verdict) or '-'} |"
+        )
+    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench long-context`.", ""]
+    return lines
+
+
+def section_hierarchy() -> list[str]:
+    lines = ["## 4. HiRoPE hierarchy extraction throughput", ""]
+    data = load("hierarchy_speed.json")
+    if not data:
+        return lines + _missing("python -m bench hierarchy-speed")
+    lines += [
+        "tree-sitter parse + segment + align to tokens (`ropelab.code`), tokens per second, per language; "
+        "tokenizing alone for comparison.",
+        "",
+        "| language | tokens | extraction tok/s | tokenizer tok/s | ms per 16K tokens |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in data["results"]:
+        lines.append(
+            f"| {r['language']} | {r['tokens']} | {r['extract_tokens_per_s']:,.0f} | "
+            f"{r['tokenize_tokens_per_s']:,.0f} | {r['ms_per_16k_tokens']:.1f} |"
+        )
+    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench hierarchy-speed`.", ""]
+    return lines
+
+
+def section_train_speed() -> list[str]:
+    lines = ["## 5. Training throughput and model FLOP utilisation", ""]
+    data = load("train_speed.json")
+    if not data:
+        return lines + _missing("python -m bench train-speed")
+    peak = data["matmul_peak_gflops"]
+    lines += [
+        f"`ropelab.train` on the default corpus, fp32 CPU. MFU = model FLOPs per second (6 x parameters x tokens "
+        f"+ attention) / the fp32 matmul peak measured in the same run ({peak:.0f} GFLOP/s).",
+        "",
+        "| config | parameters | seq len | batch | tokens/s | model GFLOP/s | MFU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["results"]:
+        lines.append(
+            f"| {r['config']} | {r['parameters'] / 1e6:.1f}M | {r['seq_len']} | {r['batch']} "
+            f"| {r['tokens_per_s']:,.0f} | {r['model_gflops']:.1f} | {100 * r['mfu']:.0f}% |"
+        )
+    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench train-speed`.", ""]
+    return lines
+
+
+def section_hirope() -> list[str]:
+    lines = ["## 6. Training-free extension on SmolLM2-135M (HiRoPE reproduction)", ""]
+    compare = load("compare.json")
+    if compare:
+        from ropelab.eval.report import render_markdown
+
+        body = render_markdown(compare["summary"], plots=[]).splitlines()
+        body = [line for line in body if not line.startswith("# ") and not line.startswith("Regenerate:")]
+        body = [("###" + line[2:]) if line.startswith("## ") else line for line in body]
+        lines += [
+            "### The main job: `ropelab compare`",
+            "",
+            *body,
+            *(f"![{Path(p).stem}](results/{Path(p).name})" for p in compare.get("plots", [])),
+            "",
+            f"Measured {compare.get('imported', '?')}; regenerate: `ropelab compare --out runs/compare && "
+            "python -m bench import-run compare runs/compare`.",
+            "",
+        ]
+    else:
+        lines += _missing("ropelab compare --out runs/compare && python -m bench import-run compare runs/compare")
+    for name, title in (("long_context.json", "Python (stdlib)"), ("long_context_java.json", "Java (JDK java.util)")):
+        data = load(name)
+        lines += [f"### Loss per position bucket at 16K tokens, {title}", ""]
+        if not data:
+            command = "python -m bench long-context" + (
+                " --language java --out bench/results/long_context_java.json" if "java" in name else ""
+            )
+            lines += _missing(command + "  (Java needs the openjdk-17-source package)")
+            continue
+        lines += _bucket_table(data)
+        lines += [
+            "",
+            "Mean next-token loss per 2K-position bucket of one 16K-token pass (train length 8K); lower is better, "
+            f"best per bucket in bold. Machine: {_machine(data)}.",
+            "",
+        ]
+    lines += [
+        "**Beside the paper.** The HiRoPE paper (Zhang et al., 2024) evaluates CodeLlama/ShearedLlama-scale models "
+        "on its own long-code datasets; only its abstract is available here (no numbers), and its models do not "
+        "run on this machine, so no paper numbers are placed beside these.",
+        "",
+    ]
+    return lines
+
+
+def section_hope() -> list[str]:
+    lines = ["## 7. The HoPE experiment at CPU scale (`ropelab experiment hope`)", ""]
+    data = load("hope_experiment.json")
+    if not data:
+        return lines + _missing(
+            "ropelab experiment hope --out runs/hope && python -m bench import-run hope-experiment runs/hope"
+        )
+    if data.get("report_md"):
+        body = data["report_md"].splitlines()
+        body = [line for line in body if not line.startswith("# ")]
+        body = [("###" + line[2:]) if line.startswith("## ") else line for line in body]
+        for plot in data.get("plots", []):
+            body = [line.replace(f"]({Path(plot).name})", f"](results/{Path(plot).name})") for line in body]
+        lines += body
+    paper = json.loads(PAPER.read_text()) if PAPER.is_file() else {}
+    for key in ("hope_table1_copy", "hope_table2_fewshot"):
+        table = paper.get(key)
+        if not table:
+            continue
+        lines += [
+            "",
+            f"**The paper's numbers ({table['source']})**, for reading beside ours: {table['protocol']}",
+            "",
+            "| method | " + " | ".join(table["columns"]) + " | avg |",
+            "|---|" + "---:|" * (len(table["columns"]) + 1),
+        ]
+        for method, values in table["rows"].items():
+            lines.append(f"| {method} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    lines += [
+        "",
+        f"Measured {data.get('imported', '?')}; regenerate: `ropelab experiment hope --out runs/hope && "
+        "python -m bench import-run hope-experiment runs/hope`.",
+        "",
+    ]
+    return lines
+
+
+def render() -> str:
+    lines = [
+        "# ropelab: published results",
+        "",
+        "Generated by `python -m bench render` from `bench/results/*.json`; do not edit by hand. "
+        "`python -m bench all` measures everything again and re-renders (see `bench/README.md` for its runtime). "
+        "Every number below was measured by the command named under its table, on the machine named there.",
+        "",
+    ]
+    for section in (
+        section_pe_speed,
+        section_hf_speed,
+        section_window_scaling,
+        section_hierarchy,
+        section_train_speed,
+        section_hirope,
+        section_hope,
+    ):
+        lines += section()
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(path: Path = DOCS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render())
+    tmp.replace(path)
+    return path
+
+
+def import_run(kind: str, run: Path) -> Path:
+    """Copy a run's summary (and plots) into ``bench/results`` so ``docs/results.md`` can show it."""
+    import datetime
+
+    from bench.common import write_json
+    from ropelab.errors import RopelabError
+
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        raise RopelabError(f"{run}: no summary.json; not a finished ropelab run/experiment directory")
+    summary = json.loads(summary_path.read_text())
+    plots_dir = DOCS.parent / "results"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for png in sorted(run.glob("*.png")):
+        target = plots_dir / f"{kind}_{png.name}"
+        shutil.copyfile(png, target)
+        plots.append(str(target))
+    data = {
+        "imported": datetime.datetime.fromtimestamp(summary_path.stat().st_mtime, datetime.timezone.utc).isoformat(
+            timespec="minutes"
+        ),
+        "source": str(run),
+        "summary": summary,
+        "plots": plots,
+    }
+    report = run / "report.md"
+    if report.is_file():
+        text = report.read_text()
+        for png in run.glob("*.png"):
+            text = text.replace(f"]({png.name})", f"]({kind}_{png.name})")
+        data["report_md"] = text
+    out = RESULTS / f"{kind.replace('-', '_')}.json"
+    write_json(out, data)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=DOCS, help="markdown path (default: docs/results.md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = write(args.out)
+    print(f"wrote {path}")
+    return 0
