@@ -11,6 +11,7 @@ BENCHMARKS: dict[str, str] = {
     "hierarchy-speed": "bench.hierarchy_speed",
     "long-context": "bench.long_context",
     "hf-speed": "bench.hf_speed",
+    "train-speed": "bench.train_speed",
     "render": "bench.render",
     "import-run": "bench.import_run",
     "all": "bench.suite",
