@@ -135,6 +135,14 @@ def test_gradient_accumulation_equals_one_big_batch(corpus, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_a_time_budget_calibrates_the_steps_and_stops_in_time(corpus, tmp_path):
+    result = train(config(corpus, steps=None, minutes=0.03), tmp_path / "m", progress=False)
+    saved = json.loads((tmp_path / "m" / "train_config.json").read_text())
+    assert saved["requested"]["minutes"] == 0.03 and saved["resolved"]["steps"] == result.steps >= 1
+    assert result.status in ("complete", "time limit") and result.seconds < 0.03 * 60 + 1.0
+    assert json.loads((tmp_path / "m/checkpoints/latest.json").read_text())["step"] == result.step
+
+
 def test_keep_prunes_old_checkpoints(corpus, tmp_path):
     train(config(corpus, steps=7, checkpoint_every=2, keep=2), tmp_path / "k", progress=False)
     assert sorted(p.name for p in (tmp_path / "k/checkpoints").iterdir()) == [

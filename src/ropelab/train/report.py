@@ -282,9 +282,9 @@ def _num(value) -> str:
 
 
 def _diff(v: dict, metric: str) -> str:
-    scale = 100 if metric in AVERAGED else 1
-    unit = " points" if scale == 100 else ""
-    return f"{scale * v['difference']:+.2f}{unit} +/- {scale * v['standard_error']:.2f}"
+    if metric in AVERAGED:
+        return f"{100 * v['difference']:+.1f} points +/- {100 * v['standard_error']:.1f}"
+    return f"{v['difference']:+.4f} +/- {v['standard_error']:.4f}"
 
 
 def _training_plot(exp: Path, merged: dict) -> str | None:
