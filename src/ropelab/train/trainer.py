@@ -380,14 +380,14 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 first = step * config.batch_size + info.rank * per_rank
-                step_loss = 0.0
+                step_loss = torch.zeros((), device=info.device)  # no host sync per micro-batch
                 for k in range(accum):
                     batch = train_sampler.batch(first + k * micro, micro).to(info.device, non_blocking=True)
                     sync = not info.enabled or k == accum - 1
                     with net.no_sync() if not sync else nullcontext(), _autocast(info.device):
                         loss = _loss(net, batch) / accum
                     loss.backward()
-                    step_loss += float(loss.detach())
+                    step_loss += loss.detach().float()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -398,7 +398,7 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
                 want_log = step % config.log_every == 0 or step == steps
                 want_eval = val_sampler is not None and (step % resolved["eval_every"] == 0 or step == steps)
                 if want_log or want_eval:
-                    train_loss = info.all_reduce([step_loss], op="mean")[0]
+                    train_loss = info.all_reduce([float(step_loss)], op="mean")[0]
                 record = None
                 if want_log or want_eval:
                     now = time.perf_counter()
