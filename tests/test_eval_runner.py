@@ -69,6 +69,15 @@ def test_ppl_samples_are_prefixes_and_reproducible(tokenizer):
     assert task.score(short[0], Outputs(losses=losses))["loss"] == pytest.approx(sum(losses[-256:]) / 256)
 
 
+@pytest.mark.parametrize("length", [300, 2000])
+def test_ppl_inputs_equal_the_full_texts_first_tokens(tokenizer, length):
+    from ropelab.eval.corpus import long_code
+
+    sample = get_task("ppl").build(tokenizer, length, 1, seed=0, train_len=128)[0]
+    text, _ = long_code(min_chars=length * 6, skip=0)
+    assert sample.prompt_ids == tokenizer.encode(text)[:length]  # tokenizing everything, the slow reference
+
+
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_passkey_places_the_needle_at_its_depth(tokenizer, n):
     task = get_task("passkey")
