@@ -23,6 +23,7 @@ from ropelab.analysis import (
     vaf,
 )
 from ropelab.analysis.measure import Measurement
+from ropelab.analysis.ood import ks_distance
 from ropelab.analysis.pattern import shape_of
 from ropelab.analysis.runner import parse_layers
 from ropelab.analysis.sources import split_methods
@@ -225,8 +226,16 @@ def test_ood_score_hand_computed():
     assert result["ood_fraction"] == pytest.approx([2 / 3])  # 3 and -1 are out, 1 is in; the 50s are within L
     tol = 0.02 + 3e-5
     assert result["ood_excess"] == pytest.approx([((3 - 2 - tol) + (1 - tol)) / 2 / 3])
+    # in-range {0, 1, 2} vs beyond {-1, 1, 3}: empirical CDFs at -1: 0 vs 1/3, at 2: 1 vs 2/3 -> KS 1/3
+    assert result["ood_ks"] == pytest.approx([1 / 3])
     with pytest.raises(RopelabError, match="in-range length"):
         ood_scores(outside, inside, train_len=4)
+
+
+def test_ks_distance():
+    a = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]])
+    b = torch.tensor([[2.0, 3.0, 4.0, 5.0], [3.0, 1.0, 0.0, 2.0], [10.0, 11.0, 12.0, 13.0]])
+    assert ks_distance(a, b).tolist() == pytest.approx([0.5, 0.0, 1.0])
 
 
 def test_ood_layer0_is_a_function_of_distance_for_rope():
@@ -272,7 +281,7 @@ def write_run(run, tokenizer, pe="rope", steps=(100, 200), latest=True, train_le
         folder = run / "checkpoints" / f"step-{step:06d}"
         save_checkpoint(folder, model, tokenizer="tokenizer.json")
         tokenizer.save(folder)
-    (run / "train_config.json").write_text(json.dumps({"pe": pe}))
+    (run / "train_config.json").write_text(json.dumps({"requested": {"pe": pe}}))  # ropelab train's layout
     if latest:
         (run / "checkpoints" / "latest.json").write_text(
             json.dumps({"step": steps[-1], "path": f"step-{steps[-1]:06d}"})
@@ -289,6 +298,8 @@ def test_discover(tmp_path, tokenizer):
     assert subjects[1].final.step == 5  # latest.json names step 5 even though 20 is higher
     series = discover(str(exp / "models" / "hope"), checkpoints="all")[0]
     assert [c.step for c in series.checkpoints] == [5, 10, 20] and series.label == "hope"
+    lone = write_run(tmp_path / "lone-run", tokenizer, "hope-ab1", steps=(1,))
+    assert discover(str(lone))[0].label == "hope-ab1"  # from train_config.json, not the directory name
     checkpoint = discover(str(exp / "models" / "rope" / "checkpoints" / "step-000010"), ["rope", "hope"])
     assert [(s.label, s.method, s.kind) for s in checkpoint] == [("rope", "rope", "model"), ("hope", "hope", "model")]
     both = discover(str(exp), ["hope+yarn:factor=2"])
@@ -379,6 +390,7 @@ def test_analyze_hierarchy_and_unextrapolatable_method(tmp_path, tokenizer):
         (["--method", "rope:factor=2"], "rope: unknown parameter 'factor'"),
         (["--input", "/no/such/file.py"], "--input '/no/such/file.py'"),
         (["--checkpoints", "all"], "--checkpoints all needs a training run"),
+        (["--hierarchy-input", "/no/such.py"], "--hierarchy-input '/no/such.py'"),
     ],
 )
 def test_cli_errors(tmp_path, tokenizer, capsys, args, message):

@@ -13,15 +13,22 @@ an *extrapolation* one of length ``T_out > L``. For every layer, sample and head
 * the *beyond* logits are the extrapolation run's last-query logits at keys ``n >= 1`` with
   distance ``T_out - 1 - n >= L``.
 
-``ood_fraction`` = the fraction of beyond logits outside the widened band, averaged over samples
-and heads (one scalar per layer; 0 = every beyond-``L`` logit is one the model produced in range,
-1 = none is). ``ood_excess`` = the mean distance of beyond logits outside the band, in units of
-the band's width (how far out they go). Layer 0 is the paper's Figure 3c; in deeper layers the
-query itself has seen an over-long context, so the score mixes position and content effects.
+``ood_fraction`` (the OOD score) = the fraction of beyond logits outside the widened band,
+averaged over samples and heads (one scalar per layer; 0 = every beyond-``L`` logit is a value the
+layer produced in range, 1 = none is). ``ood_excess`` = the mean distance of beyond logits outside
+the band, in units of the band's width (how far out they go). ``ood_ks`` = the Kolmogorov-Smirnov
+distance between the in-range and the beyond logits (max gap between their empirical CDFs; 0 =
+same distribution, 1 = disjoint), a check that also sees shifts *inside* the band. Layer 0 is the
+paper's Figure 3c; in deeper layers the query itself has seen an over-long context, so the score
+mixes position and content effects.
 
 **Limitations.** The probe (one token repeated) is the paper's, not natural text. A range test
-ignores density: a distribution that shifts inside ``[lo, hi]`` scores 0, and one rare in-range
-extreme widens the band for all. The score depends on ``T_in`` (a shorter in-range run sees fewer
+ignores density: a distribution that shifts inside ``[lo, hi]`` scores 0 (``ood_ks`` sees it),
+and one rare in-range extreme widens the band for all. A pattern that keeps a trend (a decay that
+goes on decaying past ``L``) scores as OOD too: the values are new to the layer, whether or not
+that hurts. The reference is the *method's own* in-range run, i.e. the training distribution
+only for the method the checkpoint was trained with; for an inference-time method (YaRN, PI on a
+RoPE checkpoint) it measures novelty relative to that method within ``L``. The score depends on ``T_in`` (a shorter in-range run sees fewer
 distances, hence a narrower band; use ``T_in = L``). Methods whose layer-0 logits are flat in
 position (NoPE: all keys equal under the probe) have a zero-width band and rely on the tolerance.
 """
@@ -36,6 +43,15 @@ from ropelab.errors import RopelabError
 
 def band_tolerance(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return 0.01 * (hi - lo) + 1e-5 * (1 + torch.maximum(lo.abs(), hi.abs()))
+
+
+def ks_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two-sample Kolmogorov-Smirnov statistic over the last axis (batched over the leading ones)."""
+    a, b = a.sort(-1).values.contiguous(), b.sort(-1).values.contiguous()
+    points = torch.cat((a, b), dim=-1).contiguous()
+    cdf_a = torch.searchsorted(a, points, right=True).float() / a.shape[-1]
+    cdf_b = torch.searchsorted(b, points, right=True).float() / b.shape[-1]
+    return (cdf_a - cdf_b).abs().amax(-1)
 
 
 def ood_scores(inside: Measurement, outside: Measurement, train_len: int, first_key: int = 1) -> dict:
@@ -66,6 +82,7 @@ def ood_scores(inside: Measurement, outside: Measurement, train_len: int, first_
         "beyond_keys": [first_key, last_beyond],
         "ood_fraction": out.float().mean(dim=(1, 2, 3)).tolist(),
         "ood_excess": excess.mean(dim=(1, 2, 3)).tolist(),
+        "ood_ks": ks_distance(ref, beyond).mean(dim=(1, 2)).tolist(),
         "ood_fraction_per_head": fraction_per_head.tolist(),
         # the first analysed layer's logits vs distance 0, 1, ... (samples and heads averaged), for the plot
         "first_layer": inside.layers[0],

@@ -157,7 +157,8 @@ def _components(out: Path, subjects: list[dict], written: list[str]) -> None:
                 x,
                 comp["curves"]["components"][j],
                 color=BAND_COLORS[band],
-                lw=0.6 if band == "high" else 1.2,
+                lw=0.4 if band == "high" else 1.2,
+                alpha=0.45 if band == "high" else 1.0,
                 label=label,
             )
         top.set_title(f"{subject['label']}: components C_j (T={comp['length']})", fontsize=8)
@@ -217,6 +218,8 @@ def _vaf(out: Path, subjects: list[dict], written: list[str]) -> None:
 def _vaf_training(out: Path, subjects: list[dict], written: list[str]) -> None:
     if not subjects:
         return
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = _grid(1, len(subjects), width=4.2, height=3.0)
     for col, subject in enumerate(subjects):
         ax, comp = axes[0][col], subject["components"]
@@ -236,6 +239,7 @@ def _vaf_training(out: Path, subjects: list[dict], written: list[str]) -> None:
                 label=BAND_LABELS[band] if band not in seen else None,
             )
             seen.add(band)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{subject['label']}: VAF over training (T={comp['length']})", fontsize=8)
         ax.set_xlabel("training step")
         ax.set_ylabel("VAF (%)")
@@ -267,7 +271,9 @@ def _ood(out: Path, subjects: list[dict], written: list[str]) -> None:
             ax.scatter(out_x, [curve[d] for d in out_x], s=2, color="#d62728", label="beyond L, outside band", zorder=3)
         ax.axvline(train_len, color="grey", ls=":", lw=1)
         ax.set_title(
-            f"{subject['label']}: layer {ood['first_layer']}, OOD {100 * ood['ood_fraction'][0]:.1f}%", fontsize=8
+            f"{subject['label']}: layer {ood['first_layer']}: OOD {100 * ood['ood_fraction'][0]:.1f}%, "
+            f"KS {ood['ood_ks'][0]:.2f}\n(curve: mean over heads; scores: per head)",
+            fontsize=8,
         )
         ax.set_xlabel("distance from the last query (m - n)")
         ax.set_ylabel("logit (mean over heads)")
@@ -297,7 +303,7 @@ def _hierarchy(out: Path, subject: dict, written: list[str]) -> None:
     plt = _plt()
     h = subject["hierarchy"]
     fig = plt.figure(figsize=(11, 6.2))
-    grid = fig.add_gridspec(1, 2, width_ratios=[1, 3.2], wspace=0.25)
+    grid = fig.add_gridspec(1, 2, width_ratios=[1, 3.2], wspace=0.4)
     ax = fig.add_subplot(grid[0, 0])
     levels = h["frequency_level"]
     names = h["level_names"]
@@ -318,7 +324,7 @@ def _hierarchy(out: Path, subject: dict, written: list[str]) -> None:
     ax.set_ylim(len(levels) - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_ylabel("frequency index j (high -> low)")
-    ax.set_title(f"{h['method']}: level read by each frequency", fontsize=8)
+    ax.set_title(f"{h['method']}:\nposition level read by frequency j", fontsize=8)
 
     ax = fig.add_subplot(grid[0, 1])
     attention = np.array(h["attention_map"], dtype=float)

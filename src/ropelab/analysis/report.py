@@ -144,10 +144,13 @@ def render_markdown(data: dict, plots: list[str]) -> str:
             "red points are beyond-L logits outside that band. Bottom: the OOD score of every layer. "
             "OOD score = fraction of last-query logits at keys with distance >= L lying outside the in-range "
             "[min, max] band of the same sample and head (+1% of its width), averaged over samples and heads "
-            "(definition and limitations: `ropelab.analysis.ood`).",
+            "(definition and limitations: `ropelab.analysis.ood`). KS: Kolmogorov-Smirnov distance between the "
+            "in-range and the beyond-L logits (0 = same distribution, 1 = disjoint), which also sees shifts inside "
+            "the band.",
             "",
-            "| subject | in-range -> beyond | first layer | mean over layers | worst layer | mean excess (band widths) |",
-            "|---|---|---:|---:|---|---:|",
+            "| subject | in-range -> beyond | first layer | mean over layers | worst layer | mean excess (band widths) "
+            "| KS first layer | KS mean |",
+            "|---|---|---:|---:|---|---:|---:|---:|",
         ]
         for s in subjects:
             ood = s.get("ood")
@@ -158,7 +161,8 @@ def render_markdown(data: dict, plots: list[str]) -> str:
             lines.append(
                 f"| `{s['label']}` | {ood['in_range_length']} -> {ood['length']} | {_pct(frac[0])} | "
                 f"{_pct(sum(frac) / len(frac))} | layer {ood['layers'][worst]}: {_pct(frac[worst])} | "
-                f"{sum(ood['ood_excess']) / len(ood['ood_excess']):.3g} |"
+                f"{sum(ood['ood_excess']) / len(ood['ood_excess']):.3g} | {ood['ood_ks'][0]:.3f} | "
+                f"{sum(ood['ood_ks']) / len(ood['ood_ks']):.3f} |"
             )
         lines += ["", *_skipped(subjects, "ood"), *_embed(plots, "ood.png"), ""]
 
@@ -198,6 +202,8 @@ def render_markdown(data: dict, plots: list[str]) -> str:
         + (f" --method {','.join(config['methods'])}" if config.get("methods") else "")
         + (f" --checkpoints {config['checkpoints']}" if config["checkpoints"] != "latest" else "")
         + (f" --layers {config['layers']}" if config.get("layers") else "")
+        + (f" --hierarchy-input {config['hierarchy_input']}" if config.get("hierarchy_input") else "")
+        + (f" --hierarchy-length {config['hierarchy_length']}" if config["hierarchy_length"] != 1024 else "")
         + "`",
         "",
     ]

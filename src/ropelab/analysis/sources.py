@@ -103,15 +103,14 @@ def _from_latest_json(path: Path) -> str | None:
 
 
 def _run_label(run: Path) -> str:
-    for name in ("train_config.json",):
-        try:
-            config = json.loads((run / name).read_text())
-        except (OSError, ValueError):
-            continue
-        for key in ("pe", "method"):
-            value = config.get(key) if isinstance(config, dict) else None
-            if isinstance(value, str):
-                return value
+    """The run's position method from ``train_config.json`` (top level or ``requested``), else its name."""
+    try:
+        config = json.loads((run / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return run.name
+    for section in (config, config.get("requested") if isinstance(config, dict) else None):
+        if isinstance(section, dict) and isinstance(section.get("pe"), str):
+            return section["pe"]
     return run.name
 
 
