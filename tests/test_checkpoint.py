@@ -12,7 +12,7 @@ from ropelab.errors import CheckpointError
 from ropelab.model.checkpoint import CONFIG, WEIGHTS, read_checkpoint_config
 
 
-@pytest.mark.parametrize("spec", ["hope", "fire", "kerple-log", "learned"])
+@pytest.mark.parametrize("spec", ["hope", "fire", "kerple-log", "learned", "hirope:window=8", "self-extend:window=8"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_round_trip_is_bit_exact(tmp_path, spec, tie):
     torch.manual_seed(0)

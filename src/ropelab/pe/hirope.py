@@ -49,7 +49,7 @@ def reliable_split(train_len: int, base: float) -> float:
 def frequency_levels(num_frequencies: int, split: float, levels: int) -> Tensor:
     """Level read by each frequency: 0 (token) for the first round(split*d/2), then higher ones."""
     token = round(split * num_frequencies)
-    level = torch.zeros(num_frequencies, dtype=torch.long)
+    level = torch.zeros(num_frequencies, dtype=torch.long, device="cpu")  # also under a meta-device context
     rest = num_frequencies - token
     if levels == 2:
         level[token:] = 1
