@@ -245,6 +245,11 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     assert {v["task"] for v in summary["hope_vs_rope"]} == {"copy", "ppl"}
     assert all(summary["training"][pe]["steps"] == 2 for pe in ("rope", "hope", "alibi"))
     assert (exp / "ppl_loss.png").is_file() and (exp / "training_val_loss.png").is_file()
+    # the models were analysed side by side (pattern, VAF, OOD) and the report shows it
+    assert "## Why: attention pattern, RoPE components (VAF) and OOD logits" in out
+    assert "![pattern](analysis/pattern.png)" in out and (exp / "analysis" / "pattern.png").is_file()
+    analysed = json.loads((exp / "analysis" / "analysis.json").read_text())
+    assert {s["label"] for s in analysed["subjects"]} == {"rope", "hope", "alibi"}
     # the same command resumes (nothing left to do) and re-renders
     assert main(argv) == 0
     assert main(["experiment", "hope", "--report-only", "--out", str(exp)]) == 0

@@ -93,7 +93,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             window=args.window,
             steps=args.steps,
         )
-        path = run_experiment(config, out, progress=not args.no_progress)
+        path = run_experiment(config, out, progress=not args.no_progress, analysis=not args.no_analysis)
     print(path.read_text())
     print(f"report: {path} (summary.json, plots, models/ and eval/ beside it)")
     return 0
@@ -193,6 +193,9 @@ def register(sub) -> None:
     p.add_argument("--window", action="store_true", help="also score every model with its context truncated")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--report-only", action="store_true", help="re-render the report of --out")
+    p.add_argument(
+        "--no-analysis", action="store_true", help="skip the attention-pattern / VAF / OOD analysis of the models"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_experiment)
 

@@ -56,6 +56,9 @@ MAX_SAMPLES = 50
 PAPER_ORDER = ("alibi", "kerple-log", "kerple-power", "fire", "nope", "rope", "hope", *ABLATIONS)
 
 
+ANALYSIS_DIR = "analysis"
+
+
 def _log(message: str) -> None:
     print(f"ropelab: {message}", file=sys.stderr, flush=True)
 
@@ -272,8 +275,29 @@ def buildable_lengths(config: ExperimentConfig, tokenizer, samples: int) -> tupl
 
 
 # -- the experiment --------------------------------------------------------------------------------
-def run_experiment(config: ExperimentConfig, out: str | os.PathLike, progress: bool = True) -> Path:
-    """Train, evaluate and report; resumes when ``out`` holds the same experiment."""
+def analyze_experiment(out: Path) -> Path | None:
+    """The HoPE paper's analyses of every trained model, side by side, in ``out/analysis``: the
+    attention-pattern probe within and beyond the train length, per-frequency VAF (over every
+    checkpoint) and the first-layer OOD score. Cheap next to training (small models, probe inputs).
+    Returns the analysis index, or ``None`` (with the reason logged) if it could not run."""
+    from ropelab.analysis.runner import AnalyzeConfig, analyze
+
+    target = out / ANALYSIS_DIR
+    if (target / "analysis.json").is_file():
+        return target / "analysis.md"
+    config = AnalyzeConfig(path=str(out), out=str(target), analyses=["pattern", "vaf", "ood"], checkpoints="all")
+    try:
+        return analyze(config, log=_log)
+    except RopelabError as error:
+        _log(f"analysis skipped: {error}")
+        return None
+
+
+def run_experiment(
+    config: ExperimentConfig, out: str | os.PathLike, progress: bool = True, analysis: bool = True
+) -> Path:
+    """Train, evaluate, analyse (unless ``analysis=False``) and report; resumes when ``out``
+    holds the same experiment."""
     from ropelab.eval.runner import evaluate
     from ropelab.model.pretrained import load_model
     from ropelab.train.state import latest_checkpoint
@@ -327,6 +351,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, progress: b
             progress=progress,
             task_lengths=the_plan["task_lengths"],
         )
+    if analysis:
+        analyze_experiment(out)
     from ropelab.train.report import write_experiment_report
 
     report = write_experiment_report(out)
@@ -334,4 +360,12 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, progress: b
     return report
 
 
-__all__ = ["ABLATIONS", "DEFAULT_PES", "ExperimentConfig", "eval_holdout", "plan", "run_experiment"]
+__all__ = [
+    "ABLATIONS",
+    "DEFAULT_PES",
+    "ExperimentConfig",
+    "analyze_experiment",
+    "eval_holdout",
+    "plan",
+    "run_experiment",
+]

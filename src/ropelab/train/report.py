@@ -102,7 +102,22 @@ def collect(exp: Path) -> dict:
         "seed": config["seed"],
         "include_window": config.get("window", False),
     }
-    return {"config": merged_config, "experiment": experiment, "training": training, "tasks": tasks, "records": records}
+    analysis = None
+    analysis_path = exp / "analysis" / "analysis.json"
+    if analysis_path.is_file():
+        try:
+            analysis = json.loads(analysis_path.read_text())
+            analysis["plots"] = sorted(p.stem for p in analysis_path.parent.glob("*.png"))
+        except (OSError, ValueError):
+            analysis = None  # a damaged analysis is left out of the report, not fatal
+    return {
+        "config": merged_config,
+        "experiment": experiment,
+        "training": training,
+        "tasks": tasks,
+        "records": records,
+        "analysis": analysis,
+    }
 
 
 def _per_sample(records: list[dict], task: str, metric: str) -> dict[tuple[str, int], dict[int, float]]:
@@ -263,12 +278,78 @@ def render(merged: dict, plots: list[str], verdicts: list[dict]) -> str:
         lines.append("")
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    lines += analysis_section(merged.get("analysis"))
     lines += [
         "Per-model evaluation reports: `eval/<model>/report.md`; training runs: `models/<model>/`. "
         "Regenerate this report with `ropelab experiment hope --report-only --out <this directory>`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _analysis_row(subject: dict) -> dict:
+    """The headline numbers of one model's analysis (``ropelab.analysis``), or blanks."""
+    components = subject.get("components") or {}
+    bands = components.get("vaf_bands") or {}
+    ood = subject.get("ood") or {}
+    fractions = ood.get("ood_fraction") or []
+    layers = ood.get("layers") or []
+    patterns = {p["beyond_train_len"]: p for p in subject.get("pattern") or [] if isinstance(p, dict)}
+
+    def u(beyond: bool) -> str:
+        shape = (patterns.get(beyond) or {}).get("shape") or {}
+        return "-" if not shape else f"{'yes' if shape['u_shape'] else 'no'} ({shape['u_depth']:+.3f})"
+
+    return {
+        "label": subject.get("label", "?"),
+        "step": subject.get("step"),
+        "activated": [f"{a['index']}" for a in components.get("activated", [])],
+        "vaf_activated": bands.get("activated"),
+        "vaf_lower": bands.get("lower"),
+        "ood_first": fractions[layers.index(0)] if 0 in layers else None,
+        "ood_mean": sum(fractions) / len(fractions) if fractions else None,
+        "ks_first": (ood.get("ood_ks") or [None])[layers.index(0)] if 0 in layers else None,
+        "u_within": u(False),
+        "u_beyond": u(True),
+    }
+
+
+def analysis_section(analysis: dict | None) -> list[str]:
+    """Markdown for the experiment's ``analysis/`` (written by ``ropelab analyze``), if present."""
+    if not analysis:
+        return []
+
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        "## Why: attention pattern, RoPE components (VAF) and OOD logits",
+        "",
+        "`ropelab analyze` on every trained model (the HoPE paper's Section 3 analyses; definitions and "
+        "limitations in `docs/analysis.md`, everything in `analysis/analysis.md`). Probe input `[BOS] t t ... t`; "
+        "U-shape = the last query's logits are higher at the first and the nearest keys than in the middle. VAF = "
+        "share of the layer-averaged logit pattern one band of frequency components explains (Eq. 5); the activated "
+        "band is pi/L < theta < 2pi/L. OOD = share of first-layer logits at distance >= L (input 2L) outside the "
+        "range the same layer and head produced within L; KS = Kolmogorov-Smirnov distance of the two sets.",
+        "",
+        "| model | step | activated j | VAF activated | VAF lower band | U-shape within L | U-shape at 2L "
+        "| OOD layer 0 | OOD mean of layers | KS layer 0 |",
+        "|---|---:|---|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for subject in analysis.get("subjects", []):
+        r = _analysis_row(subject)
+        lines.append(
+            f"| `{r['label']}` | {r['step'] if r['step'] is not None else '-'} | {', '.join(r['activated']) or '-'} "
+            f"| {pct(r['vaf_activated'])} | {pct(r['vaf_lower'])} | {r['u_within']} | {r['u_beyond']} "
+            f"| {pct(r['ood_first'])} | {pct(r['ood_mean'])} "
+            f"| {'-' if r['ks_first'] is None else format(r['ks_first'], '.2f')} |"
+        )
+    lines.append("")
+    for name in ("pattern", "vaf", "vaf_training", "ood"):
+        if name in analysis.get("plots", []):
+            lines.append(f"![{name}](analysis/{name}.png)")
+    lines.append("")
+    return lines
 
 
 def _factor(config: dict) -> float:
