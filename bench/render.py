@@ -22,6 +22,7 @@ DESCRIPTION = "render docs/results.md from bench/results/*.json (no measuring)"
 RESULTS = Path("bench/results")
 DOCS = Path("docs/results.md")
 PAPER = Path(__file__).with_name("paper_numbers.json")
+LEGACY_LONG_CONTEXT = "long_context_smollm2.json"
 
 
 def load(name: str) -> dict | None:
@@ -259,6 +260,13 @@ def section_hirope() -> list[str]:
         lines += _missing("ropelab compare --out runs/compare && python -m bench import-run compare runs/compare")
     for name, title in (("long_context.json", "Python (stdlib)"), ("long_context_java.json", "Java (JDK java.util)")):
         data = load(name)
+        if data is None and name == "long_context.json" and load(LEGACY_LONG_CONTEXT):
+            data = load(LEGACY_LONG_CONTEXT)
+            lines += [
+                f"*From `{LEGACY_LONG_CONTEXT}` (an earlier commit's format: top-level stdlib files only, no "
+                "scaling runs); `python -m bench long-context` replaces it.*",
+                "",
+            ]
         lines += [f"### Loss per position bucket at 16K tokens, {title}", ""]
         if not data:
             command = "python -m bench long-context" + (
@@ -273,10 +281,42 @@ def section_hirope() -> list[str]:
             f"best per bucket in bold. Machine: {_machine(data)}.",
             "",
         ]
+    lines += _hirope_beside_paper(load("long_context.json") or load(LEGACY_LONG_CONTEXT))
+    return lines
+
+
+def _hirope_beside_paper(data: dict | None) -> list[str]:
+    """Perplexity over positions 8K-16K beside the HiRoPE paper's 8K-16K bin (different models)."""
+    import math
+
+    paper = json.loads(PAPER.read_text()).get("hirope_codeparrot_ppl") if PAPER.is_file() else None
+    if not paper:
+        return []
+    ours = {}
+    for r in (data or {}).get("results", []):
+        buckets = [b for b in r["buckets"] if b["start"] >= 8192]
+        if buckets:
+            total = sum(b["mean_loss"] * (b["end"] - b["start"]) for b in buckets)
+            ours[r.get("spec", r["method"]).removeprefix("rope+")] = math.exp(
+                total / sum(b["end"] - b["start"] for b in buckets)
+            )
+    names = {"origin (rope)": "rope", "ntk": "ntk:factor=2", "rerope": "rerope", "self-extend": "self-extend"}
+    names["hirope"] = "hirope"
+    lines = [
+        f"**Beside the paper.** {paper['source']}. {paper['protocol']}",
+        "",
+        "| model | " + " | ".join(paper["columns"]) + " |",
+        "|---|" + "---:|" * len(paper["columns"]),
+    ]
+    for model, values in paper["rows"].items():
+        lines.append(f"| {model} (paper) | " + " | ".join("-" if v is None else f"{v:g}" for v in values) + " |")
+    if ours:
+        cells = [ours.get(names[c]) for c in paper["columns"]]
+        lines.append("| SmolLM2-135M (ours) | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
     lines += [
-        "**Beside the paper.** The HiRoPE paper (Zhang et al., 2024) evaluates CodeLlama/ShearedLlama-scale models "
-        "on its own long-code datasets; only its abstract is available here (no numbers), and its models do not "
-        "run on this machine, so no paper numbers are placed beside these.",
+        "",
+        "The absolute values are not comparable (other models, data and train-length ratios); what can be "
+        "compared is the ordering of the methods.",
         "",
     ]
     return lines
