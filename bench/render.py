@@ -334,7 +334,8 @@ def section_hope() -> list[str]:
         body = [line for line in body if not line.startswith("# ")]
         body = [("###" + line[2:]) if line.startswith("## ") else line for line in body]
         for plot in data.get("plots", []):
-            body = [line.replace(f"]({Path(plot).name})", f"](results/{Path(plot).name})") for line in body]
+            name = Path(plot).name
+            body = [line.replace(f"]({name})", f"](results/{name})") for line in body]
         lines += body
     paper = json.loads(PAPER.read_text()) if PAPER.is_file() else {}
     for key in ("hope_table1_copy", "hope_table2_fewshot"):
@@ -402,11 +403,13 @@ def import_run(kind: str, run: Path) -> Path:
     summary = json.loads(summary_path.read_text())
     plots_dir = DOCS.parent / "results"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    plots = []
-    for png in sorted(run.glob("*.png")):
-        target = plots_dir / f"{kind}_{png.name}"
+    plots, links = [], {}
+    for png in sorted([*run.glob("*.png"), *run.glob("analysis/*.png")]):
+        relative = png.relative_to(run).as_posix()  # e.g. ppl_loss.png, analysis/vaf.png
+        target = plots_dir / f"{kind}_{relative.replace('/', '_')}"
         shutil.copyfile(png, target)
         plots.append(str(target))
+        links[relative] = target.name
     data = {
         "imported": datetime.datetime.fromtimestamp(summary_path.stat().st_mtime, datetime.timezone.utc).isoformat(
             timespec="minutes"
@@ -418,8 +421,8 @@ def import_run(kind: str, run: Path) -> Path:
     report = run / "report.md"
     if report.is_file():
         text = report.read_text()
-        for png in run.glob("*.png"):
-            text = text.replace(f"]({png.name})", f"]({kind}_{png.name})")
+        for relative, name in links.items():
+            text = text.replace(f"]({relative})", f"]({name})")
         data["report_md"] = text
     out = RESULTS / f"{kind.replace('-', '_')}.json"
     write_json(out, data)
