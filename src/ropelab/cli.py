@@ -24,7 +24,7 @@ import sys
 from ropelab.errors import RopelabError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -266,7 +266,7 @@ def _read_text(path: str) -> str:
 COMPARE_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,self-extend,hope,hirope"
 
 
-def _split(text: str) -> list[str]:
+def split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
@@ -276,7 +276,7 @@ def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
         task, eq, lengths = item.partition("=")
         if not eq or not task.strip() or not lengths.strip():
             raise RopelabError(f"--task-lengths expects TASK=LEN[,LEN...], got {item!r}")
-        result[task.strip()] = _split(lengths)
+        result[task.strip()] = split_list(lengths)
     return result
 
 
@@ -292,7 +292,7 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_name = args.model
-    for name in _split(args.tasks):
+    for name in split_list(args.tasks):
         get_task(name)  # unknown task names fail before the model loads
     model, tokenizer = load_model(model_name)
     if tokenizer is None:
@@ -302,9 +302,9 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None) -> int:
         model,
         tokenizer,
         model_name,
-        _split(args.methods),
-        _split(args.tasks),
-        _split(args.lengths),
+        split_list(args.methods),
+        split_list(args.tasks),
+        split_list(args.lengths),
         args.samples,
         out,
         seed=args.seed,
@@ -324,7 +324,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """The main job. Passkey runs at 1.5x only by default: every 12K-token forward costs about
     1.5 minutes on 2 CPU cores, and a needle at depth 0.25 of 12K is beyond the window's reach."""
     task_lengths = args.task_lengths
-    if task_lengths is None and "passkey" in _split(args.tasks):
+    if task_lengths is None and "passkey" in split_list(args.tasks):
         task_lengths = ["passkey=1.5x"]
     return _run_eval(args, task_lengths)
 
@@ -382,14 +382,14 @@ def _eval_options(p: argparse.ArgumentParser, methods: str, tasks: str, lengths:
         "--task-lengths", action="append", metavar="TASK=LEN,...", help="other lengths for one task (repeatable)"
     )
     p.add_argument(
-        "--samples", type=_positive_int, default=samples, help=f"samples per task x length (default: {samples})"
+        "--samples", type=positive_int, default=samples, help=f"samples per task x length (default: {samples})"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out", default=None, help="run directory (default: runs/<command>-<time>); an existing one resumes"
     )
     p.add_argument("--no-window", action="store_true", help="skip the truncated-context reference row")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,11 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("describe", help="per-frequency angles, periods and roles of a method")
     p.add_argument("spec", help="method spec, e.g. hope or hope+yarn:factor=2")
-    p.add_argument("--head-dim", type=_positive_int, required=True)
-    p.add_argument("--train-len", type=_positive_int, required=True)
+    p.add_argument("--head-dim", type=positive_int, required=True)
+    p.add_argument("--train-len", type=positive_int, required=True)
     p.add_argument("--base", type=float, default=10000.0, help="rotary base (default 10000)")
     p.add_argument(
-        "--length", type=_positive_int, default=None, help="input length, for dynamic methods (default: train length)"
+        "--length", type=positive_int, default=None, help="input length, for dynamic methods (default: train length)"
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_describe)
@@ -422,12 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", help="read the prompt from a file")
     p.add_argument("--method", default=None, help="position method spec (default: the model's own)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("positions", help="HiRoPE hierarchical positions (segments) of a source file")
@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--length", required=True, help="e.g. 2x, 4k, 4096")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n", type=_positive_int, default=1)
+    p.add_argument("--n", type=positive_int, default=1)
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_task_sample)
 

@@ -11,15 +11,7 @@ import argparse
 import sys
 import time
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from ropelab.cli import positive_int
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -80,7 +72,7 @@ def register(sub) -> None:
         help="for run/experiment dirs: the latest checkpoint, or all (VAF over training)",
     )
     p.add_argument(
-        "--samples", type=_positive_int, default=8, help="probe samples (random tokens) per length (default 8)"
+        "--samples", type=positive_int, default=8, help="probe samples (random tokens) per length (default 8)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -95,8 +87,8 @@ def register(sub) -> None:
         help="source file for the hierarchy map (default: --input's file or stdlib code)",
     )
     p.add_argument(
-        "--hierarchy-length", type=_positive_int, default=1024, help="tokens of the hierarchy map (default 1024)"
+        "--hierarchy-length", type=positive_int, default=1024, help="tokens of the hierarchy map (default 1024)"
     )
     p.add_argument("--out", default=None, help="output directory (default: runs/analyze-<time>)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_analyze)

@@ -149,5 +149,7 @@ def to_hf_model(model, attn_implementation: str = "sdpa"):
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
     missing = [name for name in missing if not (model.config.tie_embeddings and name == "lm_head.weight")]
     if missing or unexpected:
-        raise RopelabError(f"weights do not map onto {model_class.__name__}: missing {missing}, unexpected {unexpected}")
+        raise RopelabError(
+            f"weights do not map onto {model_class.__name__}: missing {missing}, unexpected {unexpected}"
+        )
     return hf_model.float().eval()

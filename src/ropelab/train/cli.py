@@ -14,9 +14,7 @@ import argparse
 import os
 import time
 
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+from ropelab.cli import split_list
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -74,7 +72,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
-        pes = _csv(args.pes) + (list(ABLATIONS) if args.ablations else [])
+        pes = split_list(args.pes) + (list(ABLATIONS) if args.ablations else [])
         config = ExperimentConfig(
             pes=pes,
             budget_minutes=args.budget_minutes,
@@ -83,8 +81,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             data=args.data or ["stdlib"],
             holdout_eval=not args.no_holdout,
             tokenizer=args.tokenizer,
-            tasks=_csv(args.tasks),
-            lengths=_csv(args.lengths),
+            tasks=split_list(args.tasks),
+            lengths=split_list(args.lengths),
             samples=args.samples,
             scale_factor=args.scale_factor,
             batch_size=args.batch_size,
