@@ -109,14 +109,21 @@ def section_pe_speed() -> list[str]:
             cells = []
             for _, data in infer:
                 row = next((r for r in data["results"] if r["method"] == method), {})
-                cells.append("skipped" if row.get("skipped") else _ratio(row.get("fwd_ratio")))
+                if row.get("skipped") or row.get("errors"):
+                    cells.append(
+                        "skipped" if row.get("skipped") else "error: " + "; ".join(row["errors"].values())[:60]
+                    )
+                else:
+                    cells.append(_ratio(row.get("fwd_ratio")))
             lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
         lines += [
             "",
             f"Machine: {_machine(infer[-1][1])}.",
             "",
-            "Regenerate: `python -m bench pe-speed --phases fwd --batch 1 --seq-len N --repeats 3 --warmup 1 "
-            "--out bench/results/pe_speed_infer_N.json` for N in 1024, 4096, 16384.",
+            "Regenerate: `python -m bench pe-speed --phases fwd --batch 1 --seq-len N --repeats R --warmup 1 "
+            "--out bench/results/pe_speed_infer_N.json` for N in 1024, 4096, 16384 (this table: "
+            + ", ".join(f"R={d['settings']['repeats']} at {n // 1024}K" for n, d in infer)
+            + "; `python -m bench all` uses R=3 everywhere).",
             "",
         ]
     return lines
