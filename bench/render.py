@@ -99,8 +99,9 @@ def section_pe_speed() -> list[str]:
     infer = [(n, d) for n, d in infer if d]
     if infer:
         lines += [
-            "Inference forward (batch 1, config `small`) at long inputs, ratio to `rope`. Bias methods materialise "
-            "a `[heads, T, T]` bias and are skipped where it would exceed 3 GB.",
+            "Inference forward (batch 1, config `small`, train length 512) at long inputs, ratio to `rope`. Bias "
+            "methods materialise a `[heads, T, T]` bias and are skipped where it would exceed 3 GB; `learned` "
+            "refuses positions past its table (it cannot extrapolate).",
             "",
             "| method | " + " | ".join(f"{n // 1024}K" for n, _ in infer) + " |",
             "|---|" + "---:|" * len(infer),
@@ -110,9 +111,7 @@ def section_pe_speed() -> list[str]:
             for _, data in infer:
                 row = next((r for r in data["results"] if r["method"] == method), {})
                 if row.get("skipped") or row.get("errors"):
-                    cells.append(
-                        "skipped" if row.get("skipped") else "error: " + "; ".join(row["errors"].values())[:60]
-                    )
+                    cells.append("skipped" if row.get("skipped") else "refused (see JSON)")
                 else:
                     cells.append(_ratio(row.get("fwd_ratio")))
             lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
