@@ -174,6 +174,8 @@ def section_window_scaling() -> list[str]:
     lines = ["## 3. Windowed methods (ReRoPE, Self-Extend, HiRoPE) vs `rope`: time and memory at 4K-16K", ""]
     data = load("long_context.json")
     if not data or not data.get("scaling"):
+        data = load("long_context_scaling.json")  # a scaling-only run (four methods)
+    if not data or not data.get("scaling"):
         return lines + _missing("python -m bench long-context")
     lines += [
         "SmolLM2-135M, one scored forward pass (chunked LM head) per method and length, each in its own "
