@@ -192,7 +192,7 @@ def section_window_scaling() -> list[str]:
         if ratio is not None and row["method"] != "rope":
             verdict.append("time PASS" if ratio <= 2.5 else "time MISS")
         if exponent is not None:
-            verdict.append("linear" if exponent < 1.5 else "super-linear")
+            verdict.append("at most linear" if exponent < 1.5 else "super-linear")
         lines.append(
             f"| `{row['method']}` | {row['tokens']} | {row['forward_seconds']:.0f} | {_ratio(ratio)} "
             f"| {row['forward_memory_mb']:.0f} | {'-' if exponent is None else f'{exponent:.2f}'} "
