@@ -36,10 +36,10 @@ IMPLEMENTATIONS = ("ropelab", "transformers")
 
 
 def prompt_ids(tokenizer, length: int) -> list[int]:
-    from ropelab.eval.corpus import long_code
+    from ropelab.eval.corpus import first_tokens, long_code
 
     text, _ = long_code(min_chars=length * 6)
-    return tokenizer.encode(text)[:length]
+    return first_tokens(tokenizer, text, length)
 
 
 def worker(args: argparse.Namespace) -> dict:

@@ -308,8 +308,13 @@ def _hirope_beside_paper(data: dict | None) -> list[str]:
             ours[r.get("spec", r["method"]).removeprefix("rope+")] = math.exp(
                 total / sum(b["end"] - b["start"] for b in buckets)
             )
-    names = {"origin (rope)": "rope", "ntk": "ntk:factor=2", "rerope": "rerope", "self-extend": "self-extend"}
-    names["hirope"] = "hirope"
+    names = {
+        "origin (rope)": "rope",
+        "ntk": "ntk:factor=2",
+        "rerope": "rerope",
+        "self-extend": "self-extend",
+        "hirope": "hirope",
+    }
     lines = [
         f"**Beside the paper.** {paper['source']}. {paper['protocol']}",
         "",

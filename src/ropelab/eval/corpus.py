@@ -85,3 +85,15 @@ def long_java(min_chars: int, skip: int = 0) -> tuple[str, list[str]] | None:
             if total >= min_chars:
                 break
     return "".join(parts), names
+
+
+def first_tokens(tokenizer, text: str, count: int) -> list[int]:
+    """The first ``count`` tokens of ``text`` without tokenizing all of it (the largest stdlib
+    files are far longer than an input): a prefix of the text tokenizes to the same tokens except
+    at its cut, so a prefix that yields a margin of extra tokens gives exactly the same ``count``."""
+    cut = count * 8
+    while True:
+        ids = tokenizer.encode(text[:cut])
+        if cut >= len(text) or len(ids) > count + 16:
+            return ids[:count]
+        cut *= 2

@@ -17,21 +17,9 @@ import math
 
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import long_code
+from ropelab.eval.corpus import first_tokens, long_code
 
 TAIL = 256
-
-
-def _first_tokens(tokenizer, text: str, count: int) -> list[int]:
-    """The first ``count`` tokens of ``text`` without tokenizing all of it (the largest stdlib
-    files are far longer than an input): a prefix of the text tokenizes to the same tokens except
-    at its cut, so a prefix that yields a margin of extra tokens gives exactly the same ``count``."""
-    cut = count * 8
-    while True:
-        ids = tokenizer.encode(text[:cut])
-        if cut >= len(text) or len(ids) > count + 16:
-            return ids[:count]
-        cut *= 2
 
 
 class Perplexity(Task):
@@ -47,7 +35,7 @@ class Perplexity(Task):
         samples = []
         for index in range(n):
             text, files = long_code(min_chars=length * 6, skip=3 * index + seed % 7)
-            ids = _first_tokens(tokenizer, text, length)
+            ids = first_tokens(tokenizer, text, length)
             if len(ids) < length:
                 raise RopelabError(f"ppl: the stdlib corpus has fewer than {length} tokens from file {3 * index}")
             samples.append(

@@ -20,6 +20,7 @@ from ropelab.errors import RopelabError
 from ropelab.eval.report import _fmt, _label, make_plots
 from ropelab.eval.runner import WINDOW, read_results
 from ropelab.model.checkpoint import atomic_write_text
+from ropelab.train.experiment import ANALYSIS_DIR
 
 #: the tasks of the paper's tables, in the report's order, with their headings
 HEADINGS = {
@@ -103,7 +104,7 @@ def collect(exp: Path) -> dict:
         "include_window": config.get("window", False),
     }
     analysis = None
-    analysis_path = exp / "analysis" / "analysis.json"
+    analysis_path = exp / ANALYSIS_DIR / "analysis.json"
     if analysis_path.is_file():
         try:
             analysis = json.loads(analysis_path.read_text())
@@ -347,7 +348,7 @@ def analysis_section(analysis: dict | None) -> list[str]:
     lines.append("")
     for name in ("pattern", "vaf", "vaf_training", "ood"):
         if name in analysis.get("plots", []):
-            lines.append(f"![{name}](analysis/{name}.png)")
+            lines.append(f"![{name}]({ANALYSIS_DIR}/{name}.png)")
     lines.append("")
     return lines
 
