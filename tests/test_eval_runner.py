@@ -230,3 +230,122 @@ def test_every_task_runs_through_the_runner(tmp_path, tokenizer, model):
         if task.mode == "generate":
             assert "generated" in record
     assert all(f"## {name}:" in (out / "report.md").read_text() for name in TASKS)
+
+
+def test_passkey_haystack_is_the_ppl_document_tokenized_naturally(tokenizer):
+    from ropelab.eval.ppl import code_document
+
+    for sample in get_task("passkey").build(tokenizer, 400, 3, seed=2, train_len=128):
+        assert len(sample.prompt_ids) + len(sample.answer_ids) == 400  # exactly the requested length
+        text, _, document = code_document(400, sample.index, 2)
+        assert sample.extra["document"] == document
+        start, end = sample.extra["needle_token"], sample.extra["needle_end"]
+        count = sample.extra["haystack_tokens"]
+        haystack = sample.prompt_ids[:count]
+        assert sample.prompt_ids[count:] == tokenizer.encode(QUESTION)
+        needle = tokenizer.decode(haystack[start:end])
+        assert (
+            needle
+            == f"# The pass key is {sample.answer.strip()}. Remember it. {sample.answer.strip()} is the pass key.\n"
+        )
+        # the haystack is the document's text with the needle line inserted, tokenized as one text
+        cut = len(tokenizer.decode(haystack[:start]))
+        assert haystack == tokenizer.encode(text[:cut] + needle + text[cut:])[:count]
+        assert end <= count  # even at depth 1 the needle lies inside the haystack
+
+
+def test_ppl_on_the_haystack_skips_the_needle(tokenizer):
+    passkey = get_task("passkey").build(tokenizer, 1600, 1, seed=0, train_len=128)[0]
+    ppl = get_task("ppl")
+    start, end = passkey.extra["needle_token"], passkey.extra["needle_end"]
+    assert 300 < start < 600 - 30  # depth 0.25
+    inside = ppl.from_haystack(tokenizer, passkey, 600)
+    assert inside.prompt_ids == passkey.prompt_ids[:600] and inside.extra["needle"] == [start, end]
+    losses = [float(t) for t in range(599)]  # entry t scores token t + 1
+    kept = [t for t in range(599 - 256, 599) if not start <= t + 1 < end]
+    assert len(kept) == 256 - (end - start)
+    assert ppl.score(inside, Outputs(losses=losses))["loss"] == pytest.approx(sum(kept) / len(kept))
+    before = ppl.from_haystack(tokenizer, passkey, 300)  # the input ends before the needle: nothing skipped
+    assert "needle" not in before.extra and before.prompt_ids == passkey.prompt_ids[:300]
+    # longer than the haystack: the input ends where the question starts
+    assert len(ppl.from_haystack(tokenizer, passkey, 1600).prompt_ids) == passkey.extra["haystack_tokens"]
+
+
+@pytest.mark.parametrize("method", ["rope", "self-extend:window=32,group=4", "hirope:window=32"])
+def test_ppl_on_the_haystack_takes_one_pass_and_equals_separate_passes(tmp_path, tokenizer, model, method):
+    calls = []
+    forward = model.hidden_states
+
+    def counted(ids, *args, **kwargs):
+        calls.append(ids.shape[1])
+        return forward(ids, *args, **kwargs)
+
+    model.hidden_states = counted
+    out = evaluate(
+        model,
+        tokenizer,
+        "m",
+        [method],
+        ["ppl", "passkey"],
+        ["2.5x", "3x", "4x"],
+        1,
+        tmp_path / "h",
+        include_window=False,
+        progress=False,
+        task_lengths={"passkey": ["4x"]},
+        ppl_document="haystack",
+    )
+    assert calls == [4 * 128]  # one pass served the passkey sample and ppl at every length
+    model.hidden_states = forward
+    passkey = get_task("passkey").build(tokenizer, 512, 1, seed=0, train_len=128)[0]
+    records = {(r["task"], r["length"]): r for r in read_results(out / "results.jsonl")}
+    for length in (320, 384, 512):
+        sample = get_task("ppl").from_haystack(tokenizer, passkey, length)
+        alone, _ = Evaluator(model.with_method(method), tokenizer, method).outputs(get_task("ppl"), sample)
+        expected = get_task("ppl").score(sample, alone)["loss"]
+        assert records[("ppl", length)]["metrics"]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert records[("ppl", 512)]["input_tokens"] == passkey.extra["haystack_tokens"]
+    assert "haystack" in (out / "report.md").read_text()
+
+
+def test_ppl_on_the_haystack_needs_the_passkey_task(tmp_path, tokenizer, model):
+    common = dict(samples=1, progress=False, include_window=False)
+    with pytest.raises(RopelabError, match="needs the passkey task"):
+        evaluate(
+            model, tokenizer, "m", ["rope"], ["ppl"], ["1x"], out=tmp_path / "a", ppl_document="haystack", **common
+        )
+    with pytest.raises(RopelabError, match="exceeds the longest passkey length"):
+        evaluate(
+            model,
+            tokenizer,
+            "m",
+            ["rope"],
+            ["ppl", "passkey"],
+            ["2x"],
+            out=tmp_path / "b",
+            task_lengths={"passkey": ["1x"]},
+            ppl_document="haystack",
+            **common,
+        )
+    with pytest.raises(RopelabError, match="not one of"):
+        evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["1x"], out=tmp_path / "c", ppl_document="book", **common)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "flag", "document"),
+    [("ppl,passkey", [], "haystack"), ("ppl", [], "code"), ("ppl,passkey", ["--ppl-document", "code"], "code")],
+)
+def test_compare_scores_ppl_on_the_haystack_when_passkey_runs(tmp_path, tokenizer, model, tasks, flag, document):
+    from ropelab import save_checkpoint
+    from ropelab.cli import main
+
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, model, tokenizer="tokenizer.json")
+    tokenizer.save(folder)
+    out = tmp_path / "run"
+    argv = ["compare", "--model", str(folder), "--methods", "rope", "--tasks", tasks, "--lengths", "2.5x,3x"]
+    assert main([*argv, "--out", str(out), *flag]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["ppl_document"] == document
+    if "passkey" in tasks:
+        assert config["task_lengths"]["passkey"] == [3 * 128]  # compare's default: passkey at the longest length

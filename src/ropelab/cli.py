@@ -280,13 +280,13 @@ def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
     return result
 
 
-def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None) -> int:
+def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_at_longest: bool = False) -> int:
     import time
 
     import torch
 
     from ropelab.eval import get_task
-    from ropelab.eval.runner import evaluate
+    from ropelab.eval.runner import evaluate, parse_length
     from ropelab.model.pretrained import load_model
 
     if args.threads:
@@ -297,6 +297,9 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None) -> int:
     model, tokenizer = load_model(model_name)
     if tokenizer is None:
         raise RopelabError(f"{model_name}: has no tokenizer.json; evaluation needs one")
+    if passkey_at_longest:  # the longest of --lengths (so ppl on its haystack reaches every ppl length)
+        longest = max(split_list(args.lengths), key=lambda x: parse_length(x, model.config.train_len))
+        task_lengths = [f"passkey={longest}"]
     out = args.out or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = evaluate(
         model,
@@ -310,6 +313,7 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None) -> int:
         seed=args.seed,
         include_window=not args.no_window,
         task_lengths=_task_lengths(task_lengths),
+        ppl_document=args.ppl_document,
     )
     print((run / "report.md").read_text())
     print(f"report: {run / 'report.md'} (plots and results.jsonl beside it)")
@@ -321,12 +325,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """The main job. Passkey runs at 1.5x only by default: every 12K-token forward costs about
-    1.5 minutes on 2 CPU cores, and a needle at depth 0.25 of 12K is beyond the window's reach."""
-    task_lengths = args.task_lengths
-    if task_lengths is None and "passkey" in split_list(args.tasks):
-        task_lengths = ["passkey=1.5x"]
-    return _run_eval(args, task_lengths)
+    """The main job. Passkey runs at the longest length only by default (1.5x), and ppl is scored
+    on its haystack: a 12K-token forward costs about a minute on 2 CPU cores, so one pass per
+    method serves both tasks, and a needle at depth 0.25 of 12K is beyond the window's reach."""
+    with_passkey = "passkey" in split_list(args.tasks)
+    if args.ppl_document is None:
+        args.ppl_document = "haystack" if with_passkey else "code"
+    return _run_eval(args, args.task_lengths, passkey_at_longest=args.task_lengths is None and with_passkey)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -370,7 +375,9 @@ def cmd_task_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_options(p: argparse.ArgumentParser, methods: str, tasks: str, lengths: str, samples: int) -> None:
+def _eval_options(
+    p: argparse.ArgumentParser, methods: str, tasks: str, lengths: str, samples: int, ppl_document: str | None = "code"
+) -> None:
     p.add_argument("--methods", default=methods, help=f"comma-separated specs (default: {methods})")
     p.add_argument("--tasks", default=tasks, help=f"comma-separated tasks (default: {tasks})")
     p.add_argument(
@@ -389,6 +396,13 @@ def _eval_options(p: argparse.ArgumentParser, methods: str, tasks: str, lengths:
         "--out", default=None, help="run directory (default: runs/<command>-<time>); an existing one resumes"
     )
     p.add_argument("--no-window", action="store_true", help="skip the truncated-context reference row")
+    p.add_argument(
+        "--ppl-document",
+        choices=("code", "haystack"),
+        default=ppl_document,
+        help="ppl on plain long code, or on the passkey haystacks (that code plus the needle line; one pass "
+        f"per method serves both tasks) (default: {ppl_document or 'haystack when passkey runs, else code'})",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
 
 
@@ -450,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the main job: SmolLM2-135M, seven methods + window, ppl + passkey")
     p.add_argument("--model", default="smollm2-135m")
-    _eval_options(p, COMPARE_METHODS, "ppl,passkey", "0.5x,1x,1.5x", 1)
+    _eval_options(p, COMPARE_METHODS, "ppl,passkey", "0.5x,1x,1.5x", 1, ppl_document=None)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="re-render a run's report, or compare two runs")

@@ -1,25 +1,29 @@
 """Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention"; the needle test of long-context
 papers): a 5-digit number hidden at depth ``d`` of a long filler, asked for at the end.
 
-Filler: stdlib Python code (ropelab's corpus), so the haystack looks like the long code inputs of
-the other tasks. The needle is a comment line inserted at a line boundary at fraction ``d`` of the
-filler tokens::
+Filler (the haystack): stdlib Python code, the same document as the ppl task's sample of the same
+index (:func:`ropelab.eval.ppl.code_document`), tokenized as one text, so the haystack is natural
+code. The needle is a comment line inserted at the start of the line at fraction ``d`` of the
+haystack tokens::
 
     # The pass key is 68217. Remember it. 68217 is the pass key.
 
 and the prompt ends with ``# What is the pass key? The pass key is``; the gold answer is
-`` 68217``. Sample ``i`` of ``n`` sits at depth ``i / (n - 1)`` (0 = start, 1 = end), so a run over
-``n`` samples and several lengths is the depth x length grid of the heatmap (one sample: depth
-0.25). Scored teacher-forced:
-exact match means greedy decoding would produce the five digits.
+`` 68217``. Prompt plus answer is exactly the requested length: the haystack fills what the
+question and the answer leave. Sample ``i`` of ``n`` sits at depth ``i / (n - 1)`` (0 = start,
+1 = end), so a run over ``n`` samples and several lengths is the depth x length grid of the
+heatmap (one sample: depth 0.25). Scored teacher-forced: exact match means greedy decoding would
+produce the five digits.
 """
 
 from __future__ import annotations
 
 import random
 
+from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import long_code
+from ropelab.eval.corpus import first_tokens
+from ropelab.eval.ppl import code_document
 
 QUESTION = "\n# What is the pass key? The pass key is"
 
@@ -31,6 +35,25 @@ def depth_of(index: int, n: int) -> float:
     return 0.25 if n == 1 else index / (n - 1)
 
 
+def insert_needle(tokenizer, text: str, count: int, depth: float, needle: str) -> tuple[list[int], int, int]:
+    """The first ``count`` tokens of ``text`` with ``needle`` inserted at the start of the line at
+    fraction ``depth`` of them; returns ``(ids, needle_start, needle_end)`` (token offsets).
+
+    The needle starts at a line start and is placed before token ``depth x (count - its length)``,
+    so even at depth 1 it lies wholly inside the ``count`` tokens."""
+    plain = first_tokens(tokenizer, text, count)
+    if len(plain) < count:
+        raise RopelabError(f"passkey: the filler has fewer than {count} tokens")
+    size = len(tokenizer.encode(needle))
+    target = max(0, round(depth * (count - size)))
+    char = len(tokenizer.decode(plain[:target]))
+    cut = text.rfind("\n", 0, char) + 1  # the start of the line that holds token ``target``
+    ids = first_tokens(tokenizer, text[:cut] + needle + text[cut:], count)
+    start = len(tokenizer.encode(text[:cut]))
+    end = len(tokenizer.encode(text[:cut] + needle))
+    return ids, start, end
+
+
 class Passkey(Task):
     name = "passkey"
     description = "retrieve a 5-digit pass key hidden at depth d of a long code filler"
@@ -40,32 +63,19 @@ class Passkey(Task):
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
-        filler_text, files = long_code(min_chars=length * 6, skip=1 + seed % 5)
-        filler_lines = filler_text.splitlines(keepends=True)
+        question = tokenizer.encode(QUESTION)
         samples = []
         for index in range(n):
+            text, files, document = code_document(length, index, seed)
             rng = random.Random(f"passkey:{seed}:{length}:{index}")
             key = str(rng.randint(10000, 99999))
             needle = f"# The pass key is {key}. Remember it. {key} is the pass key.\n"
             answer = f" {key}"
-            fixed = len(tokenizer.encode(needle)) + len(tokenizer.encode(QUESTION)) + 2
-            budget = length - fixed
-            # whole filler lines up to the token budget, then the needle at depth d (a line boundary)
-            line_ids, total = [], 0
-            for line in filler_lines:
-                ids = tokenizer.encode(line)
-                if total + len(ids) > budget:
-                    break
-                line_ids.append(ids)
-                total += len(ids)
+            answer_ids = tokenizer.encode(answer)
             depth = depth_of(index, n)
-            # the line boundary whose token offset is nearest to depth x filler tokens
-            boundaries = [0]
-            for ids in line_ids:
-                boundaries.append(boundaries[-1] + len(ids))
-            at = min(range(len(boundaries)), key=lambda b: abs(boundaries[b] - depth * total))
-            pieces = [*line_ids[:at], tokenizer.encode(needle), *line_ids[at:], tokenizer.encode(QUESTION)]
-            prompt_ids = [t for piece in pieces for t in piece]
+            count = length - len(question) - len(answer_ids)
+            haystack, start, end = insert_needle(tokenizer, text, count, depth, needle)
+            prompt_ids = haystack + question
             samples.append(
                 Sample(
                     task=self.name,
@@ -75,9 +85,16 @@ class Passkey(Task):
                     prompt=tokenizer.decode(prompt_ids),
                     prompt_ids=prompt_ids,
                     answer=answer,
-                    answer_ids=tokenizer.encode(answer),
+                    answer_ids=answer_ids,
                     language="python",
-                    extra={"depth": depth, "needle_token": sum(len(p) for p in line_ids[:at]), "files": files},
+                    extra={
+                        "depth": depth,
+                        "needle_token": start,
+                        "needle_end": end,
+                        "haystack_tokens": count,
+                        "files": files,
+                        "document": document,
+                    },
                 )
             )
         return samples

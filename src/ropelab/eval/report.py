@@ -87,6 +87,13 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
         + f"; {config['samples']} sample(s) per cell, seed {config['seed']}.",
         "",
     ]
+    if config.get("ppl_document") == "haystack":
+        lines += [
+            "ppl is scored on the passkey haystacks (the same stdlib code plus the one needle line, whose tokens are "
+            "not scored), so one forward pass per method serves both tasks; at the passkey length itself the ppl "
+            "input ends where the question starts.",
+            "",
+        ]
     for name, task in summary["tasks"].items():
         metric, higher = task["metric"], task["higher_is_better"]
         cells = task["cells"]
@@ -186,6 +193,10 @@ def make_plots(run: Path, summary: dict, records: list[dict]) -> list[str]:
                 if r["method"] == method:
                     grid[depths.index(r["depth"])][lengths.index(r["length"])] = r["metrics"]["exact_match"]
             image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+            for i, row in enumerate(grid):
+                for j, value in enumerate(row):
+                    if not math.isnan(value):
+                        ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8)
             ax.set_title(method, fontsize=9)
             ax.set_xticks(range(len(lengths)), [f"{n / 1024:g}K" for n in lengths], fontsize=7)
             ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths], fontsize=7)

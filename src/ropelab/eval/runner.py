@@ -63,6 +63,7 @@ class RunConfig:
     seed: int
     train_len: int
     include_window: bool = True
+    ppl_document: str = "code"
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -84,7 +85,13 @@ def _hierarchy_positions(
 
 
 class Evaluator:
-    """Computes :class:`Outputs` for samples under the model's current method."""
+    """Computes :class:`Outputs` for samples under the model's current method.
+
+    It keeps the hidden states of its last forward pass: a later sample whose input is a prefix
+    of that pass's input (a shorter ppl length, or a ppl input cut from the passkey haystack just
+    evaluated) is scored from them instead of a new pass. For a causal model whose angles do not
+    depend on the input length this is exact: token ``t`` sees only tokens ``<= t``.
+    """
 
     def __init__(self, model, tokenizer, method: str) -> None:
         self.model = model
@@ -92,7 +99,8 @@ class Evaluator:
         self.method = method
         self.window = method == WINDOW
         self.train_len = model.config.train_len
-        self._loss_cache: dict[tuple, list[float]] = {}
+        self._last: tuple[list[int], torch.Tensor] | None = None  # (input ids, hidden [T, D]) of the last pass
+        self._last_losses: torch.Tensor | None = None  # its next-token losses [T - 1], once asked for
 
     def positions(self, sample: Sample, ids: list[int]) -> tuple[torch.Tensor | None, str | None]:
         pe = self.model.pe
@@ -100,10 +108,13 @@ class Evaluator:
             return None, None
         return _hierarchy_positions(sample, ids, self.tokenizer, getattr(pe, "levels", 2))
 
+    def _prefixes_shared(self) -> bool:
+        return not self.model.pe.rotation_depends_on_length
+
     def _shared_source(self, ids: list[int], related: list[Sample]) -> Sample | None:
         """The longest related sample whose input starts with ``ids`` and can be scored in one
         pass for all of them (causal model, angles independent of the input length)."""
-        if self.model.pe.rotation_depends_on_length:
+        if not self._prefixes_shared():
             return None
         limit = self.train_len if self.window else None
         fitting = [
@@ -115,32 +126,45 @@ class Evaluator:
         ]
         return max(fitting, key=lambda s: len(s.prompt_ids), default=None)
 
+    def _hidden(self, sample: Sample, ids: list[int], info: dict) -> torch.Tensor:
+        """Final hidden states ``[len(ids), D]``, from the last pass when ``ids`` is a prefix of its input."""
+        if self._last is not None and self._prefixes_shared():
+            last_ids, hidden = self._last
+            if len(last_ids) >= len(ids) and last_ids[: len(ids)] == ids:
+                if len(last_ids) > len(ids):
+                    info["shared_pass"] = len(last_ids)
+                return hidden[: len(ids)]
+        positions, note = self.positions(sample, ids)
+        if note:
+            info["hierarchy"] = note
+        hidden = self.model.hidden_states(torch.tensor([ids]), positions)[0]
+        self._last, self._last_losses = (list(ids), hidden), None
+        return hidden
+
     @torch.no_grad()
     def outputs(self, task: Task, sample: Sample, related: list[Sample] = ()) -> tuple[Outputs, dict]:
         info: dict = {}
         ids = list(sample.prompt_ids)
         if task.mode == "loss":
+            if len(ids) != sample.length:
+                info["input_tokens"] = len(ids)
             if self.window and len(ids) > self.train_len:
                 ids = ids[-self.train_len :]
                 info["context"] = len(ids)
             source = self._shared_source(ids, related)
             if source is not None:
-                key = (task.name, source.index, len(source.prompt_ids))
-                if key not in self._loss_cache:
-                    self._loss_cache = {key: self._losses(sample, source.prompt_ids, info)}
                 info["shared_pass"] = len(source.prompt_ids)
-                return Outputs(losses=self._loss_cache[key][: len(ids) - 1]), info
-            return Outputs(losses=self._losses(sample, ids, info)), info
+            self._hidden(sample, list(source.prompt_ids) if source is not None else ids, info)
+            if self._last_losses is None:  # the whole pass once; every prefix reads its share (``ids`` is one)
+                last_ids, hidden = self._last
+                self._last_losses = self.model.losses_from_hidden(hidden[None, :-1], torch.tensor([last_ids[1:]]))[0]
+            return Outputs(losses=self._last_losses[: len(ids) - 1].tolist()), info
         if task.mode == "teacher_forced":
             answer = list(sample.answer_ids)
             if self.window and self.truncates(task, sample):
                 ids = ids[-(self.train_len - len(answer)) :]
                 info["context"] = len(ids)
-            full = ids + answer
-            positions, note = self.positions(sample, full)
-            if note:
-                info["hierarchy"] = note
-            hidden = self.model.hidden_states(torch.tensor([full]), positions)[0, len(ids) - 1 : -1]
+            hidden = self._hidden(sample, ids + answer, info)[len(ids) - 1 : -1]
             logits = self.model.lm_head(hidden).float()
             target = torch.tensor(answer)
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
@@ -160,12 +184,6 @@ class Evaluator:
         exactly what the model's own method sees, and its result is that method's)."""
         extra = len(sample.answer_ids) if task.mode == "teacher_forced" else task.max_new_tokens
         return len(sample.prompt_ids) + extra > self.train_len
-
-    def _losses(self, sample: Sample, ids: list[int], info: dict) -> list[float]:
-        positions, note = self.positions(sample, ids)
-        if note:
-            info["hierarchy"] = note
-        return self.model.token_losses(torch.tensor([ids]), positions)[0].tolist()
 
     def _generate(self, task: Task, ids: list[int], positions) -> str:
         from ropelab.model.generate import stream
@@ -244,10 +262,13 @@ def evaluate(
     include_window: bool = True,
     progress: bool = True,
     task_lengths: dict[str, list[str]] | None = None,
+    ppl_document: str = "code",
 ) -> Path:
     """Run every task x method x length x sample into ``out``; returns the run directory.
 
     ``lengths`` apply to every task unless ``task_lengths`` names other lengths for a task.
+    ``ppl_document="haystack"`` scores ppl on the passkey haystacks (see :mod:`ropelab.eval.ppl`):
+    one forward pass per method and sample then serves both tasks.
     """
     from ropelab.eval import get_task
     from ropelab.pe import canonical_spec
@@ -262,19 +283,36 @@ def evaluate(
         raise RopelabError(f"lengths given for tasks that are not run: {', '.join(unknown)}")
     per_task = {name: [parse_length(x, train_len) for x in (task_lengths or {}).get(name, lengths)] for name in tasks}
     token_lengths = sorted({n for values in per_task.values() for n in values})
+    haystack = _check_ppl_document(ppl_document, per_task)
     config = RunConfig(
-        model_name, methods, tasks, token_lengths, list(lengths), per_task, samples, seed, train_len, include_window
+        model_name,
+        methods,
+        tasks,
+        token_lengths,
+        list(lengths),
+        per_task,
+        samples,
+        seed,
+        train_len,
+        include_window,
+        ppl_document,
     )
+    if haystack:  # the ppl inputs are cut from the passkey samples, so those are built first
+        task_objects.sort(key=lambda t: t.name != "passkey")
     built: dict[tuple[str, int], list[Sample]] = {}
     for task in task_objects:
         for length in per_task[task.name]:
             task.check_length(length)
-            built[(task.name, length)] = task.build(tokenizer, length, samples, seed, train_len)
+            if haystack and task.name == "ppl":
+                sources = built[("passkey", max(per_task["passkey"]))]
+                built[(task.name, length)] = [task.from_haystack(tokenizer, s, length) for s in sources]
+            else:
+                built[(task.name, length)] = task.build(tokenizer, length, samples, seed, train_len)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     if config_path.exists():
-        previous = json.loads(config_path.read_text())
+        previous = {"ppl_document": "code", **json.loads(config_path.read_text())}  # runs older than the option
         if previous != config.to_json():
             raise RopelabError(f"{out} holds a run with a different configuration; choose another --out directory")
     else:
@@ -292,13 +330,28 @@ def evaluate(
     }
 
     all_methods = methods + ([WINDOW] if include_window else [])
-    # longest first within each sample index, so shorter inputs reuse the longest pass (ppl)
+    # per sample index, longest first, so shorter inputs reuse the longest pass (ppl); on the haystack
+    # the longest passkey input goes first and the ppl inputs cut from its haystack right after it
+    longest_passkey = max(per_task.get("passkey", [0]))
+
+    def rank(unit: tuple[Task, Sample]) -> int:
+        task, sample = unit
+        if not haystack:
+            return 0
+        return 0 if task.name == "passkey" and sample.length == longest_passkey else 1 if task.name == "ppl" else 2
+
     units = [
-        (method, task, built[(task.name, length)][index])
+        (method, task, sample)
         for method in all_methods
-        for task in task_objects
         for index in range(samples)
-        for length in sorted(per_task[task.name], reverse=True)
+        for task, sample in sorted(
+            (
+                (task, built[(task.name, length)][index])
+                for task in task_objects
+                for length in sorted(per_task[task.name], reverse=True)
+            ),
+            key=rank,
+        )
     ]
     todo = [u for u in units if (u[1].name, u[0], u[2].length, u[2].index) not in done]
     original = model.pe.spec
@@ -358,6 +411,25 @@ def evaluate(
 
     write_report(out)
     return out
+
+
+PPL_DOCUMENTS = ("code", "haystack")
+
+
+def _check_ppl_document(ppl_document: str, per_task: dict[str, list[int]]) -> bool:
+    """Whether ppl is scored on the passkey haystacks; one clear error when it cannot be."""
+    if ppl_document not in PPL_DOCUMENTS:
+        raise RopelabError(f"ppl document {ppl_document!r} is not one of: {', '.join(PPL_DOCUMENTS)}")
+    if ppl_document == "code" or "ppl" not in per_task:
+        return False
+    if "passkey" not in per_task:
+        raise RopelabError("ppl on the passkey haystack needs the passkey task in the run (--tasks ppl,passkey)")
+    if max(per_task["ppl"]) > max(per_task["passkey"]):
+        raise RopelabError(
+            f"ppl on the passkey haystack: ppl length {max(per_task['ppl'])} exceeds the longest passkey length "
+            f"{max(per_task['passkey'])}"
+        )
+    return True
 
 
 def _buckets(losses: list[float], count: int) -> list[float]:

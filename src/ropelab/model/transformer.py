@@ -397,10 +397,16 @@ class Transformer(nn.Module):
         The LM head and the loss run over ``chunk_size`` positions at a time, so a long input
         never holds ``[T, vocab]`` float32 logits (16K tokens x 49K vocab would be 3 GB).
         """
-        if chunk_size <= 0:
+        if chunk_size <= 0:  # checked before the forward pass
             raise RopelabError(f"chunk_size must be positive, got {chunk_size}")
         hidden = self.hidden_states(input_ids, positions)[:, :-1]
-        targets = input_ids[:, 1:]
+        return self.losses_from_hidden(hidden, input_ids[:, 1:], chunk_size)
+
+    def losses_from_hidden(self, hidden: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
+        """Negative log-likelihood ``[B, T]`` (float32) of ``targets [B, T]`` given final hidden
+        states ``[B, T, D]``, the LM head run ``chunk_size`` positions at a time."""
+        if chunk_size <= 0:
+            raise RopelabError(f"chunk_size must be positive, got {chunk_size}")
         losses = []
         for start in range(0, targets.shape[1], chunk_size):
             logits = self.lm_head(hidden[:, start : start + chunk_size]).float()
@@ -408,7 +414,7 @@ class Transformer(nn.Module):
             nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
             losses.append(nll.view(target.shape))
         if not losses:
-            return hidden.new_zeros(input_ids.shape[0], 0, dtype=torch.float32)
+            return hidden.new_zeros(targets.shape[0], 0, dtype=torch.float32)
         return torch.cat(losses, dim=1)
 
     def new_cache(self) -> KVCache:
