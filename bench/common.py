@@ -4,6 +4,7 @@ peak (the denominator of model FLOP utilisation)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -15,6 +16,21 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def at_least(minimum: int):
+    """An argparse ``type``: an integer ``>= minimum``, else argparse's one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _read(path: str) -> str:

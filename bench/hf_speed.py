@@ -12,6 +12,8 @@ the same real code (stdlib Python) and:
 * **prefill**: one forward over the prompt with a KV cache, logits of the last position only
   (``logits_to_keep=1`` in transformers), timed;
 * **decode**: ``--new-tokens`` greedy steps from that cache, timed, reported as tokens/s;
+* ``--repeats`` times (default 2) in the same process, each from a fresh cache: the best prefill
+  time and decode rate count (the least disturbed run), all of them are kept in the JSON;
 * a 16-token warm-up forward first (it pages in the weights, which ropelab memory-maps from its
   checkpoint, and initialises kernels), so load costs are not counted as prefill;
 * **peak memory**: the largest resident set size sampled every 5 ms during prefill + decode,
@@ -29,7 +31,7 @@ import gc
 import sys
 import time
 
-from bench.common import RssSampler
+from bench.common import RssSampler, at_least
 
 DESCRIPTION = "ropelab vs transformers on the same weights: prefill s, decode tokens/s, peak memory, equal outputs"
 IMPLEMENTATIONS = ("ropelab", "transformers")
@@ -72,9 +74,9 @@ def worker(args: argparse.Namespace) -> dict:
             return out.logits[:, -1].float(), out.past_key_values
 
     else:
-        cache = model.new_cache()
 
         def prefill():
+            cache = model.new_cache()
             hidden = model.hidden_states(ids, cache=cache)
             return model.lm_head(hidden[:, -1]).float(), cache
 
@@ -84,27 +86,36 @@ def worker(args: argparse.Namespace) -> dict:
     with torch.no_grad():  # warm-up: touches every weight page (ropelab maps the checkpoint lazily) and kernel
         warm = ids[:, :16]
         hf(warm) if args.impl == "transformers" else model(warm)
-    gc.collect()
-    with torch.no_grad(), RssSampler() as memory:
-        start = time.perf_counter()
-        logits, cache = prefill()
-        prefill_s = time.perf_counter() - start
-        first_logits = logits[0].clone()
-        generated = []
-        start = time.perf_counter()
-        for _ in range(args.new_tokens):
-            token = logits.argmax(-1, keepdim=True)
-            generated.append(int(token))
-            logits, cache = step(token, cache)
-        decode_s = time.perf_counter() - start
+    prefill_times, decode_rates = [], []
+    for repeat in range(args.repeats):  # fresh cache each time; memory and outputs from the first
+        gc.collect()
+        with torch.no_grad(), RssSampler() as memory:
+            start = time.perf_counter()
+            logits, cache = prefill()
+            prefill_times.append(time.perf_counter() - start)
+            if repeat == 0:
+                first_logits = logits[0].clone()
+            generated = []
+            start = time.perf_counter()
+            for _ in range(args.new_tokens):
+                token = logits.argmax(-1, keepdim=True)
+                generated.append(int(token))
+                logits, cache = step(token, cache)
+            decode_rates.append(args.new_tokens / (time.perf_counter() - start))
+        if repeat == 0:
+            peak, first_generated = memory.peak - memory.before, generated
+        del cache, logits
+    prefill_s = min(prefill_times)
     return {
         "impl": args.impl,
         "length": ids.shape[1],
         "prefill_s": prefill_s,
         "prefill_tokens_per_s": ids.shape[1] / prefill_s,
-        "decode_tokens_per_s": args.new_tokens / decode_s,
-        "peak_memory_mb": memory.peak - memory.before,
-        "generated": generated,
+        "decode_tokens_per_s": max(decode_rates),
+        "prefill_s_all": [round(t, 4) for t in prefill_times],
+        "decode_tokens_per_s_all": [round(r, 3) for r in decode_rates],
+        "peak_memory_mb": peak,
+        "generated": first_generated,
         "last_logits": [round(float(x), 6) for x in first_logits],
         "threads": torch.get_num_threads(),
     }
@@ -117,8 +128,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lengths", default="1024,4096,8192", help="prompt lengths in tokens (default: 1024,4096,8192)"
     )
-    parser.add_argument("--new-tokens", type=int, default=32, help="greedy decode steps (default: 32)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--new-tokens", type=at_least(1), default=32, help="greedy decode steps (default: 32)")
+    parser.add_argument(
+        "--repeats",
+        type=at_least(1),
+        default=2,
+        help="prefill + decode runs per process; the best time counts (default: 2)",
+    )
+    parser.add_argument("--threads", type=at_least(0), default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default="bench/results/hf_speed.json")
     parser.add_argument("--impl", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)  # worker mode
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -182,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
     cases = [(n, impl) for n in lengths for impl in IMPLEMENTATIONS]
     for n, impl in tqdm(cases, desc="hf-speed", unit="case", file=sys.stderr):
         common = ["--model", args.model, "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+        common += ["--repeats", str(args.repeats)]
         row = isolated("bench.hf_speed", ["--impl", impl, "--length", str(n), *common])
         if "error" in row:
             errors.append({"impl": impl, "length": n, "error": row["error"]})
@@ -199,7 +217,13 @@ def run(args: argparse.Namespace) -> int:
         {
             "benchmark": "hf-speed",
             "machine": {**machine_info(), "loadavg_before": load_before},
-            "settings": {"model": args.model, "lengths": lengths, "new_tokens": args.new_tokens, "dtype": "float32"},
+            "settings": {
+                "model": args.model,
+                "lengths": lengths,
+                "new_tokens": args.new_tokens,
+                "repeats": args.repeats,
+                "dtype": "float32",
+            },
             "results": [{k: v for k, v in r.items() if k != "last_logits"} for r in results],
             "comparisons": comparisons,
             "errors": errors,

@@ -28,6 +28,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+from bench.common import at_least
 from ropelab.code import LANGUAGES, align, load_tokenizer, segment_text
 from ropelab.tokenizer import Tokenizer
 
@@ -40,9 +41,13 @@ WORDS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--files", type=int, default=20, help="Python stdlib files (largest first; default 20)")
-    parser.add_argument("--target-tokens", type=int, default=16384, help="tokens per synthetic source (default 16384)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per input; the fastest is kept (default 5)")
+    parser.add_argument("--files", type=at_least(1), default=20, help="Python stdlib files (largest first; default 20)")
+    parser.add_argument(
+        "--target-tokens", type=at_least(1), default=16384, help="tokens per synthetic source (default 16384)"
+    )
+    parser.add_argument(
+        "--repeats", type=at_least(1), default=5, help="timed runs per input; the fastest is kept (default 5)"
+    )
     parser.add_argument(
         "--tokenizer", default="smollm2-135m", help="model name or tokenizer.json (default smollm2-135m)"
     )

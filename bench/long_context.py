@@ -20,6 +20,8 @@ import json
 import sys
 import time
 
+from bench.common import at_least
+
 DESCRIPTION = "long-context loss per position bucket of a real model under several methods (time, peak RSS)"
 DEFAULT_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,self-extend,hirope,hirope:split=auto"
 
@@ -100,8 +102,8 @@ def render(results: list[dict], bucket: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", default=DEFAULT_METHODS)
-    parser.add_argument("--tokens", type=int, default=16384, help="length of the scored pass (default: 16384)")
-    parser.add_argument("--bucket", type=int, default=2048)
+    parser.add_argument("--tokens", type=at_least(1), default=16384, help="length of the scored pass (default: 16384)")
+    parser.add_argument("--bucket", type=at_least(1), default=2048)
     parser.add_argument("--language", choices=("python", "java"), default="python", help="corpus (default: python)")
     parser.add_argument(
         "--scaling-lengths",
@@ -109,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shorter passes for the time/memory scaling of --scaling-methods ('' for none; default: 4096,8192)",
     )
     parser.add_argument("--scaling-methods", default="rope,rerope,self-extend,hirope")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=at_least(0), default=0)
     parser.add_argument("--out", default="bench/results/long_context.json")
     parser.add_argument("--method", help=argparse.SUPPRESS)  # worker mode
 

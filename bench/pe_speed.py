@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ropelab
-from bench.common import load_average, machine_info, write_json
+from bench.common import at_least, load_average, machine_info, write_json
 from ropelab.errors import RopelabError
 from ropelab.pe import methods, parse_spec
 
@@ -76,22 +76,12 @@ class Case:
         return time.perf_counter() - start
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="small", help="named model config (default: small)")
-    parser.add_argument("--seq-len", type=_count(1), default=256, help="tokens per sequence (default: 256)")
-    parser.add_argument("--batch", type=_count(1), default=8, help="sequences per batch (default: 8)")
-    parser.add_argument("--repeats", type=_count(1), default=5, help="timed rounds over all methods (default: 5)")
-    parser.add_argument("--warmup", type=_count(0), default=2, help="untimed iterations per method (default: 2)")
+    parser.add_argument("--seq-len", type=at_least(1), default=256, help="tokens per sequence (default: 256)")
+    parser.add_argument("--batch", type=at_least(1), default=8, help="sequences per batch (default: 8)")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed rounds over all methods (default: 5)")
+    parser.add_argument("--warmup", type=at_least(0), default=2, help="untimed iterations per method (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and tokens (default: 0)")
     parser.add_argument("--methods", nargs="+", metavar="SPEC", help="method specs (default: every registered method)")
     parser.add_argument(
