@@ -46,6 +46,10 @@ def machine_info() -> dict:
     try:
         git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
         commit = git.stdout.strip()
+        # measured code that differs from the commit (src/ or bench/ edited) says so
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "bench/*.py"], check=False)
+        if changed.returncode == 1:
+            commit += "+modified"
     except (OSError, subprocess.CalledProcessError):
         commit = None
     memory = [line for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")]

@@ -84,10 +84,15 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
+def bucket_label(bucket: dict) -> str:
+    """``14-16K`` for positions 14336..16383 (the last bucket ends one short: entry t scores token t+1)."""
+    return f"{bucket['start'] // 1024}-{-(-bucket['end'] // 1024)}K"
+
+
 def render(results: list[dict], bucket: int) -> str:
     longest = max(results, key=lambda r: len(r["buckets"]))["buckets"]
     n = len(longest)
-    heads = [f"{b['start'] / 1024:g}-{b['end'] / 1024:g}K" for b in longest]
+    heads = [bucket_label(b) for b in longest]
     lines = ["| method | " + " | ".join(heads) + " | mean | forward s | peak RSS MB |", "|---" * (n + 4) + "|"]
     for r in results:
         cells = [f"{b['mean_loss']:.3f}" for b in r["buckets"]]

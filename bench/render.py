@@ -22,7 +22,6 @@ DESCRIPTION = "render docs/results.md from bench/results/*.json (no measuring)"
 RESULTS = Path("bench/results")
 DOCS = Path("docs/results.md")
 PAPER = Path(__file__).with_name("paper_numbers.json")
-LEGACY_LONG_CONTEXT = "long_context_smollm2.json"
 
 
 def load(name: str) -> dict | None:
@@ -41,11 +40,16 @@ def _machine(data: dict) -> str:
         f"torch {m.get('torch', '?')}, {m.get('date', '?')}"
         + (f", load average before {' / '.join(load)}" if load else "")
         + (
-            f", commit {str(m.get('git_commit') or m.get('commit'))[:10]}"
+            f", commit {_short_commit(str(m.get('git_commit') or m.get('commit')))}"
             if m.get("git_commit") or m.get("commit")
             else ""
         )
     )
+
+
+def _short_commit(commit: str) -> str:
+    sha, plus, note = commit.partition("+")
+    return sha[:10] + plus + note
 
 
 def _missing(command: str) -> list[str]:
@@ -59,9 +63,7 @@ def _ratio(value: float | None) -> str:
 def section_pe_speed() -> list[str]:
     lines = ["## 1. Cost of every position method relative to `rope`", ""]
     train = [(name, load(f"pe_speed_train_{name}.json")) for name in ("small", "medium")]
-    train = [(name, data) for name, data in train if data] or (
-        [("small", load("pe_speed.json"))] if load("pe_speed.json") else []
-    )
+    train = [(name, data) for name, data in train if data]
     if not train:
         return lines + _missing("python -m bench pe-speed")
     lines += [
@@ -136,7 +138,11 @@ def section_hf_speed() -> list[str]:
     lines += [
         "Prefill of real stdlib code with a KV cache (last-position logits), then 32 greedy decode steps; "
         "each implementation in its own process; peak memory = growth of the resident set during "
-        "prefill + decode. transformers runs `LlamaForCausalLM` with SDPA attention, float32.",
+        "prefill + decode. transformers runs `LlamaForCausalLM` with SDPA attention, float32. Best of "
+        f"{data.get('settings', {}).get('repeats', 1)} runs per process; on this 2-core machine repeats differ by up to "
+        "+-10% (all of them are in the JSON), so prefill ratios within 0.9-1.1x are parity. Decode: ropelab's "
+        "KV cache writes each token in place, transformers' default cache concatenates (copies) the whole "
+        "cache at every step, which is what grows with length.",
         "",
         "| tokens | ropelab prefill s | transformers prefill s | prefill speed-up | ropelab decode tok/s "
         "| transformers decode tok/s | ropelab MB | transformers MB | max logit diff | same tokens |",
@@ -156,9 +162,11 @@ def section_hf_speed() -> list[str]:
 
 
 def _bucket_table(data: dict) -> list[str]:
+    from bench.long_context import bucket_label
+
     results = data["results"]
     longest = max(results, key=lambda r: len(r["buckets"]))["buckets"]
-    heads = [f"{b['start'] // 1024}-{-(-b['end'] // 1024)}K" for b in longest]
+    heads = [bucket_label(b) for b in longest]
     lines = ["| method | " + " | ".join(heads) + " | mean |", "|---|" + "---:|" * (len(heads) + 1)]
     best = [min(r["buckets"][i]["mean_loss"] for r in results if i < len(r["buckets"])) for i in range(len(heads))]
     for r in results:
@@ -173,8 +181,6 @@ def _bucket_table(data: dict) -> list[str]:
 def section_window_scaling() -> list[str]:
     lines = ["## 3. Windowed methods (ReRoPE, Self-Extend, HiRoPE) vs `rope`: time and memory at 4K-16K", ""]
     data = load("long_context.json")
-    if not data or not data.get("scaling"):
-        data = load("long_context_scaling.json")  # a scaling-only run (four methods)
     if not data or not data.get("scaling"):
         return lines + _missing("python -m bench long-context")
     lines += [
@@ -268,13 +274,6 @@ def section_hirope() -> list[str]:
         lines += _missing("ropelab compare --out runs/compare && python -m bench import-run compare runs/compare")
     for name, title in (("long_context.json", "Python (stdlib)"), ("long_context_java.json", "Java (JDK java.util)")):
         data = load(name)
-        if data is None and name == "long_context.json" and load(LEGACY_LONG_CONTEXT):
-            data = load(LEGACY_LONG_CONTEXT)
-            lines += [
-                f"*From `{LEGACY_LONG_CONTEXT}` (an earlier commit's format: top-level stdlib files only, no "
-                "scaling runs); `python -m bench long-context` replaces it.*",
-                "",
-            ]
         lines += [f"### Loss per position bucket at 16K tokens, {title}", ""]
         if not data:
             command = "python -m bench long-context" + (
@@ -289,7 +288,7 @@ def section_hirope() -> list[str]:
             f"best per bucket in bold. Machine: {_machine(data)}.",
             "",
         ]
-    lines += _hirope_beside_paper(load("long_context.json") or load(LEGACY_LONG_CONTEXT))
+    lines += _hirope_beside_paper(load("long_context.json"))
     return lines
 
 

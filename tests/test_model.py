@@ -49,6 +49,27 @@ def test_kv_cache_decoding_equals_full_recompute(spec):
         torch.testing.assert_close(cached, reference, atol=2e-5, rtol=1e-5)
 
 
+def test_kv_cache_writes_in_place_and_grows_keeping_every_token():
+    from ropelab.model.transformer import KVCache
+
+    cache = KVCache(n_layers=1)
+    keys, values, far = (torch.randn(2, 3, 700, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    cache.update(0, keys[:, :, :130], values[:, :, :130])
+    cache.update_far(0, far[:, :, :130])
+    buffer, capacity = cache.keys[0].data_ptr(), cache.keys[0].shape[2]
+    assert capacity == 130 + 128  # room to spare: an eighth more, at least 128 tokens
+    grew = 0
+    for t in range(130, 700):
+        k, v = cache.update(0, keys[:, :, t : t + 1], values[:, :, t : t + 1])
+        f = cache.update_far(0, far[:, :, t : t + 1])
+        assert torch.equal(k, keys[:, :, : t + 1]) and torch.equal(v, values[:, :, : t + 1])
+        assert torch.equal(f, far[:, :, : t + 1])
+        if cache.keys[0].data_ptr() != buffer:  # reallocated: only when full
+            assert t == capacity
+            buffer, capacity, grew = cache.keys[0].data_ptr(), cache.keys[0].shape[2], grew + 1
+    assert grew == 4 and cache.filled == [700]  # at 258, 387, 516 and 645 tokens
+
+
 @pytest.mark.parametrize("spec", ALL_SPECS)
 def test_generate_with_cache_equals_full_recompute(spec):
     model = tiny(spec)
