@@ -282,10 +282,13 @@ def section_hirope() -> list[str]:
             lines += _missing(command + "  (Java needs the openjdk-17-source package)")
             continue
         lines += _bucket_table(data)
+        files = data["results"][0].get("files") or []
+        source = ", ".join(f"`{f}`" for f in files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
         lines += [
             "",
             "Mean next-token loss per 2K-position bucket of one 16K-token pass (train length 8K); lower is better, "
-            f"best per bucket in bold. Machine: {_machine(data)}.",
+            f"best per bucket in bold. Input: the first 16K tokens of {source or 'the corpus'}. "
+            f"Machine: {_machine(data)}.",
             "",
         ]
     lines += _hirope_beside_paper(load("long_context.json"))

@@ -194,9 +194,7 @@ def _header(path: Path) -> str:
 
 @lru_cache(maxsize=1)
 def _context_files() -> tuple[Path, ...]:
-    root = stdlib_dir()
-    skip = {"pydoc_data", "encodings"}  # documentation strings; generated codec tables
-    return tuple(p for p in stdlib_python_files() if not skip & set(p.relative_to(root).parts))
+    return stdlib_python_files()
 
 
 @lru_cache(maxsize=1)

@@ -46,7 +46,7 @@ import random
 
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import read_text, stdlib_dir, stdlib_python_files
+from ropelab.eval.corpus import read_text, stdlib_python_files
 
 PREFIX_TOKENS = 8
 SUFFIX_TOKENS = 4
@@ -196,9 +196,7 @@ class _WindowPool:
         self.sep = list(tokenizer.encode("\n"))
         self.windows: list[tuple[int, ...]] = []
         self.prefixes: set[tuple[int, ...]] = set()
-        root = stdlib_dir()
-        skip = {"pydoc_data", "encodings"}  # documentation strings; generated codec tables
-        self.files = iter(p for p in stdlib_python_files() if not skip & set(p.relative_to(root).parts))
+        self.files = iter(stdlib_python_files())
 
     def grow(self, size: int) -> list[tuple[int, ...]]:
         for path in self.files:

@@ -15,16 +15,21 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+#: stdlib directories that are not code to read: tests, installed packages, documentation strings
+#: (``pydoc_data/topics.py``, the largest ``.py`` file, is one dict of reST text) and generated codec tables
+NOT_CODE = ("test", "tests", "idle_test", "site-packages", "pydoc_data", "encodings")
+
+
 @lru_cache(maxsize=4)
 def stdlib_python_files(min_bytes: int = 0) -> tuple[Path, ...]:
-    """Top-level and package ``.py`` files of the stdlib (no tests), largest first."""
+    """Top-level and package ``.py`` files of the stdlib (no tests, no data modules), largest first."""
     root = stdlib_dir()
     files = [
         p
         for p in root.rglob("*.py")
         if p.is_file()
         and p.stat().st_size >= min_bytes
-        and not any(part in ("test", "tests", "idle_test", "site-packages") for part in p.relative_to(root).parts)
+        and not any(part in NOT_CODE for part in p.relative_to(root).parts)
     ]
     return tuple(sorted(files, key=lambda p: (-p.stat().st_size, str(p))))
 
