@@ -81,9 +81,11 @@ def test_ppl_inputs_equal_the_full_texts_first_tokens(tokenizer, length):
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_passkey_places_the_needle_at_its_depth(tokenizer, n):
     task = get_task("passkey")
-    samples = task.build(tokenizer, 400, n, seed=3, train_len=128)
+    # 2000 tokens of this test's 300-token vocabulary are ~50 lines of code: a line start (where the
+    # needle goes) is then finer than the 0.1 tolerance below
+    samples = task.build(tokenizer, 2000, n, seed=3, train_len=128)
     for sample in samples:
-        assert len(sample.prompt_ids) <= 400
+        assert len(sample.prompt_ids) <= 2000
         key = sample.answer.strip()
         assert len(key) == 5 and key.isdigit()
         assert sample.prompt.count(f"The pass key is {key}.") == 1

@@ -36,11 +36,12 @@ def depth_of(index: int, n: int) -> float:
 
 
 def insert_needle(tokenizer, text: str, count: int, depth: float, needle: str) -> tuple[list[int], int, int]:
-    """The first ``count`` tokens of ``text`` with ``needle`` inserted at the start of the line at
+    """The first ``count`` tokens of ``text`` with ``needle`` inserted at a line start near
     fraction ``depth`` of them; returns ``(ids, needle_start, needle_end)`` (token offsets).
 
-    The needle starts at a line start and is placed before token ``depth x (count - its length)``,
-    so even at depth 1 it lies wholly inside the ``count`` tokens."""
+    The needle goes to the line start nearest token ``depth x (count - its length)`` -- the next
+    one only if the needle still ends within the ``count`` tokens there, so even at depth 1 it lies
+    wholly inside them."""
     plain = first_tokens(tokenizer, text, count)
     if len(plain) < count:
         raise RopelabError(f"passkey: the filler has fewer than {count} tokens")
@@ -48,6 +49,9 @@ def insert_needle(tokenizer, text: str, count: int, depth: float, needle: str) -
     target = max(0, round(depth * (count - size)))
     char = len(tokenizer.decode(plain[:target]))
     cut = text.rfind("\n", 0, char) + 1  # the start of the line that holds token ``target``
+    after = text.find("\n", char) + 1  # the next line start (0: none)
+    if after and after - char < char - cut and len(tokenizer.encode(text[:after])) + size <= count:
+        cut = after
     ids = first_tokens(tokenizer, text[:cut] + needle + text[cut:], count)
     start = len(tokenizer.encode(text[:cut]))
     end = len(tokenizer.encode(text[:cut] + needle))
