@@ -224,10 +224,8 @@ def _file(path: Path) -> tuple[str, list[int]]:
 
 @lru_cache(maxsize=1)
 def _source_files() -> tuple[Path, ...]:
-    usable, root = [], stdlib_dir()
-    for path in stdlib_python_files():
-        if {"pydoc_data", "encodings"} & set(path.relative_to(root).parts):
-            continue
+    usable = []
+    for path in stdlib_python_files():  # no pydoc_data or encodings (ropelab.eval.corpus.NOT_CODE)
         text = read_text(path)
         if not text or "\r" in text or not text.isascii():
             continue
