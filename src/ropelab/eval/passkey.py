@@ -3,7 +3,7 @@ papers): a 5-digit number hidden at depth ``d`` of a long filler, asked for at t
 
 Filler (the haystack): stdlib Python code, the same document as the ppl task's sample of the same
 index (:func:`ropelab.eval.ppl.code_document`), tokenized as one text, so the haystack is natural
-code. The needle is a comment line inserted at the start of the line at fraction ``d`` of the
+code. The needle is a comment line inserted at the line start nearest fraction ``d`` of the
 haystack tokens::
 
     # The pass key is 68217. Remember it. 68217 is the pass key.
