@@ -26,7 +26,6 @@ from ropelab.analysis.measure import Measurement
 from ropelab.analysis.ood import ks_distance
 from ropelab.analysis.pattern import shape_of
 from ropelab.analysis.runner import parse_layers
-from ropelab.analysis.sources import split_methods
 from ropelab.cli import main
 from ropelab.errors import RopelabError
 from ropelab.tokenizer import Tokenizer
@@ -312,8 +311,6 @@ def test_discover(tmp_path, tokenizer):
 
 
 def test_parsing():
-    assert split_methods("rope,hirope:split=0.5,window=256,hope") == ["rope", "hirope:split=0.5,window=256", "hope"]
-    assert split_methods(None) is None
     assert parse_layers(None, 4) == [0, 1, 2, 3]
     assert parse_layers("0-1,3", 4) == [0, 1, 3]
     assert parse_layers("-1", 4) == [3]
@@ -388,6 +385,7 @@ def test_analyze_hierarchy_and_unextrapolatable_method(tmp_path, tokenizer):
         (["--lengths", "2y"], "length '2y' is not understood"),
         (["--layers", "0-9"], "layer 2 is out of range"),
         (["--method", "rope:factor=2"], "rope: unknown parameter 'factor'"),
+        (["--method", "rope,,hope"], "item 2 is empty"),
         (["--input", "/no/such/file.py"], "--input '/no/such/file.py'"),
         (["--checkpoints", "all"], "--checkpoints all needs a training run"),
         (["--hierarchy-input", "/no/such.py"], "--hierarchy-input '/no/such.py'"),

@@ -108,3 +108,44 @@ def test_console_script_runs():
         check=False,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def _fake_eval(monkeypatch, tmp_path):
+    """`ropelab eval`/`compare` without a model: record the methods `evaluate` is given."""
+    import types
+
+    import ropelab.eval.runner
+    import ropelab.model.pretrained
+
+    seen = {}
+
+    def fake_load_model(name, *args, **kwargs):
+        seen["model"] = name
+        return types.SimpleNamespace(config=types.SimpleNamespace(train_len=256)), object()
+
+    def fake_evaluate(*args, **kwargs):
+        seen["methods"] = kwargs["methods"] if "methods" in kwargs else args[3]
+        run = tmp_path / "run"
+        run.mkdir(exist_ok=True)
+        (run / "report.md").write_text("report\n")
+        return run
+
+    monkeypatch.setattr(ropelab.model.pretrained, "load_model", fake_load_model)
+    monkeypatch.setattr(ropelab.eval.runner, "evaluate", fake_evaluate)
+    return seen
+
+
+@pytest.mark.parametrize("command", [["eval", "some-model"], ["compare"]])
+def test_eval_methods_keep_multi_parameter_specs(monkeypatch, tmp_path, capsys, command):
+    seen = _fake_eval(monkeypatch, tmp_path)
+    argv = [*command, "--methods", "hirope:split=0.5,window=256,rope", "--tasks", "ppl", "--out", str(tmp_path / "o")]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "report" in out, err
+    assert seen["methods"] == ["hirope:split=0.5,window=256", "rope"]
+
+
+def test_eval_bad_methods_list_is_one_error_line_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    seen = _fake_eval(monkeypatch, tmp_path)
+    code, out, err = run(capsys, "eval", "some-model", "--methods", "window=256,rope", "--tasks", "ppl")
+    assert code == 2 and out == "" and "model" not in seen
+    assert err.count("\n") == 1 and "parameter 'window=256' comes before any method" in err

@@ -86,3 +86,43 @@ def test_every_method_documents_paper_and_parameters():
         )
         for param in info.params:
             assert param.help and param.allowed()
+
+
+@pytest.mark.parametrize(
+    ("text", "specs"),
+    [
+        ("rope", ["rope"]),
+        ("rope,hope,alibi", ["rope", "hope", "alibi"]),
+        ("rope,hirope:split=0.5,window=256,yarn:factor=2", ["rope", "hirope:split=0.5,window=256", "yarn:factor=2"]),
+        ("hirope:split=0.5,window=256,rope", ["hirope:split=0.5,window=256", "rope"]),
+        ("hope+yarn:factor=2,beta_fast=32,rerope", ["hope+yarn:factor=2,beta_fast=32", "rerope"]),
+        ("yarn:factor=2,beta_fast=16,hope+pi:factor=4", ["yarn:factor=2,beta_fast=16", "hope+pi:factor=4"]),
+        ("hope+pi:factor=2+yarn:factor=2,beta_fast=8", ["hope+pi:factor=2+yarn:factor=2,beta_fast=8"]),
+        (" rope , hirope:split=0.5 , window = 256 ,hope ", ["rope", "hirope:split=0.5,window=256", "hope"]),
+        ("rope,ntk:factor=2,yarn:factor=2,rerope,self-extend,hope,hirope", None),  # `ropelab compare`'s default
+    ],
+)
+def test_split_specs(text, specs):
+    got = pe.split_specs(text)
+    assert got == (specs if specs is not None else text.split(","))
+    for spec in got:
+        parse_spec(spec)  # every item is a whole, valid spec
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty list of position methods"),
+        ("  ", "empty list of position methods"),
+        ("rope,,hope", "item 2 is empty"),
+        ("rope,", "item 2 is empty"),
+        (",rope", "item 1 is empty"),
+        ("factor=2,rope", "parameter 'factor=2' comes before any method; write METHOD:key=value"),
+        ("rope,factor=2", "parameter 'factor=2' follows 'rope', which has no ':' parameters; write rope:factor=2"),
+        ("hope+yarn,factor=2", "follows 'hope+yarn', which has no ':' parameters"),
+    ],
+)
+def test_split_specs_errors_are_one_line(text, message):
+    with pytest.raises(SpecError) as error:
+        pe.split_specs(text)
+    assert message in str(error.value) and "\n" not in str(error.value)

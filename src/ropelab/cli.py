@@ -267,6 +267,8 @@ COMPARE_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,self-extend,hope,hirop
 
 
 def split_list(text: str) -> list[str]:
+    """A plain comma-separated list (tasks, lengths); lists of methods go through
+    :func:`ropelab.pe.split_specs`, since a spec's own parameters are comma-separated too."""
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
@@ -288,10 +290,12 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_
     from ropelab.eval import get_task
     from ropelab.eval.runner import evaluate, parse_length
     from ropelab.model.pretrained import load_model
+    from ropelab.pe import split_specs
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model_name = args.model
+    methods = split_specs(args.methods)  # a malformed list fails before the model loads
     for name in split_list(args.tasks):
         get_task(name)  # unknown task names fail before the model loads
     model, tokenizer = load_model(model_name)
@@ -305,7 +309,7 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_
         model,
         tokenizer,
         model_name,
-        split_list(args.methods),
+        methods,
         split_list(args.tasks),
         split_list(args.lengths),
         args.samples,

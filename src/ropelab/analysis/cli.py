@@ -18,7 +18,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import torch
 
     from ropelab.analysis.runner import AnalyzeConfig, analyze, parse_analyses
-    from ropelab.analysis.sources import split_methods
+    from ropelab.pe import split_specs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -27,7 +27,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         out=args.out or f"runs/analyze-{time.strftime('%Y%m%d-%H%M%S')}",
         analyses=parse_analyses(args.analyses),
         lengths=[item.strip() for item in args.lengths.split(",") if item.strip()],
-        methods=split_methods(args.method),
+        methods=split_specs(args.method) if args.method and args.method.strip() else None,
         checkpoints=args.checkpoints,
         samples=args.samples,
         seed=args.seed,

@@ -121,21 +121,6 @@ def _run_subject(run: Path, label: str, checkpoints: str) -> Subject:
     return Subject(label, str(run), "run", None, series)
 
 
-def split_methods(text: str | None) -> list[str] | None:
-    """``rope,hope,hirope:split=0.5,window=256`` -> three specs (``key=value`` items join the spec before)."""
-    if text is None or not text.strip():
-        return None
-    specs: list[str] = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        if "=" in item and ":" not in item and specs and ":" in specs[-1]:
-            specs[-1] += "," + item
-        else:
-            specs.append(item)
-    return specs
-
-
 def discover(path: str, methods: list[str] | None = None, checkpoints: str = "latest") -> list[Subject]:
     """The subjects to analyse for ``path`` (see the module doc)."""
     if checkpoints not in CHECKPOINT_CHOICES:

@@ -41,6 +41,7 @@ __all__ = [
     "get_method",
     "methods",
     "parse_spec",
+    "split_specs",
 ]
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -129,6 +130,44 @@ def parse_spec(spec: str) -> list[SpecPart]:
 def canonical_spec(spec: str) -> str:
     """The spec with defaults dropped and names normalised (``rope+yarn:factor=2`` -> same)."""
     return "+".join(part.canonical() for part in parse_spec(spec))
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a comma-separated list of specs, as every ``--methods``/``--method``/``--pes`` takes it.
+
+    A comma also separates a spec's own ``key=value`` parameters, so an item of the form
+    ``key=value`` (no ``:`` or ``+`` before its ``=``) continues the parameters of the spec before
+    it; ``+`` composes within one spec (module doc):
+
+        rope,hirope:split=0.5,window=256,yarn:factor=2 -> rope | hirope:split=0.5,window=256 | yarn:factor=2
+        hope+yarn:factor=2,beta_fast=32,rerope         -> hope+yarn:factor=2,beta_fast=32 | rerope
+
+    Only the list syntax is checked here (empty items, a parameter with no method before it);
+    :func:`parse_spec` validates each spec.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError("empty list of position methods; give specs such as 'rope,hope+yarn:factor=2'")
+    specs: list[str] = []
+    for position, raw in enumerate(text.split(","), start=1):
+        item = raw.strip()
+        if not item:
+            raise SpecError(f"malformed method list {text.strip()!r}: item {position} is empty (stray ',')")
+        key, eq, value = item.partition("=")
+        if not eq or ":" in key or "+" in key:
+            specs.append(item)
+            continue
+        if not specs:
+            raise SpecError(
+                f"malformed method list {text.strip()!r}: parameter {item!r} comes before any method; "
+                "write METHOD:key=value"
+            )
+        if ":" not in specs[-1].rpartition("+")[2]:
+            raise SpecError(
+                f"malformed method list {text.strip()!r}: parameter {item!r} follows {specs[-1]!r}, which has no "
+                f"':' parameters; write {specs[-1]}:{item}"
+            )
+        specs[-1] += f",{key.strip()}={value.strip()}"
+    return specs
 
 
 def build(spec: str, ctx: PEContext) -> PositionEncoding:

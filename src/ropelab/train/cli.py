@@ -59,6 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     import torch
 
+    from ropelab.pe import split_specs
     from ropelab.train.experiment import ABLATIONS, ExperimentConfig, run_experiment
     from ropelab.train.report import write_experiment_report
 
@@ -72,7 +73,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
-        pes = split_list(args.pes) + (list(ABLATIONS) if args.ablations else [])
+        pes = (split_specs(args.pes) if args.pes.strip() else []) + (list(ABLATIONS) if args.ablations else [])
         config = ExperimentConfig(
             pes=pes,
             budget_minutes=args.budget_minutes,
