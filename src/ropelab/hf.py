@@ -55,20 +55,41 @@ attention implementation. HiRoPE reads hierarchical positions from an extra forw
 ``ropelab_positions`` (``[B|1, T, levels]`` for the whole sequence, e.g. from
 ``ropelab.code.extract(...).positions()``); without it tokens fall into HiRoPE's fixed chunks.
 
+Padded batches (left or right padding, ``attention_mask`` with 1 = real token):
+
+* Rotary methods and ``nope`` only change the cos/sin tables, so HF's own attention applies the
+  padding mask. Positions are HF's ``position_ids``: ``generate`` derives them from the mask
+  (``cumsum(mask) - 1``, padding 0), and so should a plain forward of a left-padded batch (HF's
+  default is the column index, which shifts a left-padded row: harmless for relative methods, not
+  for ``dynamic-ntk``). ``dynamic-ntk`` rebases each row by its own ``max(position_ids) + 1``, so
+  a padded row gets the angles it gets alone (HF's ``dynamic`` type uses the batch maximum).
+* Windowed methods read the padding from the mask transformers hands the attention function (a
+  boolean ``[B, 1, Tq, Tk]`` mask from ``sdpa_mask``, an additive float mask of 0 / -inf or the
+  dtype minimum, or ``None`` when nothing is masked): a key is real if some query may see it;
+  padding keys are masked in both score sets, and each row's real tokens are numbered
+  ``0, 1, 2, ...`` (``cumsum - 1``) for the method's tables, whatever ``position_ids`` say. A
+  padded row, in a forward pass (with or without ``position_ids``) or in ``generate`` with left
+  padding and the default dynamic cache, gives what it gives alone. Padding queries get zeros.
+* Refused with :class:`~ropelab.errors.RopelabError` by the window attention, because their
+  numbers would be wrong: masks that are not "causal over each row's real tokens" (packed
+  sequences, a sliding window from the config once the input is longer than it, custom 4D masks,
+  additive biases); padding between real tokens (right-padded generation: pad on the left); a
+  static cache (``cache_implementation="static"``); ``position_ids`` that match neither the mask
+  nor the column index (custom offsets, packed sequences).
+
 Limitations:
 
-* Windowed methods assume unpadded inputs (every row's tokens are at sequence indices 0..T-1);
-  HF's padding mask is not applied by the window attention function.
 * A rotary encoding whose frequencies read more than one position level is refused (HF's
   ``position_ids`` carry one index per token).
-* ``dynamic-ntk`` rebases by ``max(position_ids) + 1`` at each call, exactly like HF's ``dynamic``
-  rope type; HF's KV cache keeps the rotation cached keys were computed with, whereas ropelab's own
+* ``dynamic-ntk`` rebases by ``max(position_ids) + 1`` at each call (per row), like HF's
+  ``dynamic`` rope type on an unpadded batch; HF's KV cache keeps the rotation cached keys were computed with, whereas ropelab's own
   :class:`~ropelab.model.transformer.Transformer` re-rotates them. Cached HF generation past the
   training length can therefore differ from ``Transformer.generate`` for ``dynamic-ntk`` (static
   methods agree exactly).
 * The patch is not saved: ``save_pretrained`` writes the unchanged config and weights (the
   encoding has no persistent state), so a reloaded model is unpatched.
-* Sliding-window attention (Mistral/Qwen2 configs) is HF's and is left as it is.
+* Sliding-window attention (Mistral/Qwen2 configs) is HF's and is left as it is for rotary
+  methods; windowed methods refuse it (see above).
 """
 
 from __future__ import annotations
@@ -274,19 +295,111 @@ def _build(spec: str, ctx: PEContext) -> PositionEncoding:
 WINDOW_ATTENTION = "ropelab_window"
 
 
+def _allowed_pairs(attention_mask, batch: int, q_len: int, k_len: int) -> Tensor:
+    """The bool ``[B, q_len, k_len]`` "query may attend key" matrix of a mask transformers passes."""
+    mask = attention_mask
+    if not isinstance(mask, Tensor):
+        raise RopelabError(
+            f"hf.patch: window attention got an attention mask of type {type(mask).__name__}; it supports "
+            "the boolean or additive float tensors of the sdpa/eager mask functions"
+        )
+    if mask.dim() == 2:  # a plain padding mask [B, k_len] (1 = real token)
+        if mask.shape[-1] != k_len or mask.shape[0] not in (1, batch):
+            raise RopelabError(f"hf.patch: a 2D attention mask must be [{batch}, {k_len}], got {tuple(mask.shape)}")
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=mask.device).tril(k_len - q_len)
+        return causal[None] & (mask != 0)[:, None, :].expand(batch, 1, k_len)
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch) or mask.shape[2:] != (q_len, k_len):
+        raise RopelabError(
+            f"hf.patch: window attention needs a [{batch}, 1, {q_len}, {k_len}] attention mask (one for all "
+            f"heads), got {tuple(mask.shape)}"
+        )
+    mask = mask[:, 0].expand(batch, q_len, k_len)
+    if mask.dtype == torch.bool:
+        return mask
+    if not mask.is_floating_point():
+        return mask != 0
+    allowed = mask == 0
+    blocked = mask <= torch.finfo(mask.dtype).min / 2  # HF's additive masks hold 0 or the dtype's minimum (or -inf)
+    if not bool((allowed | blocked).all()):
+        raise RopelabError(
+            "hf.patch: window attention supports additive masks of 0 (attend) and -inf / the dtype minimum "
+            "(masked) only; this one holds other values (an additive bias)"
+        )
+    return allowed
+
+
+def _key_validity(attention_mask, batch: int, q_len: int, k_len: int, position_ids) -> Tensor | None:
+    """Which keys are real tokens (bool ``[B, k_len]``), or ``None`` when all are, from the mask
+    transformers passes; refuses masks that are not "causal over each row's real tokens"."""
+    past = k_len - q_len
+    key_valid = None
+    if attention_mask is not None:
+        allowed = _allowed_pairs(attention_mask, batch, q_len, k_len)
+        key_valid = allowed.any(dim=1)  # a key is real if some query may see it
+        # the mask must be exactly causal & real keys (not packed sequences, a sliding window, ...)
+        keys = torch.arange(k_len, device=allowed.device)
+        for start in range(0, q_len, 1024):  # bounded temporaries for long prefills
+            stop = min(q_len, start + 1024)
+            causal = keys[None] <= torch.arange(past + start, past + stop, device=allowed.device)[:, None]
+            if not torch.equal(allowed[:, start:stop], causal[None] & key_valid[:, None, :]):
+                raise RopelabError(
+                    "hf.patch: window attention supports causal attention with padding only; the attention mask "
+                    "has another pattern (packed sequences, a sliding window, a static cache or a custom 4D mask)"
+                )
+        if not bool(key_valid[:, past:].any()):
+            raise RopelabError(
+                "hf.patch: no query of this step is a real token of the attention mask; window attention supports "
+                "transformers' dynamic KV cache only (not cache_implementation='static'), and no all-padding batches"
+            )
+        valid = key_valid.long()
+        runs = valid[:, :1] + (valid[:, 1:] > valid[:, :-1]).long().sum(dim=1, keepdim=True)
+        if bool((runs > 1).any()):
+            raise RopelabError(
+                "hf.patch: windowed methods need each row's real tokens to be contiguous (left or right padding); "
+                "the attention mask has padding between real tokens (right-padded generation?) -- pad on the left"
+            )
+        if bool(key_valid.all()):
+            key_valid = None
+    if isinstance(position_ids, Tensor) and position_ids.dim() == 2 and position_ids.shape[-1] == q_len:
+        # windowed methods place tokens by the mask, never by position_ids; accept the two conventions
+        # transformers uses (positions from the mask as in generate, or the plain sequence index)
+        column = torch.arange(past, k_len, device=position_ids.device)[None]
+        if key_valid is None:
+            ok = position_ids == column
+        else:
+            index = (key_valid.long().cumsum(dim=1) - 1)[:, past:].to(position_ids.device)
+            ok = (position_ids == index) | (position_ids == column) | ~key_valid[:, past:].to(position_ids.device)
+        if not bool(ok.all()):
+            raise RopelabError(
+                "hf.patch: windowed methods take each token's position from the attention mask (its index among "
+                "its row's real tokens); these position_ids differ (custom positions, packed sequences or a static "
+                "cache) and are not supported"
+            )
+    return key_valid
+
+
 def _window_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention function for windowed methods: q/k arrive unrotated."""
+    """transformers attention function for windowed methods: q/k arrive unrotated.
+
+    Padding comes from ``attention_mask`` (see :func:`_key_validity`): padding keys are masked, and
+    each row's real tokens are numbered ``0, 1, 2, ...`` for the method's tables, so a padded row
+    gets the result it gets alone."""
     from ropelab.model.window_attention import windowed_attention
     from ropelab.pe.base import Rotation, apply_rotary
 
     encoding = module._ropelab_window
-    q_len, k_len = query.shape[2], key.shape[2]
-    index = torch.arange(k_len, device=query.device)[None]
+    batch, q_len, k_len = query.shape[0], query.shape[2], key.shape[2]
+    past = k_len - q_len
+    key_valid = _key_validity(attention_mask, batch, q_len, k_len, kwargs.get("position_ids"))
+    if key_valid is None:
+        index = torch.arange(k_len, device=query.device)[None]
+    else:
+        key_valid = key_valid.to(query.device)
+        index = (key_valid.long().cumsum(dim=1) - 1).clamp(min=0)
     positions = kwargs.get("ropelab_positions")
     if positions is None or positions.shape[1] != k_len:
         positions = index
     tables = encoding.windowed_rotation(torch.as_tensor(positions, device=query.device), index)
-    past = k_len - q_len
 
     def tail(rotation: Rotation) -> Rotation:
         return Rotation(rotation.cos[:, past:], rotation.sin[:, past:])
@@ -299,6 +412,8 @@ def _window_attention(module, query, key, value, attention_mask, scaling=None, d
         value,
         encoding.window,
         past,
+        key_mask=key_valid,
+        far_keys=encoding.far_keys,
     )
     return out.transpose(1, 2).contiguous(), None
 

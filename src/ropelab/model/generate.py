@@ -59,11 +59,14 @@ def stream(
     eos_id: int | None = None,
     use_cache: bool = True,
     positions: Tensor | None = None,
+    attention_mask: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token ids ``[B]`` one step at a time.
 
     ``positions``: the prompt's positions (e.g. HiRoPE's hierarchical ``[B, T, levels]``);
     generated tokens continue them (see :func:`ropelab.model.transformer.extend_positions`).
+    ``attention_mask``: ``[B, T]`` for a padded prompt (1 = real token, 0 = padding; pad on the
+    left, so that every row's next token follows its last real one); generated tokens are real.
     """
     _validate(max_new_tokens, temperature, top_k, top_p)
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=model.embed_tokens.weight.device)
@@ -77,8 +80,16 @@ def stream(
         positions = torch.as_tensor(positions, device=ids.device)
         if positions.dim() == 1:
             positions = positions[None]
+    if attention_mask is not None:
+        attention_mask = torch.as_tensor(attention_mask, device=ids.device)
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+        if attention_mask.dim() == 2 and attention_mask.shape[1] and not bool((attention_mask[:, -1] != 0).all()):
+            raise RopelabError(
+                "generate: every row's last prompt token must be real (attention_mask[:, -1] == 1): pad on the left"
+            )
     cache = model.new_cache() if use_cache else None
-    logits = model(ids, positions=positions, cache=cache)[:, -1]
+    logits = model(ids, positions=positions, cache=cache, attention_mask=attention_mask)[:, -1]
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -94,7 +105,9 @@ def stream(
             if positions is not None:
                 positions = torch.cat((positions, extend_positions(positions, 1)), dim=1)
             ids = torch.cat((ids, token[:, None]), dim=1)
-            logits = model(ids, positions=positions)[:, -1]
+            if attention_mask is not None:
+                attention_mask = torch.cat((attention_mask, attention_mask.new_ones(ids.shape[0], 1)), dim=1)
+            logits = model(ids, positions=positions, attention_mask=attention_mask)[:, -1]
 
 
 def generate(model, input_ids, max_new_tokens: int, **kwargs) -> Tensor:

@@ -9,6 +9,15 @@ embedding. The model never looks at a method's name.
 Attention uses ``scaled_dot_product_attention``. RoPE-family methods pass no mask (``is_causal``),
 so no ``[T, T]`` float matrix is built; bias methods (ALiBi, KERPLE, FIRE) need their bias as a
 float mask, which is ``O(T^2)`` by nature.
+
+Padded batches: ``attention_mask`` (``[B, past + T]``, 1 = real token, Hugging Face's convention)
+masks padding keys on every attention path (a bool ``[B, 1, T, past + T]`` mask for SDPA, a
+``-inf`` fill for bias methods, ``key_mask`` for windowed methods) and, when no positions are
+given, places each row's real tokens at ``0, 1, 2, ...`` as HF generation does
+(``cumsum(mask) - 1``, padding at 0). A padded row then gets, at its real tokens, the logits it
+gets alone. A padding query attends only to itself (SDPA/bias paths) or to nothing (windowed
+paths, zero output), so no row is ever NaN. Without a mask, or with an all-ones mask, nothing
+changes (the mask-free fast paths).
 """
 
 from __future__ import annotations
@@ -68,6 +77,9 @@ class KVCache:
     (an eighth more, at least 128 tokens): a decode step writes its token in place and the layer
     attends to a view of the filled part, instead of copying the whole cache (``torch.cat``) at
     every step. The buffer is reallocated, with room to spare again, only when it is full.
+
+    ``mask`` remembers which cached tokens are padding (a padded batch's ``attention_mask``), so a
+    later call may pass the mask of all tokens or none (its new tokens are then real).
     """
 
     n_layers: int
@@ -76,6 +88,7 @@ class KVCache:
     far_keys: list[Tensor | None] = field(default_factory=list)  # windowed methods' second key set
     positions: Tensor | None = None
     filled: list[int] = field(default_factory=list)  # tokens held per layer (keys, values, far keys alike)
+    mask: Tensor | None = None  # bool [B, length], True = real token; None = every cached token is real
 
     def __post_init__(self) -> None:
         self.keys = [None] * self.n_layers
@@ -122,10 +135,11 @@ class AttentionInputs:
     rotate_cached_keys: bool
     q_positions: Tensor
     k_positions: Tensor
-    causal_mask: Tensor | None  # bool [Tq, Tk]; None means "plain causal" or "no mask needed"
+    causal_mask: Tensor | None  # bool [Tq, Tk] or [B, 1, Tq, Tk]; None means "plain causal" or "no mask needed"
     is_causal: bool
     windowed: WindowedRotation | None = None  # near/far tables of a windowed method
     past: int = 0
+    key_mask: Tensor | None = None  # bool [B, Tk], True = real token; None = no padding
 
 
 class Attention(nn.Module):
@@ -182,7 +196,9 @@ class Attention(nn.Module):
         if cache is not None:
             k_near, v = cache.update(layer, k_near, v)
             k_far = cache.update_far(layer, k_far)
-        return windowed_attention(q_near, q_far, k_near, k_far, v, pe.window, inputs.past)
+        return windowed_attention(
+            q_near, q_far, k_near, k_far, v, pe.window, inputs.past, key_mask=inputs.key_mask, far_keys=pe.far_keys
+        )
 
 
 def extend_positions(positions: Tensor, count: int) -> Tensor:
@@ -205,6 +221,23 @@ def _causal(q_len: int, k_len: int, device) -> Tensor:
     """Bool ``[q_len, k_len]``: query i (the last q_len of k_len tokens) sees keys 0..past+i."""
     past = k_len - q_len
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+def _padded_causal(key_mask: Tensor, q_len: int) -> Tensor:
+    """Bool ``[B, 1, q_len, k_len]``: causal, and only real keys -- plus each query's own key, so a
+    padding query attends to itself and its row stays finite (its output is never used)."""
+    k_len = key_mask.shape[1]
+    past = k_len - q_len
+    keys = torch.arange(k_len, device=key_mask.device)
+    own = torch.arange(past, k_len, device=key_mask.device)[:, None] == keys[None]
+    return _causal(q_len, k_len, key_mask.device) & (key_mask[:, None, None, :] | own)
+
+
+def _contiguous(key_mask: Tensor) -> Tensor:
+    """Per row: whether the True entries of ``key_mask [B, T]`` form one run (or none)."""
+    valid = key_mask.long()
+    starts = valid[:, :1] + (valid[:, 1:] > valid[:, :-1]).long().sum(dim=1, keepdim=True)
+    return starts[:, 0] <= 1
 
 
 class MLP(nn.Module):
@@ -341,28 +374,104 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
     # -- forward -------------------------------------------------------------------------------
-    def _attention_inputs(self, positions: Tensor, T: int, cache: KVCache | None) -> AttentionInputs:
+    def _attention_inputs(
+        self, positions: Tensor, T: int, cache: KVCache | None, key_mask: Tensor | None = None
+    ) -> AttentionInputs:
         past = cache.length if cache is not None else 0
-        k_positions = positions if past == 0 else torch.cat((cache.positions, positions), dim=1)
+        if past == 0:
+            k_positions = positions
+        else:
+            cached = cache.positions
+            if cached.shape[0] != positions.shape[0]:  # one shared row and a per-row batch
+                rows = max(cached.shape[0], positions.shape[0])
+                cached = cached.expand(rows, *cached.shape[1:])
+                positions = positions.expand(rows, *positions.shape[1:])
+            k_positions = torch.cat((cached, positions), dim=1)
         pe = self.pe
         rotate_cached = pe.rotation_depends_on_length
         if pe.window is not None:
-            index = torch.arange(past, past + T, device=positions.device)[None]
+            if key_mask is None:
+                index = torch.arange(past, past + T, device=positions.device)[None]
+            else:  # each row's own sequence index: its real tokens are 0, 1, 2, ... (padding 0)
+                index = (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
             windowed = pe.windowed_rotation(positions, index)
-            return AttentionInputs(None, None, False, positions, k_positions, None, False, windowed, past)
+            return AttentionInputs(None, None, False, positions, k_positions, None, False, windowed, past, key_mask)
         if rotate_cached:  # one table for all keys, queries take its tail
             k_rot = pe.rotation(k_positions)
             q_rot = None if k_rot is None else Rotation(k_rot.cos[:, past:], k_rot.sin[:, past:])
         else:
             q_rot = pe.rotation(positions)
             k_rot = q_rot
-        if past == 0:
+        if key_mask is not None:
+            causal_mask, is_causal = _padded_causal(key_mask, T), False
+        elif past == 0:
             causal_mask, is_causal = None, T > 1
         elif T == 1:
             causal_mask, is_causal = None, False
         else:
             causal_mask, is_causal = _causal(T, past + T, positions.device), False
-        return AttentionInputs(q_rot, k_rot, rotate_cached, positions, k_positions, causal_mask, is_causal, None, past)
+        return AttentionInputs(
+            q_rot, k_rot, rotate_cached, positions, k_positions, causal_mask, is_causal, None, past, key_mask
+        )
+
+    def _check_mask(self, attention_mask, input_ids: Tensor, cache: KVCache | None) -> Tensor | None:
+        """The key mask (bool ``[B, past + T]``, True = real token) of this call, or ``None`` when
+        every token (cached ones included) is real."""
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        cached = None if cache is None else cache.mask
+        if cached is not None and cached.shape[0] != B:
+            raise RopelabError(f"the KV cache holds a padded batch of {cached.shape[0]} rows, got {B} rows")
+        if attention_mask is None:
+            if cached is None:
+                return None
+            return torch.cat((cached, cached.new_ones(B, T)), dim=1)  # new tokens are real
+        mask = torch.as_tensor(attention_mask, device=input_ids.device)
+        if mask.dim() != 2 or tuple(mask.shape) != (B, past + T):
+            covers = f" (the {past} cached tokens, then the {T} new ones)" if past else ""
+            raise RopelabError(
+                f"attention_mask must have shape [batch, past + seq] = [{B}, {past + T}]{covers}, "
+                f"1 = real token and 0 = padding; got shape {tuple(mask.shape)}"
+            )
+        if mask.dtype != torch.bool:
+            if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+                raise RopelabError("attention_mask must hold only 0 and 1 (or False/True): 1 = real token, 0 = padding")
+            mask = mask != 0
+        if past:
+            before = cached if cached is not None else mask.new_ones(B, past)
+            if not torch.equal(mask[:, :past], before):
+                raise RopelabError(
+                    "attention_mask[:, :past] must repeat the mask of the tokens already in the KV cache "
+                    f"({past} tokens); it differs"
+                )
+        if bool(mask.all()):
+            return None
+        contiguous = _contiguous(mask) if self.pe.window is not None else None
+        if contiguous is not None and not bool(contiguous.all()):
+            rows = (~contiguous).nonzero()[:, 0].tolist()
+            raise RopelabError(
+                f"{self.pe.spec}: windowed methods need each row's real tokens to be contiguous (padding only "
+                f"before and/or after them); attention_mask row(s) {rows} have padding between real tokens -- "
+                "pad on the left to continue a padded batch"
+            )
+        return mask
+
+    @staticmethod
+    def _mask_positions(key_mask: Tensor, T: int, cache: KVCache | None) -> Tensor:
+        """Positions ``[B, T]`` of the new tokens from the key mask, as Hugging Face generation
+        makes them: each row's real tokens count 0, 1, 2, ... (continuing after the real cached
+        tokens' positions), padding gets 0."""
+        past = key_mask.shape[1] - T
+        new = key_mask[:, past:]
+        steps = new.long().cumsum(dim=1) - 1
+        if past == 0:
+            start = 0
+        else:
+            cached = cache.positions.expand(key_mask.shape[0], -1)
+            real = key_mask[:, :past]
+            last = torch.where(real, cached, torch.full_like(cached, -1)).amax(dim=1, keepdim=True)
+            start = last + 1
+        return torch.where(new, start + steps, torch.zeros_like(steps))
 
     def _check_positions(self, input_ids: Tensor, positions: Tensor | None, cache: KVCache | None) -> Tensor:
         B, T = input_ids.shape
@@ -386,8 +495,20 @@ class Transformer(nn.Module):
             raise RopelabError("positions must have the same number of levels as the cached ones")
         return positions
 
-    def hidden_states(self, input_ids: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        """Final normed hidden states ``[B, T, dim]``; the cache (if any) is extended in place."""
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Final normed hidden states ``[B, T, dim]``; the cache (if any) is extended in place.
+
+        ``attention_mask``: ``[B, past + T]``, 1 (True) for a real token and 0 for padding (left
+        or right), covering the cached tokens too; a cache remembers it, so later calls may omit
+        it (their tokens are real). Without ``positions`` each row's real tokens are at
+        ``0, 1, 2, ...`` (continuing after the cache); padding tokens' outputs are meaningless.
+        """
         if input_ids.dim() != 2:
             raise RopelabError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
@@ -395,8 +516,12 @@ class Transformer(nn.Module):
             raise RopelabError("input_ids is empty")
         if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
             raise RopelabError(f"token ids must be in 0..{self.config.vocab_size - 1}")
+        key_mask = self._check_mask(attention_mask, input_ids, cache)
+        hierarchical_cache = cache is not None and cache.length > 0 and cache.positions.dim() == 3
+        if positions is None and key_mask is not None and not hierarchical_cache:  # (those extend the last segment)
+            positions = self._mask_positions(key_mask, T, cache)
         positions = self._check_positions(input_ids, positions, cache)
-        inputs = self._attention_inputs(positions, T, cache)
+        inputs = self._attention_inputs(positions, T, cache, key_mask)
         x = self.embed_tokens(input_ids)
         extra = self.pe.input_embedding(positions)
         if extra is not None:
@@ -405,21 +530,41 @@ class Transformer(nn.Module):
             x = layer(x, i, self.pe, inputs, cache)
         if cache is not None:
             cache.positions = inputs.k_positions
+            cache.mask = key_mask
         return self.norm(x)
 
-    def forward(self, input_ids: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        return self.lm_head(self.hidden_states(input_ids, positions, cache))
+    def forward(
+        self,
+        input_ids: Tensor,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits ``[B, T, vocab]``; ``attention_mask`` as in :meth:`hidden_states`."""
+        return self.lm_head(self.hidden_states(input_ids, positions, cache, attention_mask))
 
-    def token_losses(self, input_ids: Tensor, positions: Tensor | None = None, chunk_size: int = 1024) -> Tensor:
+    def token_losses(
+        self,
+        input_ids: Tensor,
+        positions: Tensor | None = None,
+        chunk_size: int = 1024,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """Next-token negative log-likelihood ``[B, T-1]`` (float32): entry t scores token t+1.
 
         The LM head and the loss run over ``chunk_size`` positions at a time, so a long input
         never holds ``[T, vocab]`` float32 logits (16K tokens x 49K vocab would be 3 GB).
+        With ``attention_mask`` (``[B, T]``, 1 = real token), entry t is 0 unless tokens t and
+        t+1 are both real.
         """
         if chunk_size <= 0:  # checked before the forward pass
             raise RopelabError(f"chunk_size must be positive, got {chunk_size}")
-        hidden = self.hidden_states(input_ids, positions)[:, :-1]
-        return self.losses_from_hidden(hidden, input_ids[:, 1:], chunk_size)
+        hidden = self.hidden_states(input_ids, positions, attention_mask=attention_mask)[:, :-1]
+        losses = self.losses_from_hidden(hidden, input_ids[:, 1:], chunk_size)
+        if attention_mask is not None:
+            real = torch.as_tensor(attention_mask, device=losses.device) != 0
+            losses = losses.masked_fill(~(real[:, :-1] & real[:, 1:]), 0.0)
+        return losses
 
     def losses_from_hidden(self, hidden: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
         """Negative log-likelihood ``[B, T]`` (float32) of ``targets [B, T]`` given final hidden

@@ -209,6 +209,12 @@ class PositionEncoding(nn.Module):
     #: Set by windowed methods (ReRoPE, Self-Extend, HiRoPE): pairs closer than this use the
     #: near tables of :meth:`windowed_rotation`, the others its far tables.
     window: int | None = None
+    #: Windowed methods only: when set, a pair at distance ``>= window`` is visible only for the
+    #: first ``far_keys`` keys of the sequence (each row's first ``far_keys`` real tokens when the
+    #: batch is padded) -- "attention sinks" (Xiao et al. 2024, arXiv 2309.17453); 0 gives plain
+    #: sliding-window attention. ``None`` (every built-in method): every far key is visible. The
+    #: model passes it to ``ropelab.model.window_attention.windowed_attention``.
+    far_keys: int | None = None
     #: True when the method reads hierarchical (code-structure) positions ``[B, T, levels]``.
     uses_hierarchy: bool = False
 

@@ -94,6 +94,7 @@ def rotation_tables(
 ) -> Rotation:
     """cos/sin ``[B|1, T, d/2]`` (float32) for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``.
 
+    ``theta`` is ``[d/2]``, or ``[B, d/2]`` for one set of angles per row (dynamic NTK).
     With a position vector per token, frequency j reads level ``frequency_level[j]``.
     ``attention_factor`` (a float, or a ``[B|1, T]`` tensor of per-token factors) scales both.
     """
@@ -113,7 +114,8 @@ def rotation_tables(
         pos = pos[..., level]
     else:
         pos = pos[..., None]
-    angles = pos * theta.to(device=pos.device, dtype=torch.float32)
+    theta = theta.to(device=pos.device, dtype=torch.float32)
+    angles = pos * (theta[:, None, :] if theta.dim() == 2 else theta)
     cos, sin = angles.cos(), angles.sin()
     if isinstance(attention_factor, Tensor):
         factor = attention_factor.to(torch.float32)[..., None]
@@ -167,12 +169,24 @@ class RotaryEncoding(PositionEncoding):
         return replace(plan, theta=plan.theta.to(torch.float32))
 
     def rotation(self, positions: Tensor) -> Rotation:
-        """cos/sin tables for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``."""
+        """cos/sin tables for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``.
+
+        A length-dependent plan (dynamic NTK) is chosen per row, for that row's length
+        ``max(position) + 1``: a row of a padded batch (padding at position 0) gets the angles it
+        gets alone.
+        """
         check_positions_dtype(positions)
         theta, factor = self.inv_freq, self.attention_factor
         if self.rotation_depends_on_length:
-            plan = self.plan(int(positions.max().item()) + 1)
-            theta, factor = plan.theta.to(positions.device), plan.attention_factor
+            lengths = [int(top) + 1 for top in positions.reshape(positions.shape[0], -1).amax(dim=1).tolist()]
+            plans = {n: self.plan(n) for n in set(lengths)}
+            if len(plans) == 1:
+                plan = plans[lengths[0]]
+                theta, factor = plan.theta.to(positions.device), plan.attention_factor
+            else:
+                theta = torch.stack([plans[n].theta for n in lengths]).to(positions.device)
+                factors = [plans[n].attention_factor for n in lengths]
+                factor = torch.tensor(factors, dtype=torch.float32, device=positions.device)[:, None]
         return rotation_tables(theta, positions, self.frequency_level, factor, self.spec)
 
 
