@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "long-context": "bench.long_context",
     "hf-speed": "bench.hf_speed",
     "train-speed": "bench.train_speed",
+    "window-sinks": "bench.window_sinks",
     "render": "bench.render",
     "import-run": "bench.import_run",
     "all": "bench.suite",

@@ -260,11 +260,15 @@ def section_hirope() -> list[str]:
         body = render_markdown(compare["summary"], plots=[]).splitlines()
         body = [line for line in body if not line.startswith("# ") and not line.startswith("Regenerate:")]
         body = [("###" + line[2:]) if line.startswith("## ") else line for line in body]
+        plots = [Path(p).name for p in compare.get("plots", [])]
+        lead = [name for name in plots if "overview" in name]  # the figure that answers the question
         lines += [
             "### The main job: `ropelab compare`",
             "",
+            *(f"![{Path(name).stem}](results/{name})" for name in lead),
+            "",
             *body,
-            *(f"![{Path(p).stem}](results/{Path(p).name})" for p in compare.get("plots", [])),
+            *(f"![{Path(name).stem}](results/{name})" for name in plots if name not in lead),
             "",
             f"Measured {compare.get('imported', '?')}; regenerate: `ropelab compare --out runs/compare && "
             "python -m bench import-run compare runs/compare`.",

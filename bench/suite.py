@@ -45,6 +45,7 @@ STEPS: dict[str, list[list[str]]] = {
     ],
     "hierarchy-speed": [[*PY, "hierarchy-speed"]],
     "train-speed": [[*PY, "train-speed"]],
+    "window-sinks": [[*PY, "window-sinks"]],
 }
 RUNS: dict[str, list[list[str]]] = {
     "compare": [

@@ -21,6 +21,7 @@ TASKS = {
     "passkey": "ropelab.eval.passkey:Passkey",
     "completion": "ropelab.eval.completion:Completion",
     "symbols": "ropelab.eval.symbols:Symbols",
+    "context": "ropelab.eval.context:LongContext",
 }
 
 

@@ -12,6 +12,9 @@ Scoring modes (``Task.mode``):
   "greedy decoding reproduces the answer", at the cost of one forward (passkey, copy).
 * ``"generate"``: greedy decoding of up to ``max_new_tokens`` after the prompt, cut at the first
   of ``stop`` strings (completion, few-shot, symbols).
+* ``"session"``: the task drives the model itself (``Task.run(evaluator, sample)`` returns the
+  record's fields, ``metrics`` among them), through the evaluator's ``prefill`` so that the
+  ``window`` reference applies (``context``: one pass, its KV cache and extra passes).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Task:
 
     name: ClassVar[str]
     description: ClassVar[str]
-    mode: ClassVar[str]  # "loss" | "teacher_forced" | "generate"
+    mode: ClassVar[str]  # "loss" | "teacher_forced" | "generate" | "session"
     metric: ClassVar[str]  # the headline metric in reports
     higher_is_better: ClassVar[bool] = True
     max_new_tokens: ClassVar[int] = 0
@@ -71,6 +74,10 @@ class Task:
         raise NotImplementedError
 
     def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
+        raise NotImplementedError
+
+    def run(self, evaluator, sample: Sample) -> dict:
+        """``session`` tasks only: evaluate ``sample`` under the evaluator's method."""
         raise NotImplementedError
 
     def check_length(self, length: int) -> None:

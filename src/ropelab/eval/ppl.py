@@ -1,6 +1,11 @@
 """Perplexity vs input length -- the HoPE paper's protocol (Section 4.2.1): the zero-shot loss of
 the **last 256 tokens** of an input of each length, on long documents.
 
+Each length scores *different* tokens (the last 256 of a longer prefix), so the curve across
+lengths mostly shows which lines sit where. To ask whether a method uses more context, use the
+``context`` task (:mod:`ropelab.eval.context`): loss by position against a window reference, and
+the same targets scored with growing context.
+
 Documents: whole stdlib Python files, largest first, concatenated in a fixed order
 (:func:`ropelab.eval.corpus.long_code`); sample ``i`` starts ``3 i`` files further into that order,
 so samples differ and every run sees the same text. The input of length ``L`` is the first ``L``
@@ -41,7 +46,10 @@ def code_document(length: int, index: int, seed: int) -> tuple[str, list[str], s
 
 class Perplexity(Task):
     name = "ppl"
-    description = "loss / perplexity of the last 256 tokens at each input length (long stdlib code)"
+    description = (
+        "the HoPE paper's protocol: loss of the last 256 tokens of an input of each length (long stdlib code; "
+        "each length scores different tokens -- the context task compares lengths on the same ones)"
+    )
     mode = "loss"
     metric = "loss"
     higher_is_better = False

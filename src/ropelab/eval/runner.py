@@ -7,9 +7,11 @@ A run directory holds ``config.json`` (everything needed to reproduce it), ``res
 record per task x method x length x sample, appended as soon as it is measured, so an interrupted
 run resumes where it stopped), ``summary.json`` and the rendered report (``ropelab.eval.report``).
 
-``window`` is a reference "method" in every run: the same targets scored by the model's own RoPE
-with the context truncated to the training length (a sliding window). A method that does not beat
-it is not using the longer context.
+``window`` is a reference "method" in every run: the model's own method with what it sees limited
+to the training length. For the ``context`` task that is one pass with attention limited to the
+previous ``L`` tokens plus four sink tokens (:mod:`ropelab.pe.sliding`); for the other tasks each
+input is truncated to its last ``L`` tokens. A method that does not beat it is not using the
+longer context.
 """
 
 from __future__ import annotations
@@ -102,6 +104,43 @@ class Evaluator:
         self._last: tuple[list[int], torch.Tensor] | None = None  # (input ids, hidden [T, D]) of the last pass
         self._last_losses: torch.Tensor | None = None  # its next-token losses [T - 1], once asked for
 
+    def prefill(self, ids: list[int], positions: torch.Tensor | None, cache) -> torch.Tensor:
+        """Final hidden states ``[len(ids), D]`` of one pass (``cache``, if given, extended in place).
+
+        For the ``window`` reference the model's encoding is the sliding window
+        (:mod:`ropelab.pe.sliding`) during a session: the first ``L`` tokens, where it equals the
+        model's own method, run through the own method's fused attention, and the rest continues
+        from their cache with the window.
+        """
+        model = self.model
+        tensor = torch.tensor([ids])
+        if not self.window or len(ids) <= self.train_len:
+            return model.hidden_states(tensor, positions, cache)[0]
+        cache = cache if cache is not None else model.new_cache()
+        sliding, model.pe = model.pe, self._own
+        try:
+            head = model.hidden_states(tensor[:, : self.train_len], None, cache)[0]
+        finally:
+            model.pe = sliding
+        # the window's far key set is its near one (sink keys keep their own rotation): share the buffers
+        cache.far_keys = list(cache.keys)
+        tail = model.hidden_states(tensor[:, self.train_len :], None, cache)[0]
+        return torch.cat((head, tail))
+
+    @torch.no_grad()
+    def session(self, task: Task, sample: Sample) -> dict:
+        """Run a ``session`` task (it drives the model itself through :meth:`prefill`)."""
+        if not self.window:
+            return task.run(self, sample)
+        from ropelab.pe.sliding import SlidingWindow
+
+        self._own = self.model.pe
+        self.model.pe = SlidingWindow(self._own, self.train_len)
+        try:
+            return task.run(self, sample)
+        finally:
+            self.model.pe = self._own
+
     def positions(self, sample: Sample, ids: list[int]) -> tuple[torch.Tensor | None, str | None]:
         pe = self.model.pe
         if self.window or not pe.uses_hierarchy or not sample.language:
@@ -182,6 +221,8 @@ class Evaluator:
     def truncates(self, task: Task, sample: Sample) -> bool:
         """Whether the ``window`` reference would cut this sample's context (otherwise it sees
         exactly what the model's own method sees, and its result is that method's)."""
+        if task.mode == "session":
+            return len(sample.prompt_ids) > self.train_len
         extra = len(sample.answer_ids) if task.mode == "teacher_forced" else task.max_new_tokens
         return len(sample.prompt_ids) + extra > self.train_len
 
@@ -380,8 +421,12 @@ def evaluate(
                     continue
                 related = [built[(task.name, n)][sample.index] for n in per_task[task.name]]
                 start = time.perf_counter()
-                outputs, info = evaluator.outputs(task, sample, related)
-                metrics = task.score(sample, outputs)
+                if task.mode == "session":
+                    outputs, info = None, evaluator.session(task, sample)
+                    metrics = info.pop("metrics")
+                else:
+                    outputs, info = evaluator.outputs(task, sample, related)
+                    metrics = task.score(sample, outputs)
                 record = {
                     "task": task.name,
                     "method": method,
@@ -395,9 +440,9 @@ def evaluate(
                 for key in ("depth",):
                     if key in sample.extra:
                         record[key] = sample.extra[key]
-                if outputs.generated is not None:
+                if outputs is not None and outputs.generated is not None:
                     record["generated"] = outputs.generated
-                if outputs.losses is not None and task.mode == "loss":
+                if outputs is not None and outputs.losses is not None and task.mode == "loss":
                     record["bucket_losses"] = _buckets(outputs.losses, 8)
                 results.write(json.dumps(record) + "\n")
                 results.flush()

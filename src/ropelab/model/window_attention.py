@@ -177,7 +177,10 @@ def windowed_attention(
             torch.arange(first, past + stop, device=device)[:, None] - torch.arange(band, n_keys, device=device)[None]
         )
         near = torch.matmul(q_near[:, :, start:stop], k_near[:, :, band:n_keys].transpose(-1, -2)).float()
-        far = torch.matmul(q_far[:, :, start:stop], k_far[:, :, band:n_keys].transpose(-1, -2)).float()
+        if band < far_limit:
+            far = torch.matmul(q_far[:, :, start:stop], k_far[:, :, band:n_keys].transpose(-1, -2)).float()
+        else:  # no key of the band is visible beyond the window (sinks lie before it): far pairs are masked
+            far = near
         hidden = distance < 0
         if sinks is not None:
             hidden = hidden | ((distance >= window) & ~sinks[:, None, None, band:n_keys])
