@@ -244,7 +244,7 @@ def test_describe_reports_hirope_levels():
     [
         ("hirope:split=1.5", "split must be a number >= 0 and <= 1 or 'auto'"),
         ("hirope:levels=4", "levels must be one of 2, 3"),
-        ("hirope:token_index=local", "token_index must be one of segment, global"),
+        ("hirope:token_index=local", "token_index must be one of global, segment"),
         ("rerope:window=0", "window must be an integer >= 1"),
         ("hirope+yarn:factor=2", "'yarn' rescales RoPE frequencies, but 'hirope' has none"),
     ],
@@ -296,3 +296,20 @@ def test_windowed_attention_gradients_equal_the_per_pair_reference(window):
     expected = torch.autograd.grad((reference * weights).sum(), tensors)
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_hirope_default_token_level_is_the_global_index_as_in_the_paper():
+    """The paper's Fig. 2: positions (function_idx, token_idx) = (0,0)..(0,4), (1,5), (1,6) -- the
+    token index keeps counting across the function boundary. ``token_index=segment`` (the
+    offset inside the function) is the documented alternative."""
+    from ropelab.pe import build
+
+    ctx = PEContext(head_dim=16, n_heads=2, train_len=64)
+    encoding = build("hirope", ctx)
+    assert encoding.token_index == "global"
+    offsets_and_segments = torch.tensor([[[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [0, 1], [1, 1]]])
+    index = torch.arange(7)[None]
+    vectors = encoding.hierarchy(offsets_and_segments, index)[0].tolist()
+    assert vectors == [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [5, 1], [6, 1]]
+    segment = build("hirope:token_index=segment", ctx).hierarchy(offsets_and_segments, index)[0].tolist()
+    assert segment == [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [0, 1], [1, 1]]

@@ -2,25 +2,33 @@
 Position" (ACL 2024, arXiv 2403.19115), Section 3, Eq. (3)-(5), training-free.
 
 Each token has a position vector ``(tok, seg[, unit])`` from the code's syntax tree
-(``ropelab.code``): ``seg`` is the ordinal of its function/class segment, ``tok`` its offset inside
-the segment (``token_index=global``: its index in the sequence), ``unit`` (``levels=3``) the
-ordinal of the top-level unit. RoPE's frequencies are split between the levels: the
-``J = round(split * d/2)`` highest frequencies read ``tok`` and the rest the higher levels (for
-``levels=3`` the remaining frequencies are halved: the higher ones read ``seg``, the lowest
-``unit`` -- documented choice, Eq. 5 generalised).
+(``ropelab.code``): ``tok`` is its ordinary token index in the sequence, ``seg`` the ordinal of its
+function/class segment, ``unit`` (``levels=3``) the ordinal of the top-level unit. The token
+index keeps counting across segment boundaries: the paper's method figure (Fig. 2) labels the
+positions ``(function_idx, token_idx)`` as (0,0)..(0,4), (1,5), (1,6), and its token-level
+distances are "same as original"; its split ablation (Fig. 4, breaking just above the reliable
+split) only makes sense if the token dimensions see ordinary distances. ``token_index=segment``
+(the offset inside the segment, a reading of the paper's Fig. 1) is kept as an alternative
+reading; it is not the paper's method and not the default.
+
+RoPE's frequencies are split between the levels: the ``J = round(split * d/2)`` highest
+frequencies read ``tok`` and the rest the higher levels (for ``levels=3`` the remaining
+frequencies are halved: the higher ones read ``seg``, the lowest ``unit`` -- documented choice,
+Eq. 5 generalised).
 
 Window (Section 3.2): a pair at sequence distance ``m - n < window`` uses plain RoPE on every
 frequency; beyond it the hierarchical angles are used with ``window - 1`` added to the query's
-higher-level indices, so hierarchical distances continue where the window ends. ``window=0``
-uses hierarchical angles for every pair (no shift).
+higher-level indices (the token-level frequencies keep the ordinary distance), so hierarchical
+distances continue where the window ends. ``window=0`` uses hierarchical angles for every pair
+(no shift). The paper uses ``window=512`` at train lengths 2048 and 4096 and gives no rule for
+others.
 
 Without a hierarchy (plain text, or no positions given) tokens fall into fixed chunks:
-``seg = i // chunk``, ``tok = i % chunk`` (METHODS.md). ``split=auto`` is the paper's reliable
-split ``log_base(L / 2pi)`` for training length ``L``.
+``seg = i // chunk`` (the paper: every 128 tokens of prose is one segment). ``split=auto`` is the
+paper's reliable split ``log_base(L / 2pi)`` for training length ``L`` (Sec. 6.1, Eq. 6).
 
-Reductions (tested): ``split=1`` is exactly RoPE -- with no segment-level frequency a
-within-segment offset would make tokens of different segments collide, so the token level reads
-the global index then; and a window at least as long as the input is exactly RoPE.
+Reductions (tested): ``split=1`` is exactly RoPE (every frequency reads the token index), and so
+is a window at least as long as the input.
 """
 
 from __future__ import annotations
@@ -132,9 +140,9 @@ METHODS = [
             Param(
                 "token_index",
                 str,
-                "segment",
-                "token level: offset in segment or global index",
-                choices=("segment", "global"),
+                "global",
+                "token level: the ordinary token index (global, the paper's) or the offset inside the segment",
+                choices=("global", "segment"),
             ),
             Param("levels", int, 2, "hierarchy levels (3 adds the top-level unit)", choices=(2, 3)),
             Param("chunk", int, 128, "fallback segment size for text without code structure", minimum=1),
