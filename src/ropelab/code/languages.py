@@ -65,15 +65,27 @@ class LanguageSpec:
         return "\n".join(p for p in (self.functions, self.classes, self.comments, self.attributes) if p)
 
 
-_JS_FUNCTION_VALUES = "[(arrow_function) (function_expression) (generator_function)]"
-_JS_FUNCTIONS = f"""
-(function_declaration) @function
-(generator_function_declaration) @function
-(method_definition) @function
-(lexical_declaration (variable_declarator value: {_JS_FUNCTION_VALUES})) @function
-(variable_declaration (variable_declarator value: {_JS_FUNCTION_VALUES})) @function
-(expression_statement (assignment_expression right: {_JS_FUNCTION_VALUES})) @function
-"""
+#: node types of a function-valued expression in JavaScript / TypeScript
+JS_FUNCTION_VALUES = ("arrow_function", "function_expression", "generator_function")
+
+
+def _each_function_value(pattern: str) -> str:
+    """``pattern`` once per function-valued node type. One pattern per type, not an alternation
+    ``[(a) (b)]``: with tree-sitter 0.26 an uncaptured alternation under a field of a nested
+    pattern matched every declarator (``const n = 1024;`` became a "function")."""
+    return "\n".join(pattern.format(value=f"({kind})") for kind in JS_FUNCTION_VALUES)
+
+
+_JS_FUNCTIONS = "\n".join(
+    [
+        "(function_declaration) @function",
+        "(generator_function_declaration) @function",
+        "(method_definition) @function",
+        _each_function_value("(lexical_declaration (variable_declarator value: {value})) @function"),
+        _each_function_value("(variable_declaration (variable_declarator value: {value})) @function"),
+        _each_function_value("(expression_statement (assignment_expression right: {value})) @function"),
+    ]
+)
 
 LANGUAGES: dict[str, LanguageSpec] = {
     spec.name: spec
@@ -125,7 +137,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
             "tree_sitter_javascript",
             "language",
             (".js", ".mjs", ".cjs", ".jsx"),
-            _JS_FUNCTIONS + f"(field_definition value: {_JS_FUNCTION_VALUES}) @function",
+            _JS_FUNCTIONS + _each_function_value("(field_definition value: {value}) @function"),
             "(class_declaration) @class",
             wrappers=frozenset({"export_statement"}),
         ),
@@ -134,7 +146,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
             "tree_sitter_typescript",
             "language_typescript",
             (".ts", ".mts", ".cts"),
-            _JS_FUNCTIONS + f"(public_field_definition value: {_JS_FUNCTION_VALUES}) @function",
+            _JS_FUNCTIONS + _each_function_value("(public_field_definition value: {value}) @function"),
             "(class_declaration) @class (abstract_class_declaration) @class (interface_declaration) @class",
             wrappers=frozenset({"export_statement"}),
         ),
@@ -143,7 +155,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
             "tree_sitter_typescript",
             "language_tsx",
             (".tsx",),
-            _JS_FUNCTIONS + f"(public_field_definition value: {_JS_FUNCTION_VALUES}) @function",
+            _JS_FUNCTIONS + _each_function_value("(public_field_definition value: {value}) @function"),
             "(class_declaration) @class (abstract_class_declaration) @class (interface_declaration) @class",
             wrappers=frozenset({"export_statement"}),
         ),

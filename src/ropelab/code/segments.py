@@ -33,6 +33,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from ropelab.code.languages import JS_FUNCTION_VALUES as _FUNCTION_VALUES
 from ropelab.code.languages import LANGUAGES, grammar
 
 _SPACE = re.compile(rb"[ \t\r\n\f\v]*")
@@ -251,9 +252,13 @@ def _text(node) -> str:
 def _name(node, outer=None) -> str | None:
     """A readable name: ``f``, ``A::f``, ``Trait for Type``, ``exports.f``."""
     kind = node.type
-    if kind in ("lexical_declaration", "variable_declaration"):
-        for child in node.named_children:
-            if child.type == "variable_declarator" and child.child_by_field_name("name") is not None:
+    if kind in ("lexical_declaration", "variable_declaration"):  # the declarator holding the function
+        declarators = [c for c in node.named_children if c.type == "variable_declarator"]
+        functions = [
+            c for c in declarators if getattr(c.child_by_field_name("value"), "type", None) in _FUNCTION_VALUES
+        ]
+        for child in functions or declarators:
+            if child.child_by_field_name("name") is not None:
                 return _text(child.child_by_field_name("name"))
     if kind == "expression_statement":
         assignment = node.named_children[0] if node.named_children else None
