@@ -23,7 +23,7 @@ import time
 from bench.common import at_least
 
 DESCRIPTION = "long-context loss per position bucket of a real model under several methods (time, peak RSS)"
-DEFAULT_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,self-extend,hirope,hirope:split=auto"
+DEFAULT_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,rerope:logn=true,self-extend,hirope,hirope:split=auto"
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -170,9 +170,12 @@ def run(args: argparse.Namespace) -> int:
     from bench.common import isolated, load_average, machine_info, write_json
 
     load_before = load_average()
-    scaling_methods = set(_split(args.scaling_methods))
-    cases = [(spec, args.tokens) for spec in _split(args.methods)]
-    cases += [(spec, int(n)) for n in _split(args.scaling_lengths) for spec in _split(args.scaling_methods)]
+    from ropelab.pe import split_specs
+
+    scaling = split_specs(args.scaling_methods) if args.scaling_methods.strip() else []
+    scaling_methods = set(scaling)
+    cases = [(spec, args.tokens) for spec in split_specs(args.methods)]
+    cases += [(spec, int(n)) for n in _split(args.scaling_lengths) for spec in scaling]
     common = ["--model", args.model, "--bucket", str(args.bucket), "--threads", str(args.threads)]
     results, scaling, errors = [], [], []
     for spec, tokens in tqdm(cases, desc="long-context", unit="pass", file=sys.stderr):

@@ -276,6 +276,29 @@ def section_hirope() -> list[str]:
         ]
     else:
         lines += _missing("ropelab compare --out runs/compare && python -m bench import-run compare runs/compare")
+    sinks = load("window_sinks.json")
+    lines += ["### The window reference needs its sink tokens", ""]
+    if sinks:
+        lines += [
+            f"Loss beyond the train length of the one-pass `window` reference on `{sinks['document']}` "
+            f"({sinks['length']} tokens, train length {sinks['train_len']}), mean ± SE over 128-token blocks:",
+            "",
+            "| sink tokens | loss beyond L | n blocks |",
+            "|---:|---:|---:|",
+            *(f"| {r['sinks']} | {r['loss_beyond']:.3f} ± {r['se']:.3f} | {r['n_blocks']} |" for r in sinks["results"]),
+            "",
+            *(
+                f"Paired difference, {d['sinks']} minus {d['minus_sinks']} sinks: {d['diff']:+.3f} ± {d['se']:.3f} "
+                f"(n = {d['n']} blocks)."
+                for d in sinks["differences"]
+            ),
+            "Without sinks the window reference would be a strawman every method beats (StreamingLLM's finding); "
+            f"with them it is the model's own RoPE inside its trained distances. Machine: {_machine(sinks)}. "
+            "Regenerate: `python -m bench window-sinks`.",
+            "",
+        ]
+    else:
+        lines += _missing("python -m bench window-sinks")
     for name, title in (("long_context.json", "Python (stdlib)"), ("long_context_java.json", "Java (JDK java.util)")):
         data = load(name)
         lines += [f"### Loss per position bucket at 16K tokens, {title}", ""]

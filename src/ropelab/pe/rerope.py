@@ -3,9 +3,16 @@ code ``bojone/rerope``), the window baseline of the HiRoPE paper.
 
 Relative distances below ``window`` keep RoPE; every larger distance is clamped to ``window``:
 the far score is ``(R(window) q_m) . k_n`` with the key unrotated, so the model never sees a
-relative position it was not trained on. Optional ``logn`` scaling (off by default, as in the
-HiRoPE paper's comparison) multiplies each query by ``max(1, log(m+1)/log(L))`` in both score
-sets, as the reference code does.
+relative position it was not trained on.
+
+``logn`` -- a choice ropelab makes explicit. The reference code (``bojone/rerope``) always
+multiplies each query by ``max(1, log(m+1)/log(L))`` in both score sets (a length-dependent
+attention temperature, Su's "log-n" scaling). ropelab's default is ``logn=false``: the method
+then is the position rectification alone, which is what the HiRoPE paper describes as its ReRoPE
+baseline (window 512, no scaling mentioned) and what keeps the comparison with the other
+training-free methods about positions rather than temperature. The factor is 1 for every query
+inside the train length, so the two differ only beyond it. ``rerope:logn=true`` is the reference
+code's behaviour; ropelab's long-context measurements report both.
 """
 
 from __future__ import annotations
@@ -50,7 +57,13 @@ METHODS = [
         paper=REROPE_PAPER,
         params=(
             Param("window", int, 512, "distance below which plain RoPE is used", minimum=1),
-            Param("logn", bool, False, "scale queries by max(1, log(m+1)/log(train_len))"),
+            Param(
+                "logn",
+                bool,
+                False,
+                "scale queries by max(1, log(m+1)/log(train_len)) as the reference code always does "
+                "(default off: the rectification alone, as the HiRoPE paper's baseline)",
+            ),
         ),
         factory=_build,
     )
