@@ -253,3 +253,33 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     # the same command resumes (nothing left to do) and re-renders
     assert main(argv) == 0
     assert main(["experiment", "hope", "--report-only", "--out", str(exp)]) == 0
+
+
+def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
+    """``ropelab experiment hirope`` at toy scale: trains, evaluates every method (and the window
+    reference) on held-out stdlib documents, writes the report; the same call resumes."""
+    from ropelab.eval.corpus import long_code, stdlib_dir
+    from ropelab.train.shortllm import ShortConfig, default_methods, python_holdout, run_experiment
+
+    config = ShortConfig(
+        model_config="tiny", train_len=32, length=256, documents=2, languages=["python"], tokenizer="bpe-300",
+        batch_size=2, steps=2, data=[str(corpus)],
+    )  # fmt: skip
+    exp = tmp_path / "short"
+    report = run_experiment(config, exp, progress=False)
+    text = report.read_text()
+    assert "ShortLLM" in text and "*window* (reference)" in text and "unigram" in text
+    records = [json.loads(line) for line in (exp / "results.jsonl").read_text().splitlines()]
+    methods = [label for label, _, _ in default_methods(32, 256)] + ["window"]
+    assert {(r["method"], r["document"]) for r in records} == {(m, d) for m in methods for d in (0, 1)}
+    assert all(len(r["blocks"]) == 16 for r in records)  # 255 scored tokens in 16-token blocks (L / 2)
+    # the group of self-extend follows its rule (L - W) G + W >= length
+    assert "self-extend:group=11,window=8" in methods  # (32 - 8) x 11 + 8 = 272 >= 256 > (32 - 8) x 10 + 8
+    # the evaluation documents are held out of training
+    held = {str(p.relative_to(stdlib_dir())) for p in python_holdout()}
+    assert set(long_code(min_chars=256 * 8, skip=0)[1]) <= held
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["buckets"][0]["start"] == 0 and summary["buckets"][-1]["stop"] == 256
+    assert (exp / "loss_by_position.png").is_file()
+    run_experiment(config, exp, progress=False)  # resumes: nothing new is measured
+    assert len((exp / "results.jsonl").read_text().splitlines()) == len(records)

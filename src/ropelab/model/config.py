@@ -91,12 +91,17 @@ class ModelConfig:
 #: Named configurations. ``tiny`` trains in seconds (tests); ``small`` (~5M parameters with an 8K
 #: vocabulary) is the CPU demo size; ``hope-cpu`` (~1.4M parameters, head_dim 64 as in the paper,
 #: 4K vocabulary, ~7K tokens/s on 2 CPU cores) is what ``ropelab experiment hope`` trains;
+#: ``short-code`` (~5M, train length 128, RoPE base 256) is what ``ropelab experiment hirope`` trains;
 #: ``hope-125m`` is the seed paper's 125M Llama (Section 3.1).
 CONFIGS: dict[str, dict] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, train_len=256),
     "small": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, train_len=512),
     "medium": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, train_len=512),
     "hope-cpu": dict(dim=128, n_layers=4, n_heads=2, n_kv_heads=2, train_len=256, vocab_size=4096),
+    # ``ropelab experiment hirope`` (the HiRoPE paper's ShortLLM study): train length 128, head_dim 32
+    # and RoPE base 256, so that HiRoPE's token level (split 0.5) reads only frequencies with a
+    # period below 128 (reliable split log_256(128 / 2pi) = 0.54; see ropelab.train.shortllm)
+    "short-code": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, train_len=128, rope_base=256.0),
     "hope-125m": dict(
         dim=768, n_layers=12, n_heads=12, n_kv_heads=12, train_len=512, vocab_size=32000, tie_embeddings=False
     ),

@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.name == "hirope":
+        return _cmd_hirope(args)
     import torch
 
     from ropelab.pe import split_specs
@@ -95,6 +97,29 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         path = run_experiment(config, out, progress=not args.no_progress, analysis=not args.no_analysis)
     print(path.read_text())
     print(f"report: {path} (summary.json, plots, models/ and eval/ beside it)")
+    return 0
+
+
+def _cmd_hirope(args: argparse.Namespace) -> int:
+    import time
+
+    from ropelab.train.shortllm import ShortConfig, run_experiment
+
+    out = args.out or f"runs/experiment-hirope-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = ShortConfig(budget_minutes=args.budget_minutes, seed=args.seed, steps=args.steps)
+    if args.length is not None:
+        config.length = args.length
+    if args.documents is not None:
+        config.documents = args.documents
+    if args.model_config_hirope is not None:
+        config.model_config = args.model_config_hirope
+    path = run_experiment(config, out, progress=not args.no_progress)
+    print(path.read_text())
+    print(f"report: {path}")
     return 0
 
 
@@ -155,7 +180,12 @@ def register(sub) -> None:
 
     e = ExperimentConfig()
     p = sub.add_parser("experiment", help="the HoPE paper's comparison: train every PE, evaluate, one report")
-    p.add_argument("name", choices=("hope",), help="the experiment (hope)")
+    p.add_argument(
+        "name",
+        choices=("hope", "hirope"),
+        help="hope: the HoPE paper's comparison; hirope: the HiRoPE paper's ShortLLM study (train at L=128, "
+        "evaluate every training-free method up to L^2)",
+    )
     p.add_argument(
         "--budget-minutes",
         type=float,
@@ -196,6 +226,14 @@ def register(sub) -> None:
         "--no-analysis", action="store_true", help="skip the attention-pattern / VAF / OOD analysis of the models"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--length", type=int, default=None, help="hirope: evaluation document length (default: L^2)")
+    p.add_argument("--documents", type=int, default=None, help="hirope: documents per language (default: 3)")
+    p.add_argument(
+        "--hirope-model-config",
+        dest="model_config_hirope",
+        default=None,
+        help="hirope: named model config (default: short-code)",
+    )
     p.set_defaults(func=cmd_experiment)
 
 
