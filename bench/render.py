@@ -251,6 +251,10 @@ def section_train_speed() -> list[str]:
     return lines
 
 
+#: when ``hirope``'s default token level became the ordinary token index (the paper's method)
+HIROPE_GLOBAL_DEFAULT = "2026-11-30T18:55"
+
+
 def section_hirope() -> list[str]:
     lines = ["## 6. Training-free extension on SmolLM2-135M (HiRoPE reproduction)", ""]
     compare = load("compare.json")
@@ -318,6 +322,13 @@ def section_hirope() -> list[str]:
             f"Machine: {_machine(data)}.",
             "",
         ]
+        if data.get("machine", {}).get("date", "") < HIROPE_GLOBAL_DEFAULT:
+            lines += [
+                f"*Measured before {HIROPE_GLOBAL_DEFAULT[:10]}, when `hirope` meant `token_index=segment` (the offset "
+                "inside the function); the paper's method, now the default, reads the ordinary token index. "
+                "Re-measure with the command above.*",
+                "",
+            ]
     lines += _hirope_beside_paper(load("long_context.json"))
     return lines
 
@@ -364,6 +375,26 @@ def _hirope_beside_paper(data: dict | None) -> list[str]:
     return lines
 
 
+def _embedded_report(data: dict) -> list[str]:
+    """A run's report.md with its title dropped, headings one level down and plots under results/."""
+    body = data["report_md"].splitlines()
+    body = [line for line in body if not line.startswith("# ")]
+    body = [("###" + line[2:]) if line.startswith("## ") else line for line in body]
+    for plot in data.get("plots", []):
+        name = Path(plot).name
+        body = [line.replace(f"]({name})", f"](results/{name})") for line in body]
+    return body
+
+
+def section_shortllm() -> list[str]:
+    lines = ["## 8. HiRoPE's L -> L^2 claim at CPU scale (`ropelab experiment hirope`)", ""]
+    command = "ropelab experiment hirope --out runs/hirope && python -m bench import-run hirope-experiment runs/hirope"
+    data = load("hirope_experiment.json")
+    if not data or not data.get("report_md"):
+        return lines + _missing(command)
+    return [*lines, *_embedded_report(data), "", f"Measured {data.get('imported', '?')}; regenerate: `{command}`.", ""]
+
+
 def section_hope() -> list[str]:
     lines = ["## 7. The HoPE experiment at CPU scale (`ropelab experiment hope`)", ""]
     data = load("hope_experiment.json")
@@ -372,13 +403,7 @@ def section_hope() -> list[str]:
             "ropelab experiment hope --out runs/hope && python -m bench import-run hope-experiment runs/hope"
         )
     if data.get("report_md"):
-        body = data["report_md"].splitlines()
-        body = [line for line in body if not line.startswith("# ")]
-        body = [("###" + line[2:]) if line.startswith("## ") else line for line in body]
-        for plot in data.get("plots", []):
-            name = Path(plot).name
-            body = [line.replace(f"]({name})", f"](results/{name})") for line in body]
-        lines += body
+        lines += _embedded_report(data)
     paper = json.loads(PAPER.read_text()) if PAPER.is_file() else {}
     for key in ("hope_table1_copy", "hope_table2_fewshot"):
         table = paper.get(key)
@@ -419,6 +444,7 @@ def render() -> str:
         section_train_speed,
         section_hirope,
         section_hope,
+        section_shortllm,
     ):
         lines += section()
     return "\n".join(lines).rstrip() + "\n"
