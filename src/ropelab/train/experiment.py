@@ -293,6 +293,21 @@ def analyze_experiment(out: Path) -> Path | None:
         return None
 
 
+def saved_experiment(out: Path, config: dict) -> dict | None:
+    """The record in ``out/experiment.json`` when ``out`` holds this experiment (to resume), None
+    when there is none; one clear error when it is unreadable or holds other settings."""
+    record_path = out / "experiment.json"
+    if not record_path.exists():
+        return None
+    try:
+        saved = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        raise RopelabError(f"{record_path}: unreadable; choose another --out directory") from None
+    if not isinstance(saved, dict) or saved.get("config") != config:
+        raise RopelabError(f"{out} holds an experiment with other settings; choose another --out directory")
+    return saved
+
+
 def run_experiment(
     config: ExperimentConfig, out: str | os.PathLike, progress: bool = True, analysis: bool = True
 ) -> Path:
@@ -307,13 +322,8 @@ def run_experiment(
     config.validate()
     out = Path(out)
     record_path = out / "experiment.json"
-    if record_path.exists():
-        try:
-            saved = json.loads(record_path.read_text())
-        except (OSError, ValueError):
-            raise RopelabError(f"{record_path}: unreadable; choose another --out directory") from None
-        if saved.get("config") != config.to_dict():
-            raise RopelabError(f"{out} holds an experiment with other settings; choose another --out directory")
+    saved = saved_experiment(out, config.to_dict())
+    if saved is not None:
         the_plan = saved["plan"]
         _log(f"resuming the experiment in {out}: {the_plan['steps']} steps per model")
     else:

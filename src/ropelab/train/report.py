@@ -5,7 +5,9 @@ Inputs are the run directories the experiment wrote (``models/<pe>/`` training r
 ``summary.json`` (all cells of all models, the training results and the HoPE-vs-RoPE verdict),
 ``report.md`` and PNG plots. Plots reuse :func:`ropelab.eval.report.make_plots` on the merged
 cells; tables follow the paper's layout (methods as rows, lengths as columns, an average column
-for the exact-match tasks, best value per column in bold).
+for the exact-match tasks); every cell carries n and its standard error or Wilson interval, and a
+value is bold only when it is better than every other row by the paired rule of
+:mod:`ropelab.eval.stats`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ropelab.errors import RopelabError
-from ropelab.eval.report import _fmt, _label, make_plots
+from ropelab.eval.report import _cell_text, _compare_cells, _fmt, _label, make_plots
 from ropelab.eval.runner import WINDOW, read_results
 from ropelab.model.checkpoint import atomic_write_text
 from ropelab.train.experiment import ANALYSIS_DIR
@@ -203,17 +205,18 @@ def _table(task: str, data: dict, merged: dict) -> list[str]:
             present = [v for v in values[m] if v is not None]
             values[m].append(sum(present) / len(present) if len(present) == len(lengths) else None)
     columns = len(header)
-    best = []
-    for c in range(columns):
-        column = [values[m][c] for m in rows if not m.startswith(WINDOW) and values[m][c] is not None]
-        best.append((max(column) if higher else min(column)) if column else None)
     for m in rows:
         row = []
         for c in range(columns):
             value = values[m][c]
-            text = _fmt(value, metric)
-            if value is not None and value == best[c] and not m.startswith(WINDOW):
-                text = f"**{text}**"
+            if c < len(lengths):  # a measured cell: its uncertainty, bold only when better than every other row
+                cell = cells[m].get(str(lengths[c]))
+                text = _cell_text(cell, metric)
+                others = [cells[o][str(lengths[c])] for o in rows if o != m and str(lengths[c]) in cells[o]]
+                if cell and others and all(_compare_cells(cell, other, higher) == "better" for other in others):
+                    text = f"**{text}**"
+            else:  # the average over lengths
+                text = _fmt(value, metric)
             row.append(text)
         label = f"*{m}* (reference)" if m.startswith(WINDOW) else f"`{m}`"
         lines.append(f"| {label} | " + " | ".join(row) + " |")

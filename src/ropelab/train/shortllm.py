@@ -294,23 +294,16 @@ def run_experiment(config: ShortConfig, out: str | os.PathLike, progress: bool =
     from ropelab.eval.runner import WINDOW
     from ropelab.model.pretrained import load_model
     from ropelab.train import distributed
+    from ropelab.train.experiment import saved_experiment
     from ropelab.train.state import latest_checkpoint
     from ropelab.train.trainer import CHECKPOINTS, describe_result, load_data, train
 
     start = time.perf_counter()
     config.validate()
     out = Path(out)
-    record_path = out / "experiment.json"
-    if record_path.exists():
-        try:
-            saved = json.loads(record_path.read_text())
-        except (OSError, ValueError):
-            raise RopelabError(f"{record_path}: unreadable; choose another --out directory") from None
-        if saved.get("config") != config.to_dict():
-            raise RopelabError(f"{out} holds an experiment with other settings; choose another --out directory")
-    else:
+    if saved_experiment(out, config.to_dict()) is None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record_path, json.dumps({"config": config.to_dict(), "name": "hirope"}, indent=2))
+        atomic_write_text(out / "experiment.json", json.dumps({"config": config.to_dict(), "name": "hirope"}, indent=2))
     minutes = config.budget_minutes * config.train_fraction
     tconfig = train_config(config, minutes)
     result = train(tconfig, out / "model", progress=progress)
