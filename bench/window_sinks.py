@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.common import machine_info, write_json
     from ropelab.eval import get_task
-    from ropelab.eval.runner import parse_length
+    from ropelab.eval.runner import parse_length, window_prefill
     from ropelab.eval.stats import block_means, estimate, paired
     from ropelab.model.pretrained import load_model
     from ropelab.pe.sliding import SlidingWindow
@@ -51,15 +51,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for count in sinks:
             start = time.perf_counter()
-            cache = model.new_cache()
-            head = model.hidden_states(torch.tensor([ids[:L]]), cache=cache)[0]
-            cache.far_keys = list(cache.keys)  # the window's far keys are its near keys (see ropelab.pe.sliding)
-            model.pe = SlidingWindow(own, L, count)
-            try:
-                tail = model.hidden_states(torch.tensor([ids[L:]]), cache=cache)[0]
-            finally:
-                model.pe = own
-            hidden = torch.cat((head, tail))
+            hidden = window_prefill(model, own, SlidingWindow(own, L, count), ids, model.new_cache())
             losses = model.losses_from_hidden(hidden[None, :-1], torch.tensor([ids[1:]]))[0].tolist()
             token = [None] + [None if t in skip else v for t, v in enumerate(losses, 1)]
             blocks[count] = block_means(token, L, len(token))

@@ -12,7 +12,7 @@ import torch
 from ropelab import ModelConfig, Transformer
 from ropelab.errors import RopelabError
 from ropelab.eval import get_task
-from ropelab.eval.context import _truncate, cuts, question_text
+from ropelab.eval.context import cuts, question_text
 from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
 from ropelab.eval.stats import block_means, estimate, mcnemar, paired, verdict, wilson
 from ropelab.pe.sliding import SlidingWindow
@@ -156,7 +156,7 @@ def test_cached_needle_answers_equal_separate_passes(model, tokenizer, method): 
             for cut in sorted(cuts(s.length), reverse=True):
                 prefix = cut - s.extra["room"]
                 question = [*tokenizer.encode(question_text("amber")), 5, 6]
-                _truncate(cache, prefix)
+                cache.truncate(prefix)
                 cached = model(torch.tensor([question]), cache=cache)[0]
                 fresh = ev.prefill(ids[:prefix] + question, None, model.new_cache())
                 found[cut] = (cached, model.lm_head(fresh[prefix:]))

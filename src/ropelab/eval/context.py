@@ -180,14 +180,6 @@ class LongContext(Task):
         raise RopelabError("the context task is scored by its session (LongContext.run)")
 
 
-def _truncate(cache, count: int) -> None:
-    """Keep the first ``count`` tokens of ``cache`` (in place; later writes reuse the buffers)."""
-    cache.filled = [min(count, f) for f in cache.filled]
-    cache.positions = cache.positions[:, :count]
-    if getattr(cache, "mask", None) is not None:
-        cache.mask = cache.mask[:, :count]
-
-
 def _answer(model, cache, question: list[int], answer: list[int]) -> tuple[list[int], list[float]]:
     """Argmax and loss at each answer token after ``question`` over the cached prefix."""
     logits = model(torch.tensor([question + answer[:-1]]), cache=cache)[0, len(question) - 1 :].float()
@@ -231,7 +223,7 @@ def run(evaluator, sample: Sample) -> dict:
             evaluator.prefill(ids[:prefix], None if positions is None else positions[:, :prefix], fresh)
             predicted, answer_losses = _answer(model, fresh, question, answer)
         else:
-            _truncate(cache, prefix)
+            cache.truncate(prefix)
             predicted, answer_losses = _answer(model, cache, question, answer)
         correct = [int(p == g) for p, g in zip(predicted, answer)]
         results.append(

@@ -113,19 +113,9 @@ class Evaluator:
         from their cache with the window.
         """
         model = self.model
-        tensor = torch.tensor([ids])
         if not self.window or len(ids) <= self.train_len:
-            return model.hidden_states(tensor, positions, cache)[0]
-        cache = cache if cache is not None else model.new_cache()
-        sliding, model.pe = model.pe, self._own
-        try:
-            head = model.hidden_states(tensor[:, : self.train_len], None, cache)[0]
-        finally:
-            model.pe = sliding
-        # the window's far key set is its near one (sink keys keep their own rotation): share the buffers
-        cache.far_keys = list(cache.keys)
-        tail = model.hidden_states(tensor[:, self.train_len :], None, cache)[0]
-        return torch.cat((head, tail))
+            return model.hidden_states(torch.tensor([ids]), positions, cache)[0]
+        return window_prefill(model, self._own, model.pe, ids, cache if cache is not None else model.new_cache())
 
     @torch.no_grad()
     def session(self, task: Task, sample: Sample) -> dict:
@@ -241,6 +231,27 @@ class Evaluator:
             if _stopped(text, task.stop):
                 break
         return _cut(text, task.stop)
+
+
+def window_prefill(model, own, sliding, ids: list[int], cache) -> torch.Tensor:
+    """Hidden states ``[len(ids), D]`` of the sliding-window reference ``sliding``
+    (:class:`ropelab.pe.sliding.SlidingWindow` around ``own``), extending ``cache``.
+
+    The first ``sliding.window`` tokens, where the window cuts nothing, run under ``own`` (its
+    fused attention); the rest continue from their cache under ``sliding``, whose far keys are its
+    near keys, so the cached keys serve as both sets. ``model.pe`` is left as it was found.
+    """
+    found, split = model.pe, sliding.window
+    tensor = torch.tensor([ids])
+    try:
+        model.pe = own
+        head = model.hidden_states(tensor[:, :split], None, cache)[0]
+        cache.share_far_keys()
+        model.pe = sliding
+        tail = model.hidden_states(tensor[:, split:], None, cache)[0]
+    finally:
+        model.pe = found
+    return torch.cat((head, tail))
 
 
 def _stopped(text: str, stops: Iterable[str]) -> bool:

@@ -125,6 +125,20 @@ class KVCache:
         """The windowed methods' second key set; called after :meth:`update` for the same tokens."""
         return self._append(self.far_keys, layer, key, self.filled[layer] - key.shape[2])
 
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` tokens, in place: the next tokens are written over the rest
+        of the buffers (so a later, shorter prefix must be asked for after a longer one)."""
+        self.filled = [min(count, f) for f in self.filled]
+        if self.positions is not None:
+            self.positions = self.positions[:, :count]
+        if self.mask is not None:
+            self.mask = self.mask[:, :count]
+
+    def share_far_keys(self) -> None:
+        """Use the cached keys as the windowed second key set too, for an encoding whose far key
+        tables equal its near ones (``ropelab.pe.sliding``) continuing a cache filled without them."""
+        self.far_keys = list(self.keys)
+
 
 @dataclass
 class AttentionInputs:

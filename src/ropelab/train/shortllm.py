@@ -232,14 +232,12 @@ def train_config(config: ShortConfig, minutes: float | None):
     )
 
 
-def _block_losses(losses: list[float], block: int = BLOCK) -> list[float]:
-    return [sum(losses[i : i + block]) / len(losses[i : i + block]) for i in range(0, len(losses), block)]
-
-
 def evaluate_document(model, tokenizer, doc: dict, label: str, spec: str, structure: bool, block: int) -> dict:
     """Next-token losses of one document under one method, as ``block``-token means."""
     from ropelab.eval.base import Sample
-    from ropelab.eval.runner import WINDOW, Evaluator
+    from ropelab.eval.runner import WINDOW, Evaluator, window_prefill
+    from ropelab.eval.stats import block_means
+    from ropelab.pe.sliding import SlidingWindow
 
     own = model.pe.spec
     model.with_method(own if spec == WINDOW else spec)
@@ -250,14 +248,8 @@ def evaluate_document(model, tokenizer, doc: dict, label: str, spec: str, struct
         start = time.perf_counter()
         with torch.no_grad():
             if spec == WINDOW:
-
-                class _Pass:
-                    mode = "session"
-
-                    def run(self, ev, s):
-                        return {"hidden": ev.prefill(s.prompt_ids, None, None)}
-
-                hidden = evaluator.session(_Pass(), sample)["hidden"]
+                sliding = SlidingWindow(model.pe, model.config.train_len)
+                hidden = window_prefill(model, model.pe, sliding, doc["ids"], model.new_cache())
                 note = None
             else:
                 positions, note = evaluator.positions(sample, doc["ids"])
@@ -269,7 +261,7 @@ def evaluate_document(model, tokenizer, doc: dict, label: str, spec: str, struct
             "language": doc["language"],
             "document": doc["index"],
             "files": doc["files"][:5],
-            "blocks": [round(v, 4) for v in _block_losses(losses, block)],
+            "blocks": [round(v, 4) for v in block_means(losses, 0, len(losses), block)],
             "seconds": round(time.perf_counter() - start, 2),
         }
         if note:
