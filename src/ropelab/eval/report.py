@@ -525,14 +525,14 @@ def summarise_context(config: dict, records: list[dict]) -> dict:
         documents = sorted({(r["index"], r.get("document", "?"), r.get("language", "?")) for r in items})
 
         buckets = [
-            {"start": lo, "stop": hi, "cells": _region(methods, blocks, lo, hi)} for lo, hi in itertools.pairwise(edges)
+            {"start": lo, "stop": hi, "cells": region(methods, blocks, lo, hi)} for lo, hi in itertools.pairwise(edges)
         ]
         summary = {
             "documents": [{"index": i, "document": d, "language": lang} for i, d, lang in documents],
             "horizon": horizon,
             "buckets": buckets,
-            "inside": _region(methods, blocks, 0, min(train_len, horizon)),
-            "beyond": _region(methods, blocks, train_len, horizon) if horizon > train_len else {},
+            "inside": region(methods, blocks, 0, min(train_len, horizon)),
+            "beyond": region(methods, blocks, train_len, horizon) if horizon > train_len else {},
             "seconds": {m: sum(r["seconds"] for r in items if r["method"] == m) for m in methods},
         }
         # fixed targets
@@ -596,14 +596,15 @@ def summarise_context(config: dict, records: list[dict]) -> dict:
     return out
 
 
-def _region(methods: list[str], blocks: dict, lo: int, hi: int) -> dict:
-    """Per method: mean ± SE of the block losses starting in ``[lo, hi)``, and the paired difference
-    to the window reference over the same blocks."""
+def region(methods: list[str], blocks: dict, lo: int, hi: int) -> dict:
+    """Per method: mean ± SE of the block losses whose first token is in ``[lo, hi)``, and the
+    paired difference to the window reference over the same blocks. ``blocks[method]`` maps
+    ``(document..., first token)`` keys (the last element is the block's first token) to a mean."""
     from ropelab.eval.stats import estimate, paired, verdict
 
     result = {}
     for m in methods:
-        keys = sorted(k for k in blocks[m] if lo <= k[1] < hi)
+        keys = sorted(k for k in blocks[m] if lo <= k[-1] < hi)
         est = estimate([blocks[m][k] for k in keys])
         cell = {"mean": est.mean, "se": est.se, "n": est.n}
         if WINDOW in blocks and m != WINDOW:

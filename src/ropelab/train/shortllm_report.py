@@ -11,8 +11,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from ropelab.eval.report import _diff, _est, _tokens, region
 from ropelab.eval.runner import WINDOW, read_results
-from ropelab.eval.stats import estimate, paired, verdict
 from ropelab.model.checkpoint import atomic_write_text
 
 
@@ -25,25 +25,15 @@ def bucket_edges(train_len: int, length: int) -> list[int]:
 
 
 def summarise(config: dict, records: list[dict], block: int) -> dict:
-    train_len, length = config["train_len"], config["length"]
-    edges = bucket_edges(train_len, length)
+    edges = bucket_edges(config["train_len"], config["length"])
     methods = list(dict.fromkeys(r["method"] for r in records))
-    blocks = defaultdict(dict)  # method -> (language, document, block index) -> mean loss
+    blocks = defaultdict(dict)  # method -> (language, document, first token of the block) -> mean loss
     for r in records:
         for j, value in enumerate(r["blocks"]):
-            blocks[r["method"]][(r["language"], r["document"], j)] = value
-    buckets = []
-    for lo, hi in itertools.pairwise(edges):
-        cells = {}
-        for m in methods:
-            keys = sorted(k for k in blocks[m] if lo <= k[2] * block < hi)
-            est = estimate([blocks[m][k] for k in keys])
-            cell = {"mean": est.mean, "se": est.se, "n": est.n}
-            if m != WINDOW and WINDOW in blocks:
-                diff = paired([blocks[m][k] for k in keys], [blocks[WINDOW].get(k) for k in keys])
-                cell.update(diff=diff.mean, diff_se=diff.se, verdict=verdict(diff))
-            cells[m] = cell
-        buckets.append({"start": lo, "stop": hi, "cells": cells})
+            blocks[r["method"]][(r["language"], r["document"], j * block)] = value
+    buckets = [
+        {"start": lo, "stop": hi, "cells": region(methods, blocks, lo, hi)} for lo, hi in itertools.pairwise(edges)
+    ]
     inside = buckets[1]["cells"] if len(buckets) > 1 else buckets[0]["cells"]  # positions L/2 .. L
     reference = inside.get(WINDOW, inside.get("rope"))
     last = buckets[-1]["cells"]
@@ -56,10 +46,6 @@ def summarise(config: dict, records: list[dict], block: int) -> dict:
     for r in records:
         seconds[r["method"]] += r["seconds"]
     return {"methods": methods, "buckets": buckets, "rise_at_end": keeps, "seconds": dict(seconds)}
-
-
-def _tokens(n: int) -> str:
-    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 def render(config: dict, summary: dict, extra: dict, plot: str | None) -> str:
@@ -95,16 +81,8 @@ def render(config: dict, summary: dict, extra: dict, plot: str | None) -> str:
         "|---|" + "---:|" * len(buckets),
     ]
     for m in summary["methods"]:
-        row = []
-        for b in buckets:
-            c = b["cells"].get(m)
-            if not c or not c["n"]:
-                row.append("-")
-                continue
-            text = f"{c['mean']:.3f}" + (f" ± {c['se']:.3f}" if c.get("se") is not None else "")
-            row.append(text)
         name = f"`{m}`" if m != WINDOW else f"*{WINDOW}* (reference)"
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
+        lines.append(f"| {name} | " + " | ".join(_est(b["cells"].get(m)) for b in buckets) + " |")
     lines += ["", "Difference to the window reference (paired by block; negative = lower loss):", ""]
     beyond = [b for b in buckets if b["start"] >= train_len]
     lines += [
@@ -114,16 +92,7 @@ def render(config: dict, summary: dict, extra: dict, plot: str | None) -> str:
     for m in summary["methods"]:
         if m == WINDOW:
             continue
-        row = []
-        for b in beyond:
-            c = b["cells"].get(m, {})
-            if c.get("diff") is None or math.isnan(c["diff"]):
-                row.append("-")
-                continue
-            mark = {"better": " (better)", "worse": " (worse)"}.get(c.get("verdict"), "")
-            se = "" if c.get("diff_se") is None else f" ± {c['diff_se']:.3f}"
-            row.append(f"{c['diff']:+.3f}{se}{mark}")
-        lines.append(f"| `{m}` | " + " | ".join(row) + " |")
+        lines.append(f"| `{m}` | " + " | ".join(_diff(b["cells"].get(m)) for b in beyond) + " |")
     lines += [
         "",
         f"Rise of the loss from the in-length bucket ({train_len // 2}-{train_len}) to the last bucket "
