@@ -478,10 +478,11 @@ def import_run(kind: str, run: Path) -> Path:
         shutil.copyfile(png, target)
         plots.append(str(target))
         links[relative] = target.name
+    # when it was measured: the last record written (re-rendering a report rewrites summary.json)
+    records = [run / "results.jsonl"] if (run / "results.jsonl").is_file() else [summary_path]
+    measured = max(path.stat().st_mtime for path in records)
     data = {
-        "imported": datetime.datetime.fromtimestamp(summary_path.stat().st_mtime, datetime.timezone.utc).isoformat(
-            timespec="minutes"
-        ),
+        "imported": datetime.datetime.fromtimestamp(measured, datetime.timezone.utc).isoformat(timespec="minutes"),
         "source": str(run),
         "summary": summary,
         "plots": plots,

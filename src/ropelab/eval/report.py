@@ -579,6 +579,7 @@ def summarise_context(config: dict, records: list[dict]) -> dict:
                 if q["distance"] >= train_len:
                     far.append(q["exact"])
             cell = {
+                "all": _rate([q["exact"] for q in answers[m].values()], wilson),
                 "cuts": {str(c): _rate(v, wilson) for c, v in sorted(per_cut.items())},
                 "grid": {k: _rate(v, wilson) for k, v in grid.items()},
                 "far": _rate(far, wilson),
@@ -650,8 +651,6 @@ def _tokens(n: int) -> str:
 
 
 def render_context(config: dict, task: dict) -> list[str]:
-    from ropelab.eval.stats import wilson
-
     train_len = config["train_len"]
     lines = []
     for length, s in task["lengths"].items():
@@ -671,14 +670,10 @@ def render_context(config: dict, task: dict) -> list[str]:
         ]
         for m in methods:
             needle = s["needles"].get(m, {})
-            allq = [v for v in needle.get("cuts", {}).values()]
-            k, n = sum(v["k"] for v in allq), sum(v["n"] for v in allq)
-            lo, hi = wilson(k, n)
-            all_cell = {"k": k, "n": n, "rate": k / n if n else None, "lo": lo, "hi": hi}
             name = f"`{m}`" if m != WINDOW else f"*{WINDOW}* (reference)"
             lines.append(
                 f"| {name} | {_est(s['inside'].get(m))} | {_diff(s['inside'].get(m))} | {_est(s['beyond'].get(m))} | "
-                f"{_diff(s['beyond'].get(m))} | {_rate_cell(all_cell)} | {_rate_cell(needle.get('far'))} | "
+                f"{_diff(s['beyond'].get(m))} | {_rate_cell(needle.get('all'))} | {_rate_cell(needle.get('far'))} | "
                 f"{s['seconds'].get(m, 0):.0f} |"
             )
         beyond = s["beyond"]
