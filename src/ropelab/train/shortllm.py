@@ -94,6 +94,12 @@ class ShortConfig:
         for language in self.languages:
             if language not in ("python", "java"):
                 raise RopelabError(f"language {language!r}: the study reads python and java")
+        from ropelab.eval.corpus import jdk_sources
+
+        if "java" in self.languages and jdk_sources() is None:  # before training, not after it
+            raise RopelabError(
+                "the Java documents need the JDK sources (apt install openjdk-17-source), or run Python only"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
