@@ -115,6 +115,8 @@ def _cmd_hirope(args: argparse.Namespace) -> int:
         config.length = args.length
     if args.documents is not None:
         config.documents = args.documents
+    if args.languages is not None:
+        config.languages = split_list(args.languages)
     if args.model_config_hirope is not None:
         config.model_config = args.model_config_hirope
     path = run_experiment(config, out, progress=not args.no_progress)
@@ -228,6 +230,7 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--length", type=int, default=None, help="hirope: evaluation document length (default: L^2)")
     p.add_argument("--documents", type=int, default=None, help="hirope: documents per language (default: 3)")
+    p.add_argument("--languages", default=None, help="hirope: python,java (default) or one of them")
     p.add_argument(
         "--hirope-model-config",
         dest="model_config_hirope",

@@ -98,7 +98,7 @@ class ShortConfig:
 
         if "java" in self.languages and jdk_sources() is None:  # before training, not after it
             raise RopelabError(
-                "the Java documents need the JDK sources (apt install openjdk-17-source), or run Python only"
+                "the Java documents need the JDK sources (apt install openjdk-17-source); or --languages python"
             )
 
     def to_dict(self) -> dict:
