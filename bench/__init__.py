@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "hf-speed": "bench.hf_speed",
     "train-speed": "bench.train_speed",
     "window-sinks": "bench.window_sinks",
+    "hirope-sweep": "bench.hirope_sweep",
     "render": "bench.render",
     "import-run": "bench.import_run",
     "all": "bench.suite",

@@ -1,4 +1,4 @@
-"""``python -m bench import-run {compare,hope-experiment,hirope-experiment} RUN_DIR``: publish a finished run's
+"""``python -m bench import-run {compare,hope-experiment,hirope-experiment,code-tasks} RUN_DIR``: publish a finished run's
 summary and plots into ``bench/results`` / ``docs/results`` for ``docs/results.md``."""
 
 from __future__ import annotations
@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DESCRIPTION = "copy a finished `ropelab compare` / `ropelab experiment hope` run into bench/results for docs"
+DESCRIPTION = (
+    "copy a finished `ropelab compare` / `ropelab eval` / `ropelab experiment` run into bench/results for docs"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=("compare", "hope-experiment", "hirope-experiment"))
+    parser.add_argument("kind", choices=("compare", "hope-experiment", "hirope-experiment", "code-tasks"))
     parser.add_argument("run_dir", type=Path)
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from bench.common import at_least
 
@@ -30,29 +31,29 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from bench.common import RssSampler, peak_rss_mb
-    from ropelab.eval.corpus import long_code, long_java
+    from ropelab.eval.corpus import java_parts, python_parts
+    from ropelab.eval.runner import WINDOW, window_prefill
+    from ropelab.eval.stats import block_means
     from ropelab.model.pretrained import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    window = args.method == WINDOW
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, method=args.method)
+    model, tokenizer = load_model(args.model, method="rope" if window else args.method)
     load_seconds = time.perf_counter() - start
-    if args.language == "java":
-        source = long_java(min_chars=args.tokens * 6)
-        if source is None:
-            raise SystemExit("no JDK sources (src.zip) installed; apt install openjdk-17-source")
-        text, files = source
-    else:
-        text, files = long_code(min_chars=args.tokens * 6)
-    ids = tokenizer.encode(text)[: args.tokens]
+    found = (java_parts if args.language == "java" else python_parts)(args.tokens * 6, skip=args.skip)
+    if found is None:
+        raise SystemExit("no JDK sources (src.zip) installed; apt install openjdk-17-source")
+    parts, files = found
+    ids = tokenizer.encode("".join(parts))[: args.tokens]
     positions = None
     hierarchy_seconds = 0.0
     if model.pe.uses_hierarchy:
-        from ropelab.code import extract
+        from ropelab.code import extract_files
 
         start = time.perf_counter()
-        hierarchy = extract(text, tokenizer, language=args.language)
+        hierarchy = extract_files(parts, tokenizer, language=args.language)  # each file parsed on its own
         hierarchy_seconds = time.perf_counter() - start
         if list(hierarchy.ids[: args.tokens]) != ids:
             raise SystemExit("hierarchy tokens differ from the tokenizer's")
@@ -64,15 +65,23 @@ def worker(args: argparse.Namespace) -> dict:
         model(input_ids[:, :16])
     with torch.no_grad(), RssSampler() as memory:
         start = time.perf_counter()
-        losses = model.token_losses(input_ids, positions=positions)[0]
+        if window:  # the sliding-window reference: the model's own RoPE over the last L tokens, 4 sinks
+            from ropelab.pe.sliding import SlidingWindow
+
+            own = model.pe
+            hidden = window_prefill(model, own, SlidingWindow(own, model.config.train_len), ids, model.new_cache())
+            losses = model.losses_from_hidden(hidden[None, :-1], input_ids[:, 1:])[0]
+        else:
+            losses = model.token_losses(input_ids, positions=positions)[0]
         forward_seconds = time.perf_counter() - start
     buckets = []
     for lo in range(0, losses.numel(), args.bucket):
         part = losses[lo : lo + args.bucket]
         buckets.append({"start": lo, "end": lo + part.numel(), "mean_loss": float(part.mean())})
     return {
-        "method": model.pe.spec,
+        "method": WINDOW if window else model.pe.spec,
         "tokens": len(ids),
+        "train_len": model.config.train_len,
         "files": files,
         "load_seconds": load_seconds,
         "hierarchy_seconds": hierarchy_seconds,
@@ -81,6 +90,8 @@ def worker(args: argparse.Namespace) -> dict:
         "forward_memory_mb": memory.peak - memory.before,  # growth of the resident set during the pass
         "mean_loss": float(losses.mean()),
         "buckets": buckets,
+        # 128-token block means: the unit of the standard errors (blocks of two methods are paired)
+        "blocks": [round(v, 5) for v in block_means(losses.tolist(), 0, losses.numel())],
     }
 
 
@@ -110,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=at_least(1), default=16384, help="length of the scored pass (default: 16384)")
     parser.add_argument("--bucket", type=at_least(1), default=2048)
     parser.add_argument("--language", choices=("python", "java"), default="python", help="corpus (default: python)")
+    parser.add_argument(
+        "--skip", type=at_least(0), default=0, help="start after this many of the largest files (default: 0)"
+    )
     parser.add_argument(
         "--scaling-lengths",
         default="4096,8192",
@@ -161,6 +175,19 @@ def scaling_summary(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def _finished(path: str, setting: dict, bucket: int, tokens: int) -> dict:
+    """Passes already in ``path`` from a run with the same setting: ``{(spec, tokens): result}``."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if any(old.get(k) != v for k, v in setting.items()) or old.get("bucket") != bucket or old.get("tokens") != tokens:
+        return {}
+    done = {(r["spec"], r["requested"]): r for r in old.get("scaling_passes", [])}
+    done.update({(r["spec"], tokens): r for r in old.get("results", [])})  # with their buckets
+    return done
+
+
 def run(args: argparse.Namespace) -> int:
     if args.method:
         print(json.dumps(worker(args)))
@@ -177,11 +204,14 @@ def run(args: argparse.Namespace) -> int:
     cases = [(spec, args.tokens) for spec in split_specs(args.methods)]
     cases += [(spec, int(n)) for n in _split(args.scaling_lengths) for spec in scaling]
     common = ["--model", args.model, "--bucket", str(args.bucket), "--threads", str(args.threads)]
+    setting = {"benchmark": "long_context", "model": args.model, "language": args.language, "skip": args.skip}
+    done = _finished(args.out, setting, args.bucket, args.tokens)
     results, scaling, errors = [], [], []
     for spec, tokens in tqdm(cases, desc="long-context", unit="pass", file=sys.stderr):
-        result = isolated(
-            "bench.long_context", ["--method", spec, "--tokens", str(tokens), "--language", args.language, *common]
-        )
+        result = done.get((spec, tokens))  # resumable: a pass already in --out is not run again
+        if result is None:
+            arguments = ["--method", spec, "--tokens", str(tokens), "--language", args.language]
+            result = isolated("bench.long_context", [*arguments, "--skip", str(args.skip), *common])
         if "error" in result:
             errors.append({"method": spec, "tokens": tokens, "error": result["error"]})
             print(f"[{spec} {tokens}] failed: {result['error']}", file=sys.stderr)
@@ -190,20 +220,20 @@ def run(args: argparse.Namespace) -> int:
         if tokens == args.tokens:
             results.append(result)
         if spec in scaling_methods:
-            scaling.append({**{k: v for k, v in result.items() if k != "buckets"}, "method": spec})
+            scaling.append({**{k: v for k, v in result.items() if k not in ("buckets", "blocks")}, "requested": tokens})
+        report = {
+            **setting,
+            "machine": {**machine_info(), "loadavg_before": load_before},
+            "bucket": args.bucket,
+            "tokens": args.tokens,
+            "results": results,
+            "scaling_passes": scaling,
+            "scaling": scaling_summary(scaling),
+            "errors": errors,
+        }
+        write_json(args.out, report)  # after every pass: an interrupted run keeps what it measured
     if not results:
         return 1
-    report = {
-        "benchmark": "long_context",
-        "model": args.model,
-        "language": args.language,
-        "machine": {**machine_info(), "loadavg_before": load_before},
-        "bucket": args.bucket,
-        "results": results,
-        "scaling": scaling_summary(scaling),
-        "errors": errors,
-    }
-    write_json(args.out, report)
     print(render(results, args.bucket))
     print(f"\nwritten to {args.out}")
     return 0

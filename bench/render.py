@@ -14,6 +14,7 @@ beside ours only where the protocol matches, with the differences stated.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ DESCRIPTION = "render docs/results.md from bench/results/*.json (no measuring)"
 RESULTS = Path("bench/results")
 DOCS = Path("docs/results.md")
 PAPER = Path(__file__).with_name("paper_numbers.json")
+LONG_4X_METHODS = "rope,ntk:factor=4,yarn:factor=4,rerope,rerope:logn=true,self-extend:group=5,hirope,window"
 
 
 def load(name: str) -> dict | None:
@@ -375,6 +377,223 @@ def _hirope_beside_paper(data: dict | None) -> list[str]:
     return lines
 
 
+def _position_regions(data: dict) -> tuple[list[str], dict, list[tuple[int, int]]]:
+    """Methods, their 128-token block means keyed ``(first token,)``, and train-length-wide regions."""
+    from ropelab.eval.stats import BLOCK
+
+    results = [r for r in data["results"] if r.get("blocks")]
+    train_len = results[0].get("train_len", 8192)
+    methods = [r.get("spec", r["method"]) for r in results]
+    blocks = {
+        m: {(i * BLOCK,): v for i, v in enumerate(r["blocks"]) if v is not None} for m, r in zip(methods, results)
+    }
+    tokens = max(r["tokens"] for r in results)
+    edges = [*list(range(0, tokens, train_len)), tokens]
+    return methods, blocks, list(itertools.pairwise(edges))
+
+
+def _k(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+
+
+def _position_table(data: dict) -> list[str]:
+    """Loss per train-length region (mean ± SE over 128-token blocks) and the paired difference to
+    the ``window`` reference over everything beyond the train length."""
+    from ropelab.eval.report import _diff, _est, region
+
+    methods, blocks, regions = _position_regions(data)
+    beyond = region(methods, blocks, regions[1][0], regions[-1][1]) if len(regions) > 1 else {}
+    heads = [f"{_k(lo)}-{_k(hi)}" for lo, hi in regions]
+    cells = [region(methods, blocks, lo, hi) for lo, hi in regions]
+    lines = [
+        "| method | " + " | ".join(heads) + " | beyond L, minus window |",
+        "|---|" + "---:|" * (len(heads) + 1),
+    ]
+    for m in methods:
+        lines.append(f"| `{m}` | " + " | ".join(_est(c.get(m)) for c in cells) + f" | {_diff(beyond.get(m))} |")
+    return lines
+
+
+def _panels(count: int, width: float, height: float):
+    """A row of ``count`` matplotlib axes (the Agg backend: rendering needs no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+
+
+def _save(fig, name: str) -> str:
+    """Save under ``docs/results/`` (linked from docs/results.md as ``results/NAME``)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = DOCS.parent / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _position_plot(datasets: list[tuple[str, dict]], name: str, resolution: int = 1024) -> str:
+    """Loss per ``resolution`` positions (mean over its blocks) against position, one panel per input."""
+    from ropelab.eval.stats import BLOCK
+
+    fig, axes = _panels(len(datasets), 6.5, 4.2)
+    for ax, (title, data) in zip(axes[0], datasets):
+        methods, blocks, regions = _position_regions(data)
+        per = resolution // BLOCK
+        for m in methods:
+            starts = sorted(k[0] for k in blocks[m])
+            xs, ys = [], []
+            for lo in range(0, starts[-1] + 1, resolution):
+                values = [blocks[m][(s,)] for s in range(lo, lo + resolution, BLOCK) if (s,) in blocks[m]]
+                if len(values) * 2 >= per:
+                    xs.append((lo + resolution / 2) / 1024)
+                    ys.append(sum(values) / len(values))
+            style = {"color": "black", "linestyle": "--", "linewidth": 2} if m == "window" else {"linewidth": 1.3}
+            ax.plot(xs, ys, label=m, **style)
+        ax.axvline(regions[0][1] / 1024, color="grey", linewidth=0.8)
+        ax.set_xlabel("position (K tokens); grey line: train length")
+        ax.set_ylabel(f"next-token loss (mean per {resolution} positions)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    return _save(fig, name)
+
+
+def section_long_context_4x() -> list[str]:
+    lines = ["## 9. SmolLM2-135M at 4x its train length (32K tokens)", ""]
+    inputs = [("long_context_32k.json", "Python (stdlib)", ""), ("long_context_32k_java.json", "Java (JDK)", "java")]
+    found = []
+    for name, title, language in inputs:
+        command = (
+            "python -m bench long-context --tokens 32768 --bucket 4096 --scaling-lengths '' "
+            f"--methods {LONG_4X_METHODS}"
+            + (f" --language {language}" if language else "")
+            + f" --out bench/results/{name}"
+        )
+        data = load(name)
+        lines += [f"### {title}", ""]
+        if not data or not any(r.get("blocks") for r in data.get("results", [])):
+            lines += _missing(command)
+            continue
+        found.append((title, data))
+        files = data["results"][0].get("files") or []
+        lines += _position_table(data)
+        lines += [
+            "",
+            f"Input: the first 32K tokens of {', '.join(f'`{f}`' for f in files)}, each file parsed on its own for "
+            "HiRoPE's hierarchy. Next-token loss, mean ± SE over 128-token blocks, per train-length region; last "
+            "column: paired difference to the one-pass `window` reference (the model's own RoPE over the last 8K "
+            "tokens, 4 sink tokens) over every block beyond 8K, marked better/worse when it exceeds 2 SE. "
+            "Self-Extend's group is sized by its reference's rule, (L - W) G + W >= 32K with W = 1024: G = 5. "
+            f"Machine: {_machine(data)}. Regenerate: `{command}`.",
+            "",
+        ]
+    if found:
+        lines += [f"![loss by position at 32K](results/{_position_plot(found, 'long_context_32k.png')})", ""]
+    return lines
+
+
+CODE_TASKS_COMMAND = (
+    "ropelab eval smollm2-135m --methods rope,rerope,self-extend,hirope --tasks symbols,completion "
+    "--lengths 12k --samples 4 --out runs/code-tasks && python -m bench import-run code-tasks runs/code-tasks"
+)
+
+
+def section_code_tasks() -> list[str]:
+    lines = ["## 10. HiRoPE's code tasks on SmolLM2-135M beyond its train length (12K tokens)", ""]
+    data = load("code_tasks.json")
+    if not data or not data.get("report_md"):
+        return lines + _missing(CODE_TASKS_COMMAND)
+    return [
+        *lines,
+        *_embedded_report(data),
+        "",
+        f"Measured {data.get('imported', '?')}; regenerate: `{CODE_TASKS_COMMAND}`.",
+        "",
+    ]
+
+
+def _sweep_table(rows: list[dict], chosen: str | None = None) -> list[str]:
+    lines = ["| setting | loss beyond L | minus window | blocks |", "|---|---:|---:|---:|"]
+    for r in rows:
+        mark = " **(chosen)**" if r["spec"] == chosen else ""
+        diff = "-" if r["spec"] == "window" else f"{r['diff_window']:+.3f} ± {r['diff_se']:.3f}"
+        lines.append(f"| `{r['spec']}`{mark} | {r['loss_beyond']:.3f} ± {r['se']:.3f} | {diff} | {r['n_blocks']} |")
+    return lines
+
+
+def _sweep_plot(datasets: list[tuple[str, dict]], name: str) -> str:
+    """Development loss beyond L against the window (as a fraction of L), one line per split."""
+    from ropelab.pe import parse_spec
+
+    fig, axes = _panels(len(datasets), 6, 4)
+    for ax, (title, data) in zip(axes[0], datasets):
+        lines: dict[tuple, list] = {}
+        for r in data["development"]:
+            if r["spec"] == "window":
+                ax.axhline(r["loss_beyond"], color="black", linestyle="--", label="window reference")
+                continue
+            params = parse_spec(r["spec"])[0].params
+            key = (params["split"], params["token_index"])
+            lines.setdefault(key, []).append((params["window"] / data["train_len"], r["loss_beyond"], r["se"]))
+        for (split, index), points in sorted(lines.items(), key=str):
+            points.sort()
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                        marker="o", capsize=2, label=f"split={split}, {index}")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("window / train length")
+        ax.set_ylabel("development loss beyond L (mean ± SE)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, name)
+
+
+SWEEPS = (
+    ("hirope_sweep.json", "SmolLM2-135M (L = 8192)", "python -m bench hirope-sweep --extra "
+     "hirope:split=0.5,window=512,token_index=segment"),
+    ("hirope_sweep_short.json", "the ShortLLM model (L = 128)", "ropelab experiment hirope --out runs/experiment-hirope "
+     "&& python -m bench hirope-sweep --model runs/experiment-hirope/model/checkpoints/step-002190 --length 16384 "
+     "--extra hirope:split=0.5,window=8,token_index=segment,... (the four windows) --dev 4 --test 0,1,2 "
+     "--work runs/hirope-sweep-short --out bench/results/hirope_sweep_short.json"),
+)  # fmt: skip
+
+
+def section_sweep() -> list[str]:
+    lines = ["## 11. HiRoPE's settings: chosen on development files, reported on held-out files", ""]
+    found = []
+    for name, title, command in SWEEPS:
+        data = load(name)
+        lines += [f"### {title}", ""]
+        if not data:
+            lines += _missing(command)
+            continue
+        found.append((title, data))
+        files = data["files"]
+        lines += [
+            f"**Development** ({', '.join(f'`{f}`' for f in files['dev'])}; {data['length']} tokens each): next-token "
+            "loss beyond the train length, mean ± SE over blocks of both documents, and the paired difference to the "
+            "window reference. Sorted; the rule picks the first HiRoPE row.",
+            "",
+            *_sweep_table(data["development"], data["chosen"]),
+            "",
+            f"**Held-out** ({', '.join(f'`{f}`' for f in files['test'])}): the chosen setting, the library default "
+            f"(`{data['default']}`) and the window reference.",
+            "",
+            *_sweep_table(data["held_out"], data["chosen"]),
+            "",
+            f"Machine: {_machine(data)}. Regenerate: `{command}`.",
+            "",
+        ]
+    if found:
+        lines += [f"![HiRoPE sweep](results/{_sweep_plot(found, 'hirope_sweep.png')})", ""]
+    return lines
+
+
 def _embedded_report(data: dict) -> list[str]:
     """A run's report.md with its title dropped, headings one level down and plots under results/."""
     body = data["report_md"].splitlines()
@@ -445,6 +664,9 @@ def render() -> str:
         section_hirope,
         section_hope,
         section_shortllm,
+        section_long_context_4x,
+        section_code_tasks,
+        section_sweep,
     ):
         lines += section()
     return "\n".join(lines).rstrip() + "\n"

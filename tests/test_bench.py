@@ -96,3 +96,62 @@ def test_matmul_peak_is_positive():
 
     torch.manual_seed(0)
     assert matmul_peak_gflops(size=64, seconds=0.05) > 0
+
+
+def test_long_context_resumes_only_a_run_with_the_same_setting(tmp_path):
+    setting = {"benchmark": "long_context", "model": "m", "language": "python", "skip": 0}
+    full = {"spec": "rope", "tokens": 64, "buckets": [{"start": 0, "end": 64, "mean_loss": 1.0}]}
+    short = {"spec": "rope", "requested": 32, "tokens": 32}
+    path = tmp_path / "out.json"
+    path.write_text(json.dumps({**setting, "bucket": 16, "tokens": 64, "results": [full], "scaling_passes": [short]}))
+    done = long_context._finished(str(path), setting, 16, 64)
+    assert done[("rope", 64)]["buckets"] and done[("rope", 32)] == short
+    assert long_context._finished(str(path), {**setting, "language": "java"}, 16, 64) == {}
+    assert long_context._finished(str(path), setting, 16, 128) == {}
+    assert long_context._finished(str(path), setting, 8, 64) == {}
+    path.write_text("{half a file")
+    assert long_context._finished(str(path), setting, 16, 64) == {}
+
+
+def test_position_table_regions_and_difference_to_the_window():
+    """Regions one train length wide; the last column pairs each block beyond L with the window's."""
+    data = {
+        "results": [
+            {"spec": "a", "method": "a", "tokens": 512, "train_len": 256, "blocks": [1.0, 1.0, 3.0, 5.0]},
+            {"spec": "window", "method": "window", "tokens": 512, "train_len": 256, "blocks": [1.0, 1.0, 2.0, 2.0]},
+        ]
+    }
+    table = render._position_table(data)
+    assert table[0].startswith("| method | 0K-256 | 256-512 |")
+    row = next(line for line in table if line.startswith("| `a`"))
+    assert "| 1.000 ± 0.000 | 4.000 ± 1.000 |" in row  # blocks 2, 3: mean 4, SE 1
+    assert "+2.000 ± 1.000" in row  # differences 1 and 3
+
+
+def test_hirope_sweep_grid_and_development_score():
+    import argparse
+
+    from bench import hirope_sweep
+
+    args = argparse.Namespace(splits="0.5,auto", windows="1/16,1/2", token_indices="global", extra="hirope:window=3")
+    specs = hirope_sweep.grid(args, 128)
+    assert specs == [
+        "hirope:window=8",
+        "hirope:window=64",
+        "hirope:split=auto,window=8",
+        "hirope:split=auto,window=64",
+        "hirope:window=3",
+    ]
+    # two documents, block 64, L = 128: blocks 2 and 3 of each are beyond L
+    records = [
+        {"spec": "hirope:window=8", "language": "python", "document": 4, "blocks": [9.0, 9.0, 3.0, 5.0]},
+        {"spec": "window", "language": "python", "document": 4, "blocks": [9.0, 9.0, 2.0, 2.0]},
+        {"spec": "hirope:window=8", "language": "java", "document": 4, "blocks": [9.0, 9.0, 1.0, 3.0]},
+        {"spec": "window", "language": "java", "document": 4, "blocks": [9.0, 9.0, 1.0, 1.0]},
+        {"spec": "hirope:window=8", "language": "java", "document": 0, "blocks": [0.0, 0.0, 0.0, 0.0]},  # test doc
+    ]
+    rows = {r["spec"]: r for r in hirope_sweep.summarise(records, ["hirope:window=8"], [4], 128, 64)}
+    assert rows["hirope:window=8"]["loss_beyond"] == pytest.approx(3.0)  # 3, 5, 1, 3
+    assert rows["hirope:window=8"]["n_blocks"] == 4
+    assert rows["hirope:window=8"]["diff_window"] == pytest.approx(1.5)  # 1, 3, 0, 2
+    assert rows["window"]["loss_beyond"] == pytest.approx(1.5)

@@ -707,3 +707,30 @@ def test_smollm2_tokenizer(tmp_path):
         assert layout(hierarchy) == FUNCTION_LAYOUT[language], language
         check_consistent(hierarchy, text)
         assert smol.decode(hierarchy.ids) == text
+
+
+def test_files_are_parsed_on_their_own_and_ordinals_continue(tokenizer):
+    """``extract_files``: an unclosed class in one file does not swallow the next file's
+    definitions (as parsing the concatenation would), a file without definitions is one ``other``
+    segment, and segment and unit ordinals continue across files."""
+    from ropelab.code import extract_files
+
+    broken = "class Broken {\n    void f() {\n"
+    comment = "// a license header and nothing else\n"
+    files = [broken, comment, JAVA]
+    hierarchy = extract_files(files, tokenizer, "java")
+    text = "".join(files)
+    check_consistent(hierarchy, text)
+    assert hierarchy.ids == tokenizer.encode(text)
+    alone = extract(JAVA, tokenizer, language="java")
+    first = extract(broken, tokenizer, language="java")
+    tail = [s for s in hierarchy.segments if s.start_char >= len(broken) + len(comment)]
+    assert [*layout(first), ("other", None), *layout(alone)] == layout(hierarchy)
+    assert [(s.start_char - len(broken) - len(comment), s.end_char - len(broken) - len(comment)) for s in tail] == [
+        (s.start_char, s.end_char) for s in alone.segments
+    ]
+    units = [s.unit for s in hierarchy.segments]
+    assert units[len(first.segments)] == first.segments[-1].unit + 1  # the comment file is a unit of its own
+    assert units[-1] == units[len(first.segments)] + 1 + alone.segments[-1].unit
+    joined = extract(text, tokenizer, language="java")
+    assert layout(joined) != layout(hierarchy)  # the concatenation's parse differs: the test can fail

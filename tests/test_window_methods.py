@@ -229,6 +229,23 @@ def test_reliable_split_matches_the_paper():
     assert model.pe.split == pytest.approx(math.log(4096 / (2 * math.pi)) / math.log(10000.0))
 
 
+@pytest.mark.parametrize("train_len", [64, 512])
+def test_hirope_auto_window_is_the_documented_fraction_of_the_train_length(train_len):
+    from ropelab.pe.hirope import AUTO_WINDOW_FRACTION
+
+    numerator, denominator = AUTO_WINDOW_FRACTION
+    expected = round(train_len * numerator / denominator)
+    assert _model("hirope:window=auto", train_len=train_len).pe.window == expected
+    assert _model("hirope:window=auto", train_len=8192).pe.window == round(8192 * numerator / denominator)
+    auto, fixed = (
+        _model("hirope:window=auto", train_len=train_len),
+        _model(f"hirope:window={expected}", train_len=train_len),
+    )
+    fixed.load_state_dict(auto.state_dict())
+    ids = torch.randint(0, auto.config.vocab_size, (1, 2 * train_len))
+    torch.testing.assert_close(auto(ids), fixed(ids), rtol=0, atol=0)
+
+
 def test_describe_reports_hirope_levels():
     from ropelab.cli import describe
 

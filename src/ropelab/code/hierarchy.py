@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,6 +171,43 @@ def extract(
     warnings += parse_warnings
     return align(
         text, encoding.ids, encoding.offsets, spans, language or TEXT, granularity, levels, chunk_size, warnings
+    )
+
+
+def extract_files(
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    language: str,
+    granularity: str = "function",
+    levels: int = 2,
+    chunk_size: int = 128,
+) -> Hierarchy:
+    """:func:`extract` for several files read as one input: the texts are concatenated and
+    tokenized together, but each file is parsed on its own, so one file's syntax (a Java
+    ``package`` line, an unclosed bracket) never reaches the next. Segment and unit ordinals
+    continue across files; a file in which the parse finds no definition is one ``other``
+    segment (a file is a natural unit of code), not a run of fixed chunks."""
+    if granularity not in GRANULARITIES:
+        raise RopelabError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if levels not in (2, 3):
+        raise RopelabError(f"levels must be 2 or 3, got {levels!r}")
+    language = canonical_language(language)
+    spans: list[Span] = []
+    warnings: list[str] = []
+    start = units = 0
+    for number, text in enumerate(texts):
+        end = start + len(text)
+        found, notes = segment_text(text, language, granularity, chunk_size)
+        warnings += [f"file {number}: {note}" for note in notes if "using" not in note or found is not None]
+        if found is None:
+            found = [Span("other", None, 0, len(text), 0)] if text else []
+        spans += [Span(s.kind, s.name, s.start + start, s.end + start, s.unit + units) for s in found]
+        units += max((s.unit for s in found), default=-1) + 1
+        start = end
+    text = "".join(texts)
+    encoding = _as_tokenizer(tokenizer).encode_with_offsets(text)
+    return align(
+        text, encoding.ids, encoding.offsets, spans or None, language, granularity, levels, chunk_size, warnings
     )
 
 

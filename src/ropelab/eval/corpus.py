@@ -43,6 +43,12 @@ def read_text(path: Path) -> str | None:
 
 def long_code(min_chars: int, skip: int = 0) -> tuple[str, list[str]]:
     """Whole stdlib files concatenated (largest first, after ``skip`` files) to ``min_chars``."""
+    parts, names = python_parts(min_chars, skip)
+    return "".join(parts), names
+
+
+def python_parts(min_chars: int, skip: int = 0) -> tuple[list[str], list[str]]:
+    """The files :func:`long_code` concatenates, one text per file (each ending in a newline)."""
     parts, names, total = [], [], 0
     for path in stdlib_python_files()[skip:]:
         text = read_text(path)
@@ -53,7 +59,7 @@ def long_code(min_chars: int, skip: int = 0) -> tuple[str, list[str]]:
         total += len(text)
         if total >= min_chars:
             break
-    return "".join(parts), names
+    return parts, names
 
 
 def jdk_sources() -> Path | None:
@@ -66,6 +72,12 @@ def jdk_sources() -> Path | None:
 def long_java(min_chars: int, skip: int = 0) -> tuple[str, list[str]] | None:
     """Whole ``java.base/java/util/`` source files of the installed JDK, largest first, concatenated to
     ``min_chars``; ``None`` when no JDK sources are installed."""
+    found = java_parts(min_chars, skip)
+    return None if found is None else ("".join(found[0]), found[1])
+
+
+def java_parts(min_chars: int, skip: int = 0) -> tuple[list[str], list[str]] | None:
+    """The files :func:`long_java` concatenates, one text per file; ``None`` without JDK sources."""
     import zipfile
 
     archive = jdk_sources()
@@ -89,7 +101,7 @@ def long_java(min_chars: int, skip: int = 0) -> tuple[str, list[str]] | None:
             total += len(text)
             if total >= min_chars:
                 break
-    return "".join(parts), names
+    return parts, names
 
 
 def first_tokens(tokenizer, text: str, count: int) -> list[int]:

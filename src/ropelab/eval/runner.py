@@ -247,6 +247,8 @@ def window_prefill(model, own, sliding, ids: list[int], cache) -> torch.Tensor:
         model.pe = own
         head = model.hidden_states(tensor[:, :split], None, cache)[0]
         cache.share_far_keys()
+        if len(ids) <= split:  # nothing beyond the window: the own method alone
+            return head
         model.pe = sliding
         tail = model.hidden_states(tensor[:, split:], None, cache)[0]
     finally:

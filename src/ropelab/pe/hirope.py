@@ -49,6 +49,17 @@ HIROPE_PAPER = (
 LEVEL_NAMES = ("token-level", "segment-level", "unit-level")
 
 
+#: ``window=auto`` is this fraction of the model's train length (chosen by measurement: see
+#: ``docs/results.md``, "HiRoPE's settings", and ``python -m bench hirope-sweep``)
+AUTO_WINDOW_FRACTION = (1, 16)
+
+
+def auto_window(train_len: int) -> int:
+    """The ``window=auto`` neighbour window for a model trained at ``train_len`` tokens."""
+    numerator, denominator = AUTO_WINDOW_FRACTION
+    return max(1, round(train_len * numerator / denominator))
+
+
 def reliable_split(train_len: int, base: float) -> float:
     """The paper's ``r* = log_base(L / 2pi)``: the fraction of frequencies with period <= L."""
     return min(1.0, max(0.0, math.log(train_len / (2 * math.pi)) / math.log(base)))
@@ -71,9 +82,16 @@ class HiRoPE(WindowedEncoding):
     uses_hierarchy = True
 
     def __init__(
-        self, ctx: PEContext, spec: str, split: float | str, window: int, token_index: str, levels: int, chunk: int
+        self,
+        ctx: PEContext,
+        spec: str,
+        split: float | str,
+        window: int | str,
+        token_index: str,
+        levels: int,
+        chunk: int,
     ) -> None:
-        super().__init__(ctx, spec, window)
+        super().__init__(ctx, spec, auto_window(ctx.train_len) if window == "auto" else int(window))
         self.split = reliable_split(ctx.train_len, ctx.rope_base) if split == "auto" else float(split)
         self.levels = levels
         self.chunk = chunk
@@ -115,7 +133,7 @@ class HiRoPE(WindowedEncoding):
         return WindowedRotation(near_q=near, near_k=near, far_q=far_q, far_k=far_k)
 
 
-def _build(ctx: PEContext, spec: str, split, window: int, token_index: str, levels: int, chunk: int) -> HiRoPE:
+def _build(ctx: PEContext, spec: str, split, window, token_index: str, levels: int, chunk: int) -> HiRoPE:
     return HiRoPE(ctx, spec, split, window, token_index, levels, chunk)
 
 
@@ -136,7 +154,14 @@ METHODS = [
                 maximum=1.0,
                 specials=("auto",),
             ),
-            Param("window", int, 512, "distance below which plain RoPE is used; 0 disables the window", minimum=0),
+            Param(
+                "window",
+                int,
+                512,
+                "distance below which plain RoPE is used; 0 disables the window; auto: a fraction of the train length",
+                minimum=0,
+                specials=("auto",),
+            ),
             Param(
                 "token_index",
                 str,

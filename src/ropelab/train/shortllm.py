@@ -40,6 +40,7 @@ import os
 import sys
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,16 +181,18 @@ def java_training_dir() -> Path | None:
     return target
 
 
-def documents(config: ShortConfig, tokenizer) -> list[dict]:
+def documents(config: ShortConfig, tokenizer, indices: Sequence[int] | None = None) -> list[dict]:
     """Held-out evaluation documents: ``config.documents`` per language of ``config.length`` tokens,
-    each a run of whole held-out files (largest first), never a file the model trained on."""
+    each a run of whole held-out files (largest first), never a file the model trained on.
+    ``indices`` picks other documents (document ``i`` starts at the ``3 i``-th held-out file):
+    the sensitivity sweep chooses settings on documents the study does not report."""
     from ropelab.eval.corpus import first_tokens, long_code, long_java, stdlib_dir
 
     held_py = {str(p.relative_to(stdlib_dir())) for p in python_holdout()}
     held_java = set(java_holdout())
     out = []
     for language in config.languages:
-        for index in range(config.documents):
+        for index in range(config.documents) if indices is None else indices:
             skip = 3 * index
             if language == "python":
                 text, files = long_code(min_chars=config.length * 8, skip=skip)

@@ -1,0 +1,178 @@
+"""HiRoPE's settings chosen on development files, then reported on held-out files.
+
+    python -m bench hirope-sweep [--model smollm2-135m] [--length 1.25x] [--splits 0.25,0.5,auto]
+        [--windows 1/16,1/8,1/4,1/2] [--token-indices global] [--extra SPECS]
+        [--dev 4] [--test 0] [--work runs/hirope-sweep] [--out bench/results/hirope_sweep.json]
+
+Every ``split x window x token_index`` setting (windows as fractions of the model's train length
+``L``, so one grid serves every model) runs over the *development* documents: runs of whole code
+files (Python stdlib, JDK ``java.util``; document ``i`` starts at the ``3 i``-th largest file, the
+documents of ``ropelab experiment hirope``), each ``--length`` tokens. The score of a setting is
+its next-token loss beyond ``L``, pooled over the documents' 128-token blocks (64 for short
+models), paired with the ``window`` reference on the same blocks.
+
+The rule: the setting with the lowest development loss beyond ``L`` is chosen. The chosen
+setting, the library default and the window reference are then run on the *test* documents
+(other files) and reported there; the development numbers are never reported as the result.
+
+Each pass is appended to ``--work``/results.jsonl as it finishes, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+DESCRIPTION = "HiRoPE split/window/token_index sweep on development files, chosen setting on held-out files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint (default: smollm2-135m)")
+    parser.add_argument("--length", default="1.25x", help="document length: tokens or a train-length multiple")
+    parser.add_argument("--splits", default="0.25,0.5,auto")
+    parser.add_argument("--windows", default="1/16,1/8,1/4,1/2", help="fractions of the train length")
+    parser.add_argument("--token-indices", default="global", help="global, segment or both")
+    parser.add_argument("--extra", default="", help="more hirope specs for the development grid")
+    parser.add_argument("--languages", default="python,java")
+    parser.add_argument("--dev", default="4", help="development document indices (default: 4)")
+    parser.add_argument("--test", default="0", help="held-out document indices (default: 0)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--work", default="runs/hirope-sweep", help="resumable per-pass records")
+    parser.add_argument("--out", default="bench/results/hirope_sweep.json")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def grid(args: argparse.Namespace, train_len: int) -> list[str]:
+    from ropelab.pe import canonical_spec, split_specs
+
+    specs = []
+    for split in [x.strip() for x in args.splits.split(",") if x.strip()]:
+        for fraction in [Fraction(x.strip()) for x in args.windows.split(",") if x.strip()]:
+            window = max(1, round(train_len * fraction))
+            for index in [x.strip() for x in args.token_indices.split(",") if x.strip()]:
+                specs.append(canonical_spec(f"hirope:split={split},window={window},token_index={index}"))
+    specs += [canonical_spec(s) for s in split_specs(args.extra)] if args.extra.strip() else []
+    return list(dict.fromkeys(specs))
+
+
+def summarise(records: list[dict], specs: list[str], indices: list[int], train_len: int, block: int) -> list[dict]:
+    """Per spec: loss beyond ``L`` over the documents' blocks and its paired difference to the window."""
+    from ropelab.eval.runner import WINDOW
+    from ropelab.eval.stats import estimate, paired
+
+    first = -(-train_len // block)  # the first block wholly beyond L
+    by = {(r["spec"], r["language"], r["document"]): r["blocks"] for r in records}
+    docs = sorted({(lang, d) for (_, lang, d) in by if d in indices})
+    rows = []
+    for spec in [*specs, WINDOW]:
+        mine, ref = [], []
+        for doc in docs:
+            a, w = by.get((spec, *doc)), by.get((WINDOW, *doc))
+            if a is None:
+                continue
+            for i in range(first, len(a)):
+                if a[i] is not None and w is not None and w[i] is not None:
+                    mine.append(a[i])
+                    ref.append(w[i])
+        if not mine:
+            continue
+        est, diff = estimate(mine), paired(mine, ref)
+        rows.append({"spec": spec, "loss_beyond": est.mean, "se": est.se, "n_blocks": est.n,
+                     "diff_window": diff.mean, "diff_se": diff.se})  # fmt: skip
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from bench.common import machine_info, write_json
+    from ropelab.eval.runner import WINDOW, parse_length, read_results
+    from ropelab.model.pretrained import load_model
+    from ropelab.pe import canonical_spec
+    from ropelab.train.shortllm import ShortConfig, block_size, documents, evaluate_document
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model)
+    model.eval()
+    L = model.config.train_len
+    length = parse_length(args.length, L)
+    block = 128 if L >= 256 else block_size(L)
+    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
+    config = ShortConfig(length=length, languages=languages, train_len=L)
+    dev, test = _ints(args.dev), _ints(args.test)
+    if set(dev) & set(test):
+        raise SystemExit("development and test documents must differ")
+    docs = {(phase, d["language"], d["index"]): d for phase, ids in (("dev", dev), ("test", test))
+            for d in documents(config, tokenizer, ids)}  # fmt: skip
+    used = {
+        phase: sorted({f for key, d in docs.items() if key[0] == phase for f in d["files"]})
+        for phase in ("dev", "test")
+    }
+    if set(used["dev"]) & set(used["test"]):
+        raise SystemExit(f"development and test documents share files: {sorted(set(used['dev']) & set(used['test']))}")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = work / "results.jsonl"
+    setting = {"model": args.model, "length": length, "block": block}
+    settings_file = work / "setting.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != setting:
+        raise SystemExit(f"{work} holds a sweep with other settings; pass another --work")
+    settings_file.write_text(json.dumps(setting))
+    records = read_results(results) if results.exists() else []
+    done = {(r["spec"], r["language"], r["document"]) for r in records}
+
+    def measure(specs: list[str], phase: str) -> None:
+        units = [(s, d) for s in specs for key, d in docs.items() if key[0] == phase]
+        with open(results, "a") as handle:
+            for spec, doc in tqdm(units, desc=f"hirope-sweep {phase}", unit="pass", file=sys.stderr):
+                if (spec, doc["language"], doc["index"]) in done:
+                    continue
+                record = evaluate_document(model, tokenizer, doc, spec, spec, True, block)
+                records.append(record)
+                done.add((spec, doc["language"], doc["index"]))
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+
+    specs = grid(args, L)
+    measure([*specs, WINDOW], "dev")
+    development = sorted(summarise(records, specs, dev, L, block), key=lambda r: r["loss_beyond"])
+    chosen = next(r["spec"] for r in development if r["spec"] != WINDOW)
+    default = canonical_spec("hirope")
+    reported = list(dict.fromkeys([chosen, default]))
+    measure([*reported, WINDOW], "test")
+    held_out = summarise(records, reported, test, L, block)
+    report = {
+        "benchmark": "hirope_sweep",
+        "model": args.model,
+        "train_len": L,
+        "length": length,
+        "block": block,
+        "languages": languages,
+        "files": used,
+        "rule": "lowest development loss beyond L",
+        "development": development,
+        "chosen": chosen,
+        "default": default,
+        "held_out": held_out,
+        "seconds": time.perf_counter() - started,
+        "machine": machine_info(),
+    }
+    write_json(args.out, report)
+    for name, rows in (("development", development), ("held-out", held_out)):
+        print(f"\n{name} (loss beyond L={L}; difference to the window, paired by block)")
+        for r in rows:
+            print(
+                f"  {r['spec']:<50} {r['loss_beyond']:.3f} ± {r['se']:.3f}   Δ {r['diff_window']:+.3f} ± {r['diff_se']:.3f}"
+            )
+    print(f"\nchosen: {chosen}; written to {args.out}")
+    return 0
