@@ -1,7 +1,7 @@
 """HiRoPE's settings chosen on development files, then reported on held-out files.
 
-    python -m bench hirope-sweep [--model smollm2-135m] [--length 1.25x] [--splits 0.25,0.5,auto]
-        [--windows 1/16,1/8,1/4,1/2] [--token-indices global] [--extra SPECS]
+    python -m bench hirope-sweep [--model smollm2-135m] [--length 1.125x] [--splits 0.25,0.5,auto]
+        [--windows 1/16,1/4,1/2] [--token-indices global] [--extra SPECS]
         [--dev 4] [--test 0] [--work runs/hirope-sweep] [--out bench/results/hirope_sweep.json]
 
 Every ``split x window x token_index`` setting (windows as fractions of the model's train length
@@ -32,12 +32,19 @@ DESCRIPTION = "HiRoPE split/window/token_index sweep on development files, chose
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint (default: smollm2-135m)")
-    parser.add_argument("--length", default="1.25x", help="document length: tokens or a train-length multiple")
+    parser.add_argument(
+        "--length", default="1.125x", help="document length: tokens or a train-length multiple (default: 1.125x)"
+    )
     parser.add_argument("--splits", default="0.25,0.5,auto")
-    parser.add_argument("--windows", default="1/16,1/8,1/4,1/2", help="fractions of the train length")
+    parser.add_argument(
+        "--windows", default="1/16,1/4,1/2", help="fractions of the train length (default: 1/16,1/4,1/2)"
+    )
     parser.add_argument("--token-indices", default="global", help="global, segment or both")
     parser.add_argument("--extra", default="", help="more hirope specs for the development grid")
-    parser.add_argument("--languages", default="python,java")
+    parser.add_argument("--languages", default="python,java", help="languages of the held-out documents")
+    parser.add_argument(
+        "--dev-languages", default=None, help="languages of the development documents (default: the same)"
+    )
     parser.add_argument("--dev", default="4", help="development document indices (default: 4)")
     parser.add_argument("--test", default="0", help="held-out document indices (default: 0)")
     parser.add_argument("--threads", type=int, default=None)
@@ -62,8 +69,34 @@ def grid(args: argparse.Namespace, train_len: int) -> list[str]:
     return list(dict.fromkeys(specs))
 
 
-def summarise(records: list[dict], specs: list[str], indices: list[int], train_len: int, block: int) -> list[dict]:
-    """Per spec: loss beyond ``L`` over the documents' blocks and its paired difference to the window."""
+def explicit_default(model) -> str:
+    """The library's ``hirope`` default for this model with its resolved numbers written out
+    (``window=auto`` -> the tokens it means), so records stay true if the default changes."""
+    from ropelab.pe import build
+
+    pe = build("hirope", model.pe_context())
+    return f"hirope:split={pe.split:g},window={pe.window},token_index={pe.token_index}"  # not canonicalised
+
+
+def _pairs(by: dict, spec: str, reference: str, docs: list, first: int) -> tuple[list[float], list[float]]:
+    """Block losses beyond ``L`` of ``spec`` and ``reference`` on the same blocks of ``docs``."""
+    mine, ref = [], []
+    for doc in docs:
+        a, w = by.get((spec, *doc)), by.get((reference, *doc))
+        if a is None or w is None:
+            continue
+        for i in range(first, min(len(a), len(w))):
+            if a[i] is not None and w[i] is not None:
+                mine.append(a[i])
+                ref.append(w[i])
+    return mine, ref
+
+
+def summarise(
+    records: list[dict], specs: list[str], indices: list[int], train_len: int, block: int, best: str | None = None
+) -> list[dict]:
+    """Per spec: loss beyond ``L`` over the documents' blocks, its paired difference to the window
+    and, given ``best``, to that setting (a setting within 2 SE of the best is not worse)."""
     from ropelab.eval.runner import WINDOW
     from ropelab.eval.stats import estimate, paired
 
@@ -72,20 +105,16 @@ def summarise(records: list[dict], specs: list[str], indices: list[int], train_l
     docs = sorted({(lang, d) for (_, lang, d) in by if d in indices})
     rows = []
     for spec in [*specs, WINDOW]:
-        mine, ref = [], []
-        for doc in docs:
-            a, w = by.get((spec, *doc)), by.get((WINDOW, *doc))
-            if a is None:
-                continue
-            for i in range(first, len(a)):
-                if a[i] is not None and w is not None and w[i] is not None:
-                    mine.append(a[i])
-                    ref.append(w[i])
+        mine, ref = _pairs(by, spec, WINDOW, docs, first)
         if not mine:
             continue
         est, diff = estimate(mine), paired(mine, ref)
-        rows.append({"spec": spec, "loss_beyond": est.mean, "se": est.se, "n_blocks": est.n,
-                     "diff_window": diff.mean, "diff_se": diff.se})  # fmt: skip
+        row = {"spec": spec, "loss_beyond": est.mean, "se": est.se, "n_blocks": est.n,
+               "diff_window": diff.mean, "diff_se": diff.se}  # fmt: skip
+        if best is not None:
+            to_best = paired(*_pairs(by, spec, best, docs, first))
+            row.update(diff_best=to_best.mean, diff_best_se=to_best.se)
+        rows.append(row)
     return rows
 
 
@@ -96,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
     from bench.common import machine_info, write_json
     from ropelab.eval.runner import WINDOW, parse_length, read_results
     from ropelab.model.pretrained import load_model
-    from ropelab.pe import canonical_spec
     from ropelab.train.shortllm import ShortConfig, block_size, documents, evaluate_document
 
     if args.threads:
@@ -112,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
     dev, test = _ints(args.dev), _ints(args.test)
     if set(dev) & set(test):
         raise SystemExit("development and test documents must differ")
-    docs = {(phase, d["language"], d["index"]): d for phase, ids in (("dev", dev), ("test", test))
-            for d in documents(config, tokenizer, ids)}  # fmt: skip
+    dev_languages = [x.strip() for x in (args.dev_languages or args.languages).split(",") if x.strip()]
+    dev_config = ShortConfig(length=length, languages=dev_languages, train_len=L)
+    docs = {(phase, d["language"], d["index"]): d for phase, ids, cfg in (("dev", dev, dev_config), ("test", test, config))
+            for d in documents(cfg, tokenizer, ids)}  # fmt: skip
     used = {
         phase: sorted({f for key, d in docs.items() if key[0] == phase for f in d["files"]})
         for phase in ("dev", "test")
@@ -147,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     measure([*specs, WINDOW], "dev")
     development = sorted(summarise(records, specs, dev, L, block), key=lambda r: r["loss_beyond"])
     chosen = next(r["spec"] for r in development if r["spec"] != WINDOW)
-    default = canonical_spec("hirope")
+    development = sorted(summarise(records, specs, dev, L, block, best=chosen), key=lambda r: r["loss_beyond"])
+    default = explicit_default(model)
     reported = list(dict.fromkeys([chosen, default]))
     measure([*reported, WINDOW], "test")
     held_out = summarise(records, reported, test, L, block)
@@ -158,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         "length": length,
         "block": block,
         "languages": languages,
+        "dev_languages": dev_languages,
         "files": used,
         "rule": "lowest development loss beyond L",
         "development": development,

@@ -155,3 +155,13 @@ def test_hirope_sweep_grid_and_development_score():
     assert rows["hirope:window=8"]["n_blocks"] == 4
     assert rows["hirope:window=8"]["diff_window"] == pytest.approx(1.5)  # 1, 3, 0, 2
     assert rows["window"]["loss_beyond"] == pytest.approx(1.5)
+
+
+def test_floor_note_only_when_every_row_is_at_floor():
+    def summary(values):
+        cells = {m: {"12288": {"recall": v}} for m, v in values.items()}
+        return {"tasks": {"symbols": {"metric": "recall", "higher_is_better": True, "cells": cells}}}
+
+    note = render._floor_note(summary({"rope": 0.0, "hirope": 0.01, "window": 0.0}))
+    assert note and "`symbols` is at floor" in note[0] and "highest 1.0 %" in note[0]
+    assert render._floor_note(summary({"rope": 0.0, "window": 0.3})) == []

@@ -11,7 +11,7 @@ import torch
 from ropelab import ModelConfig, Transformer, pe
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe.base import PEContext, apply_rotary
-from ropelab.pe.hirope import frequency_levels, reliable_split
+from ropelab.pe.hirope import auto_window, frequency_levels, reliable_split
 
 D = 8  # head dim: 4 frequencies
 BASE = 10000.0
@@ -254,6 +254,8 @@ def test_describe_reports_hirope_levels():
     assert roles == ["token-level"] * 16 + ["segment-level"] * 16
     info = describe("hirope:levels=3,split=0.5", 64, 2048, 10000.0, None)
     assert [f["role"] for f in info["frequencies"]].count("unit-level") == 8
+    assert describe("hirope:window=auto", 64, 2048, 10000.0, None)["window"] == auto_window(2048)
+    assert "window" not in describe("rope", 64, 2048, 10000.0, None)
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,8 @@ def describe(spec: str, head_dim: int, train_len: int, base: float, length: int 
         )
     result["rotated_frequencies"] = sum(role != "position-independent" for role in roles)
     result["attention_factor"] = plan.attention_factor
+    if getattr(encoding, "window", None) is not None:  # windowed methods: plain RoPE below this distance
+        result["window"] = encoding.window
     return result
 
 
@@ -126,6 +128,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     print(
         f"rotated frequencies: {info['rotated_frequencies']} of {info['num_frequencies']}; "
         f"attention factor: {info['attention_factor']:.6g}"
+        + (f"; window: {info['window']} tokens" if "window" in info else "")
     )
     return 0
 
