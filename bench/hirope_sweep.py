@@ -72,10 +72,11 @@ def grid(args: argparse.Namespace, train_len: int) -> list[str]:
 def explicit_default(model) -> str:
     """The library's ``hirope`` default for this model with its resolved numbers written out
     (``window=auto`` -> the tokens it means), so records stay true if the default changes."""
-    from ropelab.pe import build
+    from ropelab.pe import build, canonical_spec
 
     pe = build("hirope", model.pe_context())
-    return f"hirope:split={pe.split:g},window={pe.window},token_index={pe.token_index}"  # not canonicalised
+    # the window default is the word "auto", so a window in tokens is never dropped as a default
+    return canonical_spec(f"hirope:split={pe.split:g},window={pe.window},token_index={pe.token_index}")
 
 
 def _pairs(by: dict, spec: str, reference: str, docs: list, first: int) -> tuple[list[float], list[float]]:

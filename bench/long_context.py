@@ -199,10 +199,11 @@ def run(args: argparse.Namespace) -> int:
     load_before = load_average()
     from ropelab.pe import split_specs
 
-    scaling = split_specs(args.scaling_methods) if args.scaling_methods.strip() else []
+    lengths = _split(args.scaling_lengths)
+    scaling = split_specs(args.scaling_methods) if args.scaling_methods.strip() and lengths else []
     scaling_methods = set(scaling)
     cases = [(spec, args.tokens) for spec in split_specs(args.methods)]
-    cases += [(spec, int(n)) for n in _split(args.scaling_lengths) for spec in scaling]
+    cases += [(spec, int(n)) for n in lengths for spec in scaling]
     common = ["--model", args.model, "--bucket", str(args.bucket), "--threads", str(args.threads)]
     setting = {"benchmark": "long_context", "model": args.model, "language": args.language, "skip": args.skip}
     done = _finished(args.out, setting, args.bucket, args.tokens)

@@ -165,3 +165,31 @@ def test_floor_note_only_when_every_row_is_at_floor():
     note = render._floor_note(summary({"rope": 0.0, "hirope": 0.01, "window": 0.0}))
     assert note and "`symbols` is at floor" in note[0] and "highest 1.0 %" in note[0]
     assert render._floor_note(summary({"rope": 0.0, "window": 0.3})) == []
+
+
+def test_long_context_without_scaling_lengths_records_no_scaling_passes(tmp_path, monkeypatch):
+    """A pass at the main length is resumed from ``results`` (with its buckets), never from a
+    bucket-less scaling copy: relabelling a result must not bring back its old copy."""
+    import argparse
+
+    import bench.common
+
+    calls = []
+
+    def fake(module, arguments):
+        spec = arguments[arguments.index("--method") + 1]
+        calls.append(spec)
+        return {"method": spec, "tokens": 64, "buckets": [{"start": 0, "end": 64, "mean_loss": 1.0}], "blocks": [],
+                "forward_seconds": 1.0, "forward_memory_mb": 1.0, "mean_loss": 1.0, "peak_rss_mb": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(bench.common, "isolated", fake)
+    out = tmp_path / "lc.json"
+    args = argparse.Namespace(method=None, methods="rope,hirope", scaling_methods="rope,hirope", scaling_lengths="",
+                              model="m", bucket=16, threads=0, tokens=64, language="python", skip=0, out=str(out))  # fmt: skip
+    assert long_context.run(args) == 0
+    data = json.loads(out.read_text())
+    assert data["scaling_passes"] == [] and calls == ["rope", "hirope"]
+    data["results"][1]["spec"] = "hirope:window=512"  # relabelled: "hirope" must be measured again
+    out.write_text(json.dumps(data))
+    assert long_context.run(args) == 0
+    assert calls == ["rope", "hirope", "hirope"]

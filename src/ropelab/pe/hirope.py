@@ -21,11 +21,12 @@ frequency; beyond it the hierarchical angles are used with ``window - 1`` added 
 higher-level indices (the token-level frequencies keep the ordinary distance), so hierarchical
 distances continue where the window ends. ``window=0`` uses hierarchical angles for every pair
 (no shift). The paper uses ``window=512`` at train lengths 2048 and 4096 and gives no rule for
-others; ropelab's default ``window=auto`` is a quarter of the model's train length ``L`` (512 at
-2048, as in the paper). The rule was chosen by measurement on development files of two models
-(SmolLM2-135M, L = 8192; the ShortLLM model, L = 128): the loss beyond ``L`` falls as the window
-grows from L/16 to L/4 and changes by little more from L/4 to L/2, so L/4 is the smallest window on
-that plateau (docs/results.md, "HiRoPE's settings").
+others; ropelab's default ``window=auto`` is half the model's train length ``L``. The rule was
+chosen by measurement on development files of two models (SmolLM2-135M, L = 8192; the ShortLLM
+model, L = 128) at the paper's split 0.5: the loss beyond ``L`` falls as the window grows from
+L/16 through L/4 to L/2 on both (docs/results.md, "HiRoPE's settings"; ``python -m bench
+hirope-sweep``). A longer window leaves fewer pairs to the hierarchical angles, so this also says
+how little the hierarchy itself adds on these models.
 
 Without a hierarchy (plain text, or no positions given) tokens fall into fixed chunks:
 ``seg = i // chunk`` (the paper: every 128 tokens of prose is one segment). ``split=auto`` is the
@@ -55,7 +56,7 @@ LEVEL_NAMES = ("token-level", "segment-level", "unit-level")
 
 #: ``window=auto`` is this fraction of the model's train length (chosen by measurement: see
 #: ``docs/results.md``, "HiRoPE's settings", and ``python -m bench hirope-sweep``)
-AUTO_WINDOW_FRACTION = (1, 4)
+AUTO_WINDOW_FRACTION = (1, 2)
 
 
 def auto_window(train_len: int) -> int:
@@ -162,7 +163,7 @@ METHODS = [
                 "window",
                 int,
                 "auto",
-                "distance below which plain RoPE is used; 0 disables the window; auto: a quarter of the train length",
+                "distance below which plain RoPE is used; 0 disables the window; auto: half the train length",
                 minimum=0,
                 specials=("auto",),
             ),
