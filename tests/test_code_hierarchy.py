@@ -732,5 +732,6 @@ def test_files_are_parsed_on_their_own_and_ordinals_continue(tokenizer):
     units = [s.unit for s in hierarchy.segments]
     assert units[len(first.segments)] == first.segments[-1].unit + 1  # the comment file is a unit of its own
     assert units[-1] == units[len(first.segments)] + 1 + alone.segments[-1].unit
+    assert any(w.startswith("file 1: ") and w.endswith("using the file as one segment") for w in hierarchy.warnings)
     joined = extract(text, tokenizer, language="java")
     assert layout(joined) != layout(hierarchy)  # the concatenation's parse differs: the test can fail

@@ -142,12 +142,7 @@ def extract(
     Problems that still give a result (chunk fallback, syntax errors, bad UTF-8) are reported in
     ``Hierarchy.warnings``; bad arguments raise :class:`RopelabError`.
     """
-    if granularity not in GRANULARITIES:
-        raise RopelabError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    if levels not in (2, 3):
-        raise RopelabError(f"levels must be 2 or 3, got {levels!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise RopelabError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    _check_arguments(granularity, levels, chunk_size)
     warnings: list[str] = []
     if source is None:
         if path is None:
@@ -174,6 +169,15 @@ def extract(
     )
 
 
+def _check_arguments(granularity: str, levels: int, chunk_size: int) -> None:
+    if granularity not in GRANULARITIES:
+        raise RopelabError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if levels not in (2, 3):
+        raise RopelabError(f"levels must be 2 or 3, got {levels!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise RopelabError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+
 def extract_files(
     texts: Sequence[str],
     tokenizer: Tokenizer,
@@ -187,18 +191,15 @@ def extract_files(
     ``package`` line, an unclosed bracket) never reaches the next. Segment and unit ordinals
     continue across files; a file in which the parse finds no definition is one ``other``
     segment (a file is a natural unit of code), not a run of fixed chunks."""
-    if granularity not in GRANULARITIES:
-        raise RopelabError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    if levels not in (2, 3):
-        raise RopelabError(f"levels must be 2 or 3, got {levels!r}")
+    _check_arguments(granularity, levels, chunk_size)
     language = canonical_language(language)
     spans: list[Span] = []
     warnings: list[str] = []
     start = units = 0
     for number, text in enumerate(texts):
         end = start + len(text)
-        found, notes = segment_text(text, language, granularity, chunk_size)
-        warnings += [f"file {number}: {note}" for note in notes if "using" not in note or found is not None]
+        found, notes = segment_text(text, language, granularity, chunk_size, fallback="the file as one segment")
+        warnings += [f"file {number}: {note}" for note in notes]
         if found is None:
             found = [Span("other", None, 0, len(text), 0)] if text else []
         spans += [Span(s.kind, s.name, s.start + start, s.end + start, s.unit + units) for s in found]
@@ -212,19 +213,22 @@ def extract_files(
 
 
 def segment_text(
-    text: str, language: str | None, granularity: str = "function", chunk_size: int = 128
+    text: str, language: str | None, granularity: str = "function", chunk_size: int = 128, fallback: str | None = None
 ) -> tuple[list[Span] | None, list[str]]:
-    """Character spans of the segments (None: use chunks) and warnings; never raises on bad code."""
+    """Character spans of the segments (None: the caller's fallback) and warnings; never raises on
+    bad code. ``fallback`` names what the caller does with None in the warnings (default: chunks)."""
     if language is None or language == TEXT or not text.strip():
         return None, []
     try:
         spans, warnings = find_spans(text, language, granularity)
     except ImportError as error:
         package = LANGUAGES[language].package
-        return None, [f"the {language} grammar is not available ({error}; pip install {package}); using chunks"]
+        return None, [
+            f"the {language} grammar is not available ({error}; pip install {package}); using {fallback or 'chunks'}"
+        ]
     if spans is None:
         warnings.append(
-            f"no function or class definition found in the {language} parse; using {chunk_size}-token chunks"
+            f"no function or class definition found in the {language} parse; using {fallback or f'{chunk_size}-token chunks'}"
         )
     return spans, warnings
 
