@@ -18,6 +18,11 @@ from pathlib import Path
 import torch
 
 
+def items(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated option (``"a, b,"`` -> ``["a", "b"]``)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def at_least(minimum: int):
     """An argparse ``type``: an integer ``>= minimum``, else argparse's one-line usage error."""
 

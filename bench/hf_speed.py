@@ -31,7 +31,7 @@ import gc
 import sys
 import time
 
-from bench.common import RssSampler, at_least
+from bench.common import RssSampler, at_least, items
 
 DESCRIPTION = "ropelab vs transformers on the same weights: prefill s, decode tokens/s, peak memory, equal outputs"
 IMPLEMENTATIONS = ("ropelab", "transformers")
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from ropelab.errors import RopelabError
 
     try:
-        lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+        lengths = [int(x) for x in items(args.lengths)]
     except ValueError:
         raise RopelabError(f"--lengths expects comma-separated token counts, got {args.lengths!r}") from None
     load_before = load_average()

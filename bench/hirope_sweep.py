@@ -27,6 +27,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+from bench.common import items
+
 DESCRIPTION = "HiRoPE split/window/token_index sweep on development files, chosen setting on held-out files"
 
 
@@ -52,18 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench/results/hirope_sweep.json")
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def grid(args: argparse.Namespace, train_len: int) -> list[str]:
     from ropelab.pe import canonical_spec, split_specs
 
     specs = []
-    for split in [x.strip() for x in args.splits.split(",") if x.strip()]:
-        for fraction in [Fraction(x.strip()) for x in args.windows.split(",") if x.strip()]:
+    for split in items(args.splits):
+        for fraction in map(Fraction, items(args.windows)):
             window = max(1, round(train_len * fraction))
-            for index in [x.strip() for x in args.token_indices.split(",") if x.strip()]:
+            for index in items(args.token_indices):
                 specs.append(canonical_spec(f"hirope:split={split},window={window},token_index={index}"))
     specs += [canonical_spec(s) for s in split_specs(args.extra)] if args.extra.strip() else []
     return list(dict.fromkeys(specs))
@@ -136,12 +134,12 @@ def run(args: argparse.Namespace) -> int:
     L = model.config.train_len
     length = parse_length(args.length, L)
     block = 128 if L >= 256 else block_size(L)
-    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
+    languages = items(args.languages)
     config = ShortConfig(length=length, languages=languages, train_len=L)
-    dev, test = _ints(args.dev), _ints(args.test)
+    dev, test = [int(x) for x in items(args.dev)], [int(x) for x in items(args.test)]
     if set(dev) & set(test):
         raise SystemExit("development and test documents must differ")
-    dev_languages = [x.strip() for x in (args.dev_languages or args.languages).split(",") if x.strip()]
+    dev_languages = items(args.dev_languages or args.languages)
     dev_config = ShortConfig(length=length, languages=dev_languages, train_len=L)
     docs = {(phase, d["language"], d["index"]): d for phase, ids, cfg in (("dev", dev, dev_config), ("test", test, config))
             for d in documents(cfg, tokenizer, ids)}  # fmt: skip

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import at_least
+from bench.common import at_least, items
 
 DESCRIPTION = "long-context loss per position bucket of a real model under several methods (time, peak RSS)"
 DEFAULT_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,rerope:logn=true,self-extend,hirope,hirope:split=auto"
@@ -141,10 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-def _split(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def scaling_summary(rows: list[dict]) -> list[dict]:
     """Per method and length: time relative to rope at the same length, and how the forward pass's
     memory grows with length (exponent of ``memory ~ tokens^k`` between consecutive lengths:
@@ -199,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     load_before = load_average()
     from ropelab.pe import split_specs
 
-    lengths = _split(args.scaling_lengths)
+    lengths = items(args.scaling_lengths)
     scaling = split_specs(args.scaling_methods) if args.scaling_methods.strip() and lengths else []
     scaling_methods = set(scaling)
     cases = [(spec, args.tokens) for spec in split_specs(args.methods)]
@@ -207,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     common = ["--model", args.model, "--bucket", str(args.bucket), "--threads", str(args.threads)]
     setting = {"benchmark": "long_context", "model": args.model, "language": args.language, "skip": args.skip}
     done = _finished(args.out, setting, args.bucket, args.tokens)
+    machine = {**machine_info(), "loadavg_before": load_before}
     results, scaling, errors = [], [], []
     for spec, tokens in tqdm(cases, desc="long-context", unit="pass", file=sys.stderr):
         result = done.get((spec, tokens))  # resumable: a pass already in --out is not run again
@@ -216,15 +213,16 @@ def run(args: argparse.Namespace) -> int:
         if "error" in result:
             errors.append({"method": spec, "tokens": tokens, "error": result["error"]})
             print(f"[{spec} {tokens}] failed: {result['error']}", file=sys.stderr)
-            continue
-        result["spec"] = spec
-        if tokens == args.tokens:
-            results.append(result)
-        if spec in scaling_methods:
-            scaling.append({**{k: v for k, v in result.items() if k not in ("buckets", "blocks")}, "requested": tokens})
+        else:
+            result["spec"] = spec
+            if tokens == args.tokens:
+                results.append(result)
+            if spec in scaling_methods:
+                copy = {k: v for k, v in result.items() if k not in ("buckets", "blocks")}
+                scaling.append({**copy, "requested": tokens})
         report = {
             **setting,
-            "machine": {**machine_info(), "loadavg_before": load_before},
+            "machine": machine,
             "bucket": args.bucket,
             "tokens": args.tokens,
             "results": results,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ropelab
-from bench.common import at_least, load_average, machine_info, write_json
+from bench.common import at_least, items, load_average, machine_info, write_json
 from ropelab.errors import RopelabError
 from ropelab.pe import methods, parse_spec
 
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         parse_spec(spec)  # fail fast on a bad spec, before any model is built
     start = time.perf_counter()
     load_before = load_average()
-    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    phases = tuple(items(args.phases))
     unknown = [p for p in phases if p not in PHASES]
     if unknown or not phases:
         raise RopelabError(f"--phases: unknown phase(s) {', '.join(unknown) or '(none)'}; known: {', '.join(PHASES)}")

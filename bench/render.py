@@ -596,7 +596,8 @@ SWEEPS = (
      "--extra hirope:split=0.5,window=512,token_index=segment --work runs/hirope-sweep-smollm2-9k"),
     ("hirope_sweep_short.json", "The ShortLLM model (L = 128)", "ropelab experiment hirope --out runs/experiment-hirope "
      "&& python -m bench hirope-sweep --model runs/experiment-hirope/model/checkpoints/step-002190 --length 16384 "
-     "--windows 1/16,1/8,1/4,1/2 --extra hirope:split=0.5,window=8,token_index=segment,... (one per window) "
+     "--windows 1/16,1/8,1/4,1/2 --extra hirope:split=0.5,window=8,token_index=segment,hirope:split=0.5,window=16,"
+     "token_index=segment,hirope:split=0.5,window=32,token_index=segment,hirope:split=0.5,window=64,token_index=segment "
      "--dev 4 --test 0,1,2 --work runs/hirope-sweep-short --out bench/results/hirope_sweep_short.json"),
 )  # fmt: skip
 

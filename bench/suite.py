@@ -67,11 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.common import items
     from ropelab.errors import RopelabError
 
     known = {**STEPS, **RUNS}
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    only = items(args.only)
+    skip = set(items(args.skip))
     unknown = [s for s in [*only, *skip] if s not in known]
     if unknown:
         raise RopelabError(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(known)}")

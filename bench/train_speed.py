@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.common import load_average, machine_info, matmul_peak_gflops, write_json
+    from bench.common import items, load_average, machine_info, matmul_peak_gflops, write_json
     from ropelab.errors import RopelabError
     from ropelab.model.pretrained import load_model
     from ropelab.train.config import TrainConfig
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     load_before = load_average()
     peak = matmul_peak_gflops()
     results = []
-    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
+    for name in items(args.configs):
         stamps: list[float] = []
         config = TrainConfig(
             pe=args.pe,

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.common import machine_info, write_json
+    from bench.common import items, machine_info, write_json
     from ropelab.eval import get_task
     from ropelab.eval.runner import parse_length, window_prefill
     from ropelab.eval.stats import block_means, estimate, paired
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sinks = [int(x) for x in args.sinks.split(",") if x.strip()]
+    sinks = [int(x) for x in items(args.sinks)]
     model, tokenizer = load_model(args.model)
     L = model.config.train_len
     length = parse_length(args.length, L)
