@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--splits", default="0.25,0.5,auto")
     parser.add_argument(
-        "--windows", default="1/16,1/4,1/2", help="fractions of the train length (default: 1/16,1/4,1/2)"
+        "--windows",
+        type=_fractions,
+        default="1/16,1/4,1/2",
+        help="fractions of the train length (default: 1/16,1/4,1/2)",
     )
     parser.add_argument("--token-indices", default="global", help="global, segment or both")
     parser.add_argument("--extra", default="", help="more hirope specs for the development grid")
@@ -47,11 +50,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dev-languages", default=None, help="languages of the development documents (default: the same)"
     )
-    parser.add_argument("--dev", default="4", help="development document indices (default: 4)")
-    parser.add_argument("--test", default="0", help="held-out document indices (default: 0)")
+    parser.add_argument("--dev", type=_indices, default="4", help="development document indices (default: 4)")
+    parser.add_argument("--test", type=_indices, default="0", help="held-out document indices (default: 0)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work", default="runs/hirope-sweep", help="resumable per-pass records")
     parser.add_argument("--out", default="bench/results/hirope_sweep.json")
+
+
+def _fractions(text: str) -> list[Fraction]:
+    """An argparse ``type``: comma-separated positive fractions such as ``1/16,1/2``."""
+    try:
+        values = [Fraction(x) for x in items(text)]
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected fractions such as 1/16,1/2, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive fractions, got {text!r}")
+    return values
+
+
+def _indices(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated document indices >= 0."""
+    try:
+        values = [int(x) for x in items(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected indices such as 0,1,2, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected indices >= 0, got {text!r}")
+    return values
 
 
 def grid(args: argparse.Namespace, train_len: int) -> list[str]:
@@ -59,7 +84,7 @@ def grid(args: argparse.Namespace, train_len: int) -> list[str]:
 
     specs = []
     for split in items(args.splits):
-        for fraction in map(Fraction, items(args.windows)):
+        for fraction in args.windows:
             window = max(1, round(train_len * fraction))
             for index in items(args.token_indices):
                 specs.append(canonical_spec(f"hirope:split={split},window={window},token_index={index}"))
@@ -136,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     block = 128 if L >= 256 else block_size(L)
     languages = items(args.languages)
     config = ShortConfig(length=length, languages=languages, train_len=L)
-    dev, test = [int(x) for x in items(args.dev)], [int(x) for x in items(args.test)]
+    dev, test = args.dev, args.test
     if set(dev) & set(test):
         raise SystemExit("development and test documents must differ")
     dev_languages = items(args.dev_languages or args.languages)

@@ -133,7 +133,8 @@ def test_hirope_sweep_grid_and_development_score():
 
     from bench import hirope_sweep
 
-    args = argparse.Namespace(splits="0.5,auto", windows="1/16,1/2", token_indices="global", extra="hirope:window=3")
+    windows = hirope_sweep._fractions("1/16, 1/2")
+    args = argparse.Namespace(splits="0.5,auto", windows=windows, token_indices="global", extra="hirope:window=3")
     specs = hirope_sweep.grid(args, 128)
     assert specs == [
         "hirope:window=8",
@@ -155,6 +156,11 @@ def test_hirope_sweep_grid_and_development_score():
     assert rows["hirope:window=8"]["n_blocks"] == 4
     assert rows["hirope:window=8"]["diff_window"] == pytest.approx(1.5)  # 1, 3, 0, 2
     assert rows["window"]["loss_beyond"] == pytest.approx(1.5)
+    for bad in ("1/x", "1/0", "-1/2", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            hirope_sweep._fractions(bad)
+    with pytest.raises(argparse.ArgumentTypeError):
+        hirope_sweep._indices("0,x")
 
 
 def test_floor_note_only_when_every_row_is_at_floor():
