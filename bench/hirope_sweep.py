@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bench.common import machine_info, write_json
-    from ropelab.eval.runner import WINDOW, parse_length, read_results
+    from ropelab.core.lengths import parse_length
+    from ropelab.eval.runner import WINDOW, read_results
     from ropelab.model.pretrained import load_model
     from ropelab.train.shortllm import ShortConfig, block_size, documents, evaluate_document
 

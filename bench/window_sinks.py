@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bench.common import items, machine_info, write_json
+    from ropelab.core.lengths import parse_length
     from ropelab.eval import get_task
-    from ropelab.eval.runner import parse_length, window_prefill
+    from ropelab.eval.runner import window_prefill
     from ropelab.eval.stats import block_means, estimate, paired
     from ropelab.model.pretrained import load_model
     from ropelab.pe.sliding import SlidingWindow

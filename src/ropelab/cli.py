@@ -21,17 +21,8 @@ import json
 import math
 import sys
 
+from ropelab.core.args import positive_int, split_list
 from ropelab.errors import RopelabError
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _param_doc(param) -> dict:
@@ -271,12 +262,6 @@ def _read_text(path: str) -> str:
 COMPARE_METHODS = "rope,self-extend,hirope"
 
 
-def split_list(text: str) -> list[str]:
-    """A plain comma-separated list (tasks, lengths); lists of methods go through
-    :func:`ropelab.pe.split_specs`, since a spec's own parameters are comma-separated too."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
     result = {}
     for item in items or []:
@@ -292,8 +277,9 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_
 
     import torch
 
+    from ropelab.core.lengths import parse_length
     from ropelab.eval import get_task
-    from ropelab.eval.runner import evaluate, parse_length
+    from ropelab.eval.runner import evaluate
     from ropelab.model.pretrained import load_model
     from ropelab.pe import split_specs
 
@@ -360,8 +346,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_task_sample(args: argparse.Namespace) -> int:
+    from ropelab.core.lengths import parse_length
     from ropelab.eval import get_task
-    from ropelab.eval.runner import parse_length
     from ropelab.model.pretrained import load_model
 
     task = get_task(args.task)

@@ -50,7 +50,7 @@ class Tokenizer:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` and ``special_tokens.json`` into ``directory``."""
-        from ropelab.model.checkpoint import atomic_path, atomic_write_text
+        from ropelab.core.io import atomic_path, atomic_write_text
 
         directory = Path(directory)
         with atomic_path(directory / "tokenizer.json") as tmp:

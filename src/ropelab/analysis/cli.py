@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from ropelab.cli import positive_int
+from ropelab.core.args import positive_int
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -95,7 +95,7 @@ def parse_layers(text: str | None, n_layers: int) -> list[int]:
 
 
 def parse_lengths(items: list[str], train_len: int) -> list[int]:
-    from ropelab.eval.runner import parse_length
+    from ropelab.core.lengths import parse_length
 
     lengths = sorted({parse_length(item, train_len) for item in items})
     for length in lengths:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ropelab.core.log import log
 from ropelab.data.corpus import Corpus
 from ropelab.errors import RopelabError
 from ropelab.tokenizer import Tokenizer
@@ -45,12 +46,8 @@ SPLITS = ("train", "val")
 _BPE = re.compile(r"bpe-(\d+)(k?)")
 
 
-def _log(message: str) -> None:
-    print(f"ropelab: {message}", file=sys.stderr, flush=True)
-
-
 def data_home() -> Path:
-    from ropelab.model.pretrained import ropelab_home
+    from ropelab.core.io import ropelab_home
 
     return ropelab_home() / "data"
 
@@ -171,7 +168,7 @@ def prepare_data(
     target = root / key
     if _valid(target) is not None:
         return open_data(target)
-    _log(corpus.describe())
+    log(corpus.describe())
     partial = root / f".{key}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -193,7 +190,7 @@ def prepare_data(
 def _build(corpus: Corpus, spec: str, directory: Path, progress: bool) -> dict:
     vocab = bpe_vocab_size(spec)
     if vocab is not None:
-        _log(f"training a byte-level BPE tokenizer (vocabulary {vocab}) on the train split")
+        log(f"training a byte-level BPE tokenizer (vocabulary {vocab}) on the train split")
         tokenizer = train_bpe(corpus.texts("train"), vocab)
     else:
         path = _external_tokenizer_file(spec)
@@ -226,7 +223,7 @@ def _build(corpus: Corpus, spec: str, directory: Path, progress: bool) -> dict:
             out.flush()
             os.fsync(out.fileno())
         counts[split] = count
-    _log(f"tokenized: train {counts['train']:,} tokens, val {counts['val']:,} tokens ({tokenizer.vocab_size} vocab)")
+    log(f"tokenized: train {counts['train']:,} tokens, val {counts['val']:,} tokens ({tokenizer.vocab_size} vocab)")
     return {
         "format": FORMAT_VERSION,
         "corpus_hash": corpus.content_hash,

@@ -458,7 +458,7 @@ def _context_plots(run: Path, config: dict, task: dict, records: list[dict]) -> 
 
 
 def write_report(run: str | os.PathLike) -> Path:
-    from ropelab.model.checkpoint import atomic_write_text
+    from ropelab.core.io import atomic_write_text
 
     run = Path(run)
     config, records = _load(run)

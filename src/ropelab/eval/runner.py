@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Iterable
@@ -29,28 +28,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ropelab.core.lengths import parse_length
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
 
 WINDOW = "window"
-
-
-def parse_length(text: str, train_len: int) -> int:
-    """``2x`` (times the train length), ``12k`` (x1024), ``4096``."""
-    raw = str(text).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(x|k)?", raw)
-    if not match:
-        raise RopelabError(
-            f"length {text!r} is not understood; write e.g. 0.5x, 2x (train length multiples), 4k or 4096"
-        )
-    value, unit = float(match.group(1)), match.group(2)
-    tokens = value * train_len if unit == "x" else value * 1024 if unit == "k" else value
-    if unit is None and not value.is_integer():
-        raise RopelabError(f"length {text!r}: a token count must be a whole number")
-    tokens = round(tokens)
-    if tokens <= 0:
-        raise RopelabError(f"length {text!r} must be positive")
-    return tokens
 
 
 @dataclass
@@ -370,7 +352,7 @@ def evaluate(
         if previous != config.to_json():
             raise RopelabError(f"{out} holds a run with a different configuration; choose another --out directory")
     else:
-        from ropelab.model.checkpoint import atomic_write_text
+        from ropelab.core.io import atomic_write_text
 
         atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
     results_path = out / "results.jsonl"

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ropelab.core.io import atomic_path, atomic_write_text
 from ropelab.errors import CheckpointError, RopelabError
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
@@ -30,58 +28,6 @@ FORMAT = "ropelab-checkpoint"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-def current_umask() -> int:
-    """The process's file mode creation mask, read without changing it where possible.
-
-    Linux (>= 4.7) reports it as the ``Umask:`` line of ``/proc/self/status`` (proc(5)); elsewhere
-    the only portable way is to set it and restore it (umask(2)), which briefly affects other threads.
-    """
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def default_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: 0o666 minus the umask (POSIX open(2))."""
-    return 0o666 & ~current_umask()
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it into place.
-
-    ``tempfile.mkstemp`` creates the temporary file with mode 0o600 (and a writer may replace it with
-    its own, e.g. safetensors' ``save_file``), so once written it gets the mode a plain
-    ``open(path, "w")`` would give (0o666 & ~umask): outputs stay readable to whoever the user's
-    umask allows. The parent directories get ``mkdir``'s usual 0o777 & ~umask.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, default_file_mode())
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def _sha256(path: Path) -> str:

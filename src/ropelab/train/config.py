@@ -9,6 +9,9 @@ documented choices where it does not:
 * schedule: cosine decay from the peak to ``min_lr_ratio`` (0.1) of it at the last step, or
   ``constant`` after the warm-up;
 * weight decay 0.1 on matrices (embeddings included), none on norms, biases and scalars;
+* synthetic data: none by default; ``synthetic`` replaces that share of the training sequences
+  with record sequences (:mod:`ropelab.data.synthetic`), which make in-context copying learnable
+  in minutes;
 * batch: 16 sequences of ``train_len`` tokens per optimizer step (the paper: 512 x 512; a CPU
   cannot), split into micro-batches (gradient accumulation) and over processes (DDP).
 """
@@ -39,6 +42,8 @@ class TrainConfig:
     holdout: list[str] = field(default_factory=list)  # files always in validation
     tokenizer: str = "bpe-8k"
     val_fraction: float = 0.05
+    synthetic: float = 0.0  # share of training sequences replaced by record sequences (data/synthetic.py)
+    synthetic_repeat: float = 0.5  # probability that a record repeats an earlier one
     seed: int = 0
     steps: int | None = None
     minutes: float | None = None  # a time budget instead of steps (steps are then calibrated)
@@ -93,6 +98,10 @@ class TrainConfig:
                 raise RopelabError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
             raise RopelabError("weight-decay and grad-clip must be >= 0 and eps > 0")
+        if not 0 <= self.synthetic <= 1:
+            raise RopelabError(f"synthetic must be a share in [0, 1], got {self.synthetic}")
+        if not 0 <= self.synthetic_repeat < 1:
+            raise RopelabError(f"synthetic-repeat must be a probability in [0, 1), got {self.synthetic_repeat}")
         if self.keep < 0:
             raise RopelabError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
         if self.device not in DEVICES:

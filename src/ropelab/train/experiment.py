@@ -5,25 +5,31 @@ settings -- same data, data order, seed, steps, batch and schedule -- then every
 evaluated with :func:`ropelab.eval.runner.evaluate` on ``ppl``, ``copy``, ``fewshot`` and
 ``passkey`` at 0.5x .. 4x its train length (RoPE-family models also with ``+pi`` and ``+yarn`` at
 inference), and one report puts the results side by side: the paper's Table 1 (copy), Table 2
-(few-shot following) and Figure 5 (perplexity vs length).
+(few-shot following) and Figure 5 (perplexity vs length), copy accuracy over training, and a
+seed study of the headline pair.
 
-Time budget (``budget_minutes``): a short calibration comes first; ``train_fraction`` of what is
-left trains the models and the rest evaluates them. Preparing the data (training the tokenizer,
-tokenizing the corpus: about a minute on 2 cores for the stdlib) happens once before and is not
-counted: it is cached for every later run. Steps are calibrated so that *all* models get the
-same number of steps (the bias methods are slower per step than RoPE; equal steps, not equal
-time, is the paper's protocol); the samples per evaluation cell are sized from measured forward
-times. Each model also gets a hard time limit of twice its expected time, so a disturbed machine
-cannot run the experiment far past its budget (the report says when a model stopped early).
+The recipe (docs/training.md, "The recipe"): 75% of the training sequences are synthetic record
+sequences (:mod:`ropelab.data.synthetic`), so that in-context copying -- what copy, few-shot and
+passkey measure -- is learnable by a 1.4M-parameter model in :data:`RECIPE_STEPS` steps; the rest
+is natural stdlib code. ``rope`` and ``hope`` (``seed_pes``) are trained with ``seeds`` seeds,
+the other encodings with one. :data:`RECIPE_SAMPLES` samples per evaluation cell.
 
-Held-out evaluation text: the evaluation tasks read the largest files of the stdlib (``ppl``,
-``passkey``, ``copy``, ``fewshot``'s functions), so with the default corpus those files
-(:data:`HOLDOUT_FILES` of them, see :func:`eval_holdout`) go to the validation split and no model
-is trained on them.
+``budget_minutes`` (optional) sizes the steps and samples to a wall-time budget instead: a short
+calibration comes first; ``train_fraction`` of what is left trains the models (all get the same
+number of steps -- the bias methods are slower per step; equal steps, not equal time, is the
+paper's protocol) and the rest evaluates them. Preparing the data (training the tokenizer,
+tokenizing the corpus) happens once and is cached. Each model has a hard time limit of twice its
+expected training time, so a disturbed machine cannot run it far past its plan (the report says
+when a model stopped early).
+
+Held-out evaluation text: with the default corpus every stdlib file the evaluation reads goes to
+the validation split (:func:`eval_holdout`), so no model is trained on it, and the synthetic
+records are spans of the training split only.
 
 The experiment directory holds ``experiment.json`` (the settings and the plan), ``models/<pe>/``
-(one training run each), ``eval/<pe>/`` (one evaluation run each), ``report.md``,
-``summary.json`` and PNG plots. Run the same command again to resume an interrupted experiment.
+and ``models/<pe>.seed<N>/`` (one training run each, with ``copy_curve.json``), ``eval/<name>/``
+(one evaluation run each), ``report.md``, ``summary.json`` and PNG plots. Models are trained and
+evaluated ``jobs`` at a time (worker processes); run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -32,26 +38,31 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ropelab.core.io import atomic_write_text
+from ropelab.core.log import log
 from ropelab.errors import RopelabError
-from ropelab.model.checkpoint import atomic_write_text
 
 DEFAULT_PES = ("rope", "hope", "nope", "alibi", "kerple-log", "fire")
 ABLATIONS = ("hope-ab1", "hope-ab2", "hope-ab3")
 DEFAULT_TASKS = ("ppl", "copy", "fewshot", "passkey")
 DEFAULT_LENGTHS = ("0.5x", "1x", "2x", "4x")
+#: the encodings that get the extra training seeds of ``--seeds`` (the headline comparison)
+SEED_PES = ("rope", "hope")
 #: the number of largest stdlib files held out of training (the evaluation tasks read from them)
 HOLDOUT_FILES = 160
-#: at most this many samples per cell by default: with 50, ppl reads stdlib files up to about
-#: the 150th (sample i starts 3 i files in), copy the first ~40, fewshot ~13 (measured), so all
-#: of the evaluation's text lies in the held-out files
-MAX_SAMPLES = 50
+#: at most this many samples per cell when they are sized from a budget (the ppl / passkey
+#: documents of this many samples are held out of training, see :func:`eval_holdout`)
+MAX_SAMPLES = 200
+#: the recipe's samples per evaluation cell (the accuracy tasks need about 200 for a +/- 3-point
+#: standard error) and steps per model (chosen by measurement, see docs/training.md)
+RECIPE_SAMPLES = 200
+RECIPE_STEPS = 3000
 #: the paper's row order in Tables 1-2 (anything else follows)
 PAPER_ORDER = ("alibi", "kerple-log", "kerple-power", "fire", "nope", "rope", "hope", *ABLATIONS)
 
@@ -59,33 +70,33 @@ PAPER_ORDER = ("alibi", "kerple-log", "kerple-power", "fire", "nope", "rope", "h
 ANALYSIS_DIR = "analysis"
 
 
-def _log(message: str) -> None:
-    print(f"ropelab: {message}", file=sys.stderr, flush=True)
-
-
 @dataclass
 class ExperimentConfig:
     pes: list[str] = field(default_factory=lambda: list(DEFAULT_PES))
-    budget_minutes: float = 60.0
+    budget_minutes: float | None = None  # None: the recipe's steps and samples; else sized to fit
     model_config: str = "hope-cpu"
     train_len: int = 256
     data: list[str] = field(default_factory=lambda: ["stdlib"])
     holdout_eval: bool = True  # hold the stdlib files the evaluation reads out of training
     tokenizer: str = "bpe-4k"
+    synthetic: float = 0.75  # share of training sequences that are record sequences (ropelab.data.synthetic)
+    synthetic_repeat: float = 0.6
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     lengths: list[str] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
-    samples: int | None = None  # per task x length x method; default: sized from the budget
+    samples: int | None = None  # per task x length x method; default: RECIPE_SAMPLES (or sized from the budget)
     scale_factor: float | None = None  # +pi / +yarn factor; default: longest length / train length
     train_fraction: float = 0.75
-    batch_size: int = 16
-    lr: float = 1e-3
+    batch_size: int = 8
+    lr: float = 3e-3
     seed: int = 0
     window: bool = False  # also the truncated-context reference row of every model
-    steps: int | None = None  # fix the steps instead of calibrating them from the budget
+    steps: int | None = None  # default: RECIPE_STEPS (or sized from the budget)
+    seeds: int = 3  # models per encoding of ``seed_pes``, trained with seeds seed, seed + 1, ...
+    seed_pes: list[str] = field(default_factory=lambda: list(SEED_PES))
 
     def validate(self) -> None:
+        from ropelab.core.lengths import parse_length
         from ropelab.eval import get_task
-        from ropelab.eval.runner import parse_length
         from ropelab.model.config import CONFIGS
         from ropelab.pe import canonical_spec, parse_spec
 
@@ -99,7 +110,7 @@ class ExperimentConfig:
             raise RopelabError("a position encoding is listed twice")
         if self.model_config not in CONFIGS:
             raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
-        if not self.budget_minutes > 0:
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
             raise RopelabError(f"the budget must be positive, got {self.budget_minutes} minutes")
         if not 0 < self.train_fraction < 1:
             raise RopelabError(f"train fraction must be in (0, 1), got {self.train_fraction}")
@@ -112,6 +123,12 @@ class ExperimentConfig:
         for value, name in ((self.samples, "samples"), (self.steps, "steps")):
             if value is not None and value <= 0:
                 raise RopelabError(f"{name} must be a positive integer, got {value}")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise RopelabError(f"seeds must be a positive integer, got {self.seeds!r}")
+        self.seed_pes = [canonical_spec(p) for p in self.seed_pes]
+        missing = [p for p in self.seed_pes if p not in self.pes]
+        if self.seeds > 1 and missing:
+            raise RopelabError(f"--seed-pes names encodings that are not trained: {', '.join(missing)}")
         if self.scale_factor is not None and not self.scale_factor >= 1:
             raise RopelabError(f"scale factor must be >= 1, got {self.scale_factor}")
 
@@ -120,7 +137,7 @@ class ExperimentConfig:
 
     @property
     def factor(self) -> float:
-        from ropelab.eval.runner import parse_length
+        from ropelab.core.lengths import parse_length
 
         if self.scale_factor is not None:
             return self.scale_factor
@@ -128,8 +145,8 @@ class ExperimentConfig:
 
     def task_lengths(self) -> dict[str, list[str]]:
         """Per task, the lengths it can be built at (``ppl`` needs > 256 tokens, ``fewshot`` 256)."""
+        from ropelab.core.lengths import parse_length
         from ropelab.eval import get_task
-        from ropelab.eval.runner import parse_length
 
         result = {}
         for name in self.tasks:
@@ -150,19 +167,49 @@ class ExperimentConfig:
         return [pe, f"{pe}+pi:factor={factor}", f"{pe}+yarn:factor={factor}"]
 
 
-def run_dir_name(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+def run_dir_name(spec: str, seed_offset: int = 0, seed: int = 0) -> str:
+    """The directory of one model under ``models/`` and ``eval/``: the spec made file-safe, plus
+    ``.seed<N>`` for the extra seeds of ``--seeds`` (the first seed keeps the plain name)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+    return name if seed_offset == 0 else f"{name}.seed{seed + seed_offset}"
 
 
-def eval_holdout(count: int = HOLDOUT_FILES) -> list[str]:
-    """The largest non-test stdlib files, in the evaluation corpus' order (what ppl, passkey, copy
-    and fewshot read first)."""
-    from ropelab.eval.corpus import stdlib_python_files
+@dataclass(frozen=True)
+class Run:
+    """One trained model of the experiment: an encoding and a training seed."""
 
-    return [str(p) for p in stdlib_python_files()[:count]]
+    pe: str
+    seed: int
+    name: str  # its directory under models/ and eval/
 
 
-def train_config(config: ExperimentConfig, pe: str, steps: int):
+def runs(config: ExperimentConfig) -> list[Run]:
+    """Every model to train: each encoding with the base seed, then the extra seeds of ``seed_pes``."""
+    out = [Run(pe, config.seed, run_dir_name(pe)) for pe in config.pes]
+    for offset in range(1, config.seeds):
+        out += [Run(pe, config.seed + offset, run_dir_name(pe, offset, config.seed)) for pe in config.seed_pes]
+    return out
+
+
+def eval_holdout(config: ExperimentConfig | None = None) -> list[str]:
+    """The stdlib files the evaluation reads, which no model may train on: the
+    :data:`HOLDOUT_FILES` largest non-test files (copy windows and few-shot functions come from
+    the first few dozen of them) plus every file of the ppl / passkey documents of the
+    ``samples`` (at most :data:`MAX_SAMPLES`) evaluation samples at the longest length."""
+    from ropelab.core.lengths import parse_length
+    from ropelab.eval.corpus import stdlib_dir, stdlib_python_files
+    from ropelab.eval.ppl import code_document
+
+    config = config or ExperimentConfig()
+    files = [str(p) for p in stdlib_python_files()[:HOLDOUT_FILES]]
+    if "ppl" in config.tasks or "passkey" in config.tasks:
+        longest = max(parse_length(x, config.train_len) for x in config.lengths)
+        for index in range(config.samples or MAX_SAMPLES):
+            files += [str(stdlib_dir() / name) for name in code_document(longest, index, config.seed)[1]]
+    return list(dict.fromkeys(files))
+
+
+def train_config(config: ExperimentConfig, pe: str, steps: int, seed: int | None = None):
     from ropelab.train.config import TrainConfig
 
     return TrainConfig(
@@ -170,9 +217,11 @@ def train_config(config: ExperimentConfig, pe: str, steps: int):
         model_config=config.model_config,
         train_len=config.train_len,
         data=list(config.data),
-        holdout=eval_holdout() if config.holdout_eval and config.data == ["stdlib"] else [],
+        holdout=eval_holdout(config) if config.holdout_eval and config.data == ["stdlib"] else [],
         tokenizer=config.tokenizer,
-        seed=config.seed,
+        synthetic=config.synthetic,
+        synthetic_repeat=config.synthetic_repeat,
+        seed=config.seed if seed is None else seed,
         steps=steps,
         batch_size=config.batch_size,
         lr=config.lr,
@@ -195,8 +244,8 @@ def _forward_seconds(model, length: int) -> float:
 
 def plan(config: ExperimentConfig, elapsed: float, progress: bool) -> dict:
     """Steps per model (equal for all) and samples per cell from the budget, by measurement."""
+    from ropelab.core.lengths import parse_length
     from ropelab.data import ChunkSampler
-    from ropelab.eval.runner import parse_length
     from ropelab.train import distributed
     from ropelab.train.trainer import build_model, calibrate_step_seconds, load_data
 
@@ -222,18 +271,23 @@ def plan(config: ExperimentConfig, elapsed: float, progress: bool) -> dict:
                 per_sample += sum(forward[n] for n in lengths)
         rows = len(config.methods(pe)) + (1 if config.window else 0)
         eval_seconds[pe] = per_sample * rows * 1.3  # tokenization, scoring, records
-    budget = config.budget_minutes * 60 - elapsed - (time.perf_counter() - start)
-    if budget <= 0:
-        raise RopelabError(f"a {config.budget_minutes:g}-minute budget is used up by calibration; give more time")
-    train_budget, eval_budget = budget * config.train_fraction, budget * (1 - config.train_fraction)
     overhead = 1.08  # validation loss, logging, checkpoints
-    steps = config.steps or max(1, int(train_budget / (overhead * sum(step_seconds.values()))))
+    models = runs(config)
     # every evaluation run builds its samples again (ppl tokenizes whole stdlib files): time one
     build_start = time.perf_counter()
     buildable_lengths(config, data.tokenizer, 1)
     build_per_sample = time.perf_counter() - build_start
     per_sample = {pe: seconds + build_per_sample for pe, seconds in eval_seconds.items()}
-    samples = config.samples or max(1, min(MAX_SAMPLES, int(eval_budget / sum(per_sample.values()))))
+    if config.budget_minutes is None:  # the recipe's fixed steps and samples
+        steps, samples = config.steps or RECIPE_STEPS, config.samples or RECIPE_SAMPLES
+    else:  # what fits the budget (for what is not given)
+        budget = config.budget_minutes * 60 - elapsed - (time.perf_counter() - start)
+        if budget <= 0:
+            raise RopelabError(f"a {config.budget_minutes:g}-minute budget is used up by calibration; give more time")
+        train_budget, eval_budget = budget * config.train_fraction, budget * (1 - config.train_fraction)
+        steps = config.steps or max(1, int(train_budget / (overhead * sum(step_seconds[r.pe] for r in models))))
+        fit = int(eval_budget / sum(per_sample[r.pe] for r in models))
+        samples = config.samples or max(1, min(MAX_SAMPLES, fit))
     expected = {pe: steps * step_seconds[pe] * overhead for pe in config.pes}
     lengths, dropped = buildable_lengths(config, data.tokenizer, samples)
     return {
@@ -254,8 +308,8 @@ def buildable_lengths(config: ExperimentConfig, tokenizer, samples: int) -> tupl
     """Per task, the lengths whose samples can be built with this tokenizer (a few-shot prompt
     of 5 examples may not fit in 256 tokens, ppl needs more than its 256 scored tokens), and the
     dropped ones with the reason."""
+    from ropelab.core.lengths import parse_length
     from ropelab.eval import get_task
-    from ropelab.eval.runner import parse_length
 
     usable, dropped = {}, {}
     for name in config.tasks:
@@ -274,6 +328,61 @@ def buildable_lengths(config: ExperimentConfig, tokenizer, samples: int) -> tupl
     return usable, dropped
 
 
+# -- when copying appears --------------------------------------------------------------------------
+CURVE_FILE = "copy_curve.json"
+CURVE_SAMPLES = 100
+
+
+@torch.no_grad()
+def copy_curve(run: Path, samples: int = CURVE_SAMPLES, seed: int = 0) -> list[dict]:
+    """Copy exact match at the train length for every checkpoint of a training run: when the
+    ability appears. Written to ``run/copy_curve.json`` (computed once; recomputed when the run
+    has new checkpoints). Scored teacher-forced like the copy task: all four answer tokens must
+    be the argmax."""
+    from ropelab.eval.copy import Copy
+    from ropelab.eval.stats import wilson
+    from ropelab.model.pretrained import load_model
+    from ropelab.train.state import list_checkpoints
+    from ropelab.train.trainer import CHECKPOINTS
+
+    path = run / CURVE_FILE
+    checkpoints = list_checkpoints(run / CHECKPOINTS)
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if [p["checkpoint"] for p in saved] == [c.name for c in checkpoints]:
+                return saved
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # damaged: computed again
+    points, task, built = [], Copy(), None
+    for checkpoint in checkpoints:
+        model, tokenizer = load_model(checkpoint)
+        model.eval()
+        length = model.config.train_len
+        if built is None:
+            built = task.build(tokenizer, length, samples, seed, length)
+        hits = 0
+        for sample in built:
+            ids = torch.tensor([sample.prompt_ids + sample.answer_ids])
+            answer = len(sample.answer_ids)
+            predicted = model(ids)[0, -answer - 1 : -1].argmax(-1).tolist()
+            hits += predicted == sample.answer_ids
+        step = int(checkpoint.name.rsplit("-", 1)[1])  # step-000100
+        low, high = wilson(hits, len(built))
+        points.append(
+            {
+                "checkpoint": checkpoint.name,
+                "step": step,
+                "length": length,
+                "n": len(built),
+                "exact_match": hits / len(built),
+                "interval": [low, high],
+            }
+        )
+    atomic_write_text(path, json.dumps(points, indent=2))
+    return points
+
+
 # -- the experiment --------------------------------------------------------------------------------
 def analyze_experiment(out: Path) -> Path | None:
     """The HoPE paper's analyses of every trained model, side by side, in ``out/analysis``: the
@@ -287,9 +396,9 @@ def analyze_experiment(out: Path) -> Path | None:
         return target / "analysis.md"
     config = AnalyzeConfig(path=str(out), out=str(target), analyses=["pattern", "vaf", "ood"], checkpoints="all")
     try:
-        return analyze(config, log=_log)
+        return analyze(config, log=log)
     except RopelabError as error:
-        _log(f"analysis skipped: {error}")
+        log(f"analysis skipped: {error}")
         return None
 
 
@@ -308,65 +417,99 @@ def saved_experiment(out: Path, config: dict) -> dict | None:
     return saved
 
 
-def run_experiment(
-    config: ExperimentConfig, out: str | os.PathLike, progress: bool = True, analysis: bool = True
-) -> Path:
-    """Train, evaluate, analyse (unless ``analysis=False``) and report; resumes when ``out``
-    holds the same experiment."""
+def run_model(
+    config: ExperimentConfig, the_plan: dict, run: Run, out: Path, progress: bool, threads: int | None = None
+) -> str:
+    """Train (or resume), evaluate and trace copying for one model of the experiment; returns a
+    one-line account. Runs in a worker process when the experiment has several jobs."""
     from ropelab.eval.runner import evaluate
     from ropelab.model.pretrained import load_model
     from ropelab.train.state import latest_checkpoint
     from ropelab.train.trainer import CHECKPOINTS, describe_result, train
 
+    if threads:
+        torch.set_num_threads(threads)
+    limit = 2.0 * the_plan["expected_train_seconds"][run.pe] + 30
+    result = train(
+        train_config(config, run.pe, the_plan["steps"], run.seed),
+        out / "models" / run.name,
+        progress=progress,
+        max_seconds=limit,
+    )
+    checkpoint = latest_checkpoint(out / "models" / run.name / CHECKPOINTS)
+    if checkpoint is None:
+        raise RopelabError(f"{run.name}: training left no checkpoint")
+    model, tokenizer = load_model(checkpoint)
+    evaluate(
+        model,
+        tokenizer,
+        run.pe,
+        config.methods(run.pe),
+        list(the_plan["task_lengths"]),
+        config.lengths,
+        the_plan["samples"],
+        out / "eval" / run.name,
+        seed=config.seed,
+        include_window=config.window,
+        progress=progress,
+        task_lengths=the_plan["task_lengths"],
+    )
+    if "copy" in config.tasks:
+        copy_curve(out / "models" / run.name, seed=config.seed)
+    return f"{run.name}: {describe_result(result)}"
+
+
+def _run_models(config: ExperimentConfig, the_plan: dict, out: Path, progress: bool, jobs: int) -> None:
+    """Every model, one after another or ``jobs`` at a time in worker processes (spawned: a forked
+    child of a process that has used OpenMP threads can hang), each with an equal share of the cores."""
+    models = runs(config)
+    if jobs <= 1 or len(models) == 1:
+        for run in models:
+            log(run_model(config, the_plan, run, out, progress))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log(f"{len(models)} models, {jobs} at a time ({threads} thread(s) each); progress is logged per model")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_model, config, the_plan, run, out, False, threads): run for run in models}
+        for future in as_completed(futures):
+            log(future.result())
+
+
+def run_experiment(
+    config: ExperimentConfig, out: str | os.PathLike, progress: bool = True, analysis: bool = True, jobs: int = 1
+) -> Path:
+    """Train, evaluate, analyse (unless ``analysis=False``) and report; resumes when ``out``
+    holds the same experiment. ``jobs`` models are trained and evaluated at a time (results do not
+    depend on it)."""
     start = time.perf_counter()
     config.validate()
+    if jobs < 1:
+        raise RopelabError(f"jobs must be a positive integer, got {jobs}")
     out = Path(out)
     record_path = out / "experiment.json"
     saved = saved_experiment(out, config.to_dict())
     if saved is not None:
         the_plan = saved["plan"]
-        _log(f"resuming the experiment in {out}: {the_plan['steps']} steps per model")
+        log(f"resuming the experiment in {out}: {the_plan['steps']} steps per model")
     else:
         the_plan = plan(config, time.perf_counter() - start, progress)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record_path, json.dumps({"config": config.to_dict(), "plan": the_plan}, indent=2))
-        _log(
-            f"plan: {len(config.pes)} models x {the_plan['steps']} steps ({the_plan['tokens_per_model']:,} tokens each), "
-            f"{the_plan['samples']} samples per evaluation cell"
+        log(
+            f"plan: {len(runs(config))} models x {the_plan['steps']} steps ({the_plan['tokens_per_model']:,} tokens "
+            f"each), {the_plan['samples']} samples per evaluation cell"
         )
-    steps, samples = the_plan["steps"], the_plan["samples"]
-    results = {}
-    for pe in config.pes:
-        run = out / "models" / run_dir_name(pe)
-        limit = 2.0 * the_plan["expected_train_seconds"][pe] + 30
-        result = train(train_config(config, pe, steps), run, progress=progress, max_seconds=limit)
-        _log(f"{pe}: {describe_result(result)}")
-        results[pe] = {"status": result.status, "step": result.step, "seconds": result.seconds}
-    for pe in config.pes:
-        checkpoint = latest_checkpoint(out / "models" / run_dir_name(pe) / CHECKPOINTS)
-        if checkpoint is None:
-            raise RopelabError(f"{pe}: training left no checkpoint")
-        model, tokenizer = load_model(checkpoint)
-        evaluate(
-            model,
-            tokenizer,
-            pe,
-            config.methods(pe),
-            list(the_plan["task_lengths"]),
-            config.lengths,
-            samples,
-            out / "eval" / run_dir_name(pe),
-            seed=config.seed,
-            include_window=config.window,
-            progress=progress,
-            task_lengths=the_plan["task_lengths"],
-        )
+    _run_models(config, the_plan, out, progress, jobs)
     if analysis:
         analyze_experiment(out)
     from ropelab.train.report import write_experiment_report
 
     report = write_experiment_report(out)
-    _log(f"experiment done in {(time.perf_counter() - start) / 60:.1f} min (this session); report: {report}")
+    log(f"experiment done in {(time.perf_counter() - start) / 60:.1f} min (this session); report: {report}")
     return report
 
 
@@ -378,4 +521,6 @@ __all__ = [
     "eval_holdout",
     "plan",
     "run_experiment",
+    "run_model",
+    "runs",
 ]

@@ -18,11 +18,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from ropelab.core.io import atomic_write_text
 from ropelab.errors import RopelabError
 from ropelab.eval.report import _cell_text, _compare_cells, _fmt, _label, make_plots
 from ropelab.eval.runner import WINDOW, read_results
-from ropelab.model.checkpoint import atomic_write_text
-from ropelab.train.experiment import ANALYSIS_DIR
+from ropelab.train.experiment import ANALYSIS_DIR, CURVE_FILE, CURVE_SAMPLES
 
 #: the tasks of the paper's tables, in the report's order, with their headings
 HEADINGS = {
@@ -48,7 +48,7 @@ def _row_order(pes: list[str], cells: dict) -> list[str]:
 
 def collect(exp: Path) -> dict:
     """Merge the experiment's runs into one summary (cells keyed by method; windows renamed)."""
-    from ropelab.train.experiment import run_dir_name
+    from ropelab.train.experiment import ExperimentConfig, run_dir_name, runs
     from ropelab.train.trainer import read_log
 
     record_path = exp / "experiment.json"
@@ -59,8 +59,9 @@ def collect(exp: Path) -> dict:
     tasks: dict[str, dict] = {}
     records: list[dict] = []
     training = {}
-    for pe in config["pes"]:
-        name = run_dir_name(pe)
+    base = {run_dir_name(pe) for pe in config["pes"]}
+    for model in runs(ExperimentConfig(**config)):
+        pe, name = model.pe, model.name
         run = exp / "models" / name
         log = read_log(run)
         final = log[-1] if log else {}
@@ -68,7 +69,10 @@ def collect(exp: Path) -> dict:
         train_config = (
             json.loads((run / "train_config.json").read_text()) if (run / "train_config.json").is_file() else {}
         )
-        training[pe] = {
+        curve_path = run / CURVE_FILE
+        curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
+        training[name if name not in base else pe] = {
+            "copy_curve": [(p["step"], p["exact_match"]) for p in curve],
             "parameters": train_config.get("parameters"),
             "steps": final.get("step", 0),
             "planned_steps": train_config.get("resolved", {}).get("steps"),
@@ -79,8 +83,8 @@ def collect(exp: Path) -> dict:
             "curve": [(r["tokens"], r["val_loss"]) for r in vals],
         }
         summary_path = exp / "eval" / name / "summary.json"
-        if not summary_path.is_file():
-            continue
+        if name not in base or not summary_path.is_file():
+            continue  # the extra seeds' evaluations go to the seed study
         summary = json.loads(summary_path.read_text())
         rename = {WINDOW: f"{WINDOW}[{pe}]"}
         for task, data in summary["tasks"].items():
@@ -168,6 +172,142 @@ def compare(records: list[dict], task: str, metric: str, higher: bool, a: str, b
     }
 
 
+#: two-sided 95% Student t quantiles by degrees of freedom (a seed study has few seeds)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def seed_study(exp: Path, experiment: dict) -> dict | None:
+    """The models of ``--seeds``: per task, method and length, each seed's cell mean; and the
+    headline differences (``hope`` - ``rope`` and their ``+yarn`` rows), averaged over the lengths
+    within and beyond the train length, per seed, with a 95% t interval over seeds. A difference
+    *exceeds the seed spread* when that interval excludes 0. None without extra seeds."""
+    from ropelab.train.experiment import ExperimentConfig, runs
+
+    config = ExperimentConfig(**experiment["config"])
+    if config.seeds < 2:
+        return None
+    train_len = config.train_len
+    tasks: dict[str, dict] = {}
+    for run in runs(config):
+        if run.pe not in config.seed_pes:
+            continue
+        path = exp / "eval" / run.name / "summary.json"
+        if not path.is_file():
+            continue
+        for task, data in json.loads(path.read_text())["tasks"].items():
+            entry = tasks.setdefault(
+                task, {"metric": data["metric"], "higher_is_better": data["higher_is_better"], "cells": {}}
+            )
+            for method, cells in data["cells"].items():
+                if method == WINDOW:
+                    continue
+                for n, cell in cells.items():
+                    entry["cells"].setdefault(method, {}).setdefault(n, {})[str(run.seed)] = cell[data["metric"]]
+    differences = []
+    for task, entry in tasks.items():
+        cells = entry["cells"]
+        for a in sorted(cells):
+            b = a.replace("hope", "rope", 1)
+            if not a.startswith("hope") or "+pi" in a or b not in cells:
+                continue
+            for region, keep in (("within", lambda n: n <= train_len), ("beyond", lambda n: n > train_len)):
+                lengths = [n for n in cells[a] if keep(int(n)) and n in cells[b]]
+                seeds = (
+                    sorted(set.intersection(*(set(cells[a][n]) & set(cells[b][n]) for n in lengths))) if lengths else []
+                )
+                if not seeds:
+                    continue
+                per_seed = [sum(cells[a][n][s] - cells[b][n][s] for n in lengths) / len(lengths) for s in seeds]
+                differences.append(
+                    {
+                        "task": task,
+                        "metric": entry["metric"],
+                        "a": a,
+                        "b": b,
+                        "region": region,
+                        "lengths": sorted(int(n) for n in lengths),
+                        "higher_is_better": entry["higher_is_better"],
+                        **_over_seeds(per_seed, seeds),
+                    }
+                )
+    return {"seeds": config.seeds, "pes": config.seed_pes, "tasks": tasks, "differences": differences}
+
+
+def _over_seeds(values: list[float], seeds: list[str]) -> dict:
+    k = len(values)
+    mean = sum(values) / k
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else None
+    half = None if sd is None else _T95.get(k - 1, 1.96) * sd / math.sqrt(k)
+    return {
+        "seeds": seeds,
+        "per_seed": values,
+        "mean": mean,
+        "sd": sd,
+        "ci95": None if half is None else [mean - half, mean + half],
+        "exceeds_seed_spread": half is not None and abs(mean) > half,
+    }
+
+
+def seed_section(study: dict | None, train_len: int) -> list[str]:
+    """Markdown for :func:`seed_study`."""
+    if not study:
+        return []
+    lines = [
+        f"## Seed study: {', '.join(f'`{p}`' for p in study['pes'])} trained with {study['seeds']} seeds",
+        "",
+        "Each cell: mean over seeds of the cell's mean, ± the standard deviation between seeds (k = seeds "
+        "measured); every seed is evaluated on the same samples.",
+        "",
+    ]
+    for task in ("copy", "fewshot", "passkey", "ppl"):
+        entry = study["tasks"].get(task)
+        if not entry:
+            continue
+        metric, cells = entry["metric"], entry["cells"]
+        lengths = sorted({int(n) for c in cells.values() for n in c})
+        lines += [
+            f"**{task}** ({metric})",
+            "",
+            "| method | " + " | ".join(_label(n, train_len) for n in lengths) + " |",
+        ]
+        lines.append("|---|" + "---:|" * len(lengths))
+        for method in sorted(cells, key=lambda m: (m.split("+")[0] != "rope", m)):
+            row = []
+            for n in lengths:
+                values = list(cells[method].get(str(n), {}).values())
+                if not values:
+                    row.append("-")
+                    continue
+                stats = _over_seeds(values, [])
+                spread = "" if stats["sd"] is None else f" ± {_fmt(stats['sd'], metric)}"
+                row.append(f"{_fmt(stats['mean'], metric)}{spread} (k={len(values)})")
+            lines.append(f"| `{method}` | " + " | ".join(row) + " |")
+        lines.append("")
+    if study["differences"]:
+        lines += [
+            "**Differences over seeds** (mean over the region's lengths, per seed; 95% t interval over seeds):",
+            "",
+            "| task | comparison | region | per seed | mean | 95% interval | exceeds the seed spread? |",
+            "|---|---|---|---|---:|---|---|",
+        ]
+        for d in study["differences"]:
+            metric = d["metric"]
+            scale = 100 if metric in AVERAGED else 1
+            digits = 1 if metric in AVERAGED else 4
+            interval = (
+                "-"
+                if d["ci95"] is None
+                else f"[{scale * d['ci95'][0]:+.{digits}f}, {scale * d['ci95'][1]:+.{digits}f}]"
+            )
+            lines.append(
+                f"| {d['task']} | `{d['a']}` - `{d['b']}` | {d['region']} L ({', '.join(map(str, d['lengths']))}) "
+                f"| {', '.join(f'{scale * v:+.{digits}f}' for v in d['per_seed'])} | {scale * d['mean']:+.{digits}f} "
+                f"| {interval} | {'yes' if d['exceeds_seed_spread'] else 'no'} |"
+            )
+        lines += ["", "Rates in points (higher is better); loss in nats (lower is better).", ""]
+    return lines
+
+
 def _verdicts(merged: dict) -> list[dict]:
     train_len = merged["config"]["train_len"]
     pes = merged["experiment"]["config"]["pes"]
@@ -223,7 +363,7 @@ def _table(task: str, data: dict, merged: dict) -> list[str]:
     return lines
 
 
-def render(merged: dict, plots: list[str], verdicts: list[dict]) -> str:
+def render(merged: dict, plots: list[str], verdicts: list[dict], study: dict | None = None) -> str:
     config, experiment = merged["config"], merged["experiment"]
     exp_config, plan = experiment["config"], experiment["plan"]
     train_len = config["train_len"]
@@ -238,7 +378,15 @@ def render(merged: dict, plots: list[str], verdicts: list[dict]) -> str:
         f"order for every model. Data: {', '.join(exp_config['data'])} "
         f"({data.get('tokens', {}).get('train', 0):,} train tokens, tokenizer {exp_config['tokenizer']}"
         + (", the files the evaluation reads held out of training" if exp_config.get("holdout_eval") else "")
-        + f"). Budget {exp_config['budget_minutes']:g} min; {plan['samples']} sample(s) per cell; "
+        + ")"
+        + (
+            f"; {100 * exp_config['synthetic']:g}% of the training sequences are synthetic record sequences "
+            f"(repeat probability {exp_config.get('synthetic_repeat', 0.5):g}, `ropelab.data.synthetic`)."
+            if exp_config.get("synthetic")
+            else "."
+        )
+        + (f" Budget {exp_config['budget_minutes']:g} min." if exp_config.get("budget_minutes") else "")
+        + f" {plan['samples']} sample(s) per cell; "
         f"`+pi` / `+yarn` use factor {_factor(exp_config):g} at inference.",
         "",
         "## Training",
@@ -255,6 +403,7 @@ def render(merged: dict, plots: list[str], verdicts: list[dict]) -> str:
             f"{_num(t['val_loss'])} | {t['minutes']:.1f} |"
         )
     lines.append("")
+    lines += curve_section(merged["training"], train_len)
     for task in ("copy", "fewshot", "ppl", "passkey", *sorted(set(merged["tasks"]) - set(HEADINGS))):
         if task not in merged["tasks"]:
             continue
@@ -280,6 +429,7 @@ def render(merged: dict, plots: list[str], verdicts: list[dict]) -> str:
                 f"(difference {_diff(v, v['metric'])}); {v['verdict']}."
             )
         lines.append("")
+    lines += seed_section(study, train_len)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     lines += analysis_section(merged.get("analysis"))
@@ -372,28 +522,65 @@ def _diff(v: dict, metric: str) -> str:
     return f"{v['difference']:+.4f} +/- {v['standard_error']:.4f}"
 
 
-def _training_plot(exp: Path, merged: dict) -> str | None:
+def curve_section(training: dict, train_len: int) -> list[str]:
+    """When copying appears: copy exact match at the train length over every model's checkpoints."""
+    curves = {name: t["copy_curve"] for name, t in training.items() if t.get("copy_curve")}
+    if not curves:
+        return []
+    steps = sorted({step for curve in curves.values() for step, _ in curve})
+    lines = [
+        "## When copying appears",
+        "",
+        f"Copy exact match (%) at the train length ({train_len} tokens) of every checkpoint, teacher-forced, "
+        f"the same {CURVE_SAMPLES} samples for every model (`models/<model>/{CURVE_FILE}`, with Wilson intervals).",
+        "",
+        "| model | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for name, curve in curves.items():
+        by_step = dict(curve)
+        lines.append(
+            f"| `{name}` | " + " | ".join("-" if s not in by_step else f"{100 * by_step[s]:.0f}" for s in steps) + " |"
+        )
+    return [*lines, "", "![copy_curve](copy_curve.png)", ""]
+
+
+def _line_plot(path: Path, curves: dict, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> str | None:
+    """One line per model (``curves``: name -> [(x, y)]), written to ``path``; None without data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {pe: t["curve"] for pe, t in merged["training"].items() if t["curve"]}
+    curves = {name: curve for name, curve in curves.items() if curve}
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for pe, curve in curves.items():
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label=pe)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation loss")
-    ax.set_title("validation loss during training")
+    for name, curve in curves.items():
+        ax.plot([c[0] for c in curve], [scale * c[1] for c in curve], marker="o", markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    path = exp / "training_val_loss.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+def _curve_plot(exp: Path, merged: dict) -> str | None:
+    curves = {name: t.get("copy_curve") for name, t in merged["training"].items()}
+    return _line_plot(
+        exp / "copy_curve.png", curves, "training step", "copy exact match at 1x (%)", "when copying appears", 100
+    )
+
+
+def _training_plot(exp: Path, merged: dict) -> str | None:
+    curves = {name: t["curve"] for name, t in merged["training"].items()}
+    return _line_plot(
+        exp / "training_val_loss.png", curves, "training tokens", "validation loss", "validation loss during training"
+    )
 
 
 def write_experiment_report(exp: str | os.PathLike) -> Path:
@@ -406,14 +593,17 @@ def write_experiment_report(exp: str | os.PathLike) -> Path:
         plots.append(training_plot)
     if merged["tasks"]:
         plots += make_plots(exp, summary_for_plots, merged["records"])
+    _curve_plot(exp, merged)  # shown in its own section, not with the other plots
     verdicts = _verdicts(merged)
+    study = seed_study(exp, merged["experiment"])
     summary = {
         "config": merged["config"],
         "experiment": merged["experiment"],
-        "training": {pe: {k: v for k, v in t.items() if k != "curve"} for pe, t in merged["training"].items()},
+        "training": merged["training"],
         "tasks": merged["tasks"],
         "hope_vs_rope": verdicts,
+        "seed_study": study,
     }
     atomic_write_text(exp / "summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(exp / "report.md", render(merged, plots, verdicts))
+    atomic_write_text(exp / "report.md", render(merged, plots, verdicts, study))
     return exp / "report.md"

@@ -46,8 +46,9 @@ from pathlib import Path
 
 import torch
 
+from ropelab.core.io import atomic_write_text
+from ropelab.core.log import log
 from ropelab.errors import RopelabError
-from ropelab.model.checkpoint import atomic_write_text
 
 #: JDK packages the model trains on (held-out evaluation files excluded)
 JDK_PACKAGES = ("util", "lang", "io", "time", "text", "math", "net", "nio")
@@ -58,10 +59,6 @@ BLOCK = 64  # tokens per loss block (the unit of the standard errors), at most h
 
 def block_size(train_len: int) -> int:
     return max(1, min(BLOCK, train_len // 2))
-
-
-def _log(message: str) -> None:
-    print(f"ropelab: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -158,8 +155,8 @@ def java_holdout() -> list[str]:
 def java_training_dir() -> Path | None:
     """The JDK's ``java.base`` sources of :data:`JDK_PACKAGES` minus the held-out files, extracted
     once under ``$ROPELAB_HOME/data/jdk-train`` (a plain directory ``ropelab train`` can read)."""
+    from ropelab.core.io import ropelab_home
     from ropelab.eval.corpus import jdk_sources
-    from ropelab.model.pretrained import ropelab_home
 
     archive = jdk_sources()
     if archive is None:
@@ -308,7 +305,7 @@ def run_experiment(config: ShortConfig, out: str | os.PathLike, progress: bool =
     minutes = config.budget_minutes * config.train_fraction
     tconfig = train_config(config, minutes)
     result = train(tconfig, out / "model", progress=progress)
-    _log(f"model: {describe_result(result)}")
+    log(f"model: {describe_result(result)}")
     checkpoint = latest_checkpoint(out / "model" / CHECKPOINTS)
     if checkpoint is None:
         raise RopelabError("training left no checkpoint")
@@ -346,5 +343,5 @@ def run_experiment(config: ShortConfig, out: str | os.PathLike, progress: bool =
     from ropelab.train.shortllm_report import write_report
 
     report = write_report(out, extra)
-    _log(f"done in {(time.perf_counter() - start) / 60:.1f} min (this session); report: {report}")
+    log(f"done in {(time.perf_counter() - start) / 60:.1f} min (this session); report: {report}")
     return report

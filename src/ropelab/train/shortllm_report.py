@@ -11,9 +11,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from ropelab.core.io import atomic_write_text
 from ropelab.eval.report import _diff, _est, _tokens, region
 from ropelab.eval.runner import WINDOW, read_results
-from ropelab.model.checkpoint import atomic_write_text
 
 
 def bucket_edges(train_len: int, length: int) -> list[int]:

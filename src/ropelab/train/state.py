@@ -28,8 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ropelab.core.io import atomic_path, atomic_write_text
 from ropelab.errors import CheckpointError
-from ropelab.model.checkpoint import atomic_path, atomic_write_text, save_checkpoint
+from ropelab.model.checkpoint import save_checkpoint
 
 LATEST = "latest.json"
 STATE = "trainer_state.json"

@@ -33,9 +33,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ropelab.core.io import atomic_write_text
+from ropelab.core.log import log
 from ropelab.data import ChunkSampler, Corpus, TokenData, evenly_spaced_chunks, prepare_data
+from ropelab.data.synthetic import MixtureSampler
 from ropelab.errors import CheckpointError, RopelabError
-from ropelab.model.checkpoint import atomic_write_text
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
 from ropelab.train import distributed, state
@@ -44,10 +46,6 @@ from ropelab.train.config import RUNTIME_FIELDS, TrainConfig, learning_rate
 TRAIN_CONFIG = "train_config.json"
 LOG = "log.jsonl"
 CHECKPOINTS = "checkpoints"
-
-
-def _log(message: str) -> None:
-    print(f"ropelab: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -86,7 +84,7 @@ class _StopFlag:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-        _log(f"{signal.Signals(signum).name}: finishing this step, then writing a checkpoint (again to abort)")
+        log(f"{signal.Signals(signum).name}: finishing this step, then writing a checkpoint (again to abort)")
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -130,6 +128,15 @@ def load_data(config: TrainConfig, info: distributed.Dist, progress: bool) -> To
     return data
 
 
+def training_sampler(config: TrainConfig, data: TokenData, train_len: int) -> ChunkSampler | MixtureSampler:
+    """The order of training sequences: natural chunks, with ``config.synthetic`` of them
+    replaced by record sequences when it is positive."""
+    natural = ChunkSampler(data.train, train_len, config.seed, "train")
+    if not config.synthetic:
+        return natural
+    return MixtureSampler(natural, data.tokenizer, config.synthetic, config.synthetic_repeat)
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -163,7 +170,7 @@ def validation_loss(
 
 
 def calibrate_step_seconds(
-    model: Transformer, sampler: ChunkSampler, micro: int, accum: int, device: torch.device
+    model: Transformer, sampler: ChunkSampler | MixtureSampler, micro: int, accum: int, device: torch.device
 ) -> float:
     """Seconds per optimizer step: two timed micro-batch forward+backward passes after a warm-up
     one, times the accumulation count. Gradients are cleared; no weight changes."""
@@ -247,7 +254,7 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
     vocab_size = data.tokenizer.vocab_size
     model = build_model(config, vocab_size, info.device)
     train_len = model.config.train_len
-    train_sampler = ChunkSampler(data.train, train_len, config.seed, "train")
+    train_sampler = training_sampler(config, data, train_len)
     val_sampler = ChunkSampler(data.val, train_len, config.seed, "val") if len(data.val) > train_len else None
     val_chunks = evenly_spaced_chunks(val_sampler, config.val_sequences) if val_sampler else []
 
@@ -270,7 +277,7 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
         seconds = info.all_reduce([seconds], op="max")[0]
         budget = config.minutes * 60 * 0.95 - (time.perf_counter() - start_time)
         steps = max(1, int(budget / seconds))
-        _log(f"calibrated {seconds:.3f} s per step: {steps} steps fit in {config.minutes:g} minutes")
+        log(f"calibrated {seconds:.3f} s per step: {steps} steps fit in {config.minutes:g} minutes")
     resolved = {
         "steps": steps,
         "warmup": config.resolved_warmup(steps),
@@ -289,7 +296,7 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
     latest = state.latest_checkpoint(checkpoints) if saved is not None else None
     if latest is not None:
         step, tokens, elapsed_before = _resume(latest, model, optimizer, info)
-        _log(f"resuming {out} from {latest.name} (step {step} of {steps})")
+        log(f"resuming {out} from {latest.name} (step {step} of {steps})")
     if config.minutes is not None:  # the budget covers the whole run, resumed parts included
         budget_left = config.minutes * 60 - elapsed_before
         max_seconds = budget_left if max_seconds is None else min(max_seconds, budget_left)
@@ -323,7 +330,7 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
     info.barrier()
 
     if step >= steps:
-        _log(f"{out} is already complete ({step} steps)")
+        log(f"{out} is already complete ({step} steps)")
         return TrainResult(out, step, steps, tokens, None, None, elapsed_before, "complete", latest)
 
     net = model
@@ -444,7 +451,7 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
             log_handle.close()
     seconds = elapsed_before + time.perf_counter() - loop_start
     if status != "complete":
-        _log(f"stopped at step {step} of {steps} ({status}); the same command resumes from {last_checkpoint}")
+        log(f"stopped at step {step} of {steps} ({status}); the same command resumes from {last_checkpoint}")
     return TrainResult(out, step, steps, tokens, train_loss, val_loss, seconds, status, last_checkpoint)
 
 

@@ -1,0 +1,66 @@
+"""Files and directories every part of ropelab writes: atomic writes and the home directory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def ropelab_home() -> Path:
+    """Where converted models and tokenized data are cached: ``$ROPELAB_HOME``, else ``~/.cache/ropelab``."""
+    return Path(os.environ.get("ROPELAB_HOME") or "~/.cache/ropelab").expanduser()
+
+
+def current_umask() -> int:
+    """The process's file mode creation mask, read without changing it where possible.
+
+    Linux (>= 4.7) reports it as the ``Umask:`` line of ``/proc/self/status`` (proc(5)); elsewhere
+    the only portable way is to set it and restore it (umask(2)), which briefly affects other threads.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 minus the umask (POSIX open(2))."""
+    return 0o666 & ~current_umask()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it into place.
+
+    ``tempfile.mkstemp`` creates the temporary file with mode 0o600 (and a writer may replace it with
+    its own, e.g. safetensors' ``save_file``), so once written it gets the mode a plain
+    ``open(path, "w")`` would give (0o666 & ~umask): outputs stay readable to whoever the user's
+    umask allows. The parent directories get ``mkdir``'s usual 0o777 & ~umask.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, default_file_mode())
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
