@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ropelab.core.args import split_list
 
-def items(text: str) -> list[str]:
-    """The non-empty, stripped items of a comma-separated option (``"a, b,"`` -> ``["a", "b"]``)."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+#: the comma-separated options of every benchmark (``"a, b,"`` -> ``["a", "b"]``)
+items = split_list
 
 
 def at_least(minimum: int):

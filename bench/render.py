@@ -6,9 +6,9 @@
     python -m bench import-run hope-experiment EXP_DIR  # publish a `ropelab experiment hope` run
 
 Every section names the command that regenerates it and the machine it was measured on; a
-section whose JSON is missing says so instead of showing numbers. The seed papers' numbers
-(``bench/paper_numbers.json``, transcribed from the papers with their table numbers) are shown
-beside ours only where the protocol matches, with the differences stated.
+section whose JSON is missing says so instead of showing numbers. The HoPE and HiRoPE papers'
+numbers (``bench/paper_numbers.json``, transcribed from the papers with their table numbers) are
+shown beside ours only where the protocol matches, with the differences stated.
 """
 
 from __future__ import annotations

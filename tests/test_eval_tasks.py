@@ -19,11 +19,11 @@ import pytest
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from ropelab.data.corpus import stdlib_root
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample
 from ropelab.eval.completion import Completion, edit_similarity, levenshtein
 from ropelab.eval.copy import PREFIX_TOKENS, SEQUENCE_TOKENS, Copy
-from ropelab.eval.corpus import stdlib_dir
 from ropelab.eval.fewshot import LANGUAGES, PAPER_FILLER, FewShot, _snippet, first_word
 from ropelab.eval.symbols import QUESTION, Symbols, generated_names
 from ropelab.tokenizer import Tokenizer
@@ -273,7 +273,7 @@ def test_completion_gold_is_the_next_line(tokenizer, length):
         assert len(sample.prompt_ids) <= length and tokenizer.encode(prompt) == sample.prompt_ids
         assert len(sample.prompt_ids) > length // 2
         assert prompt.endswith("\n")
-        source = (stdlib_dir() / sample.extra["file"]).read_text()
+        source = (stdlib_root() / sample.extra["file"]).read_text()
         line = sample.extra["line"]
         before = "".join(text + "\n" for text in source.split("\n")[: line - 1])
         # the prompt ends exactly where the answer line starts in the real file ...
@@ -339,7 +339,7 @@ def test_symbols_gold_matches_ast(tokenizer, length):
         assert headers == sample.extra["files"]
         for part, name in zip(code.split("# file: ")[1:], headers):  # each part is a head of the real file
             body = part[len(name) + 1 :]
-            assert (stdlib_dir() / name).read_text().startswith(body)
+            assert (stdlib_root() / name).read_text().startswith(body)
 
 
 def test_symbols_top_scope_and_determinism(bpe):
@@ -381,3 +381,4 @@ def test_no_source_text_is_a_clear_error(bpe, monkeypatch):
     monkeypatch.setattr(symbols, "_source_files", lambda: ())
     with pytest.raises(RopelabError, match="no usable stdlib Python file"):
         Symbols().build(bpe, 256, 1, seed=0, train_len=512)
+

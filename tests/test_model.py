@@ -206,7 +206,7 @@ def test_bad_configs_raise_clear_errors(overrides, message):
 
 def test_named_configs_sizes():
     small = Transformer(ModelConfig.from_name("small"))
-    assert 4e6 < small.num_parameters < 6e6  # the CPU demo size (ENVIRONMENT.md: <= ~5M)
+    assert 4e6 < small.num_parameters < 6e6  # the CPU demo size (~5M parameters, README "Python API")
     assert ModelConfig.from_name("hope-125m").dim == 768
 
 

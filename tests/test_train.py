@@ -260,7 +260,8 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
 def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
     """``ropelab experiment hirope`` at toy scale: trains, evaluates every method (and the window
     reference) on held-out stdlib documents, writes the report; the same call resumes."""
-    from ropelab.eval.corpus import long_code, stdlib_dir
+    from ropelab.data.corpus import stdlib_root
+    from ropelab.eval.corpus import long_code
     from ropelab.train.shortllm import ShortConfig, default_methods, python_holdout, run_experiment
 
     config = ShortConfig(
@@ -278,7 +279,7 @@ def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
     # the group of self-extend follows its rule (L - W) G + W >= length
     assert "self-extend:group=11,window=8" in methods  # (32 - 8) x 11 + 8 = 272 >= 256 > (32 - 8) x 10 + 8
     # the evaluation documents are held out of training
-    held = {str(p.relative_to(stdlib_dir())) for p in python_holdout()}
+    held = {str(p.relative_to(stdlib_root())) for p in python_holdout()}
     assert set(long_code(min_chars=256 * 8, skip=0)[1]) <= held
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["buckets"][0]["start"] == 0 and summary["buckets"][-1]["stop"] == 256
@@ -297,6 +298,9 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
     out = capsys.readouterr().out
     assert sorted(p.name for p in (exp / "models").iterdir()) == ["alibi", "hope", "hope.seed1", "rope", "rope.seed1"]
     assert json.loads((exp / "models" / "rope.seed1" / "train_config.json").read_text())["requested"]["seed"] == 1
+    # every seed trains on the same split of files, so all models share one tokenizer and one data cache
+    records = [json.loads((exp / "models" / n / "train_config.json").read_text()) for n in ("rope", "rope.seed1")]
+    assert records[0]["data_dir"] == records[1]["data_dir"]
     summary = json.loads((exp / "summary.json").read_text())
     study = summary["seed_study"]
     assert study["seeds"] == 2 and study["pes"] == ["rope", "hope"]

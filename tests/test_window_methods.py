@@ -10,7 +10,7 @@ import torch
 
 from ropelab import ModelConfig, Transformer, pe
 from ropelab.model.window_attention import windowed_attention
-from ropelab.pe.base import PEContext, apply_rotary
+from ropelab.pe.base import PEContext
 from ropelab.pe.hirope import auto_window, frequency_levels, reliable_split
 
 D = 8  # head dim: 4 frequencies
@@ -49,10 +49,7 @@ def ropelab_attention(spec, q, k, v, positions=None, train_len=16, chunk_size=No
     tables = encoding.windowed_rotation(index if positions is None else positions, index)
     as4 = lambda x: x.float()[None, None]  # noqa: E731
     out = windowed_attention(
-        apply_rotary(as4(q), tables.near_q),
-        apply_rotary(as4(q), tables.far_q),
-        apply_rotary(as4(k), tables.near_k),
-        apply_rotary(as4(k), tables.far_k),
+        *tables.apply(as4(q), as4(k)),
         as4(v),
         encoding.window,
         past=0,

@@ -5,10 +5,9 @@
 >>> model.with_method("hope+yarn:factor=2")  # switch methods without touching the weights
 """
 
+from ropelab.core.version import __version__
 from ropelab.errors import CheckpointError, RopelabError, SpecError
 from ropelab.model import KVCache, ModelConfig, Transformer, generate, load_checkpoint, load_model, save_checkpoint
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
@@ -17,6 +16,7 @@ __all__ = [
     "RopelabError",
     "SpecError",
     "Transformer",
+    "__version__",
     "generate",
     "load_checkpoint",
     "load_model",

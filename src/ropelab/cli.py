@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from ropelab import __version__
+    from ropelab.core.version import __version__
 
     return f"ropelab {__version__}"
 

@@ -385,7 +385,6 @@ def _window_attention(module, query, key, value, attention_mask, scaling=None, d
     each row's real tokens are numbered ``0, 1, 2, ...`` for the method's tables, so a padded row
     gets the result it gets alone."""
     from ropelab.model.window_attention import windowed_attention
-    from ropelab.pe.base import Rotation, apply_rotary
 
     encoding = module._ropelab_window
     batch, q_len, k_len = query.shape[0], query.shape[2], key.shape[2]
@@ -400,15 +399,12 @@ def _window_attention(module, query, key, value, attention_mask, scaling=None, d
     if positions is None or positions.shape[1] != k_len:
         positions = index
     tables = encoding.windowed_rotation(torch.as_tensor(positions, device=query.device), index)
-
-    def tail(rotation: Rotation) -> Rotation:
-        return Rotation(rotation.cos[:, past:], rotation.sin[:, past:])
-
+    q_near, q_far, k_near, k_far = tables.apply(query, key, query_rows=slice(past, None))
     out = windowed_attention(
-        apply_rotary(query, tail(tables.near_q)),
-        apply_rotary(query, tail(tables.far_q)),
-        apply_rotary(key, tables.near_k),
-        apply_rotary(key, tables.far_k),
+        q_near,
+        q_far,
+        k_near,
+        k_far,
         value,
         encoding.window,
         past,

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ropelab.errors import RopelabError
-from ropelab.pe.base import Rotation, apply_rotary
+from ropelab.pe.base import apply_rotary
 
 
 @dataclass
@@ -107,10 +107,6 @@ class _StopForward(Exception):
     """Raised by the hook after the last wanted layer: the rest of the forward is not needed."""
 
 
-def _rows(rotation: Rotation, index: Tensor) -> Rotation:
-    return Rotation(rotation.cos[:, index], rotation.sin[:, index])
-
-
 def _expand(t: Tensor, groups: int) -> Tensor:
     return t.repeat_interleave(groups, dim=1) if groups > 1 else t
 
@@ -124,14 +120,11 @@ def layer_terms(attention, x: Tensor, layer: int, pe, inputs, query_index: Tenso
     layout, groups = attention.layout, H // Hkv
     q_far = k_far = window = None
     if inputs.windowed is not None:
-        tables = inputs.windowed
-        q_far = apply_rotary(q, _rows(tables.far_q, query_index), layout)
-        k_far = _expand(apply_rotary(k, tables.far_k, layout), groups)
-        q = apply_rotary(q, _rows(tables.near_q, query_index), layout)
-        k = apply_rotary(k, tables.near_k, layout)
+        q, q_far, k, k_far = inputs.windowed.apply(q, k, layout, query_rows=query_index)
+        k_far = _expand(k_far, groups)
         window = pe.window
     elif inputs.q_rotation is not None:
-        q = apply_rotary(q, _rows(inputs.q_rotation, query_index), layout)
+        q = apply_rotary(q, inputs.q_rotation.rows(query_index), layout)
         k = apply_rotary(k, inputs.k_rotation, layout)
     bias = pe.attention_bias(layer, inputs.q_positions[:, query_index], inputs.k_positions)
     return LayerTerms(

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from ropelab.core.args import positive_int
+from ropelab.core.args import positive_int, split_list
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         path=args.path,
         out=args.out or f"runs/analyze-{time.strftime('%Y%m%d-%H%M%S')}",
         analyses=parse_analyses(args.analyses),
-        lengths=[item.strip() for item in args.lengths.split(",") if item.strip()],
+        lengths=split_list(args.lengths),
         methods=split_specs(args.method) if args.method and args.method.strip() else None,
         checkpoints=args.checkpoints,
         samples=args.samples,

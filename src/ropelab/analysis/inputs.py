@@ -1,6 +1,6 @@
 """What the analyses feed the model: the HoPE paper's probe, or windows of real text.
 
-* **Probe** (seed paper, Section 3.1): ``[BOS] t t t ... t`` -- one random token ``t`` repeated
+* **Probe** (HoPE paper, Section 3.1): ``[BOS] t t t ... t`` -- one random token ``t`` repeated
   at every position after the beginning-of-sequence token. Sample ``s`` uses the same token at
   every length (drawn once from ``seed``), so the in-range and beyond-range runs of the OOD check
   see the same inputs. Special tokens of the tokenizer are never drawn. The first token is the

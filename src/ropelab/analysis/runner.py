@@ -34,6 +34,7 @@ from ropelab.analysis.measure import Measurement, has_rotation, measure
 from ropelab.analysis.ood import ood_scores
 from ropelab.analysis.pattern import pattern_summary
 from ropelab.analysis.sources import Subject, discover
+from ropelab.core.args import split_list
 from ropelab.errors import RopelabError
 
 ANALYSES = ("pattern", "vaf", "ood", "hierarchy")
@@ -60,7 +61,7 @@ class AnalyzeConfig:
 
 
 def parse_analyses(text: str | list[str]) -> list[str]:
-    items = text if isinstance(text, list) else [t.strip() for t in str(text).split(",") if t.strip()]
+    items = text if isinstance(text, list) else split_list(str(text))
     if not items:
         raise RopelabError(f"no analysis given; choose from {', '.join(ANALYSES)}")
     for item in items:

@@ -86,7 +86,8 @@ class Hierarchy:
         """``[T, levels]`` int64 positions, lowest level first.
 
         Column 0 is the token-level index: the offset inside the segment (``token_index="segment"``,
-        the paper's default) or the global token index (``"global"``); column 1 the segment ordinal;
+        an alternative reading) or the global token index (``"global"``, the HiRoPE paper's method and
+        what ``hirope`` uses by default; docs/methods.md, "HiRoPE"); column 1 the segment ordinal;
         column 2 (``levels=3``) the ordinal of the top-level unit.
         """
         if token_index == "segment":

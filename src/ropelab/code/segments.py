@@ -1,6 +1,7 @@
 """Source text -> segments that tile it (character spans), from a tree-sitter parse.
 
-The rules (HiRoPE, arXiv 2403.19115, Section 3.1; docs/METHODS.md):
+The rules (HiRoPE, arXiv 2403.19115, Section 3.1, says only "based on tree-sitter"; the details are
+ropelab's, docs/methods.md, "HiRoPE"):
 
 * ``granularity="function"``: every function / method / constructor definition that is not nested
   inside another function is a segment; every maximal run of other code between them (imports,

@@ -69,6 +69,11 @@ class Task:
     stop: ClassVar[tuple[str, ...]] = ()
     #: the smallest input length the task can build (tokens)
     min_length: ClassVar[int] = 64
+    #: keys of ``Sample.extra`` copied into every result record (reports group by them)
+    recorded: ClassVar[tuple[str, ...]] = ()
+    #: True when sample sizes vary with the draw, so one built sample does not tell whether
+    #: every sample fits a length
+    variable_size: ClassVar[bool] = False
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         raise NotImplementedError

@@ -1,7 +1,8 @@
 """Long code completion: predict the next line after a long code prefix (LCC / LongBench ``lcc``).
 
-Protocol (METHODS.md, HiRoPE's evaluation): the model reads a long code prefix and must write
-the next line; the metric is edit similarity, with exact match reported beside it.
+Protocol (HiRoPE paper's evaluation; docs/methods.md, "completion"): the model reads a long code
+prefix and must write the next line; the metric is edit similarity, with exact match reported
+beside it.
 
 Choices made here:
 
@@ -40,9 +41,10 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
+from ropelab.data.corpus import stdlib_root
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import read_text, stdlib_dir, stdlib_python_files
+from ropelab.eval.corpus import read_text, stdlib_python_files
 
 MIN_FILE_BYTES = 8000
 MIN_ANSWER_CHARS = 8
@@ -67,7 +69,7 @@ class Completion(Task):
         files = _target_files()
         if not files:
             raise RopelabError(
-                f"completion: no stdlib Python file of at least {MIN_FILE_BYTES} bytes in {stdlib_dir()}"
+                f"completion: no stdlib Python file of at least {MIN_FILE_BYTES} bytes in {stdlib_root()}"
             )
         samples, used = [], set()
         for index in range(n):
@@ -185,7 +187,7 @@ def _part_ends(parts: list[str]) -> list[int]:
 
 
 def _name(path: Path) -> str:
-    return path.relative_to(stdlib_dir()).as_posix()
+    return path.relative_to(stdlib_root()).as_posix()
 
 
 def _header(path: Path) -> str:

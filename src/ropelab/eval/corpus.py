@@ -6,14 +6,10 @@ undecodable files are skipped and counted, never a crash.
 
 from __future__ import annotations
 
-import sysconfig
 from functools import lru_cache
 from pathlib import Path
 
-
-def stdlib_dir() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
+from ropelab.data.corpus import stdlib_root
 
 #: stdlib directories that are not code to read: tests, installed packages, documentation strings
 #: (``pydoc_data/topics.py``, the largest ``.py`` file, is one dict of reST text) and generated codec tables
@@ -23,7 +19,7 @@ NOT_CODE = ("test", "tests", "idle_test", "site-packages", "pydoc_data", "encodi
 @lru_cache(maxsize=4)
 def stdlib_python_files(min_bytes: int = 0) -> tuple[Path, ...]:
     """Top-level and package ``.py`` files of the stdlib (no tests, no data modules), largest first."""
-    root = stdlib_dir()
+    root = stdlib_root()
     files = [
         p
         for p in root.rglob("*.py")
@@ -55,7 +51,7 @@ def python_parts(min_chars: int, skip: int = 0) -> tuple[list[str], list[str]]:
         if text is None:
             continue
         parts.append(text if text.endswith("\n") else text + "\n")
-        names.append(str(path.relative_to(stdlib_dir())))
+        names.append(str(path.relative_to(stdlib_root())))
         total += len(text)
         if total >= min_chars:
             break

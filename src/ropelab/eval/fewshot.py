@@ -86,6 +86,7 @@ class FewShot(Task):
     stop = ("\n",)
     #: the paper's shortest input (0.5 L at L = 512); 5 function examples + a query need ~200 tokens
     min_length = 256
+    variable_size = True  # prompts differ from sample to sample
 
     def __init__(self, subtask: str = "mixed", filler: str = "paper") -> None:
         if subtask not in (*SUBTASKS, "mixed"):

@@ -63,6 +63,7 @@ class Passkey(Task):
     description = "retrieve a 5-digit pass key hidden at depth d of a long code filler"
     mode = "teacher_forced"
     metric = "exact_match"
+    recorded = ("depth",)
     min_length = 96
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:

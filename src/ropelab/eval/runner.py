@@ -35,7 +35,7 @@ from ropelab.eval.base import Outputs, Sample, Task
 WINDOW = "window"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunConfig:
     model: str
     methods: list[str]
@@ -321,17 +321,17 @@ def evaluate(
     token_lengths = sorted({n for values in per_task.values() for n in values})
     haystack = _check_ppl_document(ppl_document, per_task)
     config = RunConfig(
-        model_name,
-        methods,
-        tasks,
-        token_lengths,
-        list(lengths),
-        per_task,
-        samples,
-        seed,
-        train_len,
-        include_window,
-        ppl_document,
+        model=model_name,
+        methods=methods,
+        tasks=tasks,
+        lengths=token_lengths,
+        length_labels=list(lengths),
+        task_lengths=per_task,
+        samples=samples,
+        seed=seed,
+        train_len=train_len,
+        include_window=include_window,
+        ppl_document=ppl_document,
     )
     if haystack:  # the ppl inputs are cut from the passkey samples, so those are built first
         task_objects.sort(key=lambda t: t.name != "passkey")
@@ -432,7 +432,7 @@ def evaluate(
                     "seconds": round(time.perf_counter() - start, 3),
                     **info,
                 }
-                for key in ("depth",):
+                for key in task.recorded:
                     if key in sample.extra:
                         record[key] = sample.extra[key]
                 if outputs is not None and outputs.generated is not None:

@@ -1,8 +1,8 @@
 """Code Symbol Understanding (HiRoPE, arXiv 2403.19115, Section 4): list what a long file defines.
 
-Protocol (METHODS.md): a long real code file (about 13K tokens on average in the paper); the model
-must list every function and class name defined in it; gold names come from the AST; the metric
-is recall averaged over files (paper: TinyLlama origin 0.0067, ReRoPE 0.121, HiRoPE 0.142).
+Protocol (HiRoPE paper, Section 4; docs/methods.md, "symbols"): a long real code file (about 13K
+tokens on average in the paper); the model must list every function and class name defined in
+it; gold names come from the AST; the metric is recall averaged over files (paper: TinyLlama origin 0.0067, ReRoPE 0.121, HiRoPE 0.142).
 
 Choices made here:
 
@@ -19,8 +19,9 @@ Choices made here:
   above, one per line.`` then ``# Answer:``, so the whole prompt is still a Python file.
   ``prompt_ids == encode(prompt)`` (no BOS), at most ``length`` tokens.
 * Gold: the unique names of every ``FunctionDef``, ``AsyncFunctionDef`` and ``ClassDef`` in
-  ``ast.parse(code)``, in source order -- methods and nested definitions included (METHODS.md:
-  "every function and class name defined in it"); ``scope="top"`` keeps module-level ones only.
+  ``ast.parse(code)``, in source order -- methods and nested definitions included (the paper's
+  task: every function and class name defined in the file); ``scope="top"`` keeps module-level
+  ones only.
   A name defined twice (``__init__`` in many classes) counts once.
 * Generation: greedy, up to 256 new tokens (a 13K-token file defines more names than fit: recall
   is capped by the budget, as it was in the paper), stopped at a blank line.
@@ -40,9 +41,10 @@ import re
 from functools import cache, lru_cache
 from pathlib import Path
 
+from ropelab.data.corpus import stdlib_root
 from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import read_text, stdlib_dir, stdlib_python_files
+from ropelab.eval.corpus import read_text, stdlib_python_files
 
 QUESTION = "\n# Question: list all functions and classes defined above, one per line.\n# Answer:\n"
 SCOPES = ("all", "top")
@@ -73,7 +75,7 @@ class Symbols(Task):
         self.check_length(length)
         files = _source_files()
         if not files:
-            raise RopelabError(f"symbols: no usable stdlib Python file in {stdlib_dir()}")
+            raise RopelabError(f"symbols: no usable stdlib Python file in {stdlib_root()}")
         budget = length - len(tokenizer.encode(QUESTION))
         chars_per_token = _chars_per_token(tokenizer)
         samples = []
@@ -195,7 +197,7 @@ def _drop_last_unit(parts):
 
 
 def _name(path: Path) -> str:
-    return path.relative_to(stdlib_dir()).as_posix()
+    return path.relative_to(stdlib_root()).as_posix()
 
 
 def _header(path: Path) -> str:

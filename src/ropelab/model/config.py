@@ -90,9 +90,9 @@ class ModelConfig:
 
 #: Named configurations. ``tiny`` trains in seconds (tests); ``small`` (~5M parameters with an 8K
 #: vocabulary) is the CPU demo size; ``hope-cpu`` (~1.4M parameters, head_dim 64 as in the paper,
-#: 4K vocabulary, ~7K tokens/s on 2 CPU cores) is what ``ropelab experiment hope`` trains;
-#: ``short-code`` (~5M, train length 128, RoPE base 256) is what ``ropelab experiment hirope`` trains;
-#: ``hope-125m`` is the seed paper's 125M Llama (Section 3.1).
+#: 4K vocabulary) is what ``ropelab experiment hope`` trains; ``short-code`` (~5M, train length 128,
+#: RoPE base 256) is what ``ropelab experiment hirope`` trains; ``hope-125m`` is the HoPE paper's
+#: 125M Llama (Section 3.1).
 CONFIGS: dict[str, dict] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, train_len=256),
     "small": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, train_len=512),

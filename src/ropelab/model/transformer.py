@@ -140,17 +140,17 @@ class KVCache:
         self.far_keys = list(self.keys)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AttentionInputs:
     """What every layer needs from the position encoding for one forward pass."""
 
-    q_rotation: Rotation | None
-    k_rotation: Rotation | None
-    rotate_cached_keys: bool
     q_positions: Tensor
     k_positions: Tensor
-    causal_mask: Tensor | None  # bool [Tq, Tk] or [B, 1, Tq, Tk]; None means "plain causal" or "no mask needed"
-    is_causal: bool
+    q_rotation: Rotation | None = None
+    k_rotation: Rotation | None = None
+    rotate_cached_keys: bool = False
+    causal_mask: Tensor | None = None  # bool [Tq, Tk] or [B, 1, Tq, Tk]; None: "plain causal" or "no mask needed"
+    is_causal: bool = False
     windowed: WindowedRotation | None = None  # near/far tables of a windowed method
     past: int = 0
     key_mask: Tensor | None = None  # bool [B, Tk], True = real token; None = no padding
@@ -204,9 +204,7 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _windowed(self, q, k, v, layer, pe, inputs, cache):
-        tables = inputs.windowed
-        q_near, q_far = apply_rotary(q, tables.near_q, self.layout), apply_rotary(q, tables.far_q, self.layout)
-        k_near, k_far = apply_rotary(k, tables.near_k, self.layout), apply_rotary(k, tables.far_k, self.layout)
+        q_near, q_far, k_near, k_far = inputs.windowed.apply(q, k, self.layout)
         if cache is not None:
             k_near, v = cache.update(layer, k_near, v)
             k_far = cache.update_far(layer, k_far)
@@ -409,10 +407,12 @@ class Transformer(nn.Module):
             else:  # each row's own sequence index: its real tokens are 0, 1, 2, ... (padding 0)
                 index = (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
             windowed = pe.windowed_rotation(positions, index)
-            return AttentionInputs(None, None, False, positions, k_positions, None, False, windowed, past, key_mask)
+            return AttentionInputs(
+                q_positions=positions, k_positions=k_positions, windowed=windowed, past=past, key_mask=key_mask
+            )
         if rotate_cached:  # one table for all keys, queries take its tail
             k_rot = pe.rotation(k_positions)
-            q_rot = None if k_rot is None else Rotation(k_rot.cos[:, past:], k_rot.sin[:, past:])
+            q_rot = None if k_rot is None else k_rot.rows(slice(past, None))
         else:
             q_rot = pe.rotation(positions)
             k_rot = q_rot
@@ -425,7 +425,15 @@ class Transformer(nn.Module):
         else:
             causal_mask, is_causal = _causal(T, past + T, positions.device), False
         return AttentionInputs(
-            q_rot, k_rot, rotate_cached, positions, k_positions, causal_mask, is_causal, None, past, key_mask
+            q_positions=positions,
+            k_positions=k_positions,
+            q_rotation=q_rot,
+            k_rotation=k_rot,
+            rotate_cached_keys=rotate_cached,
+            causal_mask=causal_mask,
+            is_causal=is_causal,
+            past=past,
+            key_mask=key_mask,
         )
 
     def _check_mask(self, attention_mask, input_ids: Tensor, cache: KVCache | None) -> Tensor | None:

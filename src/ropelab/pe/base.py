@@ -163,6 +163,10 @@ class Rotation:
     cos: Tensor
     sin: Tensor
 
+    def rows(self, index: Tensor | slice) -> Rotation:
+        """The tables of some positions only (``slice(past, None)``: the last queries)."""
+        return Rotation(self.cos[:, index], self.sin[:, index])
+
 
 @dataclass
 class WindowedRotation:
@@ -172,6 +176,23 @@ class WindowedRotation:
     near_k: Rotation
     far_q: Rotation
     far_k: Rotation
+
+    def apply(
+        self, q: Tensor, k: Tensor, layout: str = "half", query_rows: Tensor | slice | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(q_near, q_far, k_near, k_far)``: queries and keys ``[B, H, T, head_dim]`` rotated by the
+        near and far tables -- what ``ropelab.model.window_attention.windowed_attention`` takes.
+        ``query_rows`` picks the queries' rows of the tables when ``q`` holds only some positions
+        (the last ones of a cached sequence, or selected ones); by default all rows."""
+        near_q, far_q = self.near_q, self.far_q
+        if query_rows is not None:
+            near_q, far_q = near_q.rows(query_rows), far_q.rows(query_rows)
+        return (
+            apply_rotary(q, near_q, layout),
+            apply_rotary(q, far_q, layout),
+            apply_rotary(k, self.near_k, layout),
+            apply_rotary(k, self.far_k, layout),
+        )
 
 
 def apply_rotary(x: Tensor, rotation: Rotation, layout: str = "half") -> Tensor:

@@ -16,8 +16,8 @@ With training length ``L`` and RoPE angles ``theta_j``:
   the highest (``theta_0``) and the lowest kept angle, so every channel rotates and none has a
   period longer than ``L`` (documented choice).
 
-``L`` is the checkpoint's training length, never the current input length. Kept counts match
-METHODS.md (e.g. d=64, L=512 -> 16 of 32).
+``L`` is the checkpoint's training length, never the current input length. Kept counts are listed
+in docs/methods.md, "HoPE and its ablations" (e.g. d=64, L=512 -> 16 of 32).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ Tuning" (arXiv 2401.01325), Section 3, Eq. (3)-(4); the HiRoPE paper's strongest
 
 Neighbour attention: pairs with ``m - n < window`` use plain RoPE. Grouped attention: positions
 are floor-divided by ``group`` and the query shifted so the two regions join smoothly:
-``q at m // G + (window - window // G)``, ``k at n // G``. Defaults follow the reference README
-as cited in METHODS.md (group 4, neighbour window 1024).
+``q at m // G + (window - window // G)``, ``k at n // G``. Defaults follow the examples in the
+reference code's README (``datamllab/LongLM``: group 4, neighbour window 1024; its function default
+is group 8); docs/methods.md, "Self-Extend".
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ class TrainConfig:
     synthetic: float = 0.0  # share of training sequences replaced by record sequences (data/synthetic.py)
     synthetic_repeat: float = 0.5  # probability that a record repeats an earlier one
     seed: int = 0
+    split_seed: int | None = None  # seed of the train/val split by file (default: seed)
     steps: int | None = None
     minutes: float | None = None  # a time budget instead of steps (steps are then calibrated)
     batch_size: int = 16  # sequences per optimizer step, over all processes
@@ -134,7 +135,10 @@ class TrainConfig:
 
     def semantic(self) -> dict:
         """The settings that decide the weights (what must match to resume)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        settings = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        if settings["split_seed"] is None:  # the default split seed is the seed: the same run
+            settings["split_seed"] = self.seed
+        return settings
 
 
 def learning_rate(step: int, steps: int, config: TrainConfig) -> float:

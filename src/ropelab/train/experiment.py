@@ -197,7 +197,8 @@ def eval_holdout(config: ExperimentConfig | None = None) -> list[str]:
     the first few dozen of them) plus every file of the ppl / passkey documents of the
     ``samples`` (at most :data:`MAX_SAMPLES`) evaluation samples at the longest length."""
     from ropelab.core.lengths import parse_length
-    from ropelab.eval.corpus import stdlib_dir, stdlib_python_files
+    from ropelab.data.corpus import stdlib_root
+    from ropelab.eval.corpus import stdlib_python_files
     from ropelab.eval.ppl import code_document
 
     config = config or ExperimentConfig()
@@ -205,7 +206,7 @@ def eval_holdout(config: ExperimentConfig | None = None) -> list[str]:
     if "ppl" in config.tasks or "passkey" in config.tasks:
         longest = max(parse_length(x, config.train_len) for x in config.lengths)
         for index in range(config.samples or MAX_SAMPLES):
-            files += [str(stdlib_dir() / name) for name in code_document(longest, index, config.seed)[1]]
+            files += [str(stdlib_root() / name) for name in code_document(longest, index, config.seed)[1]]
     return list(dict.fromkeys(files))
 
 
@@ -222,6 +223,7 @@ def train_config(config: ExperimentConfig, pe: str, steps: int, seed: int | None
         synthetic=config.synthetic,
         synthetic_repeat=config.synthetic_repeat,
         seed=config.seed if seed is None else seed,
+        split_seed=config.seed,  # every seed trains on the same files with the same tokenizer
         steps=steps,
         batch_size=config.batch_size,
         lr=config.lr,
@@ -246,6 +248,7 @@ def plan(config: ExperimentConfig, elapsed: float, progress: bool) -> dict:
     """Steps per model (equal for all) and samples per cell from the budget, by measurement."""
     from ropelab.core.lengths import parse_length
     from ropelab.data import ChunkSampler
+    from ropelab.eval import get_task
     from ropelab.train import distributed
     from ropelab.train.trainer import build_model, calibrate_step_seconds, load_data
 
@@ -262,10 +265,11 @@ def plan(config: ExperimentConfig, elapsed: float, progress: bool) -> dict:
         model.eval()
         forward = {n: _forward_seconds(model, n) for n in sorted({n for xs in task_lengths.values() for n in xs})}
         per_sample = 0.0
-        for task, lengths in task_lengths.items():
-            if task == "ppl":  # one pass of the longest length serves all of a sample's lengths
+        for name, lengths in task_lengths.items():
+            mode = get_task(name).mode
+            if mode == "loss":  # one pass of the longest length serves all of a sample's lengths
                 per_sample += forward[max(lengths)]
-            elif task == "fewshot":  # prefill + up to 8 cached decoding steps
+            elif mode == "generate":  # prefill + a few cached decoding steps
                 per_sample += sum(forward[n] * 1.5 for n in lengths)
             else:
                 per_sample += sum(forward[n] for n in lengths)
@@ -316,7 +320,7 @@ def buildable_lengths(config: ExperimentConfig, tokenizer, samples: int) -> tupl
         task = get_task(name)
         for label in config.lengths:
             # only few-shot prompts differ in size from sample to sample; one sample tells for the rest
-            count = samples if name == "fewshot" else 1
+            count = samples if task.variable_size else 1
             try:
                 task.build(tokenizer, parse_length(label, config.train_len), count, config.seed, config.train_len)
             except RopelabError as error:

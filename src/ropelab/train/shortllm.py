@@ -183,9 +183,10 @@ def documents(config: ShortConfig, tokenizer, indices: Sequence[int] | None = No
     each a run of whole held-out files (largest first), never a file the model trained on.
     ``indices`` picks other documents (document ``i`` starts at the ``3 i``-th held-out file):
     the sensitivity sweep chooses settings on documents the study does not report."""
-    from ropelab.eval.corpus import first_tokens, long_code, long_java, stdlib_dir
+    from ropelab.data.corpus import stdlib_root
+    from ropelab.eval.corpus import first_tokens, long_code, long_java
 
-    held_py = {str(p.relative_to(stdlib_dir())) for p in python_holdout()}
+    held_py = {str(p.relative_to(stdlib_root())) for p in python_holdout()}
     held_java = set(java_holdout())
     out = []
     for language in config.languages:

@@ -48,7 +48,7 @@ LOG = "log.jsonl"
 CHECKPOINTS = "checkpoints"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     out: Path
     step: int  # optimizer steps done
@@ -115,7 +115,10 @@ def load_data(config: TrainConfig, info: distributed.Dist, progress: bool) -> To
 
     def build() -> TokenData:
         corpus = Corpus.from_sources(
-            config.data, val_fraction=config.val_fraction, seed=config.seed, holdout=config.holdout
+            config.data,
+            val_fraction=config.val_fraction,
+            seed=config.seed if config.split_seed is None else config.split_seed,
+            holdout=config.holdout,
         )
         return prepare_data(corpus, config.tokenizer, progress=progress and info.main)
 
@@ -331,7 +334,17 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
 
     if step >= steps:
         log(f"{out} is already complete ({step} steps)")
-        return TrainResult(out, step, steps, tokens, None, None, elapsed_before, "complete", latest)
+        return TrainResult(
+            out=out,
+            step=step,
+            steps=steps,
+            tokens=tokens,
+            train_loss=None,
+            val_loss=None,
+            seconds=elapsed_before,
+            status="complete",
+            checkpoint=latest,
+        )
 
     net = model
     if info.enabled:
@@ -452,7 +465,17 @@ def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_sec
     seconds = elapsed_before + time.perf_counter() - loop_start
     if status != "complete":
         log(f"stopped at step {step} of {steps} ({status}); the same command resumes from {last_checkpoint}")
-    return TrainResult(out, step, steps, tokens, train_loss, val_loss, seconds, status, last_checkpoint)
+    return TrainResult(
+        out=out,
+        step=step,
+        steps=steps,
+        tokens=tokens,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        seconds=seconds,
+        status=status,
+        checkpoint=last_checkpoint,
+    )
 
 
 def _resume(directory: Path, model: Transformer, optimizer, info: distributed.Dist) -> tuple[int, int, float]:
@@ -472,7 +495,7 @@ def _resume(directory: Path, model: Transformer, optimizer, info: distributed.Di
 
 
 def _version() -> str:
-    from ropelab import __version__
+    from ropelab.core.version import __version__
 
     return __version__
 
