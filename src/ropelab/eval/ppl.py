@@ -37,10 +37,16 @@ TAIL = 256
 
 def code_document(length: int, index: int, seed: int) -> tuple[str, list[str], str]:
     """Document ``index`` of a run (text long enough for ``length`` tokens, its files, its name):
-    sample ``i`` starts ``3 i + seed mod 7`` files into the stdlib's fixed order. Shared by ppl
+    sample ``i`` starts ``3 i + seed mod 7`` files into the stdlib's fixed order (when the files from
+    there on hold too little text -- late samples of a long run -- it reuses the document of sample
+    ``i // 2``, repeatedly). Shared by ppl
     and passkey, so a passkey haystack is the ppl document plus the needle."""
     skip = 3 * index + seed % 7
     text, files = long_code(min_chars=length * 6, skip=skip)
+    while len(text) < length * 6 and index > 0:  # past the stdlib's long files: sample i // 2's document
+        index //= 2
+        skip = 3 * index + seed % 7
+        text, files = long_code(min_chars=length * 6, skip=skip)
     return text, files, f"stdlib:{skip}"
 
 

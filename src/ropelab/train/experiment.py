@@ -198,15 +198,16 @@ def eval_holdout(config: ExperimentConfig | None = None) -> list[str]:
     ``samples`` (at most :data:`MAX_SAMPLES`) evaluation samples at the longest length."""
     from ropelab.core.lengths import parse_length
     from ropelab.data.corpus import stdlib_root
-    from ropelab.eval.corpus import stdlib_python_files
-    from ropelab.eval.ppl import code_document
+    from ropelab.eval.corpus import long_code, stdlib_python_files
 
     config = config or ExperimentConfig()
     files = [str(p) for p in stdlib_python_files()[:HOLDOUT_FILES]]
     if "ppl" in config.tasks or "passkey" in config.tasks:
         longest = max(parse_length(x, config.train_len) for x in config.lengths)
         for index in range(config.samples or MAX_SAMPLES):
-            files += [str(stdlib_root() / name) for name in code_document(longest, index, config.seed)[1]]
+            # the files from each sample's own start (a late sample whose start holds too little text
+            # reads an earlier sample's document instead, whose files are listed too)
+            files += [str(stdlib_root() / name) for name in long_code(longest * 6, 3 * index + config.seed % 7)[1]]
     return list(dict.fromkeys(files))
 
 
