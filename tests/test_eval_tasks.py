@@ -383,7 +383,6 @@ def test_no_source_text_is_a_clear_error(bpe, monkeypatch):
         Symbols().build(bpe, 256, 1, seed=0, train_len=512)
 
 
-
 def test_late_ppl_documents_reuse_an_earlier_sample_instead_of_running_out_of_text():
     from ropelab.eval.ppl import code_document
 

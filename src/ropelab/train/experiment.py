@@ -40,6 +40,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -167,11 +168,11 @@ class ExperimentConfig:
         return [pe, f"{pe}+pi:factor={factor}", f"{pe}+yarn:factor={factor}"]
 
 
-def run_dir_name(spec: str, seed_offset: int = 0, seed: int = 0) -> str:
+def run_dir_name(spec: str, seed: int | None = None) -> str:
     """The directory of one model under ``models/`` and ``eval/``: the spec made file-safe, plus
-    ``.seed<N>`` for the extra seeds of ``--seeds`` (the first seed keeps the plain name)."""
+    ``.seed<N>`` for the extra seeds of ``--seeds`` (the base seed keeps the plain name)."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
-    return name if seed_offset == 0 else f"{name}.seed{seed + seed_offset}"
+    return name if seed is None else f"{name}.seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,8 @@ class Run:
 def runs(config: ExperimentConfig) -> list[Run]:
     """Every model to train: each encoding with the base seed, then the extra seeds of ``seed_pes``."""
     out = [Run(pe, config.seed, run_dir_name(pe)) for pe in config.pes]
-    for offset in range(1, config.seeds):
-        out += [Run(pe, config.seed + offset, run_dir_name(pe, offset, config.seed)) for pe in config.seed_pes]
+    for seed in range(config.seed + 1, config.seed + config.seeds):
+        out += [Run(pe, seed, run_dir_name(pe, seed)) for pe in config.seed_pes]
     return out
 
 
@@ -197,18 +198,27 @@ def eval_holdout(config: ExperimentConfig | None = None) -> list[str]:
     the first few dozen of them) plus every file of the ppl / passkey documents of the
     ``samples`` (at most :data:`MAX_SAMPLES`) evaluation samples at the longest length."""
     from ropelab.core.lengths import parse_length
+
+    config = config or ExperimentConfig()
+    documents = "ppl" in config.tasks or "passkey" in config.tasks
+    longest = max(parse_length(x, config.train_len) for x in config.lengths)
+    return list(_holdout(longest if documents else 0, config.samples or MAX_SAMPLES, config.seed))
+
+
+@lru_cache(maxsize=8)
+def _holdout(longest: int, samples: int, seed: int) -> tuple[str, ...]:
+    """:func:`eval_holdout`'s files (``longest`` 0: no ppl / passkey documents); cached, since
+    every model's training config asks and reading the documents takes seconds."""
     from ropelab.data.corpus import stdlib_root
     from ropelab.eval.corpus import long_code, stdlib_python_files
 
-    config = config or ExperimentConfig()
     files = [str(p) for p in stdlib_python_files()[:HOLDOUT_FILES]]
-    if "ppl" in config.tasks or "passkey" in config.tasks:
-        longest = max(parse_length(x, config.train_len) for x in config.lengths)
-        for index in range(config.samples or MAX_SAMPLES):
+    if longest:
+        for index in range(samples):
             # the files from each sample's own start (a late sample whose start holds too little text
             # reads an earlier sample's document instead, whose files are listed too)
-            files += [str(stdlib_root() / name) for name in long_code(longest * 6, 3 * index + config.seed % 7)[1]]
-    return list(dict.fromkeys(files))
+            files += [str(stdlib_root() / name) for name in long_code(longest * 6, 3 * index + seed % 7)[1]]
+    return tuple(dict.fromkeys(files))
 
 
 def train_config(config: ExperimentConfig, pe: str, steps: int, seed: int | None = None):
@@ -344,6 +354,7 @@ def copy_curve(run: Path, samples: int = CURVE_SAMPLES, seed: int = 0) -> list[d
     ability appears. Written to ``run/copy_curve.json`` (computed once; recomputed when the run
     has new checkpoints). Scored teacher-forced like the copy task: all four answer tokens must
     be the argmax."""
+    from ropelab.eval.base import Outputs
     from ropelab.eval.copy import Copy
     from ropelab.eval.stats import wilson
     from ropelab.model.pretrained import load_model
@@ -371,7 +382,7 @@ def copy_curve(run: Path, samples: int = CURVE_SAMPLES, seed: int = 0) -> list[d
             ids = torch.tensor([sample.prompt_ids + sample.answer_ids])
             answer = len(sample.answer_ids)
             predicted = model(ids)[0, -answer - 1 : -1].argmax(-1).tolist()
-            hits += predicted == sample.answer_ids
+            hits += int(task.score(sample, Outputs(answer_argmax=predicted))["exact_match"])
         step = int(checkpoint.name.rsplit("-", 1)[1])  # step-000100
         low, high = wilson(hits, len(built))
         points.append(

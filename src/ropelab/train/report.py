@@ -48,7 +48,7 @@ def _row_order(pes: list[str], cells: dict) -> list[str]:
 
 def collect(exp: Path) -> dict:
     """Merge the experiment's runs into one summary (cells keyed by method; windows renamed)."""
-    from ropelab.train.experiment import ExperimentConfig, run_dir_name, runs
+    from ropelab.train.experiment import ExperimentConfig, runs
     from ropelab.train.trainer import read_log
 
     record_path = exp / "experiment.json"
@@ -59,9 +59,8 @@ def collect(exp: Path) -> dict:
     tasks: dict[str, dict] = {}
     records: list[dict] = []
     training = {}
-    base = {run_dir_name(pe) for pe in config["pes"]}
     for model in runs(ExperimentConfig(**config)):
-        pe, name = model.pe, model.name
+        pe, name, base = model.pe, model.name, model.seed == config["seed"]
         run = exp / "models" / name
         log = read_log(run)
         final = log[-1] if log else {}
@@ -71,7 +70,7 @@ def collect(exp: Path) -> dict:
         )
         curve_path = run / CURVE_FILE
         curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
-        training[name if name not in base else pe] = {
+        training[pe if base else name] = {
             "copy_curve": [(p["step"], p["exact_match"]) for p in curve],
             "parameters": train_config.get("parameters"),
             "steps": final.get("step", 0),
@@ -83,7 +82,7 @@ def collect(exp: Path) -> dict:
             "curve": [(r["tokens"], r["val_loss"]) for r in vals],
         }
         summary_path = exp / "eval" / name / "summary.json"
-        if name not in base or not summary_path.is_file():
+        if not base or not summary_path.is_file():
             continue  # the extra seeds' evaluations go to the seed study
         summary = json.loads(summary_path.read_text())
         rename = {WINDOW: f"{WINDOW}[{pe}]"}
