@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from bench import BENCHMARKS
-from ropelab.errors import RopelabError
+from bench import benchmarks
+from ropelab.core.errors import RopelabError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="ropelab benchmarks")
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
-    modules = {name: importlib.import_module(path) for name, path in BENCHMARKS.items()}
+    modules = benchmarks()
     for name, module in modules.items():
         module.add_arguments(sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION))
     args = parser.parse_args(argv)

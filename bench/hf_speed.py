@@ -5,7 +5,7 @@ decode speed, peak memory, and whether the outputs agree.
 
 For every length, each implementation runs in its own process (fresh interpreter, so one's
 allocations do not count against the other): the ropelab model is loaded with
-``ropelab.load_model``; the transformers twin is ``ropelab.model.hf_dir.to_hf_model`` of it
+``ropelab.load_model``; the transformers twin is ``ropelab.pretrained.hf_dir.to_hf_model`` of it
 (``LlamaForCausalLM``, SDPA attention, float32), after which the ropelab copy is freed. Both read
 the same real code (stdlib Python) and:
 
@@ -33,6 +33,7 @@ import time
 
 from bench.common import RssSampler, at_least, items
 
+NAME = "hf-speed"
 DESCRIPTION = "ropelab vs transformers on the same weights: prefill s, decode tokens/s, peak memory, equal outputs"
 IMPLEMENTATIONS = ("ropelab", "transformers")
 
@@ -47,14 +48,14 @@ def prompt_ids(tokenizer, length: int) -> list[int]:
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from ropelab.model.pretrained import load_model
+    from ropelab.pretrained.registry import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     ids = torch.tensor([prompt_ids(tokenizer, args.length)])
     if args.impl == "transformers":
-        from ropelab.model.hf_dir import to_hf_model
+        from ropelab.pretrained.hf_dir import to_hf_model
 
         hf = to_hf_model(model)
         del model
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bench.common import isolated, load_average, machine_info, write_json
-    from ropelab.errors import RopelabError
+    from ropelab.core.errors import RopelabError
 
     try:
         lengths = [int(x) for x in items(args.lengths)]

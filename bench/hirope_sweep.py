@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench.common import items
 
+NAME = "hirope-sweep"
 DESCRIPTION = "HiRoPE split/window/token_index sweep on development files, chosen setting on held-out files"
 
 
@@ -149,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.common import machine_info, write_json
     from ropelab.core.lengths import parse_length
     from ropelab.eval.runner import WINDOW, read_results
-    from ropelab.model.pretrained import load_model
-    from ropelab.train.shortllm import ShortConfig, block_size, documents, evaluate_document
+    from ropelab.experiments.hirope.run import ShortConfig, block_size, documents, evaluate_document
+    from ropelab.pretrained.registry import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

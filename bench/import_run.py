@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+NAME = "import-run"
 DESCRIPTION = (
     "copy a finished `ropelab compare` / `ropelab eval` / `ropelab experiment` run into bench/results for docs"
 )

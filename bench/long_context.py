@@ -7,7 +7,7 @@ Text: the longest Python files of the running interpreter's standard library, wh
 fixed order (largest first), concatenated until ``--tokens`` tokens. One forward pass per method
 scores every position (chunked LM head, ``Transformer.token_losses``); the per-token losses are
 averaged over buckets of ``--bucket`` positions. Methods that read code structure (HiRoPE) get
-the hierarchy of the same text from ``ropelab.code`` (tree-sitter), the others plain positions.
+the hierarchy of the same text from ``ropelab.hierarchy`` (tree-sitter), the others plain positions.
 
 Every method runs in its own subprocess so its wall time and peak RSS are its own; the parent
 collects the results into one JSON file with machine information and prints a table.
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.common import at_least, items
 
+NAME = "long-context"
 DESCRIPTION = "long-context loss per position bucket of a real model under several methods (time, peak RSS)"
 DEFAULT_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,rerope:logn=true,self-extend,hirope,hirope:split=auto"
 
@@ -34,7 +35,7 @@ def worker(args: argparse.Namespace) -> dict:
     from ropelab.eval.corpus import java_parts, python_parts
     from ropelab.eval.runner import WINDOW, window_prefill
     from ropelab.eval.stats import block_means
-    from ropelab.model.pretrained import load_model
+    from ropelab.pretrained.registry import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,7 +51,7 @@ def worker(args: argparse.Namespace) -> dict:
     positions = None
     hierarchy_seconds = 0.0
     if model.pe.uses_hierarchy:
-        from ropelab.code import extract_files
+        from ropelab.hierarchy import extract_files
 
         start = time.perf_counter()
         hierarchy = extract_files(parts, tokenizer, language=args.language)  # each file parsed on its own

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 import ropelab
 from bench.common import at_least, items, load_average, machine_info, write_json
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.pe import methods, parse_spec
 
+NAME = "pe-speed"
 DESCRIPTION = "forward+backward and forward-only time of every position method, as a ratio to rope"
 REFERENCE = "rope"
 #: Allowed fwd+bwd slowdown vs rope per method family; families not listed have no target.

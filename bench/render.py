@@ -19,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+NAME = "render"
 DESCRIPTION = "render docs/results.md from bench/results/*.json (no measuring)"
 RESULTS = Path("bench/results")
 DOCS = Path("docs/results.md")
@@ -216,7 +217,7 @@ def section_hierarchy() -> list[str]:
     if not data:
         return lines + _missing("python -m bench hierarchy-speed")
     lines += [
-        "tree-sitter parse + segment + align to tokens (`ropelab.code`), tokens per second, per language; "
+        "tree-sitter parse + segment + align to tokens (`ropelab.hierarchy`), tokens per second, per language; "
         "tokenizing alone for comparison.",
         "",
         "| language | tokens | extraction tok/s | tokenizer tok/s | ms per 16K tokens |",
@@ -261,7 +262,7 @@ def section_hirope() -> list[str]:
     lines = ["## 6. Training-free extension on SmolLM2-135M (HiRoPE reproduction)", ""]
     compare = load("compare.json")
     if compare:
-        from ropelab.eval.report import render_markdown
+        from ropelab.reporting.eval import render_markdown
 
         body = render_markdown(compare["summary"], plots=[]).splitlines()
         body = [line for line in body if not line.startswith("# ") and not line.startswith("Regenerate:")]
@@ -399,7 +400,7 @@ def _k(tokens: int) -> str:
 def _position_table(data: dict) -> list[str]:
     """Loss per train-length region (mean ± SE over 128-token blocks) and the paired difference to
     the ``window`` reference over everything beyond the train length."""
-    from ropelab.eval.report import _diff, _est, region
+    from ropelab.reporting.eval import diff_text, estimate_text, region
 
     methods, blocks, regions = _position_regions(data)
     beyond = region(methods, blocks, regions[1][0], regions[-1][1]) if len(regions) > 1 else {}
@@ -410,7 +411,9 @@ def _position_table(data: dict) -> list[str]:
         "|---|" + "---:|" * (len(heads) + 1),
     ]
     for m in methods:
-        lines.append(f"| `{m}` | " + " | ".join(_est(c.get(m)) for c in cells) + f" | {_diff(beyond.get(m))} |")
+        lines.append(
+            f"| `{m}` | " + " | ".join(estimate_text(c.get(m)) for c in cells) + f" | {diff_text(beyond.get(m))} |"
+        )
     return lines
 
 
@@ -738,7 +741,7 @@ def import_run(kind: str, run: Path) -> Path:
     import datetime
 
     from bench.common import write_json
-    from ropelab.errors import RopelabError
+    from ropelab.core.errors import RopelabError
 
     summary_path = run / "summary.json"
     if not summary_path.is_file():

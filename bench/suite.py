@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+NAME = "all"
 DESCRIPTION = "run every benchmark (optionally the compare and HoPE runs too), then render docs/results.md"
 
 PY = [sys.executable, "-m", "bench"]
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.common import items
-    from ropelab.errors import RopelabError
+    from ropelab.core.errors import RopelabError
 
     known = {**STEPS, **RUNS}
     only = items(args.only)

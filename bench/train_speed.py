@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+NAME = "train-speed"
 DESCRIPTION = "training tokens/s of ropelab.train and MFU vs the measured fp32 matmul peak"
 
 
@@ -47,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bench.common import items, load_average, machine_info, matmul_peak_gflops, write_json
-    from ropelab.errors import RopelabError
-    from ropelab.model.pretrained import load_model
+    from ropelab.core.errors import RopelabError
+    from ropelab.pretrained.registry import load_model
     from ropelab.train.config import TrainConfig
     from ropelab.train.trainer import train
 

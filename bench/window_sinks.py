@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+NAME = "window-sinks"
 DESCRIPTION = "window reference with and without attention sinks: loss beyond the train length (SmolLM2)"
 
 
@@ -35,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ropelab.eval import get_task
     from ropelab.eval.runner import window_prefill
     from ropelab.eval.stats import block_means, estimate, paired
-    from ropelab.model.pretrained import load_model
     from ropelab.pe.sliding import SlidingWindow
+    from ropelab.pretrained.registry import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -25,10 +25,10 @@ from ropelab.analysis import (
 from ropelab.analysis.measure import Measurement
 from ropelab.analysis.ood import ks_distance
 from ropelab.analysis.pattern import shape_of
-from ropelab.analysis.runner import parse_layers
+from ropelab.analysis.pipeline import parse_layers
 from ropelab.cli import main
-from ropelab.errors import RopelabError
-from ropelab.tokenizer import Tokenizer
+from ropelab.core.errors import RopelabError
+from ropelab.pretrained.tokenizer import Tokenizer
 
 TEXT = '''import os
 

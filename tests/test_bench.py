@@ -85,7 +85,7 @@ def test_render_reads_json_and_marks_missing_sections(tmp_path, monkeypatch):
 
 
 def test_import_run_requires_a_finished_run(tmp_path):
-    from ropelab.errors import RopelabError
+    from ropelab.core.errors import RopelabError
 
     with pytest.raises(RopelabError, match="no summary"):
         render.import_run("compare", tmp_path)

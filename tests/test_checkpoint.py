@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ropelab import ModelConfig, Transformer, load_checkpoint, save_checkpoint
-from ropelab.errors import CheckpointError
+from ropelab.core.errors import CheckpointError
 from ropelab.model.checkpoint import CONFIG, WEIGHTS, read_checkpoint_config
 
 

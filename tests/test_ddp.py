@@ -57,7 +57,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
     args += ["bpe-300", "--steps", "3", "--batch-size", "4", "--micro-batch-size", "1", "--log-every", "1"]
     args += ["--val-sequences", "4", "--seed", "1", "--out", str(tmp_path / "ddp"), "--no-progress", "--threads", "1"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "ropelab.cli", "train", *args]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "ropelab", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -11,15 +11,15 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ropelab import ModelConfig, Transformer
+from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
-from ropelab.errors import RopelabError
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs
 from ropelab.eval.corpus import long_code
-from ropelab.eval.passkey import QUESTION
-from ropelab.eval.report import compare_runs, write_report
 from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
-from ropelab.tokenizer import Tokenizer
+from ropelab.eval.tasks.passkey import QUESTION
+from ropelab.pretrained.tokenizer import Tokenizer
+from ropelab.reporting.eval import compare_runs, write_report
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,7 @@ def test_run_writes_everything_and_resumes(tmp_path, tokenizer, model):
         progress=False,
     )
     evaluate(model, tokenizer, **args)
+    write_report(out)
     records = read_results(out / "results.jsonl")
     # 4 methods (with window) x 2 tasks x 2 lengths x 2 samples
     assert len(records) == 32
@@ -234,13 +235,13 @@ def test_every_task_runs_through_the_runner(tmp_path, tokenizer, model):
         assert task.metric in record["metrics"]
         if task.mode == "generate":
             assert "generated" in record
-    report = (out / "report.md").read_text()
+    report = write_report(out).read_text()
     assert all(f"## {name}:" in report for name in TASKS if name != "context")
     assert "## Long-context use at 1500 tokens" in report
 
 
 def test_passkey_haystack_is_the_ppl_document_tokenized_naturally(tokenizer):
-    from ropelab.eval.ppl import code_document
+    from ropelab.eval.tasks.ppl import code_document
 
     for sample in get_task("passkey").build(tokenizer, 400, 3, seed=2, train_len=128):
         assert len(sample.prompt_ids) + len(sample.answer_ids) == 400  # exactly the requested length
@@ -312,7 +313,7 @@ def test_ppl_on_the_haystack_takes_one_pass_and_equals_separate_passes(tmp_path,
         expected = get_task("ppl").score(sample, alone)["loss"]
         assert records[("ppl", length)]["metrics"]["loss"] == pytest.approx(expected, rel=1e-5)
     assert records[("ppl", 512)]["input_tokens"] == passkey.extra["haystack_tokens"]
-    assert "haystack" in (out / "report.md").read_text()
+    assert "haystack" in write_report(out).read_text()
 
 
 def test_ppl_on_the_haystack_needs_the_passkey_task(tmp_path, tokenizer, model):

@@ -19,14 +19,14 @@ import pytest
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
-from ropelab.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample
-from ropelab.eval.completion import Completion, edit_similarity, levenshtein
-from ropelab.eval.copy import PREFIX_TOKENS, SEQUENCE_TOKENS, Copy
-from ropelab.eval.fewshot import LANGUAGES, PAPER_FILLER, FewShot, _snippet, first_word
-from ropelab.eval.symbols import QUESTION, Symbols, generated_names
-from ropelab.tokenizer import Tokenizer
+from ropelab.eval.tasks.completion import Completion, edit_similarity, levenshtein
+from ropelab.eval.tasks.copy import PREFIX_TOKENS, SEQUENCE_TOKENS, Copy
+from ropelab.eval.tasks.fewshot import LANGUAGES, PAPER_FILLER, FewShot, _snippet, first_word
+from ropelab.eval.tasks.symbols import QUESTION, Symbols, generated_names
+from ropelab.pretrained.tokenizer import Tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -44,7 +44,7 @@ def _bpe() -> Tokenizer:
 
 
 def _smollm2() -> Tokenizer:
-    from ropelab.model.pretrained import MissingPackage, resolve
+    from ropelab.pretrained.registry import MissingPackage, resolve
 
     try:
         directory, _ = resolve("smollm2-135m")
@@ -368,9 +368,9 @@ def test_symbols_score_by_hand():
 
 
 def test_no_source_text_is_a_clear_error(bpe, monkeypatch):
-    import ropelab.eval.completion as completion
-    import ropelab.eval.copy as copy
-    import ropelab.eval.symbols as symbols
+    import ropelab.eval.tasks.completion as completion
+    import ropelab.eval.tasks.copy as copy
+    import ropelab.eval.tasks.symbols as symbols
 
     monkeypatch.setattr(copy, "stdlib_python_files", lambda: ())
     with pytest.raises(RopelabError, match="only 0 usable 12-token windows"):
@@ -384,7 +384,7 @@ def test_no_source_text_is_a_clear_error(bpe, monkeypatch):
 
 
 def test_late_ppl_documents_reuse_an_earlier_sample_instead_of_running_out_of_text():
-    from ropelab.eval.ppl import code_document
+    from ropelab.eval.tasks.ppl import code_document
 
     text, _files, name = code_document(1024, 199, 0)  # 3 * 199 files in, only the stdlib's small files are left
     assert len(text) >= 1024 * 6 and name == code_document(1024, 99, 0)[2]

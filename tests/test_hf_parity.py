@@ -22,7 +22,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
 from ropelab.pe import PEContext, RotaryEncoding, build
@@ -333,7 +333,7 @@ def test_greedy_generation_matches_hf(prompt_len: int) -> None:
 @pytest.mark.parametrize("qkv_bias,tie", [(False, True), (True, False)])
 def test_to_hf_model_is_the_same_network(qkv_bias, tie):
     """ropelab -> transformers export: same logits, and the config maps back to itself."""
-    from ropelab.model.hf_dir import hf_config_to_ropelab, ropelab_to_hf_config, to_hf_model
+    from ropelab.pretrained.hf_dir import hf_config_to_ropelab, ropelab_to_hf_config, to_hf_model
 
     torch.manual_seed(0)
     config = ModelConfig.from_name("tiny", qkv_bias=qkv_bias, tie_embeddings=tie, train_len=64)
@@ -351,7 +351,7 @@ def test_to_hf_model_is_the_same_network(qkv_bias, tie):
 
 
 def test_to_hf_model_refuses_methods_hf_cannot_express():
-    from ropelab.model.hf_dir import to_hf_model
+    from ropelab.pretrained.hf_dir import to_hf_model
 
     with pytest.raises(RopelabError, match="only rope"):
         to_hf_model(Transformer(ModelConfig.from_name("tiny", pe="hope")))

@@ -1,4 +1,4 @@
-"""``ropelab.hf.patch``: a ropelab RoPE-family method applied in place to HF Llama / Qwen2 / Mistral.
+"""``ropelab.integrations.hf.patch``: a ropelab RoPE-family method applied in place to HF Llama / Qwen2 / Mistral.
 
 Tiny random models (float32, CPU, seeded). A patched HF model must give the logits of ropelab's
 own :class:`~ropelab.model.transformer.Transformer` with the same weights and the same spec, on
@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 
-from ropelab import hf
-from ropelab.errors import RopelabError, SpecError
-from ropelab.model.hf_dir import hf_config_to_ropelab
+from ropelab.core.errors import RopelabError, SpecError
+from ropelab.integrations import hf
 from ropelab.model.transformer import Transformer
 from ropelab.pe import RotaryEncoding
 from ropelab.pe import canonical_spec as _canonical
+from ropelab.pretrained.hf_dir import hf_config_to_ropelab
 
 transformers = pytest.importorskip("transformers")
 

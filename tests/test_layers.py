@@ -11,15 +11,17 @@ import ropelab
 
 #: lowest first; a package may import from its own package and from packages of lower layers
 LAYERS = (
-    ("errors",),
     ("core",),
-    ("pe", "tokenizer"),
+    ("pe",),
     ("model",),
-    ("code", "data", "hf"),
+    ("pretrained",),
+    ("hierarchy", "data", "integrations"),
     ("eval",),
-    ("analysis",),
-    ("train",),
-    ("cli", "__main__", "__init__"),
+    ("analysis", "train"),
+    ("reporting",),
+    ("experiments",),
+    ("cli",),
+    ("__main__", "__init__"),
 )
 ROOT = Path(ropelab.__file__).parent
 
@@ -29,10 +31,24 @@ def _package(path: Path) -> str:
     return relative.parts[0] if len(relative.parts) > 1 else relative.stem
 
 
+def _runtime_nodes(path: Path):
+    """Every AST node of a file except those under ``if TYPE_CHECKING:`` (imports for annotations
+    only, never run)."""
+    stack = [ast.parse(path.read_text())]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+            else:
+                stack.append(child)
+
+
 def _imports(path: Path) -> set[str]:
     """The ropelab packages a file imports (``from ropelab import pe`` counts as ``pe``)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(path):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             parts = node.module.split(".")
             if parts[0] != "ropelab":
@@ -74,3 +90,68 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from ropelab.train.trainer import train\n    from ropelab import pe\n")
     assert _imports(source) == {"train", "pe"}
+
+
+def _module_name(path: Path) -> str:
+    parts = ("ropelab", *path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the ropelab modules it imports (``from ropelab.train import state`` is an edge to
+    ``ropelab.train.state``, not to the package), also imports inside functions."""
+    modules = {_module_name(path): path for path in ROOT.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in _runtime_nodes(path):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in modules:
+                submodules = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+                edges |= submodules
+                if len(submodules) < len(node.names):
+                    edges.add(node.module)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ropelab."):
+                edges.add(node.module)
+        graph[name] = edges - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (depth-first search), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_module_imports_itself_through_a_cycle():
+    cycle = _cycle(_module_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_imports_for_annotations_only_do_not_count(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ropelab.train import x\nimport ropelab.pe\n"
+    )
+    assert _imports(source) == {"pe"}

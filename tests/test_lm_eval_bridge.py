@@ -1,4 +1,4 @@
-"""lm-evaluation-harness bridge: a ``ropelab.hf.patch``-ed transformers model evaluated by
+"""lm-evaluation-harness bridge: a ``ropelab.integrations.hf.patch``-ed transformers model evaluated by
 ``lm_eval`` through ``HFLM(pretrained=model)`` on a tiny local task gives the log-likelihoods of
 ropelab's own model with the same method."""
 
@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from ropelab import hf
-from ropelab.model.hf_dir import hf_config_to_ropelab
+from ropelab.integrations import hf
 from ropelab.model.transformer import Transformer
+from ropelab.pretrained.hf_dir import hf_config_to_ropelab
 
 lm_eval = pytest.importorskip("lm_eval")
 transformers = pytest.importorskip("transformers")

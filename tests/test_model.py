@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ropelab import ModelConfig, Transformer, pe
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 ALL_SPECS = [m.name for m in pe.methods()] + ["hope+yarn:factor=2", "hope+pi:factor=4", "learned:max_len=64"]
 # windowed methods with windows shorter than the test inputs, so both score sets are exercised

@@ -2,7 +2,7 @@
 
 Checked for every position method through ropelab's own :class:`~ropelab.model.transformer.Transformer`
 (left and right padding, KV-cache decoding, ``token_losses``, ``generate``) and for every method
-``ropelab.hf.patch`` supports on a tiny random Hugging Face Llama (forward with HF-style
+``ropelab.integrations.hf.patch`` supports on a tiny random Hugging Face Llama (forward with HF-style
 ``position_ids``, plain forward with only ``attention_mask``, batched ``generate``); the windowed
 attention's ``key_mask`` and ``far_keys`` against a dense per-pair reference. Inputs are longer
 than the models' training length and the windows are small, so extrapolation paths and the far
@@ -18,8 +18,9 @@ import math
 import pytest
 import torch
 
-from ropelab import ModelConfig, Transformer, hf
-from ropelab.errors import RopelabError
+from ropelab import ModelConfig, Transformer
+from ropelab.core.errors import RopelabError
+from ropelab.integrations import hf
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe import PEContext, build
 
@@ -337,7 +338,7 @@ def test_bad_masks_are_refused_with_a_clear_error(tiny_models):
         tiny_models["self-extend:window=8,group=3"](ids, attention_mask=holes)
 
 
-# -- Hugging Face models through ropelab.hf.patch -------------------------------------------------
+# -- Hugging Face models through ropelab.integrations.hf.patch -------------------------------------------------
 
 
 def _hf_llama(seed: int = 0):

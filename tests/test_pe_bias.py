@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ropelab import ModelConfig, Transformer, pe
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.pe.alibi import alibi_slopes
 from ropelab.pe.base import PEContext
 

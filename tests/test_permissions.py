@@ -65,7 +65,8 @@ def test_save_checkpoint_gets_open_modes(tmp_path, umask):
 
 
 def test_training_checkpoint_directory_gets_open_modes(tmp_path, umask):
-    from ropelab.train.state import LATEST, write_checkpoint
+    from ropelab.model.checkpoint import LATEST
+    from ropelab.train.state import write_checkpoint
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig.from_name("tiny", vocab_size=50))
@@ -81,7 +82,7 @@ def test_training_checkpoint_directory_gets_open_modes(tmp_path, umask):
 
 
 def test_eval_report_gets_open_modes(tmp_path, umask):
-    from ropelab.eval.report import write_report
+    from ropelab.reporting.eval import write_report
 
     run = tmp_path / "eval-run"
     run.mkdir()

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ropelab import ModelConfig, Transformer
-from ropelab.errors import RopelabError
-from ropelab.model import pretrained
-from ropelab.model.gguf_file import read_gguf, undo_llama_permutation
-from ropelab.model.pretrained import load_model
+from ropelab.core.errors import RopelabError
+from ropelab.pretrained import registry
+from ropelab.pretrained.gguf import read_gguf, undo_llama_permutation
+from ropelab.pretrained.registry import load_model
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -202,7 +202,7 @@ def test_hf_directory_rope_scaling_maps_to_a_method(tmp_path):
     hf.config.rope_scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
     hf.save_pretrained(tmp_path, safe_serialization=True)
     config = json.loads((tmp_path / "config.json").read_text())
-    from ropelab.model.hf_dir import hf_config_to_ropelab
+    from ropelab.pretrained.hf_dir import hf_config_to_ropelab
 
     mapped = hf_config_to_ropelab(config)
     assert mapped.pe.startswith("yarn:") and "factor=4" in mapped.pe and mapped.train_len == 64
@@ -315,4 +315,4 @@ def test_smollm2_cached_load_is_fast_and_identical(smollm2):
     again, _ = load_model("smollm2-135m")
     assert time.perf_counter() - start < 30  # generous: a cache hit must not reconvert (~20 s)
     assert torch.equal(again.layers[7].mlp.up_proj.weight, model.layers[7].mlp.up_proj.weight)
-    assert pretrained.PRETRAINED["smollm2-135m"].installed()
+    assert registry.PRETRAINED["smollm2-135m"].installed()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ropelab import pe
-from ropelab.errors import SpecError
+from ropelab.core.errors import SpecError
 from ropelab.pe import canonical_spec, parse_spec
 
 CANONICAL = [
@@ -126,3 +126,13 @@ def test_split_specs_errors_are_one_line(text, message):
     with pytest.raises(SpecError) as error:
         pe.split_specs(text)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_every_method_has_a_known_family_and_kind():
+    from ropelab.pe import methods
+    from ropelab.pe.base import FAMILIES, KINDS, MethodInfo
+
+    for info in methods():
+        assert info.family in FAMILIES and info.kind in KINDS, info.name
+    with pytest.raises(ValueError, match="family 'rotary'"):
+        MethodInfo(name="x", family="rotary", kind="rotary", description="", paper="")

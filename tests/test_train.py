@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from ropelab.cli import main
-from ropelab.errors import CheckpointError, RopelabError
-from ropelab.model.pretrained import load_model
+from ropelab.core.errors import CheckpointError, RopelabError
+from ropelab.pretrained.registry import load_model
 from ropelab.train import TrainConfig, learning_rate, read_log, train
 from ropelab.train.state import OPTIMIZER, RESUME_FILES
 
@@ -262,7 +262,8 @@ def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
     reference) on held-out stdlib documents, writes the report; the same call resumes."""
     from ropelab.data.corpus import stdlib_root
     from ropelab.eval.corpus import long_code
-    from ropelab.train.shortllm import ShortConfig, default_methods, python_holdout, run_experiment
+    from ropelab.experiments.hirope.config import ShortConfig, default_methods
+    from ropelab.experiments.hirope.run import python_holdout, run_experiment
 
     config = ShortConfig(
         model_config="tiny", train_len=32, length=256, documents=2, languages=["python"], tokenizer="bpe-300",
@@ -331,7 +332,7 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
 
 
 def test_seed_differences_use_a_t_interval_over_seeds():
-    from ropelab.train.report import _over_seeds
+    from ropelab.experiments.hope.report import _over_seeds
 
     wide = _over_seeds([1.0, 2.0, 3.0], ["0", "1", "2"])
     assert wide["mean"] == 2.0 and wide["sd"] == 1.0
@@ -341,3 +342,27 @@ def test_seed_differences_use_a_t_interval_over_seeds():
     narrow = _over_seeds([1.0, 1.1, 0.9], ["0", "1", "2"])
     assert narrow["exceeds_seed_spread"] and narrow["sd"] == pytest.approx(0.1)
     assert _over_seeds([0.5], ["0"])["ci95"] is None  # one seed has no spread
+
+
+def test_experiment_never_evaluates_an_interrupted_model(monkeypatch, tmp_path):
+    """A signal stops training after a checkpoint; the model must not be evaluated (its records
+    would be reused by the resumed run as if they came from the finished model)."""
+    from ropelab.experiments.hope import run as hope_run
+    from ropelab.experiments.hope.config import ExperimentConfig, Run
+    from ropelab.train.trainer import TrainResult
+
+    def interrupted(config, out, **kwargs):
+        return TrainResult(
+            out=out, step=460, steps=3000, tokens=0, train_loss=None, val_loss=None, seconds=1.0,
+            status="interrupted", checkpoint=None,
+        )  # fmt: skip
+
+    def never(*args, **kwargs):
+        raise AssertionError("an interrupted model was evaluated")
+
+    monkeypatch.setattr(hope_run, "train", interrupted)
+    monkeypatch.setattr(hope_run, "train_config", lambda *args, **kwargs: None)
+    monkeypatch.setattr(hope_run, "evaluate", never)
+    plan = {"expected_train_seconds": {"rope": 10.0}, "steps": 3000}
+    with pytest.raises(RopelabError, match="interrupted at step 460; run again to resume"):
+        hope_run.run_model(ExperimentConfig(), plan, Run("rope", 0, "rope"), tmp_path, progress=False)

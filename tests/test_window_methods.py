@@ -244,7 +244,7 @@ def test_hirope_auto_window_is_the_documented_fraction_of_the_train_length(train
 
 
 def test_describe_reports_hirope_levels():
-    from ropelab.cli import describe
+    from ropelab.cli.info import describe
 
     info = describe("hirope", 64, 2048, 10000.0, None)
     roles = [f["role"] for f in info["frequencies"]]

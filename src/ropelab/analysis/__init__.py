@@ -12,7 +12,7 @@
   ``pi/L < theta < 2pi/L`` and lower band marked; over a checkpoint series with ``--checkpoints all``.
 * **ood** (:mod:`~ropelab.analysis.ood`): how many beyond-``L`` logits leave the range the same
   layer and head produced within ``L`` -- one score per layer (Figure 3c).
-* **hierarchy** (:mod:`~ropelab.analysis.hierarchy`): for hierarchical methods (HiRoPE) the level
+* **hierarchy** (:mod:`~ropelab.analysis.levels`): for hierarchical methods (HiRoPE) the level
   each frequency reads, and the code's segments drawn over the attention map.
 
 The logits come from :func:`~ropelab.analysis.attention.capture`: forward pre-hooks rebuild each
@@ -29,12 +29,12 @@ from ropelab.analysis.components import (
     frequency_table,
     vaf,
 )
-from ropelab.analysis.hierarchy import hierarchy_analysis
 from ropelab.analysis.inputs import Inputs, probe_inputs, text_inputs
+from ropelab.analysis.levels import hierarchy_analysis
 from ropelab.analysis.measure import Measurement, measure
 from ropelab.analysis.ood import ood_scores
 from ropelab.analysis.pattern import pattern_summary
-from ropelab.analysis.runner import ANALYSES, AnalyzeConfig, analyze
+from ropelab.analysis.pipeline import ANALYSES, AnalyzeConfig, analyze
 from ropelab.analysis.sources import Subject, discover
 
 __all__ = [

@@ -59,7 +59,7 @@ def activated_band(head_dim: int, base: float, train_len: int) -> list[int]:
 def frequency_table(model, length: int | None = None) -> dict:
     """Angles, periods, roles, position levels and bands of the model's current method."""
     config, pe = model.config, model.pe
-    plan = pe.plan(length or config.train_len) if hasattr(pe, "plan") else None
+    plan = pe.plan(length or config.train_len)
     base = plan.base if plan is not None else config.rope_base
     theta_rope = rope_theta(config.head_dim, base)
     table = {

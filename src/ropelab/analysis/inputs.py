@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 PROBE = "probe"
 STDLIB = "stdlib"

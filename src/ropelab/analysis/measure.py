@@ -32,7 +32,7 @@ class Measurement:
 
 def has_rotation(model) -> bool:
     """True for RoPE-family and windowed methods: their logits have per-frequency components."""
-    return hasattr(model.pe, "plan")
+    return model.pe.plan() is not None
 
 
 @torch.no_grad()

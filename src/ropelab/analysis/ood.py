@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from ropelab.analysis.measure import Measurement
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 
 def band_tolerance(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

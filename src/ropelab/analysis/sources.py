@@ -14,14 +14,12 @@ applied to the same weights with ``model.with_method``.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ropelab.errors import RopelabError
-from ropelab.model.checkpoint import CONFIG
+from ropelab.core.errors import RopelabError
+from ropelab.model.checkpoint import CHECKPOINTS, CONFIG, checkpoint_step, find_latest_checkpoint, list_checkpoints
 
-_STEP = re.compile(r"step-(\d+)$")
 CHECKPOINT_CHOICES = ("latest", "all")
 
 
@@ -45,61 +43,11 @@ class Subject:
 
 
 def is_run(path: Path) -> bool:
-    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "train_config.json").is_file())
+    return path.is_dir() and ((path / CHECKPOINTS).is_dir() or (path / "train_config.json").is_file())
 
 
 def is_experiment(path: Path) -> bool:
     return path.is_dir() and (path / "models").is_dir() and not (path / CONFIG).is_file()
-
-
-def step_checkpoints(run: Path) -> list[Checkpoint]:
-    """Every ``checkpoints/step-N`` directory holding a checkpoint, in step order."""
-    found = []
-    folder = run / "checkpoints"
-    if folder.is_dir():
-        for child in folder.iterdir():
-            match = _STEP.match(child.name)
-            if match and child.is_dir() and (child / CONFIG).is_file():
-                found.append(Checkpoint(str(child), int(match.group(1))))
-    return sorted(found, key=lambda c: c.step)
-
-
-def latest_checkpoint(run: Path) -> Checkpoint:
-    """The checkpoint ``checkpoints/latest.json`` names, else the highest step."""
-    steps = step_checkpoints(run)
-    named = _from_latest_json(run / "checkpoints" / "latest.json")
-    if named is not None:
-        for checkpoint in steps:
-            if Path(checkpoint.path).name == named or checkpoint.step == _step_of(named):
-                return checkpoint
-        candidate = run / "checkpoints" / named
-        if (candidate / CONFIG).is_file():
-            return Checkpoint(str(candidate), _step_of(named))
-    if not steps:
-        raise RopelabError(f"{run}: a training run without checkpoints (no checkpoints/step-*/config.json)")
-    return steps[-1]
-
-
-def _step_of(name: str | None) -> int | None:
-    match = _STEP.match(name or "")
-    return int(match.group(1)) if match else None
-
-
-def _from_latest_json(path: Path) -> str | None:
-    """The checkpoint directory name in ``latest.json``: a string, or a dict's path/name/step."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(data, str):
-        return Path(data).name
-    if isinstance(data, dict):
-        for key in ("checkpoint", "path", "dir", "name", "latest"):
-            if isinstance(data.get(key), str):
-                return Path(data[key]).name
-        if isinstance(data.get("step"), int):
-            return f"step-{data['step']:06d}"
-    return None
 
 
 def _run_label(run: Path) -> str:
@@ -115,10 +63,17 @@ def _run_label(run: Path) -> str:
 
 
 def _run_subject(run: Path, label: str, checkpoints: str) -> Subject:
-    series = step_checkpoints(run) if checkpoints == "all" else [latest_checkpoint(run)]
+    """Every ``checkpoints/step-N`` checkpoint in step order (``"all"``), or the latest one
+    (:func:`~ropelab.model.checkpoint.find_latest_checkpoint`, lenient: else the highest step)."""
+    folder = run / CHECKPOINTS
+    if checkpoints == "all":
+        series = list_checkpoints(folder)
+    else:
+        latest = find_latest_checkpoint(folder, strict=False)
+        series = [] if latest is None else [latest]
     if not series:
         raise RopelabError(f"{run}: a training run without checkpoints (no checkpoints/step-*/config.json)")
-    return Subject(label, str(run), "run", None, series)
+    return Subject(label, str(run), "run", None, [Checkpoint(str(path), checkpoint_step(path)) for path in series])
 
 
 def discover(path: str, methods: list[str] | None = None, checkpoints: str = "latest") -> list[Subject]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 
 def parse_length(text: str, train_len: int) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 STDLIB = "stdlib"
 _SNIFF_BYTES = 8192

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 
 class ChunkSampler:

@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ropelab.core.errors import RopelabError
 from ropelab.data.loader import ChunkSampler
-from ropelab.errors import RopelabError
 
 #: record lengths drawn uniformly from this range (inclusive); the copy task's records are 12 tokens
 RECORD_TOKENS = (6, 16)

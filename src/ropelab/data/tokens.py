@@ -33,12 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 
+from ropelab.core.errors import RopelabError
+from ropelab.core.io import ropelab_home
 from ropelab.core.log import log
 from ropelab.data.corpus import Corpus
-from ropelab.errors import RopelabError
-from ropelab.tokenizer import Tokenizer
+from ropelab.pretrained.registry import TokenizerNotFound, load_tokenizer, tokenizer_path
+from ropelab.pretrained.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -47,8 +51,6 @@ _BPE = re.compile(r"bpe-(\d+)(k?)")
 
 
 def data_home() -> Path:
-    from ropelab.core.io import ropelab_home
-
     return ropelab_home() / "data"
 
 
@@ -83,37 +85,19 @@ def bpe_vocab_size(spec: str) -> int | None:
     return size
 
 
-def _external_tokenizer_file(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir() and (path / "tokenizer.json").is_file():
-        return path / "tokenizer.json"
-    from ropelab.model.pretrained import PRETRAINED, resolve
-
-    if spec in PRETRAINED:
-        directory, _ = resolve(spec)
-        if (directory / "tokenizer.json").is_file():
-            return directory / "tokenizer.json"
-    raise RopelabError(
-        f"tokenizer {spec!r} is not understood; give bpe-8k / bpe-4k / bpe-<N>, a tokenizer.json, a directory "
-        f"holding one, or a registry model ({', '.join(PRETRAINED)})"
-    )
-
-
 def cache_key(corpus: Corpus, tokenizer: str) -> str:
     settings: dict = {"format": FORMAT_VERSION, "corpus": corpus.content_hash, "tokenizer": tokenizer.strip().lower()}
     if bpe_vocab_size(tokenizer) is None:
-        path = _external_tokenizer_file(tokenizer)
+        try:
+            path = tokenizer_path(tokenizer)
+        except TokenizerNotFound as error:
+            raise RopelabError(f"{error}; or bpe-8k / bpe-4k / bpe-<N> for a byte-level BPE") from None
         settings["tokenizer"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def train_bpe(texts, vocab_size: int) -> Tokenizer:
     """A byte-level BPE with ``<|endoftext|>`` (id 0) as BOS and EOS, trained on ``texts``."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -193,8 +177,7 @@ def _build(corpus: Corpus, spec: str, directory: Path, progress: bool) -> dict:
         log(f"training a byte-level BPE tokenizer (vocabulary {vocab}) on the train split")
         tokenizer = train_bpe(corpus.texts("train"), vocab)
     else:
-        path = _external_tokenizer_file(spec)
-        tokenizer = Tokenizer.from_file(path)
+        tokenizer = load_tokenizer(spec)
     tokenizer.save(directory)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     separator = [tokenizer.eos_id] if tokenizer.eos_id is not None else []

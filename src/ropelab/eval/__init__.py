@@ -8,28 +8,30 @@ completion, LCC style), ``symbols`` (HiRoPE's code symbol understanding). See
 
 from __future__ import annotations
 
-import importlib
-
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
+from ropelab.eval.tasks import completion, context, copy, fewshot, passkey, ppl, symbols
 
-#: task name -> "module:Class" (imported on first use)
-TASKS = {
-    "ppl": "ropelab.eval.ppl:Perplexity",
-    "copy": "ropelab.eval.copy:Copy",
-    "fewshot": "ropelab.eval.fewshot:FewShot",
-    "passkey": "ropelab.eval.passkey:Passkey",
-    "completion": "ropelab.eval.completion:Completion",
-    "symbols": "ropelab.eval.symbols:Symbols",
-    "context": "ropelab.eval.context:LongContext",
+#: task name -> class; each task module holds one (the same shape as the method registry of
+#: :mod:`ropelab.pe`: the registry lists modules' entries, the entries carry their names)
+TASKS: dict[str, type[Task]] = {
+    task.name: task
+    for task in (
+        ppl.Perplexity,
+        copy.Copy,
+        fewshot.FewShot,
+        passkey.Passkey,
+        completion.Completion,
+        symbols.Symbols,
+        context.LongContext,
+    )
 }
 
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise RopelabError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    module, _, cls = TASKS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return TASKS[name]()
 
 
 __all__ = ["TASKS", "Outputs", "Sample", "Task", "get_task"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 
 @dataclass
@@ -84,6 +84,17 @@ class Task:
     def run(self, evaluator, sample: Sample) -> dict:
         """``session`` tasks only: evaluate ``sample`` under the evaluator's method."""
         raise NotImplementedError
+
+    def derive(self, tokenizer, source: Sample, length: int) -> Sample:
+        """The input of ``length`` tokens cut from another task's ``source`` sample, so that one
+        forward pass serves both tasks. Only tasks that a run option pairs with another override it
+        (``ppl_document="haystack"`` of :func:`ropelab.eval.runner.evaluate`: ppl cut from the
+        passkey haystacks)."""
+        raise RopelabError(f"{self.name}: cannot be built from another task's samples")
+
+    def recorded_fields(self, sample: Sample) -> dict[str, Any]:
+        """The fields of ``sample`` its result records carry (the keys in :attr:`recorded`)."""
+        return {key: sample.extra[key] for key in self.recorded if key in sample.extra}
 
     def check_length(self, length: int) -> None:
         if length < self.min_length:

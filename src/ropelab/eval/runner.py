@@ -5,7 +5,8 @@
 
 A run directory holds ``config.json`` (everything needed to reproduce it), ``results.jsonl`` (one
 record per task x method x length x sample, appended as soon as it is measured, so an interrupted
-run resumes where it stopped), ``summary.json`` and the rendered report (``ropelab.eval.report``).
+run resumes where it stopped). :func:`ropelab.reporting.eval.write_report` then writes ``summary.json``,
+``report.md`` and the plots beside them.
 
 ``window`` is a reference "method" in every run: the model's own method with what it sees limited
 to the training length. For the ``context`` task that is one pass with attention limited to the
@@ -28,9 +29,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ropelab.core.errors import RopelabError
+from ropelab.core.io import atomic_write_text
 from ropelab.core.lengths import parse_length
-from ropelab.errors import RopelabError
+from ropelab.eval import get_task
 from ropelab.eval.base import Outputs, Sample, Task
+from ropelab.hierarchy import align, segment_text
+from ropelab.model.generate import stream
+from ropelab.pe import canonical_spec
+from ropelab.pe.sliding import SlidingWindow
 
 WINDOW = "window"
 
@@ -57,8 +64,6 @@ def _hierarchy_positions(
     sample: Sample, ids: list[int], tokenizer, levels: int
 ) -> tuple[torch.Tensor | None, str | None]:
     """HiRoPE positions ``[1, T, levels]`` for ``ids`` (the sample's input), or (None, reason)."""
-    from ropelab.code import align, segment_text
-
     text = tokenizer.decode(ids)
     encoding = tokenizer.encode_with_offsets(text)
     if encoding.ids != list(ids):
@@ -104,8 +109,6 @@ class Evaluator:
         """Run a ``session`` task (it drives the model itself through :meth:`prefill`)."""
         if not self.window:
             return task.run(self, sample)
-        from ropelab.pe.sliding import SlidingWindow
-
         self._own = self.model.pe
         self.model.pe = SlidingWindow(self._own, self.train_len)
         try:
@@ -117,7 +120,7 @@ class Evaluator:
         pe = self.model.pe
         if self.window or not pe.uses_hierarchy or not sample.language:
             return None, None
-        return _hierarchy_positions(sample, ids, self.tokenizer, getattr(pe, "levels", 2))
+        return _hierarchy_positions(sample, ids, self.tokenizer, pe.levels)
 
     def _prefixes_shared(self) -> bool:
         return not self.model.pe.rotation_depends_on_length
@@ -199,8 +202,6 @@ class Evaluator:
         return len(sample.prompt_ids) + extra > self.train_len
 
     def _generate(self, task: Task, ids: list[int], positions) -> str:
-        from ropelab.model.generate import stream
-
         generated: list[int] = []
         text = ""
         for token in stream(
@@ -249,6 +250,208 @@ def _cut(text: str, stops: Iterable[str]) -> str:
     return body if cut < 0 else body[:cut]
 
 
+def evaluate(
+    model,
+    tokenizer,
+    model_name: str,
+    methods: list[str],
+    tasks: list[str],
+    lengths: list[str],
+    samples: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    include_window: bool = True,
+    progress: bool = True,
+    task_lengths: dict[str, list[str]] | None = None,
+    ppl_document: str = "code",
+) -> Path:
+    """Run every task x method x length x sample into ``out``; returns the run directory.
+
+    ``lengths`` apply to every task unless ``task_lengths`` names other lengths for a task.
+    ``ppl_document="haystack"`` scores ppl on the passkey haystacks (see :mod:`ropelab.eval.tasks.ppl`):
+    one forward pass per method and sample then serves both tasks.
+    """
+    config, task_objects = _run_config(
+        model_name,
+        model.config.train_len,
+        methods,
+        tasks,
+        lengths,
+        samples,
+        seed=seed,
+        include_window=include_window,
+        task_lengths=task_lengths or {},
+        ppl_document=ppl_document,
+    )
+    plan = _plan(config, task_objects, tokenizer)  # every sample is built before anything is written
+    out = Path(out)
+    _open_run(out, config)
+    results_path = out / "results.jsonl"
+    done = _done_keys(results_path)
+    own = _OwnRecords(results_path, canonical_spec(model.pe.spec))
+    todo = [(m, t, s) for m, t, s in plan.units if (t.name, m, s.length, s.index) not in done]
+    _run_units(model, tokenizer, plan, todo, results_path, own, progress)
+    return out
+
+
+# -- planning: the configuration, the samples and the units of work -----------------------------------------------
+
+
+def _run_config(
+    model_name: str,
+    train_len: int,
+    methods: list[str],
+    tasks: list[str],
+    lengths: list[str],
+    samples: int,
+    *,
+    seed: int,
+    include_window: bool,
+    task_lengths: dict[str, list[str]],
+    ppl_document: str,
+) -> tuple[RunConfig, list[Task]]:
+    """The run's configuration and its tasks; every argument is checked here, before any work."""
+    if samples < 1:
+        raise RopelabError(f"samples must be >= 1, got {samples}")
+    methods = [canonical_spec(m) for m in methods]  # validates every spec before any work
+    task_objects = [get_task(name) for name in tasks]
+    unknown = sorted(set(task_lengths) - set(tasks))
+    if unknown:
+        raise RopelabError(f"lengths given for tasks that are not run: {', '.join(unknown)}")
+    per_task = {name: [parse_length(x, train_len) for x in task_lengths.get(name, lengths)] for name in tasks}
+    _derived_from(ppl_document, per_task)  # one clear error where the option cannot be honoured
+    config = RunConfig(
+        model=model_name,
+        methods=methods,
+        tasks=tasks,
+        lengths=sorted({n for values in per_task.values() for n in values}),
+        length_labels=list(lengths),
+        task_lengths=per_task,
+        samples=samples,
+        seed=seed,
+        train_len=train_len,
+        include_window=include_window,
+        ppl_document=ppl_document,
+    )
+    return config, task_objects
+
+
+PPL_DOCUMENTS = ("code", "haystack")
+
+
+def _derived_from(ppl_document: str, per_task: dict[str, list[int]]) -> dict[str, str]:
+    """Task -> the task whose longest samples its inputs are cut from (:meth:`Task.derive`), so that
+    one forward pass per method and sample serves both; one clear error when that cannot be done.
+
+    The one place where the runner names tasks: the ``ppl_document`` option is defined in terms of
+    two of them. ``"haystack"`` scores ppl on the passkey haystacks (``{"ppl": "passkey"}``);
+    ``"code"``, or a run without ppl, derives nothing.
+    """
+    if ppl_document not in PPL_DOCUMENTS:
+        raise RopelabError(f"ppl document {ppl_document!r} is not one of: {', '.join(PPL_DOCUMENTS)}")
+    if ppl_document == "code" or "ppl" not in per_task:
+        return {}
+    if "passkey" not in per_task:
+        raise RopelabError("ppl on the passkey haystack needs the passkey task in the run (--tasks ppl,passkey)")
+    if max(per_task["ppl"]) > max(per_task["passkey"]):
+        raise RopelabError(
+            f"ppl on the passkey haystack: ppl length {max(per_task['ppl'])} exceeds the longest passkey length "
+            f"{max(per_task['passkey'])}"
+        )
+    return {"ppl": "passkey"}
+
+
+#: one unit of work: (method, task, sample)
+_Unit = tuple[str, Task, Sample]
+
+
+@dataclass
+class _Plan:
+    """Everything a run measures, fixed before any of it is measured."""
+
+    config: RunConfig
+    samples: dict[tuple[str, int], list[Sample]]  # (task name, length) -> its samples
+    units: list[_Unit]  # in the order they run
+
+    def related(self, task: Task, sample: Sample) -> list[Sample]:
+        """The samples of ``task`` with ``sample``'s index at every length of the run (a shorter
+        input may be scored from the pass over a longer one)."""
+        return [self.samples[(task.name, n)][sample.index] for n in self.config.task_lengths[task.name]]
+
+
+def _plan(config: RunConfig, tasks: list[Task], tokenizer) -> _Plan:
+    """Build every sample of the run and order its units."""
+    derived = _derived_from(config.ppl_document, config.task_lengths)
+    tasks = sorted(tasks, key=lambda t: t.name not in derived.values())  # sources are built first
+    samples = _build_samples(config, tasks, derived, tokenizer)
+    return _Plan(config=config, samples=samples, units=_units(config, tasks, derived, samples))
+
+
+def _build_samples(
+    config: RunConfig, tasks: list[Task], derived: dict[str, str], tokenizer
+) -> dict[tuple[str, int], list[Sample]]:
+    """(task name, length) -> its samples; a derived task's are cut from its source's longest samples."""
+    built: dict[tuple[str, int], list[Sample]] = {}
+    for task in tasks:
+        for length in config.task_lengths[task.name]:
+            task.check_length(length)
+            source = derived.get(task.name)
+            if source is None:
+                built[(task.name, length)] = task.build(
+                    tokenizer, length, config.samples, config.seed, config.train_len
+                )
+            else:
+                longest = built[(source, max(config.task_lengths[source]))]
+                built[(task.name, length)] = [task.derive(tokenizer, s, length) for s in longest]
+    return built
+
+
+def _units(
+    config: RunConfig, tasks: list[Task], derived: dict[str, str], built: dict[tuple[str, int], list[Sample]]
+) -> list[_Unit]:
+    """Every unit, method by method and sample index by sample index, each task's lengths longest
+    first, so that shorter inputs reuse the longest pass (ppl). A source's longest sample goes first
+    and the inputs derived from it right after (ppl on the passkey haystack)."""
+    per_task = config.task_lengths
+    sources = {name: max(per_task[name]) for name in derived.values()}
+
+    def rank(unit: tuple[Task, Sample]) -> int:
+        task, sample = unit
+        if sources.get(task.name) == sample.length:
+            return 0
+        return 1 if task.name in derived else 2
+
+    methods = config.methods + ([WINDOW] if config.include_window else [])
+    return [
+        (method, task, sample)
+        for method in methods
+        for index in range(config.samples)
+        for task, sample in sorted(
+            (
+                (task, built[(task.name, length)][index])
+                for task in tasks
+                for length in sorted(per_task[task.name], reverse=True)
+            ),
+            key=rank,
+        )
+    ]
+
+
+# -- the run directory: its configuration, and what an earlier (interrupted) run already measured -----------------
+
+
+def _open_run(out: Path, config: RunConfig) -> None:
+    """Create ``out`` and write ``config.json`` there, or check that the run already there is this one."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if not config_path.exists():
+        atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
+        return
+    previous = {"ppl_document": "code", **json.loads(config_path.read_text())}  # runs older than the option
+    if previous != config.to_json():
+        raise RopelabError(f"{out} holds a run with a different configuration; choose another --out directory")
+
+
 def _drop_partial_line(path: Path) -> None:
     """An interrupted run can leave half a record at the end: cut it, so appends start clean."""
     if not path.exists():
@@ -285,119 +488,41 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def evaluate(
-    model,
-    tokenizer,
-    model_name: str,
-    methods: list[str],
-    tasks: list[str],
-    lengths: list[str],
-    samples: int,
-    out: str | os.PathLike,
-    seed: int = 0,
-    include_window: bool = True,
-    progress: bool = True,
-    task_lengths: dict[str, list[str]] | None = None,
-    ppl_document: str = "code",
-) -> Path:
-    """Run every task x method x length x sample into ``out``; returns the run directory.
+class _OwnRecords:
+    """The records of the model's own method ``method`` (read from an earlier run, added as they are
+    measured): where the ``window`` reference truncates nothing it sees the same input, and its record
+    is a copy of the own method's."""
 
-    ``lengths`` apply to every task unless ``task_lengths`` names other lengths for a task.
-    ``ppl_document="haystack"`` scores ppl on the passkey haystacks (see :mod:`ropelab.eval.ppl`):
-    one forward pass per method and sample then serves both tasks.
-    """
-    from ropelab.eval import get_task
-    from ropelab.pe import canonical_spec
+    def __init__(self, path: Path, method: str) -> None:
+        self.method = method
+        previous = read_results(path) if path.exists() else []
+        self.records = {(r["task"], r["length"], r["index"]): r for r in previous if r["method"] == method}
 
-    if samples < 1:
-        raise RopelabError(f"samples must be >= 1, got {samples}")
-    train_len = model.config.train_len
-    methods = [canonical_spec(m) for m in methods]  # validates every spec before any work
-    task_objects = [get_task(name) for name in tasks]
-    unknown = sorted(set(task_lengths or {}) - set(tasks))
-    if unknown:
-        raise RopelabError(f"lengths given for tasks that are not run: {', '.join(unknown)}")
-    per_task = {name: [parse_length(x, train_len) for x in (task_lengths or {}).get(name, lengths)] for name in tasks}
-    token_lengths = sorted({n for values in per_task.values() for n in values})
-    haystack = _check_ppl_document(ppl_document, per_task)
-    config = RunConfig(
-        model=model_name,
-        methods=methods,
-        tasks=tasks,
-        lengths=token_lengths,
-        length_labels=list(lengths),
-        task_lengths=per_task,
-        samples=samples,
-        seed=seed,
-        train_len=train_len,
-        include_window=include_window,
-        ppl_document=ppl_document,
-    )
-    if haystack:  # the ppl inputs are cut from the passkey samples, so those are built first
-        task_objects.sort(key=lambda t: t.name != "passkey")
-    built: dict[tuple[str, int], list[Sample]] = {}
-    for task in task_objects:
-        for length in per_task[task.name]:
-            task.check_length(length)
-            if haystack and task.name == "ppl":
-                sources = built[("passkey", max(per_task["passkey"]))]
-                built[(task.name, length)] = [task.from_haystack(tokenizer, s, length) for s in sources]
-            else:
-                built[(task.name, length)] = task.build(tokenizer, length, samples, seed, train_len)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if config_path.exists():
-        previous = {"ppl_document": "code", **json.loads(config_path.read_text())}  # runs older than the option
-        if previous != config.to_json():
-            raise RopelabError(f"{out} holds a run with a different configuration; choose another --out directory")
-    else:
-        from ropelab.core.io import atomic_write_text
+    def add(self, record: dict) -> None:
+        if record["method"] == self.method:
+            self.records[(record["task"], record["length"], record["index"])] = record
 
-        atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
-    results_path = out / "results.jsonl"
-    done = _done_keys(results_path)
-    # the model's own method, if it is run: ``window`` copies its records where it truncates nothing
-    own = canonical_spec(model.pe.spec)
-    own_records = {
-        (r["task"], r["length"], r["index"]): r
-        for r in (read_results(results_path) if results_path.exists() else [])
-        if r["method"] == own
-    }
+    def window_copy(self, evaluator: Evaluator, task: Task, sample: Sample) -> dict | None:
+        """The ``window`` record of ``sample`` copied from the own method's, or None where there is none
+        to copy or the window cuts the sample's context."""
+        same = self.records.get((task.name, sample.length, sample.index))
+        if evaluator.method != WINDOW or same is None or evaluator.truncates(task, sample):
+            return None
+        return {**same, "method": WINDOW, "seconds": 0.0, "same_as": self.method}
 
-    all_methods = methods + ([WINDOW] if include_window else [])
-    # per sample index, longest first, so shorter inputs reuse the longest pass (ppl); on the haystack
-    # the longest passkey input goes first and the ppl inputs cut from its haystack right after it
-    longest_passkey = max(per_task.get("passkey", [0]))
 
-    def rank(unit: tuple[Task, Sample]) -> int:
-        task, sample = unit
-        if not haystack:
-            return 0
-        return 0 if task.name == "passkey" and sample.length == longest_passkey else 1 if task.name == "ppl" else 2
+# -- measuring ------------------------------------------------------------------------------------------------------
 
-    units = [
-        (method, task, sample)
-        for method in all_methods
-        for index in range(samples)
-        for task, sample in sorted(
-            (
-                (task, built[(task.name, length)][index])
-                for task in task_objects
-                for length in sorted(per_task[task.name], reverse=True)
-            ),
-            key=rank,
-        )
-    ]
-    todo = [u for u in units if (u[1].name, u[0], u[2].length, u[2].index) not in done]
+
+def _run_units(
+    model, tokenizer, plan: _Plan, todo: list[_Unit], results_path: Path, own: _OwnRecords, progress: bool
+) -> None:
+    """Measure ``todo`` in order, appending each record to ``results_path`` as soon as it is measured;
+    the model's method is switched per unit and restored at the end."""
     original = model.pe.spec
+    total = len(plan.units)
     bar = tqdm(
-        total=len(units),
-        initial=len(units) - len(todo),
-        disable=not progress,
-        desc="evaluating",
-        unit="sample",
-        file=sys.stderr,
+        total=total, initial=total - len(todo), disable=not progress, desc="evaluating", unit="sample", file=sys.stderr
     )
     evaluator = None
     try:
@@ -407,69 +532,43 @@ def evaluate(
                     model.with_method(original if method == WINDOW else method)
                     evaluator = Evaluator(model, tokenizer, method)
                 bar.set_postfix_str(f"{method} {task.name} {sample.length}", refresh=False)
-                same = own_records.get((task.name, sample.length, sample.index))
-                if method == WINDOW and same is not None and not evaluator.truncates(task, sample):
-                    record = {**same, "method": WINDOW, "seconds": 0.0, "same_as": own}
-                    results.write(json.dumps(record) + "\n")
-                    results.flush()
-                    bar.update(1)
-                    continue
-                related = [built[(task.name, n)][sample.index] for n in per_task[task.name]]
-                start = time.perf_counter()
-                if task.mode == "session":
-                    outputs, info = None, evaluator.session(task, sample)
-                    metrics = info.pop("metrics")
-                else:
-                    outputs, info = evaluator.outputs(task, sample, related)
-                    metrics = task.score(sample, outputs)
-                record = {
-                    "task": task.name,
-                    "method": method,
-                    "length": sample.length,
-                    "index": sample.index,
-                    "seed": seed,
-                    "metrics": metrics,
-                    "seconds": round(time.perf_counter() - start, 3),
-                    **info,
-                }
-                for key in task.recorded:
-                    if key in sample.extra:
-                        record[key] = sample.extra[key]
-                if outputs is not None and outputs.generated is not None:
-                    record["generated"] = outputs.generated
-                if outputs is not None and outputs.losses is not None and task.mode == "loss":
-                    record["bucket_losses"] = _buckets(outputs.losses, 8)
+                record = own.window_copy(evaluator, task, sample) or _measure(
+                    evaluator, task, sample, plan.related(task, sample), plan.config.seed
+                )
                 results.write(json.dumps(record) + "\n")
                 results.flush()
-                if method == own:
-                    own_records[(task.name, sample.length, sample.index)] = record
+                own.add(record)
                 bar.update(1)
     finally:
         bar.close()
         model.with_method(original)
-    from ropelab.eval.report import write_report
-
-    write_report(out)
-    return out
 
 
-PPL_DOCUMENTS = ("code", "haystack")
-
-
-def _check_ppl_document(ppl_document: str, per_task: dict[str, list[int]]) -> bool:
-    """Whether ppl is scored on the passkey haystacks; one clear error when it cannot be."""
-    if ppl_document not in PPL_DOCUMENTS:
-        raise RopelabError(f"ppl document {ppl_document!r} is not one of: {', '.join(PPL_DOCUMENTS)}")
-    if ppl_document == "code" or "ppl" not in per_task:
-        return False
-    if "passkey" not in per_task:
-        raise RopelabError("ppl on the passkey haystack needs the passkey task in the run (--tasks ppl,passkey)")
-    if max(per_task["ppl"]) > max(per_task["passkey"]):
-        raise RopelabError(
-            f"ppl on the passkey haystack: ppl length {max(per_task['ppl'])} exceeds the longest passkey length "
-            f"{max(per_task['passkey'])}"
-        )
-    return True
+def _measure(evaluator: Evaluator, task: Task, sample: Sample, related: list[Sample], seed: int) -> dict:
+    """The result record of ``sample`` under the evaluator's method."""
+    start = time.perf_counter()
+    if task.mode == "session":
+        outputs, info = None, evaluator.session(task, sample)
+        metrics = info.pop("metrics")
+    else:
+        outputs, info = evaluator.outputs(task, sample, related)
+        metrics = task.score(sample, outputs)
+    record = {
+        "task": task.name,
+        "method": evaluator.method,
+        "length": sample.length,
+        "index": sample.index,
+        "seed": seed,
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - start, 3),
+        **info,
+        **task.recorded_fields(sample),
+    }
+    if outputs is not None and outputs.generated is not None:
+        record["generated"] = outputs.generated
+    if outputs is not None and outputs.losses is not None and task.mode == "loss":
+        record["bucket_losses"] = _buckets(outputs.losses, 8)
+    return record
 
 
 def _buckets(losses: list[float], count: int) -> list[float]:

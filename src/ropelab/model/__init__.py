@@ -1,4 +1,5 @@
-"""ropelab's Llama-family model, its named configs, decoding and checkpoints."""
+"""ropelab's Llama-family model, its named configs, decoding and checkpoints (real pretrained weights
+load through :mod:`ropelab.pretrained`)."""
 
 from ropelab.model.checkpoint import load_checkpoint, save_checkpoint
 from ropelab.model.config import CONFIGS, ModelConfig
@@ -15,7 +16,3 @@ __all__ = [
     "save_checkpoint",
     "stream",
 ]
-
-from ropelab.model.pretrained import PRETRAINED, load_model
-
-__all__ += ["PRETRAINED", "load_model"]

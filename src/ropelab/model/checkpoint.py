@@ -5,6 +5,10 @@ Both files are written atomically (temporary file in the same directory, fsync, 
 first, so a crash never leaves a config pointing at half-written weights. Loading never unpickles
 anything; a truncated, corrupt or mismatched checkpoint raises :class:`CheckpointError` naming the
 file and the problem.
+
+A training run keeps its checkpoints as ``step-NNNNNN`` directories in one folder, with
+``latest.json`` naming the newest (:mod:`ropelab.train.state` writes them);
+:func:`list_checkpoints` and :func:`find_latest_checkpoint` read that folder.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import atomic_path, atomic_write_text
-from ropelab.errors import CheckpointError, RopelabError
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
 
@@ -28,6 +33,16 @@ FORMAT = "ropelab-checkpoint"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+#: in a run's checkpoint folder: names the newest ``step-NNNNNN`` checkpoint
+LATEST = "latest.json"
+#: a training run keeps its checkpoints in this folder, one ``step-NNNNNN`` directory each
+CHECKPOINTS = "checkpoints"
+_STEP = re.compile(r"step-(\d+)")
+
+
+def checkpoint_name(step: int) -> str:
+    """The directory name of the checkpoint written after ``step`` optimizer steps."""
+    return f"step-{step:06d}"
 
 
 def _sha256(path: Path) -> str:
@@ -118,3 +133,76 @@ def load_checkpoint(
     if method is not None:
         model.with_method(method)
     return model
+
+
+# -- a training run's checkpoint folder --------------------------------------------------------
+
+
+def checkpoint_step(directory: str | os.PathLike) -> int | None:
+    """N of a ``step-N`` checkpoint directory; None for any other name."""
+    match = _STEP.fullmatch(Path(directory).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """The finished checkpoints in ``root`` (``step-N`` directories holding a config), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [path for path in root.iterdir() if checkpoint_step(path) is not None and (path / CONFIG).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def find_latest_checkpoint(root: str | os.PathLike, *, strict: bool) -> Path | None:
+    """The checkpoint ``root/latest.json`` names, ``root`` being a run's checkpoint folder.
+
+    ``latest.json`` is ``{"checkpoint": "step-000100", "step": 100, ...}`` as ``ropelab train``
+    writes it; also read: a plain string, a dict naming the directory under ``path``, ``dir``,
+    ``name`` or ``latest``, or a dict with only the ``step``.
+
+    ``strict=True`` (resuming a run): None when there is no ``latest.json`` yet; a
+    :class:`CheckpointError` when it is unreadable or names no finished checkpoint.
+    ``strict=False`` (reading a run, e.g. for analysis): the newest ``step-N`` checkpoint when
+    ``latest.json`` is missing, unreadable or names none; None when there is no checkpoint at all.
+    """
+    root = Path(root)
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None if strict else _newest(root)
+    try:
+        name, step = _pointer_target(json.loads(pointer.read_text()))
+    except (OSError, ValueError):
+        name = step = None
+    if name is None and step is None:
+        if strict:
+            raise CheckpointError(f"{pointer}: unreadable; delete it to resume from {root} by hand")
+        return _newest(root)
+    if name is not None and (root / name / CONFIG).is_file():
+        return root / name
+    for path in list_checkpoints(root):
+        if checkpoint_step(path) == step:
+            return path
+    if strict:
+        named = name if name is not None else f"step {step}"
+        raise CheckpointError(f"{pointer} names {named}, which is missing or incomplete")
+    return _newest(root)
+
+
+def _newest(root: Path) -> Path | None:
+    checkpoints = list_checkpoints(root)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _pointer_target(data: Any) -> tuple[str | None, int | None]:
+    """(directory name, step) that a parsed ``latest.json`` names; the step is that of the name if it has one."""
+    if isinstance(data, str):
+        name = Path(data).name
+        return name, checkpoint_step(name)
+    if not isinstance(data, dict):
+        return None, None
+    for key in ("checkpoint", "path", "dir", "name", "latest"):
+        if isinstance(data.get(key), str):
+            name = Path(data[key]).name
+            return name, checkpoint_step(name)
+    step = data.get("step")
+    return None, step if isinstance(step, int) and not isinstance(step, bool) else None

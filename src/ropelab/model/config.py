@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.pe.base import LAYOUTS
 
 
@@ -100,7 +100,7 @@ CONFIGS: dict[str, dict] = {
     "hope-cpu": dict(dim=128, n_layers=4, n_heads=2, n_kv_heads=2, train_len=256, vocab_size=4096),
     # ``ropelab experiment hirope`` (the HiRoPE paper's ShortLLM study): train length 128, head_dim 32
     # and RoPE base 256, so that HiRoPE's token level (split 0.5) reads only frequencies with a
-    # period below 128 (reliable split log_256(128 / 2pi) = 0.54; see ropelab.train.shortllm)
+    # period below 128 (reliable split log_256(128 / 2pi) = 0.54; see ropelab.experiments.hirope.run)
     "short-code": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, train_len=128, rope_base=256.0),
     "hope-125m": dict(
         dim=768, n_layers=12, n_heads=12, n_kv_heads=12, train_len=512, vocab_size=32000, tie_embeddings=False

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ropelab.errors import RopelabError
-from ropelab.model.transformer import extend_positions
+from ropelab.core.errors import RopelabError
+from ropelab.model.positions import extend_positions
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
@@ -64,7 +64,7 @@ def stream(
     """Yield the next token ids ``[B]`` one step at a time.
 
     ``positions``: the prompt's positions (e.g. HiRoPE's hierarchical ``[B, T, levels]``);
-    generated tokens continue them (see :func:`ropelab.model.transformer.extend_positions`).
+    generated tokens continue them (see :func:`ropelab.model.positions.extend_positions`).
     ``attention_mask``: ``[B, T]`` for a padded prompt (1 = real token, 0 = padding; pad on the
     left, so that every row's next token follows its last real one); generated tokens are real.
     """

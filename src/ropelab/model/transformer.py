@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ropelab import pe as pe_registry
-from ropelab.errors import CheckpointError, RopelabError
+from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.model.config import ModelConfig
+from ropelab.model.generate import generate
+from ropelab.model.positions import extend_positions
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe.base import PEContext, PositionEncoding, Rotation, WindowedRotation, apply_rotary
 
@@ -211,22 +213,6 @@ class Attention(nn.Module):
         return windowed_attention(
             q_near, q_far, k_near, k_far, v, pe.window, inputs.past, key_mask=inputs.key_mask, far_keys=pe.far_keys
         )
-
-
-def extend_positions(positions: Tensor, count: int) -> Tensor:
-    """Positions of ``count`` tokens appended after ``positions``.
-
-    One index per token: the next integers. Hierarchical vectors ``[B, T, levels]``: the new
-    tokens extend the last segment (token level + 1, higher levels unchanged) -- generated code
-    is not re-parsed (documented choice: a re-parse could move tokens already in the cache).
-    """
-    last = positions[:, -1:]
-    steps = torch.arange(1, count + 1, device=positions.device)
-    if positions.dim() == 2:
-        return last + steps[None]
-    step = torch.zeros(positions.shape[-1], dtype=positions.dtype, device=positions.device)
-    step[0] = 1
-    return last + steps[None, :, None] * step
 
 
 def _causal(q_len: int, k_len: int, device) -> Tensor:
@@ -609,6 +595,5 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, **kwargs) -> Tensor:
         """Shorthand for :func:`ropelab.model.generate.generate`."""
-        from ropelab.model.generate import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)

@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 #: Queries per chunk; the band costs ``chunk x (chunk + window)`` scores per head.
 CHUNK = 256

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ropelab.errors import SpecError
+from ropelab.core.errors import SpecError
 from ropelab.pe import alibi, fire, hirope, hope, kerple, learned, nope, rerope, rope, scaling, self_extend, yarn
 from ropelab.pe.base import (
     MethodInfo,

@@ -27,12 +27,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from ropelab.errors import RopelabError, SpecError
+from ropelab.core.errors import RopelabError, SpecError
+
+if TYPE_CHECKING:
+    from ropelab.pe.rope import FrequencyPlan
+
+#: what a method is, for listings and the docs: RoPE itself and its frequency edits (``rope``), the
+#: frequency scalings (``scaling``), windowed attention (``window``), HiRoPE (``hirope``), a learned
+#: table (``absolute``), an attention bias (``bias``) or nothing (``none``)
+Family = Literal["rope", "scaling", "window", "hirope", "absolute", "bias", "none"]
+#: how a method composes in a spec: a RoPE-family base (``rotary``), a transform that rescales a
+#: base's frequencies (``transform``, after ``+``), a windowed method (``window``) or a
+#: stand-alone encoding (``encoding``)
+Kind = Literal["rotary", "transform", "window", "encoding"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+KINDS: tuple[str, ...] = get_args(Kind)
 
 LAYOUTS = ("half", "interleaved")
 
@@ -139,12 +153,16 @@ class MethodInfo:
     """A registry entry: what a method is called, what it does and which parameters it takes."""
 
     name: str
-    family: str  # rope | scaling | absolute | bias | none
-    kind: str  # "rotary" (a RoPE-family base), "transform" (rescales RoPE frequencies), "window", "encoding"
+    family: Family
+    kind: Kind
     description: str
     paper: str
     params: tuple[Param, ...] = ()
     factory: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES or self.kind not in KINDS:
+            raise ValueError(f"{self.name}: family {self.family!r} / kind {self.kind!r} not in {FAMILIES} / {KINDS}")
 
     def resolve(self, given: dict[str, str | Any]) -> dict[str, Any]:
         """Validate user-given values and fill defaults; unknown keys list the allowed ones."""
@@ -238,6 +256,9 @@ class PositionEncoding(nn.Module):
     far_keys: int | None = None
     #: True when the method reads hierarchical (code-structure) positions ``[B, T, levels]``.
     uses_hierarchy: bool = False
+    #: The position levels a hierarchical method reads (token + segment = 2; HiRoPE's ``levels=3``
+    #: adds the top-level unit); the number of columns of its position vectors.
+    levels: int = 2
 
     def __init__(self, ctx: PEContext, spec: str) -> None:
         super().__init__()
@@ -245,6 +266,11 @@ class PositionEncoding(nn.Module):
         self.spec = spec
 
     def rotation(self, positions: Tensor) -> Rotation | None:
+        return None
+
+    def plan(self, seq_len: int | None = None) -> FrequencyPlan | None:
+        """RoPE-family methods: the angle of every frequency and the attention factor at input length
+        ``seq_len`` (default: the train length); ``None`` for methods without rotary frequencies."""
         return None
 
     def attention_bias(self, layer: int, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:

@@ -2,7 +2,7 @@
 Position" (ACL 2024, arXiv 2403.19115), Section 3, Eq. (3)-(5), training-free.
 
 Each token has a position vector ``(tok, seg[, unit])`` from the code's syntax tree
-(``ropelab.code``): ``tok`` is its ordinary token index in the sequence, ``seg`` the ordinal of its
+(``ropelab.hierarchy``): ``tok`` is its ordinary token index in the sequence, ``seg`` the ordinal of its
 function/class segment, ``unit`` (``levels=3``) the ordinal of the top-level unit. The token
 index keeps counting across segment boundaries: the paper's method figure (Fig. 2) labels the
 positions ``(function_idx, token_idx)`` as (0,0)..(0,4), (1,5), (1,6), and its token-level
@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.pe.base import MethodInfo, Param, PEContext, WindowedRotation
 from ropelab.pe.rope import FrequencyPlan, rotation_tables
 from ropelab.pe.window import WindowedEncoding

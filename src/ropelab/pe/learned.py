@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding, Rotation
 
 ROPE_PAPER = "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding (arXiv 2104.09864)"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 from ropelab.pe.base import PositionEncoding, WindowedRotation
 from ropelab.pe.rope import RotaryEncoding
 

@@ -7,7 +7,7 @@ A run directory holds ``train_config.json``, ``log.jsonl`` and ``checkpoints/ste
 normal ropelab checkpoint with its tokenizer; the newest also holds the state to resume) plus
 ``checkpoints/latest.json``. See :mod:`ropelab.train.trainer` (the loop, resume, DDP),
 :mod:`ropelab.train.config` (settings and the LR schedule), :mod:`ropelab.train.state`
-(checkpoint files) and :mod:`ropelab.train.experiment` (the HoPE paper's comparison).
+(checkpoint files) and :mod:`ropelab.experiments.hope.run` (the HoPE paper's comparison).
 """
 
 from ropelab.train.config import TrainConfig, learning_rate

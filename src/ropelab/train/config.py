@@ -22,7 +22,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")

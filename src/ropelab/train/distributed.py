@@ -1,6 +1,6 @@
 """Distributed data parallel: the same entry point alone or under ``torchrun``.
 
-``torchrun --nproc_per_node N -m ropelab.cli train ...`` sets ``RANK``, ``WORLD_SIZE``,
+``torchrun --nproc_per_node N -m ropelab train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup` then joins the process group
 (``nccl`` on CUDA, ``gloo`` on CPU) and gives each process its device. Without those variables
 the run is a single process and nothing here does anything.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ropelab.errors import RopelabError
+from ropelab.core.errors import RopelabError
 
 
 @dataclass

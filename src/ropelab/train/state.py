@@ -4,7 +4,7 @@
 
 * ``model.safetensors`` + ``config.json`` (:func:`ropelab.model.checkpoint.save_checkpoint`,
   ``tokenizer="tokenizer.json"``) and ``tokenizer.json`` + ``special_tokens.json``, so
-  ``ropelab.model.pretrained.load_model`` loads model and tokenizer from it;
+  ``ropelab.pretrained.registry.load_model`` loads model and tokenizer from it;
 * ``optimizer.safetensors``: AdamW's per-parameter tensors, keyed ``<parameter name>.<field>``;
 * ``rng.safetensors``: torch's CPU (and CUDA) generator states as uint8 tensors;
 * ``trainer_state.json``: step, tokens and samples consumed (the data cursor), elapsed time,
@@ -28,19 +28,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ropelab.core.errors import CheckpointError
 from ropelab.core.io import atomic_path, atomic_write_text
-from ropelab.errors import CheckpointError
-from ropelab.model.checkpoint import save_checkpoint
+from ropelab.model.checkpoint import (
+    LATEST,
+    checkpoint_name,
+    find_latest_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 
-LATEST = "latest.json"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
 RNG = "rng.safetensors"
 RESUME_FILES = (STATE, OPTIMIZER, RNG)
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
 
 
 def parameter_names(model: torch.nn.Module) -> dict[int, str]:
@@ -155,13 +156,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Finished checkpoints (``step-NNNNNN``), oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit())
-
-
 def _prune(root: Path, newest: Path, keep: int) -> None:
     older = [p for p in list_checkpoints(root) if p != newest]
     for path in older:
@@ -175,18 +169,9 @@ def _prune(root: Path, newest: Path, keep: int) -> None:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint ``latest.json`` names (None when there is none yet)."""
-    pointer = root / LATEST
-    if not pointer.exists():
-        return None
-    try:
-        name = json.loads(pointer.read_text())["checkpoint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{pointer}: unreadable; delete it to resume from {root} by hand") from None
-    path = root / name
-    if not path.is_dir():
-        raise CheckpointError(f"{pointer} names {name}, which does not exist")
-    return path
+    """The checkpoint to resume from: the one ``latest.json`` names (None before the first one);
+    a :class:`CheckpointError` when ``latest.json`` is damaged or names a missing checkpoint."""
+    return find_latest_checkpoint(root, strict=True)
 
 
 def read_resume_state(directory: Path) -> tuple[dict, dict, dict]:

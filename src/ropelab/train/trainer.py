@@ -15,6 +15,10 @@ the resumed step are dropped, so the log reads as one run.
 
 On CUDA the forward runs under bf16 autocast (weights, optimizer and positions stay float32:
 RoPE angles are float32 elementwise products that autocast does not touch); on CPU it is float32.
+
+The parts: :func:`train` sets up the process group and runs a :class:`Trainer` -- ``setup``,
+``resume``, ``write_run_record``, then ``fit``, the loop of ``train_step``, ``log_step`` (with
+``validate``) and ``checkpoint``. Checkpoint files: :mod:`ropelab.train.state`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,13 +36,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.core.log import log
+from ropelab.core.version import __version__
 from ropelab.data import ChunkSampler, Corpus, TokenData, evenly_spaced_chunks, prepare_data
 from ropelab.data.synthetic import MixtureSampler
-from ropelab.errors import CheckpointError, RopelabError
+from ropelab.model.checkpoint import CHECKPOINTS, checkpoint_name, load_checkpoint
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
 from ropelab.train import distributed, state
@@ -45,7 +53,6 @@ from ropelab.train.config import RUNTIME_FIELDS, TrainConfig, learning_rate
 
 TRAIN_CONFIG = "train_config.json"
 LOG = "log.jsonl"
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass(kw_only=True)
@@ -73,8 +80,6 @@ class _StopFlag:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _StopFlag:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -241,246 +246,361 @@ def train(
     config.validate()
     info = distributed.setup(config.device)
     try:
-        return _train(config, Path(out), info, progress, on_step, max_seconds)
+        trainer = Trainer(config, Path(out), info, progress=progress, on_step=on_step, max_seconds=max_seconds)
+        trainer.setup()
+        trainer.resume()
+        trainer.write_run_record()
+        return trainer.fit()
     finally:
         distributed.teardown(info)
 
 
-def _train(config, out: Path, info: distributed.Dist, progress, on_step, max_seconds) -> TrainResult:
-    start_time = time.perf_counter()
+def _set_threads(config: TrainConfig, info: distributed.Dist) -> None:
+    """``config.threads`` when set; else, under torchrun on CPU, the cores shared out over the
+    machine's processes; else torch's default."""
     if config.threads:
         torch.set_num_threads(config.threads)
     elif info.enabled and info.device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
-    saved = _check_resumable(out, config)
-    data = load_data(config, info, progress)
-    vocab_size = data.tokenizer.vocab_size
-    model = build_model(config, vocab_size, info.device)
-    train_len = model.config.train_len
-    train_sampler = training_sampler(config, data, train_len)
-    val_sampler = ChunkSampler(data.val, train_len, config.seed, "val") if len(data.val) > train_len else None
-    val_chunks = evenly_spaced_chunks(val_sampler, config.val_sequences) if val_sampler else []
 
-    if config.batch_size % info.world_size:
-        raise RopelabError(f"batch size {config.batch_size} is not divisible by {info.world_size} processes")
-    per_rank = config.batch_size // info.world_size
+
+def _batch_split(config: TrainConfig, world_size: int) -> tuple[int, int, int]:
+    """(sequences each process takes per step, micro-batch size, micro-batches per step)."""
+    if config.batch_size % world_size:
+        raise RopelabError(f"batch size {config.batch_size} is not divisible by {world_size} processes")
+    per_rank = config.batch_size // world_size
     micro = config.micro_batch_size or per_rank
     if per_rank % micro:
         raise RopelabError(
             f"micro-batch size {micro} does not divide the {per_rank} sequences each process takes per step"
         )
-    accum = per_rank // micro
+    return per_rank, micro, per_rank // micro
 
+
+def _calibrated_steps(
+    config: TrainConfig,
+    model: Transformer,
+    sampler: ChunkSampler | MixtureSampler,
+    micro: int,
+    accum: int,
+    info: distributed.Dist,
+    start_time: float,
+) -> int:
+    """The steps that fit in ``config.minutes``: 95% of it, less the time since ``start_time``,
+    over the slowest process's :func:`calibrate_step_seconds`."""
+    seconds = calibrate_step_seconds(model, sampler, micro, accum, info.device)
+    seconds = info.all_reduce([seconds], op="max")[0]
+    budget = config.minutes * 60 * 0.95 - (time.perf_counter() - start_time)
+    steps = max(1, int(budget / seconds))
+    log(f"calibrated {seconds:.3f} s per step: {steps} steps fit in {config.minutes:g} minutes")
+    return steps
+
+
+def _wrap_ddp(model: Transformer, info: distributed.Dist) -> torch.nn.Module:
+    """What the loop runs forward and backward through: ``model`` alone in one process; under
+    torchrun ``model`` in DistributedDataParallel, which averages the gradients over processes."""
+    if not info.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+def _run_record(
+    config: TrainConfig, resolved: dict, model: Transformer, data: TokenData, info: distributed.Dist, saved: dict | None
+) -> dict:
+    """What ``train_config.json`` holds: the settings asked for and resolved, the model, the data,
+    device and versions. A resumed run keeps its saved record but for how the batch is split over
+    processes and micro-batches (which may differ between sessions)."""
     if saved is not None:
-        steps = saved["resolved"]["steps"]
-    elif config.steps is not None:
-        steps = config.steps
-    else:
-        seconds = calibrate_step_seconds(model, train_sampler, micro, accum, info.device)
-        seconds = info.all_reduce([seconds], op="max")[0]
-        budget = config.minutes * 60 * 0.95 - (time.perf_counter() - start_time)
-        steps = max(1, int(budget / seconds))
-        log(f"calibrated {seconds:.3f} s per step: {steps} steps fit in {config.minutes:g} minutes")
-    resolved = {
-        "steps": steps,
-        "warmup": config.resolved_warmup(steps),
-        "checkpoint_every": config.resolved_checkpoint_every(steps),
-        "eval_every": config.resolved_eval_every(steps),
-        "micro_batch_size": micro,
-        "grad_accumulation": accum,
-        "world_size": info.world_size,
-        "tokens_per_step": config.batch_size * train_len,
-        "train_len": train_len,
-    }
-    checkpoints = out / CHECKPOINTS
-    optimizer = make_optimizer(model, config)
-
-    step, tokens, elapsed_before, val_loss, train_loss = 0, 0, 0.0, None, None
-    latest = state.latest_checkpoint(checkpoints) if saved is not None else None
-    if latest is not None:
-        step, tokens, elapsed_before = _resume(latest, model, optimizer, info)
-        log(f"resuming {out} from {latest.name} (step {step} of {steps})")
-    if config.minutes is not None:  # the budget covers the whole run, resumed parts included
-        budget_left = config.minutes * 60 - elapsed_before
-        max_seconds = budget_left if max_seconds is None else min(max_seconds, budget_left)
-    if info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        record = {
-            "requested": config.to_dict(),
-            "resolved": resolved,
-            "model": model.config.to_dict(),
-            "parameters": model.num_parameters,
-            "data": {
-                k: data.meta[k]
-                for k in ("key", "corpus_hash", "sources", "files", "tokens", "tokenizer", "vocab_size", "skipped")
-                if k in data.meta
+        return {
+            **saved,
+            "resolved": {
+                **saved["resolved"],
+                **{k: resolved[k] for k in ("micro_batch_size", "grad_accumulation", "world_size")},
             },
-            "data_dir": str(data.directory),
-            "device": info.device.type,
-            "precision": "bf16 autocast" if info.device.type == "cuda" else "float32",
-            "versions": {"ropelab": _version(), "torch": torch.__version__},
         }
-        if saved is not None:
-            record = {
-                **saved,
-                "resolved": {
-                    **saved["resolved"],
-                    **{k: resolved[k] for k in ("micro_batch_size", "grad_accumulation", "world_size")},
-                },
-            }
-        atomic_write_text(out / TRAIN_CONFIG, json.dumps(record, indent=2))
-        _truncate_log(out / LOG, step)
-    info.barrier()
+    return {
+        "requested": config.to_dict(),
+        "resolved": resolved,
+        "model": model.config.to_dict(),
+        "parameters": model.num_parameters,
+        "data": {
+            k: data.meta[k]
+            for k in ("key", "corpus_hash", "sources", "files", "tokens", "tokenizer", "vocab_size", "skipped")
+            if k in data.meta
+        },
+        "data_dir": str(data.directory),
+        "device": info.device.type,
+        "precision": "bf16 autocast" if info.device.type == "cuda" else "float32",
+        "versions": {"ropelab": __version__, "torch": torch.__version__},
+    }
 
-    if step >= steps:
-        log(f"{out} is already complete ({step} steps)")
-        return TrainResult(
-            out=out,
-            step=step,
-            steps=steps,
-            tokens=tokens,
-            train_loss=None,
-            val_loss=None,
-            seconds=elapsed_before,
-            status="complete",
-            checkpoint=latest,
+
+class _Progress:
+    """The loop's report: a line of ``log.jsonl`` per record (main process) and the tqdm bar."""
+
+    def __init__(self, out: Path, config: TrainConfig, steps: int, step: int, info: distributed.Dist, show: bool):
+        self.bar = tqdm(
+            total=steps,
+            initial=step,
+            disable=not (show and info.main),
+            desc=f"train {config.pe}",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.file = open(out / LOG, "a") if info.main else None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def write(self, record: dict, val_loss: float | None) -> None:
+        """Append ``record``; the bar shows it with the latest validation loss."""
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        self.bar.set_postfix_str(
+            f"loss {record['loss']:.3f}"
+            + (f" val {val_loss:.3f}" if val_loss is not None else "")
+            + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s",
+            refresh=False,
         )
 
-    net = model
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
 
-        net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
-    def save(at_step: int) -> Path | None:
+class Trainer:
+    """One run of :func:`train` in ``out``, in the order :func:`train` calls its parts:
+
+    * :meth:`setup`: data, model, samplers, the batch split, the number of steps (calibrated when
+      only ``minutes`` is given) and the optimizer;
+    * :meth:`resume`: weights, optimizer, RNG and counters from the run's newest checkpoint;
+    * :meth:`write_run_record`: ``train_config.json``, and ``log.jsonl`` cut back to the step;
+    * :meth:`fit`: the loop of :meth:`train_step`, :meth:`log_step` (with :meth:`validate`) and
+      :meth:`checkpoint`, until the last step, a signal or the time limit.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: Path,
+        info: distributed.Dist,
+        *,
+        progress: bool = True,
+        on_step=None,
+        max_seconds: float | None = None,
+    ) -> None:
+        self.start_time = time.perf_counter()
+        self.config, self.out, self.info = config, out, info
+        self.progress, self.on_step, self.max_seconds = progress, on_step, max_seconds
+        self.checkpoints = out / CHECKPOINTS
+        # what a checkpoint stores and resume restores
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self.train_loss: float | None = None
+        self.val_loss: float | None = None
+        self.last_checkpoint: Path | None = None
+
+    def setup(self) -> None:
+        """Build what the run needs; the step count is the saved one when resuming."""
+        config, info = self.config, self.info
+        _set_threads(config, info)
+        self.saved = _check_resumable(self.out, config)
+        self.data = load_data(config, info, self.progress)
+        self.model = build_model(config, self.data.tokenizer.vocab_size, info.device)
+        train_len = self.model.config.train_len
+        self.train_sampler = training_sampler(config, self.data, train_len)
+        val = self.data.val
+        self.val_sampler = ChunkSampler(val, train_len, config.seed, "val") if len(val) > train_len else None
+        self.val_chunks = evenly_spaced_chunks(self.val_sampler, config.val_sequences) if self.val_sampler else []
+        self.per_rank, self.micro, self.accum = _batch_split(config, info.world_size)
+        if self.saved is not None:
+            steps = self.saved["resolved"]["steps"]
+        elif config.steps is not None:
+            steps = config.steps
+        else:
+            steps = _calibrated_steps(
+                config, self.model, self.train_sampler, self.micro, self.accum, info, self.start_time
+            )
+        self.steps = steps
+        self.resolved = {
+            "steps": steps,
+            "warmup": config.resolved_warmup(steps),
+            "checkpoint_every": config.resolved_checkpoint_every(steps),
+            "eval_every": config.resolved_eval_every(steps),
+            "micro_batch_size": self.micro,
+            "grad_accumulation": self.accum,
+            "world_size": info.world_size,
+            "tokens_per_step": config.batch_size * train_len,
+            "train_len": train_len,
+        }
+        self.optimizer = make_optimizer(self.model, config)
+
+    def resume(self) -> None:
+        """Continue from the newest checkpoint of a run started before (a new run starts at 0)."""
+        latest = state.latest_checkpoint(self.checkpoints) if self.saved is not None else None
+        if latest is not None:
+            self.step, self.tokens, self.elapsed_before = _resume(latest, self.model, self.optimizer, self.info)
+            log(f"resuming {self.out} from {latest.name} (step {self.step} of {self.steps})")
+        self.last_checkpoint = latest
+        if self.config.minutes is not None:  # the budget covers the whole run, resumed parts included
+            budget_left = self.config.minutes * 60 - self.elapsed_before
+            self.max_seconds = budget_left if self.max_seconds is None else min(self.max_seconds, budget_left)
+
+    def write_run_record(self) -> None:
+        """``train_config.json`` (:func:`_run_record`); ``log.jsonl`` lines after the step are dropped."""
+        if self.info.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            record = _run_record(self.config, self.resolved, self.model, self.data, self.info, self.saved)
+            atomic_write_text(self.out / TRAIN_CONFIG, json.dumps(record, indent=2))
+            _truncate_log(self.out / LOG, self.step)
+        self.info.barrier()
+
+    def fit(self) -> TrainResult:
+        """Run the steps left; stop after a step on SIGINT / SIGTERM or at ``max_seconds``."""
+        if self.step >= self.steps:
+            log(f"{self.out} is already complete ({self.step} steps)")
+            return self._result("complete", self.elapsed_before)
+        self.net = _wrap_ddp(self.model, self.info)
+        status = "complete"
+        with _Progress(self.out, self.config, self.steps, self.step, self.info, self.progress) as report:
+            self.loop_start = time.perf_counter()
+            self.interval_start, self.interval_tokens = self.loop_start, 0
+            self.net.train()
+            with _StopFlag() as stop:
+                while self.step < self.steps:
+                    lr, step_loss, grad_norm = self.train_step()
+                    record = self.log_step(lr, step_loss, grad_norm, report)
+                    report.bar.update(1)
+                    if self.on_step is not None:
+                        self.on_step(self.step, record)
+                    stopped = self._checkpoint_or_stop(stop)
+                    if stopped is not None:
+                        status = stopped
+                        break
+        seconds = self.elapsed_before + time.perf_counter() - self.loop_start
+        if status != "complete":
+            log(
+                f"stopped at step {self.step} of {self.steps} ({status}); "
+                f"the same command resumes from {self.last_checkpoint}"
+            )
+        return self._result(status, seconds)
+
+    def train_step(self) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One optimizer step over this process's share of the global batch, in micro-batches
+        (DDP syncs gradients on the last only). Returns (lr, this process's mean loss, grad norm)."""
+        config, info, accum, micro = self.config, self.info, self.accum, self.micro
+        lr = learning_rate(self.step, self.steps, config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        first = self.step * config.batch_size + info.rank * self.per_rank
+        step_loss = torch.zeros((), device=info.device)  # no host sync per micro-batch
+        for k in range(accum):
+            batch = self.train_sampler.batch(first + k * micro, micro).to(info.device, non_blocking=True)
+            sync = not info.enabled or k == accum - 1
+            with self.net.no_sync() if not sync else nullcontext(), _autocast(info.device):
+                loss = _loss(self.net, batch) / accum
+            loss.backward()
+            step_loss += loss.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += self.resolved["tokens_per_step"]
+        self.interval_tokens += self.resolved["tokens_per_step"]
+        return lr, step_loss, grad_norm
+
+    def log_step(self, lr: float, step_loss: torch.Tensor, grad_norm: torch.Tensor, report: _Progress) -> dict | None:
+        """The step's record, written to ``log.jsonl``, every ``log_every`` steps, every
+        ``eval_every`` (then with the validation loss) and at the last; None at other steps."""
+        step, steps = self.step, self.steps
+        want_log = step % self.config.log_every == 0 or step == steps
+        want_eval = self.val_sampler is not None and (step % self.resolved["eval_every"] == 0 or step == steps)
+        if not (want_log or want_eval):
+            return None
+        self.train_loss = self.info.all_reduce([float(step_loss)], op="mean")[0]
+        now = time.perf_counter()
+        record = {
+            "step": step,
+            "tokens": self.tokens,
+            "loss": self.train_loss,
+            "lr": lr,
+            "tokens_per_s": self.interval_tokens / max(now - self.interval_start, 1e-9),
+            "grad_norm": float(grad_norm),
+            "elapsed_s": round(self.elapsed_before + now - self.loop_start, 3),
+        }
+        if want_eval:
+            self.val_loss = self.validate()
+            record["val_loss"] = self.val_loss
+        report.write(record, self.val_loss)
+        self.interval_start, self.interval_tokens = time.perf_counter(), 0
+        return record
+
+    def validate(self) -> float:
+        """Mean token loss over the fixed validation sequences (:func:`validation_loss`)."""
+        return validation_loss(self.model, self.val_sampler, self.val_chunks, self.micro, self.info)
+
+    def _checkpoint_or_stop(self, stop: _StopFlag) -> str | None:
+        """Checkpoint when due, at the last step or when stopping; the status to stop with
+        ("interrupted", "time limit") or None to go on. All processes take the same decision."""
+        out_of_time = self.max_seconds is not None and time.perf_counter() - self.loop_start >= self.max_seconds
+        flags = self.info.all_reduce([float(stop.signal is not None), float(out_of_time)], op="max")
+        if self.step == self.steps or self.step % self.resolved["checkpoint_every"] == 0 or any(flags):
+            self.last_checkpoint = self.checkpoint()
+        if flags[0]:
+            return "interrupted"
+        if flags[1] and self.step < self.steps:
+            return "time limit"
+        return None
+
+    def checkpoint(self) -> Path:
+        """Write ``checkpoints/step-NNNNNN`` for this step on the main process (the others wait):
+        atomically, then older checkpoints lose their resume files and, beyond ``config.keep``,
+        are removed (:func:`ropelab.train.state.write_checkpoint`)."""
+        config, step = self.config, self.step
         path = None
-        if info.main:
+        if self.info.main:
             trainer_state = {
-                "step": at_step,
-                "tokens": tokens,
-                "samples": at_step * config.batch_size,
-                "epoch": train_sampler.epoch_of(at_step * config.batch_size),
-                "elapsed_s": elapsed_before + time.perf_counter() - loop_start,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "steps": steps,
+                "step": step,
+                "tokens": self.tokens,
+                "samples": step * config.batch_size,
+                "epoch": self.train_sampler.epoch_of(step * config.batch_size),
+                "elapsed_s": self.elapsed_before + time.perf_counter() - self.loop_start,
+                "train_loss": self.train_loss,
+                "val_loss": self.val_loss,
+                "steps": self.steps,
             }
             extra = {
-                "step": at_step,
-                "tokens": tokens,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "run": str(out.resolve()),
+                "step": step,
+                "tokens": self.tokens,
+                "train_loss": self.train_loss,
+                "val_loss": self.val_loss,
+                "run": str(self.out.resolve()),
                 "train_config": config.to_dict(),
             }
+            files = self.data.tokenizer_files
             path = state.write_checkpoint(
-                checkpoints, at_step, model, optimizer, data.tokenizer_files, trainer_state, extra, config.keep
+                self.checkpoints, step, self.model, self.optimizer, files, trainer_state, extra, config.keep
             )
-        info.barrier()
-        return checkpoints / state.checkpoint_name(at_step) if path is None else path
+        self.info.barrier()
+        return self.checkpoints / checkpoint_name(step) if path is None else path
 
-    bar = tqdm(
-        total=steps,
-        initial=step,
-        disable=not (progress and info.main),
-        desc=f"train {config.pe}",
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    loop_start = time.perf_counter()
-    interval_start, interval_tokens = loop_start, 0
-    status, last_checkpoint = "complete", latest
-    log_handle = open(out / LOG, "a") if info.main else None
-    net.train()
-    try:
-        with _StopFlag() as stop:
-            while step < steps:
-                lr = learning_rate(step, steps, config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                first = step * config.batch_size + info.rank * per_rank
-                step_loss = torch.zeros((), device=info.device)  # no host sync per micro-batch
-                for k in range(accum):
-                    batch = train_sampler.batch(first + k * micro, micro).to(info.device, non_blocking=True)
-                    sync = not info.enabled or k == accum - 1
-                    with net.no_sync() if not sync else nullcontext(), _autocast(info.device):
-                        loss = _loss(net, batch) / accum
-                    loss.backward()
-                    step_loss += loss.detach().float()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens += config.batch_size * train_len
-                interval_tokens += config.batch_size * train_len
-
-                want_log = step % config.log_every == 0 or step == steps
-                want_eval = val_sampler is not None and (step % resolved["eval_every"] == 0 or step == steps)
-                if want_log or want_eval:
-                    train_loss = info.all_reduce([float(step_loss)], op="mean")[0]
-                record = None
-                if want_log or want_eval:
-                    now = time.perf_counter()
-                    record = {
-                        "step": step,
-                        "tokens": tokens,
-                        "loss": train_loss,
-                        "lr": lr,
-                        "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
-                        "grad_norm": float(grad_norm),
-                        "elapsed_s": round(elapsed_before + now - loop_start, 3),
-                    }
-                    if want_eval:
-                        val_loss = validation_loss(model, val_sampler, val_chunks, micro, info)
-                        record["val_loss"] = val_loss
-                    if log_handle is not None:
-                        log_handle.write(json.dumps(record) + "\n")
-                        log_handle.flush()
-                    bar.set_postfix_str(
-                        f"loss {train_loss:.3f}"
-                        + (f" val {val_loss:.3f}" if val_loss is not None else "")
-                        + f" lr {lr:.2e} {record['tokens_per_s']:,.0f} tok/s",
-                        refresh=False,
-                    )
-                    interval_start, interval_tokens = time.perf_counter(), 0
-                bar.update(1)
-                if on_step is not None:
-                    on_step(step, record)
-
-                out_of_time = max_seconds is not None and time.perf_counter() - loop_start >= max_seconds
-                flags = info.all_reduce([float(stop.signal is not None), float(out_of_time)], op="max")
-                if step == steps or step % resolved["checkpoint_every"] == 0 or any(flags):
-                    last_checkpoint = save(step)
-                if flags[0]:
-                    status = "interrupted"
-                    break
-                if flags[1] and step < steps:
-                    status = "time limit"
-                    break
-    finally:
-        bar.close()
-        if log_handle is not None:
-            log_handle.close()
-    seconds = elapsed_before + time.perf_counter() - loop_start
-    if status != "complete":
-        log(f"stopped at step {step} of {steps} ({status}); the same command resumes from {last_checkpoint}")
-    return TrainResult(
-        out=out,
-        step=step,
-        steps=steps,
-        tokens=tokens,
-        train_loss=train_loss,
-        val_loss=val_loss,
-        seconds=seconds,
-        status=status,
-        checkpoint=last_checkpoint,
-    )
+    def _result(self, status: str, seconds: float) -> TrainResult:
+        return TrainResult(
+            out=self.out,
+            step=self.step,
+            steps=self.steps,
+            tokens=self.tokens,
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+            seconds=seconds,
+            status=status,
+            checkpoint=self.last_checkpoint,
+        )
 
 
 def _resume(directory: Path, model: Transformer, optimizer, info: distributed.Dist) -> tuple[int, int, float]:
-    from ropelab.model.checkpoint import load_checkpoint
-
     trainer_state, optimizer_tensors, rng = state.read_resume_state(directory)
     loaded = load_checkpoint(directory, device=info.device)  # checks the checksum, config and shapes
     if loaded.config != model.config:
@@ -492,12 +612,6 @@ def _resume(directory: Path, model: Transformer, optimizer, info: distributed.Di
     )
     state.restore_rng(rng)
     return int(trainer_state["step"]), int(trainer_state["tokens"]), float(trainer_state.get("elapsed_s", 0.0))
-
-
-def _version() -> str:
-    from ropelab.core.version import __version__
-
-    return __version__
 
 
 def read_log(out: str | os.PathLike) -> list[dict]:

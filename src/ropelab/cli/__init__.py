@@ -1,0 +1,150 @@
+"""The ``ropelab`` command line: one table of commands, one module per command group.
+
+    ropelab compare                      the main job (SmolLM2-135M, long-context use, two documents)
+    ropelab eval | report                :mod:`ropelab.cli.evaluate`
+    ropelab train | experiment           :mod:`ropelab.cli.train`
+    ropelab analyze                      :mod:`ropelab.cli.analyse`
+    ropelab methods | describe | models | generate | positions | task-sample   :mod:`ropelab.cli.info`
+
+Bad input (an unknown method, a bad parameter, a length out of range) prints one ``error:`` line
+and exits with status 2; no traceback. The command modules import torch and the heavy packages
+inside each command, so ``ropelab --help`` and a usage error answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ropelab.cli import analyse, evaluate, info, train
+from ropelab.core.errors import RopelabError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    name: str
+    help: str
+    options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+#: every command, in the order ``ropelab --help`` lists them
+COMMANDS = (
+    Command(
+        name="methods",
+        help="list every position method with its parameters",
+        options=info.methods_options,
+        run=info.cmd_methods,
+    ),
+    Command(
+        name="describe",
+        help="per-frequency angles, periods and roles of a method",
+        options=info.describe_options,
+        run=info.cmd_describe,
+    ),
+    Command(
+        name="models",
+        help="list pretrained models and named configs, and whether each is installed",
+        options=info.models_options,
+        run=info.cmd_models,
+    ),
+    Command(
+        name="generate",
+        help="stream a continuation of a prompt",
+        options=info.generate_options,
+        run=info.cmd_generate,
+    ),
+    Command(
+        name="positions",
+        help="HiRoPE hierarchical positions (segments) of a source file",
+        options=info.positions_options,
+        run=info.cmd_positions,
+    ),
+    Command(
+        name="eval",
+        help="evaluate a model under several methods on several tasks and lengths",
+        options=evaluate.eval_options,
+        run=evaluate.cmd_eval,
+    ),
+    Command(
+        name="compare",
+        help="the main job: SmolLM2-135M, long-context use (loss by position, fixed targets, needle grid)",
+        options=evaluate.compare_options,
+        run=evaluate.cmd_compare,
+    ),
+    Command(
+        name="report",
+        help="re-render a run's report, or compare two runs",
+        options=evaluate.report_options,
+        run=evaluate.cmd_report,
+    ),
+    Command(
+        name="task-sample",
+        help="print exactly what the model sees for a task",
+        options=info.task_sample_options,
+        run=info.cmd_task_sample,
+    ),
+    Command(
+        name="train",
+        help="train a model from scratch with a position encoding (DDP under torchrun)",
+        options=train.train_options,
+        run=train.cmd_train,
+    ),
+    Command(
+        name="experiment",
+        help="the HoPE paper's comparison: train every PE, evaluate, one report",
+        options=train.experiment_options,
+        run=train.cmd_experiment,
+    ),
+    Command(
+        name="analyze",
+        help="attention pattern, RoPE component VAF, extrapolation OOD and hierarchy analyses (HoPE paper, Sec. 3)",
+        description=analyse.DESCRIPTION,
+        options=analyse.analyze_options,
+        run=analyse.cmd_analyze,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ropelab",
+        description="positional encodings and context-length extrapolation for transformer language models",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.options(p)
+        p.set_defaults(func=command.run)
+    return parser
+
+
+def _version() -> str:
+    from ropelab.core.version import __version__
+
+    return f"ropelab {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except RopelabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]

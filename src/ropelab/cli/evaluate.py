@@ -1,0 +1,149 @@
+"""``ropelab eval``, ``ropelab compare`` and ``ropelab report``.
+
+ropelab compare                                  (the main job: SmolLM2, long-context use, 2 documents)
+ropelab eval MODEL --methods SPEC,... --tasks ppl,passkey,... --lengths 0.5x,1x,12k
+ropelab report RUN_DIR [RUN_B]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ropelab.core.args import positive_int, split_list
+from ropelab.core.errors import RopelabError
+
+#: the HiRoPE paper's comparison on one model: plain RoPE, its strongest training-free baseline and
+#: HiRoPE (each costs one 12K pass per document; add yarn:factor=2, ntk:factor=2, rerope with --methods)
+COMPARE_METHODS = "rope,self-extend,hirope"
+
+
+def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
+    result = {}
+    for item in items or []:
+        task, eq, lengths = item.partition("=")
+        if not eq or not task.strip() or not lengths.strip():
+            raise RopelabError(f"--task-lengths expects TASK=LEN[,LEN...], got {item!r}")
+        result[task.strip()] = split_list(lengths)
+    return result
+
+
+def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_at_longest: bool = False) -> int:
+    import time
+
+    import torch
+
+    from ropelab.core.lengths import parse_length
+    from ropelab.eval import get_task
+    from ropelab.eval.runner import evaluate
+    from ropelab.pe import split_specs
+    from ropelab.pretrained.registry import load_model
+    from ropelab.reporting.eval import write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_name = args.model
+    methods = split_specs(args.methods)  # a malformed list fails before the model loads
+    for name in split_list(args.tasks):
+        get_task(name)  # unknown task names fail before the model loads
+    model, tokenizer = load_model(model_name)
+    if tokenizer is None:
+        raise RopelabError(f"{model_name}: has no tokenizer.json; evaluation needs one")
+    if passkey_at_longest:  # the longest of --lengths (so ppl on its haystack reaches every ppl length)
+        longest = max(split_list(args.lengths), key=lambda x: parse_length(x, model.config.train_len))
+        task_lengths = [f"passkey={longest}"]
+    out = args.out or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = evaluate(
+        model,
+        tokenizer,
+        model_name,
+        methods,
+        split_list(args.tasks),
+        split_list(args.lengths),
+        args.samples,
+        out,
+        seed=args.seed,
+        include_window=not args.no_window,
+        task_lengths=_task_lengths(task_lengths),
+        ppl_document=args.ppl_document,
+    )
+    report = write_report(run)
+    print(report.read_text())
+    print(f"report: {report} (plots and results.jsonl beside it)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return _run_eval(args, args.task_lengths)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The main job: the ``context`` task (:mod:`ropelab.eval.tasks.context`) at 1.5x the train length on
+    two documents (Python and Java): one 12K-token pass per method and document gives the loss by
+    position, the needle grid and the whole-document column of the fixed-target view. With
+    ``--tasks ppl,passkey`` passkey runs at the longest length only (1.5x) and ppl is scored on its
+    haystack, so one pass per method serves both."""
+    with_passkey = "passkey" in split_list(args.tasks)
+    if args.ppl_document is None:
+        args.ppl_document = "haystack" if with_passkey else "code"
+    return _run_eval(args, args.task_lengths, passkey_at_longest=args.task_lengths is None and with_passkey)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ropelab.reporting.eval import compare_runs, write_report
+
+    if len(args.runs) == 1:
+        path = write_report(args.runs[0])
+        print(path.read_text())
+        print(f"report: {path}")
+    elif len(args.runs) == 2:
+        print(compare_runs(*args.runs))
+    else:
+        raise RopelabError("ropelab report takes one run directory (re-render) or two (compare)")
+    return 0
+
+
+def _eval_options(
+    p: argparse.ArgumentParser, methods: str, tasks: str, lengths: str, samples: int, ppl_document: str | None = "code"
+) -> None:
+    p.add_argument("--methods", default=methods, help=f"comma-separated specs (default: {methods})")
+    p.add_argument("--tasks", default=tasks, help=f"comma-separated tasks (default: {tasks})")
+    p.add_argument(
+        "--lengths",
+        default=lengths,
+        help=f"input lengths: 0.5x, 2x (train length multiples), 12k, 4096 (default: {lengths})",
+    )
+    p.add_argument(
+        "--task-lengths", action="append", metavar="TASK=LEN,...", help="other lengths for one task (repeatable)"
+    )
+    p.add_argument(
+        "--samples", type=positive_int, default=samples, help=f"samples per task x length (default: {samples})"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", default=None, help="run directory (default: runs/<command>-<time>); an existing one resumes"
+    )
+    p.add_argument(
+        "--no-window", action="store_true", help="skip the window reference row (attention limited to the train length)"
+    )
+    p.add_argument(
+        "--ppl-document",
+        choices=("code", "haystack"),
+        default=ppl_document,
+        help="ppl on plain long code, or on the passkey haystacks (that code plus the needle line; one pass "
+        f"per method serves both tasks) (default: {ppl_document or 'haystack when passkey runs, else code'})",
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+
+
+def eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="registry name, .gguf file, HF model dir or ropelab checkpoint")
+    _eval_options(p, "rope,yarn:factor=2", "ppl,passkey", "0.5x,1x,1.5x", 1)
+
+
+def compare_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m")
+    _eval_options(p, COMPARE_METHODS, "context", "1.5x", 2, ppl_document=None)
+
+
+def report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="RUN_DIR, or RUN_A RUN_B")

@@ -1,0 +1,288 @@
+"""`ropelab train` and `ropelab experiment` (commands of :data:`ropelab.cli.COMMANDS`).
+
+    ropelab train --pe hope --model-config tiny --train-len 256 --steps 500 --out runs/hope [--data PATHS]
+    ropelab train --pe rope --minutes 10 --out runs/rope            # steps calibrated to the budget
+    torchrun --nproc_per_node 2 -m ropelab train ...             # the same, data parallel
+    ropelab experiment hope --budget-minutes 60 --out runs/hope-exp  # the paper's comparison
+
+Running the same command again with the same --out resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from ropelab.core.args import split_list
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ropelab.train.config import TrainConfig
+    from ropelab.train.trainer import describe_result, train
+
+    config = TrainConfig(
+        pe=args.pe,
+        model_config=args.model_config,
+        train_len=args.train_len,
+        data=args.data or ["stdlib"],
+        holdout=args.holdout or [],
+        tokenizer=args.tokenizer,
+        val_fraction=args.val_fraction,
+        synthetic=args.synthetic,
+        synthetic_repeat=args.synthetic_repeat,
+        seed=args.seed,
+        steps=args.steps,
+        minutes=args.minutes,
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        min_lr_ratio=args.min_lr_ratio,
+        warmup=args.warmup,
+        beta1=args.beta1,
+        beta2=args.beta2,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        eval_every=args.eval_every,
+        val_sequences=args.val_sequences,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        keep=args.keep,
+        device=args.device,
+        threads=args.threads,
+    )
+    result = train(config, args.out, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{args.out}: {describe_result(result)}")
+    return 0 if result.status != "interrupted" else 130
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.name == "hirope":
+        return _cmd_hirope(args)
+    import torch
+
+    from ropelab.experiments.hope.config import ABLATIONS, ExperimentConfig
+    from ropelab.experiments.hope.report import write_experiment_report
+    from ropelab.experiments.hope.run import run_experiment
+    from ropelab.pe import split_specs
+
+    out = args.out or f"runs/experiment-{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.report_only:
+        if not args.out:
+            from ropelab.core.errors import RopelabError
+
+            raise RopelabError("--report-only needs --out pointing at an experiment directory")
+        path = write_experiment_report(out)
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        pes = (split_specs(args.pes) if args.pes.strip() else []) + (list(ABLATIONS) if args.ablations else [])
+        config = ExperimentConfig(
+            pes=pes,
+            budget_minutes=args.budget_minutes,
+            model_config=args.model_config,
+            train_len=args.train_len,
+            data=args.data or ["stdlib"],
+            holdout_eval=not args.no_holdout,
+            tokenizer=args.tokenizer,
+            tasks=split_list(args.tasks),
+            lengths=split_list(args.lengths),
+            samples=args.samples,
+            scale_factor=args.scale_factor,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            window=args.window,
+            steps=args.steps,
+            synthetic=args.synthetic,
+            synthetic_repeat=args.synthetic_repeat,
+            seeds=args.seeds,
+            seed_pes=split_specs(args.seed_pes),
+        )
+        path = run_experiment(config, out, progress=not args.no_progress, analysis=not args.no_analysis, jobs=args.jobs)
+    print(path.read_text())
+    print(f"report: {path} (summary.json, plots, models/ and eval/ beside it)")
+    return 0
+
+
+def _cmd_hirope(args: argparse.Namespace) -> int:
+    import time
+
+    from ropelab.experiments.hirope.config import ShortConfig
+    from ropelab.experiments.hirope.run import run_experiment
+
+    out = args.out or f"runs/experiment-hirope-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = ShortConfig(seed=args.seed, steps=args.steps)
+    if args.budget_minutes is not None:
+        config.budget_minutes = args.budget_minutes
+    if args.length is not None:
+        config.length = args.length
+    if args.documents is not None:
+        config.documents = args.documents
+    if args.languages is not None:
+        config.languages = split_list(args.languages)
+    if args.model_config_hirope is not None:
+        config.model_config = args.model_config_hirope
+    path = run_experiment(config, out, progress=not args.no_progress)
+    print(path.read_text())
+    print(f"report: {path}")
+    return 0
+
+
+def synthetic_options(p: argparse.ArgumentParser, share: float, repeat: float) -> None:
+    """``--synthetic`` and ``--synthetic-repeat`` (ropelab.data.synthetic) with these defaults."""
+    p.add_argument(
+        "--synthetic",
+        type=float,
+        default=share,
+        help=f"share of training sequences replaced by synthetic record sequences, which make in-context copying "
+        f"learnable (default: {share:g}; see ropelab.data.synthetic)",
+    )
+    p.add_argument(
+        "--synthetic-repeat",
+        type=float,
+        default=repeat,
+        help=f"probability that a synthetic record repeats an earlier one (default: {repeat:g})",
+    )
+
+
+def train_options(p: argparse.ArgumentParser) -> None:
+    from ropelab.train.config import DEVICES, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--pe", default=d.pe, help="position encoding spec (default: rope), e.g. hope, alibi, fire")
+    p.add_argument("--model-config", default=d.model_config, help="named model config (default: tiny)")
+    p.add_argument("--train-len", type=int, default=None, help="training sequence length (default: the config's)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="optimizer steps")
+    budget.add_argument("--minutes", type=float, help="time budget; the steps are calibrated to fit it")
+    p.add_argument("--out", required=True, help="run directory; an existing one with the same settings resumes")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="directories, files or globs (default: stdlib)")
+    p.add_argument("--holdout", nargs="+", metavar="FILE", help="files that always go to the validation split")
+    p.add_argument(
+        "--tokenizer",
+        default=d.tokenizer,
+        help="bpe-8k, bpe-4k, bpe-N, a tokenizer.json or a registry model (default: bpe-8k)",
+    )
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share of files (0.05)")
+    synthetic_options(p, d.synthetic, d.synthetic_repeat)
+    p.add_argument("--seed", type=int, default=d.seed, help="model init, data order and split (default: 0)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step, all processes (16)")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="sequences per forward (gradient accumulation)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (the paper's 3e-4)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="after warm-up (default: cosine)")
+    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="cosine floor / peak (0.1)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 4%% of steps, at most 2000)")
+    p.add_argument("--beta1", type=float, default=d.beta1)
+    p.add_argument("--beta2", type=float, default=d.beta2)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (1.0; 0 = off)")
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="validation loss every N steps (default: with each checkpoint)"
+    )
+    p.add_argument("--val-sequences", type=int, default=d.val_sequences, help="validation sequences (64)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="log.jsonl line every N steps (10)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="checkpoint every N steps (default: a tenth of the run) and at the end",
+    )
+    p.add_argument("--keep", type=int, default=d.keep, help="keep the newest N checkpoints (default 0: all)")
+    p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda when available")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def experiment_options(p: argparse.ArgumentParser) -> None:
+    from ropelab.experiments.hope.config import DEFAULT_LENGTHS, DEFAULT_PES, DEFAULT_TASKS, ExperimentConfig
+
+    e = ExperimentConfig()
+    p.add_argument(
+        "name",
+        choices=("hope", "hirope"),
+        help="hope: the HoPE paper's comparison; hirope: the HiRoPE paper's ShortLLM study (train at L=128, "
+        "evaluate every training-free method up to L^2)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=e.budget_minutes,
+        help="hope: size the steps and samples to fit this wall time (default: the recipe's fixed steps and "
+        "samples; 3 for a smoke run); hirope: its budget (default: 60)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="experiment directory (default: runs/experiment-hope-<time>); an existing one resumes",
+    )
+    p.add_argument(
+        "--pes", default=",".join(DEFAULT_PES), help=f"encodings to train (default: {','.join(DEFAULT_PES)})"
+    )
+    p.add_argument("--ablations", action="store_true", help="also train hope-ab1, hope-ab2, hope-ab3")
+    p.add_argument("--model-config", default=e.model_config, help=f"named model config (default: {e.model_config})")
+    p.add_argument("--train-len", type=int, default=e.train_len, help=f"training length (default: {e.train_len})")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="training corpus (default: stdlib)")
+    p.add_argument("--no-holdout", action="store_true", help="also train on the stdlib files the evaluation reads")
+    p.add_argument("--tokenizer", default=e.tokenizer, help=f"default: {e.tokenizer}")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"default: {','.join(DEFAULT_TASKS)}")
+    p.add_argument("--lengths", default=",".join(DEFAULT_LENGTHS), help=f"default: {','.join(DEFAULT_LENGTHS)}")
+    p.add_argument(
+        "--samples", type=int, default=None, help="samples per cell (default: the recipe's, or sized from the budget)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="steps per model (default: the recipe's, or sized from the budget)"
+    )
+    p.add_argument(
+        "--scale-factor",
+        type=float,
+        default=None,
+        help="factor of +pi / +yarn (default: longest length / train length)",
+    )
+    p.add_argument("--batch-size", type=int, default=e.batch_size, help=f"default: {e.batch_size}")
+    p.add_argument("--lr", type=float, default=e.lr, help=f"peak learning rate (default: {e.lr:g})")
+    p.add_argument("--seed", type=int, default=e.seed)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=e.seeds,
+        help=f"train the --seed-pes with this many seeds (seed, seed+1, ...) for the seed study (default: {e.seeds})",
+    )
+    p.add_argument(
+        "--seed-pes",
+        default=",".join(e.seed_pes),
+        help=f"encodings that get the extra seeds (default: {','.join(e.seed_pes)})",
+    )
+    synthetic_options(p, e.synthetic, e.synthetic_repeat)
+    p.add_argument("--window", action="store_true", help="also score every model with its context truncated")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="hope: models trained and evaluated at a time, in worker processes sharing the cores "
+        "(default: 2 where there are 2 cores or more)",
+    )
+    p.add_argument("--report-only", action="store_true", help="re-render the report of --out")
+    p.add_argument(
+        "--no-analysis", action="store_true", help="skip the attention-pattern / VAF / OOD analysis of the models"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--length", type=int, default=None, help="hirope: evaluation document length (default: L^2)")
+    p.add_argument("--documents", type=int, default=None, help="hirope: documents per language (default: 3)")
+    p.add_argument("--languages", default=None, help="hirope: python,java (default) or one of them")
+    p.add_argument(
+        "--hirope-model-config",
+        dest="model_config_hirope",
+        default=None,
+        help="hirope: named model config (default: short-code)",
+    )
+
+
+__all__ = ["cmd_experiment", "cmd_train", "experiment_options", "train_options"]

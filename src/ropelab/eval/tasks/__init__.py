@@ -1,0 +1,1 @@
+"""The evaluation tasks, one file each; :data:`ropelab.eval.TASKS` names them."""

@@ -1,0 +1,109 @@
+"""Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention"; the needle test of long-context
+papers): a 5-digit number hidden at depth ``d`` of a long filler, asked for at the end.
+
+Filler (the haystack): stdlib Python code, the same document as the ppl task's sample of the same
+index (:func:`ropelab.eval.tasks.ppl.code_document`), tokenized as one text, so the haystack is natural
+code. The needle is a comment line inserted at the line start nearest fraction ``d`` of the
+haystack tokens::
+
+    # The pass key is 68217. Remember it. 68217 is the pass key.
+
+and the prompt ends with ``# What is the pass key? The pass key is``; the gold answer is
+`` 68217``. Prompt plus answer is exactly the requested length: the haystack fills what the
+question and the answer leave. Sample ``i`` of ``n`` sits at depth ``i / (n - 1)`` (0 = start,
+1 = end), so a run over ``n`` samples and several lengths is the depth x length grid of the
+heatmap (one sample: depth 0.25). Scored teacher-forced: exact match means greedy decoding would
+produce the five digits.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ropelab.core.errors import RopelabError
+from ropelab.eval.base import Outputs, Sample, Task
+from ropelab.eval.corpus import first_tokens
+from ropelab.eval.tasks.ppl import code_document
+
+QUESTION = "\n# What is the pass key? The pass key is"
+
+
+def depth_of(index: int, n: int) -> float:
+    """Depth of sample ``index`` of ``n``: evenly from 0 to 1; a single sample sits at 0.25, so at
+    1.5x the train length its needle is further from the question than the train length reaches
+    (a truncated-context ``window`` cannot see it)."""
+    return 0.25 if n == 1 else index / (n - 1)
+
+
+def insert_needle(tokenizer, text: str, count: int, depth: float, needle: str) -> tuple[list[int], int, int]:
+    """The first ``count`` tokens of ``text`` with ``needle`` inserted at a line start near
+    fraction ``depth`` of them; returns ``(ids, needle_start, needle_end)`` (token offsets).
+
+    The needle goes to the line start nearest token ``depth x (count - its length)`` -- the next
+    one only if the needle still ends within the ``count`` tokens there, so even at depth 1 it lies
+    wholly inside them."""
+    plain = first_tokens(tokenizer, text, count)
+    if len(plain) < count:
+        raise RopelabError(f"passkey: the filler has fewer than {count} tokens")
+    size = len(tokenizer.encode(needle))
+    target = max(0, round(depth * (count - size)))
+    char = len(tokenizer.decode(plain[:target]))
+    cut = text.rfind("\n", 0, char) + 1  # the start of the line that holds token ``target``
+    after = text.find("\n", char) + 1  # the next line start (0: none)
+    if after and after - char < char - cut and len(tokenizer.encode(text[:after])) + size <= count:
+        cut = after
+    ids = first_tokens(tokenizer, text[:cut] + needle + text[cut:], count)
+    start = len(tokenizer.encode(text[:cut]))
+    end = len(tokenizer.encode(text[:cut] + needle))
+    return ids, start, end
+
+
+class Passkey(Task):
+    name = "passkey"
+    description = "retrieve a 5-digit pass key hidden at depth d of a long code filler"
+    mode = "teacher_forced"
+    metric = "exact_match"
+    recorded = ("depth",)
+    min_length = 96
+
+    def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
+        self.check_length(length)
+        question = tokenizer.encode(QUESTION)
+        samples = []
+        for index in range(n):
+            text, files, document = code_document(length, index, seed)
+            rng = random.Random(f"passkey:{seed}:{length}:{index}")
+            key = str(rng.randint(10000, 99999))
+            needle = f"# The pass key is {key}. Remember it. {key} is the pass key.\n"
+            answer = f" {key}"
+            answer_ids = tokenizer.encode(answer)
+            depth = depth_of(index, n)
+            count = length - len(question) - len(answer_ids)
+            haystack, start, end = insert_needle(tokenizer, text, count, depth, needle)
+            prompt_ids = haystack + question
+            samples.append(
+                Sample(
+                    task=self.name,
+                    length=length,
+                    index=index,
+                    seed=seed,
+                    prompt=tokenizer.decode(prompt_ids),
+                    prompt_ids=prompt_ids,
+                    answer=answer,
+                    answer_ids=answer_ids,
+                    language="python",
+                    extra={
+                        "depth": depth,
+                        "needle_token": start,
+                        "needle_end": end,
+                        "haystack_tokens": count,
+                        "files": files,
+                        "document": document,
+                    },
+                )
+            )
+        return samples
+
+    def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
+        correct = [int(p == g) for p, g in zip(outputs.answer_argmax, sample.answer_ids)]
+        return {"exact_match": float(all(correct)), "digit_accuracy": sum(correct) / len(correct)}

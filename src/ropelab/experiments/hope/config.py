@@ -1,0 +1,156 @@
+"""The HoPE experiment's settings and its list of models (what :mod:`~ropelab.experiments.hope.run`
+trains and :mod:`~ropelab.experiments.hope.report` reads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from ropelab.core.errors import RopelabError
+
+DEFAULT_PES = ("rope", "hope", "nope", "alibi", "kerple-log", "fire")
+ABLATIONS = ("hope-ab1", "hope-ab2", "hope-ab3")
+DEFAULT_TASKS = ("ppl", "copy", "fewshot", "passkey")
+DEFAULT_LENGTHS = ("0.5x", "1x", "2x", "4x")
+#: the encodings that get the extra training seeds of ``--seeds`` (the headline comparison)
+SEED_PES = ("rope", "hope")
+#: the number of largest stdlib files held out of training (the evaluation tasks read from them)
+HOLDOUT_FILES = 160
+#: at most this many samples per cell when they are sized from a budget (the ppl / passkey
+#: documents of this many samples are held out of training, see :func:`eval_holdout`)
+MAX_SAMPLES = 200
+#: the recipe's samples per evaluation cell (the accuracy tasks need about 200 for a +/- 3-point
+#: standard error) and steps per model (chosen by measurement, see docs/training.md)
+RECIPE_SAMPLES = 200
+RECIPE_STEPS = 3000
+#: the paper's row order in Tables 1-2 (anything else follows)
+PAPER_ORDER = ("alibi", "kerple-log", "kerple-power", "fire", "nope", "rope", "hope", *ABLATIONS)
+
+
+#: where the analyses of every model go, inside the experiment directory
+ANALYSIS_DIR = "analysis"
+#: copy accuracy over training: the file in each model's run directory and its samples per checkpoint
+CURVE_FILE = "copy_curve.json"
+CURVE_SAMPLES = 100
+
+
+@dataclass
+class ExperimentConfig:
+    pes: list[str] = field(default_factory=lambda: list(DEFAULT_PES))
+    budget_minutes: float | None = None  # None: the recipe's steps and samples; else sized to fit
+    model_config: str = "hope-cpu"
+    train_len: int = 256
+    data: list[str] = field(default_factory=lambda: ["stdlib"])
+    holdout_eval: bool = True  # hold the stdlib files the evaluation reads out of training
+    tokenizer: str = "bpe-4k"
+    synthetic: float = 0.75  # share of training sequences that are record sequences (ropelab.data.synthetic)
+    synthetic_repeat: float = 0.6
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    lengths: list[str] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
+    samples: int | None = None  # per task x length x method; default: RECIPE_SAMPLES (or sized from the budget)
+    scale_factor: float | None = None  # +pi / +yarn factor; default: longest length / train length
+    train_fraction: float = 0.75
+    batch_size: int = 8
+    lr: float = 3e-3
+    seed: int = 0
+    window: bool = False  # also the truncated-context reference row of every model
+    steps: int | None = None  # default: RECIPE_STEPS (or sized from the budget)
+    seeds: int = 3  # models per encoding of ``seed_pes``, trained with seeds seed, seed + 1, ...
+    seed_pes: list[str] = field(default_factory=lambda: list(SEED_PES))
+
+    def validate(self) -> None:
+        from ropelab.core.lengths import parse_length
+        from ropelab.eval import get_task
+        from ropelab.model.config import CONFIGS
+        from ropelab.pe import canonical_spec, parse_spec
+
+        if not self.pes:
+            raise RopelabError("no position encodings to compare")
+        self.pes = [canonical_spec(p) for p in self.pes]
+        for pe in self.pes:
+            if len(parse_spec(pe)) > 1:
+                raise RopelabError(f"{pe!r}: train with a base encoding; +pi / +yarn are applied at inference")
+        if len(set(self.pes)) != len(self.pes):
+            raise RopelabError("a position encoding is listed twice")
+        if self.model_config not in CONFIGS:
+            raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            raise RopelabError(f"the budget must be positive, got {self.budget_minutes} minutes")
+        if not 0 < self.train_fraction < 1:
+            raise RopelabError(f"train fraction must be in (0, 1), got {self.train_fraction}")
+        if self.train_len <= 0 or self.batch_size <= 0 or not self.lr > 0:
+            raise RopelabError("train length, batch size and lr must be positive")
+        for name in self.tasks:
+            get_task(name)
+        for length in self.lengths:
+            parse_length(length, self.train_len)
+        for value, name in ((self.samples, "samples"), (self.steps, "steps")):
+            if value is not None and value <= 0:
+                raise RopelabError(f"{name} must be a positive integer, got {value}")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise RopelabError(f"seeds must be a positive integer, got {self.seeds!r}")
+        self.seed_pes = [canonical_spec(p) for p in self.seed_pes]
+        missing = [p for p in self.seed_pes if p not in self.pes]
+        if self.seeds > 1 and missing:
+            raise RopelabError(f"--seed-pes names encodings that are not trained: {', '.join(missing)}")
+        if self.scale_factor is not None and not self.scale_factor >= 1:
+            raise RopelabError(f"scale factor must be >= 1, got {self.scale_factor}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def factor(self) -> float:
+        from ropelab.core.lengths import parse_length
+
+        if self.scale_factor is not None:
+            return self.scale_factor
+        return max(1.0, max(parse_length(x, self.train_len) for x in self.lengths) / self.train_len)
+
+    def task_lengths(self) -> dict[str, list[str]]:
+        """Per task, the lengths it can be built at (``ppl`` needs > 256 tokens, ``fewshot`` 256)."""
+        from ropelab.core.lengths import parse_length
+        from ropelab.eval import get_task
+
+        result = {}
+        for name in self.tasks:
+            task = get_task(name)
+            usable = [x for x in self.lengths if parse_length(x, self.train_len) >= task.min_length]
+            if not usable:
+                raise RopelabError(f"{name}: none of the lengths {', '.join(self.lengths)} is long enough for it")
+            result[name] = usable
+        return result
+
+    def methods(self, pe: str) -> list[str]:
+        """The model's own spec, plus ``+pi`` / ``+yarn`` for a RoPE-family model."""
+        from ropelab.pe import parse_spec
+
+        if parse_spec(pe)[0].info.kind != "rotary":
+            return [pe]
+        factor = f"{self.factor:g}"
+        return [pe, f"{pe}+pi:factor={factor}", f"{pe}+yarn:factor={factor}"]
+
+
+def run_dir_name(spec: str, seed: int | None = None) -> str:
+    """The directory of one model under ``models/`` and ``eval/``: the spec made file-safe, plus
+    ``.seed<N>`` for the extra seeds of ``--seeds`` (the base seed keeps the plain name)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+    return name if seed is None else f"{name}.seed{seed}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model of the experiment: an encoding and a training seed."""
+
+    pe: str
+    seed: int
+    name: str  # its directory under models/ and eval/
+
+
+def runs(config: ExperimentConfig) -> list[Run]:
+    """Every model to train: each encoding with the base seed, then the extra seeds of ``seed_pes``."""
+    out = [Run(pe, config.seed, run_dir_name(pe)) for pe in config.pes]
+    for seed in range(config.seed + 1, config.seed + config.seeds):
+        out += [Run(pe, seed, run_dir_name(pe, seed)) for pe in config.seed_pes]
+    return out

@@ -1,0 +1,611 @@
+"""The experiment report: every model's training and evaluation in one ``report.md``.
+
+Inputs are the run directories the experiment wrote (``models/<pe>/`` training runs,
+``eval/<pe>/`` evaluation runs with their ``summary.json`` and ``results.jsonl``); outputs are
+``summary.json`` (all cells of all models, the training results and the HoPE-vs-RoPE verdict),
+``report.md`` and PNG plots. Plots reuse :func:`ropelab.reporting.eval.make_plots` on the merged
+cells; tables follow the paper's layout (methods as rows, lengths as columns, an average column
+for the exact-match tasks); every cell carries n and its standard error or Wilson interval, and a
+value is bold only when it is better than every other row by the paired rule of
+:mod:`ropelab.eval.stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from ropelab.core.errors import RopelabError
+from ropelab.core.io import atomic_write_text
+from ropelab.eval.runner import WINDOW, read_results
+from ropelab.experiments.hope.config import (
+    ANALYSIS_DIR,
+    CURVE_FILE,
+    CURVE_SAMPLES,
+    PAPER_ORDER,
+    ExperimentConfig,
+    runs,
+)
+from ropelab.reporting.eval import cell_text, compare_cells, length_label, make_plots, value_text
+from ropelab.train.trainer import read_log
+
+#: the tasks of the paper's tables, in the report's order, with their headings
+HEADINGS = {
+    "copy": "Copy (the paper's Table 1): exact match (%) of the queried sequence's 4-token suffix",
+    "fewshot": "Few-shot following (the paper's Table 2): follow rate (%), the answer is one of the examples' labels",
+    "ppl": "Perplexity (the paper's Figure 5): loss of the last 256 tokens",
+    "passkey": "Passkey retrieval: exact match (%)",
+}
+AVERAGED = ("exact_match", "follow_rate", "accuracy")
+
+
+def _row_order(pes: list[str], cells: dict) -> list[str]:
+
+    ranked = sorted(pes, key=lambda p: (PAPER_ORDER.index(p) if p in PAPER_ORDER else len(PAPER_ORDER), pes.index(p)))
+    rows = []
+    for pe in ranked:
+        rows += sorted((m for m in cells if m == pe or m.startswith(pe + "+")), key=lambda m: (m != pe, m))
+        if f"{WINDOW}[{pe}]" in cells:
+            rows.append(f"{WINDOW}[{pe}]")
+    return rows + sorted(m for m in cells if m not in rows)
+
+
+def collect(exp: Path) -> dict:
+    """Merge the experiment's runs into one summary (cells keyed by method; windows renamed)."""
+
+    record_path = exp / "experiment.json"
+    if not record_path.is_file():
+        raise RopelabError(f"{exp}: not an experiment directory (experiment.json expected)")
+    experiment = json.loads(record_path.read_text())
+    config, plan = experiment["config"], experiment["plan"]
+    tasks: dict[str, dict] = {}
+    records: list[dict] = []
+    training = {}
+    for model in runs(ExperimentConfig(**config)):
+        pe, name, base = model.pe, model.name, model.seed == config["seed"]
+        run = exp / "models" / name
+        log = read_log(run)
+        final = log[-1] if log else {}
+        vals = [r for r in log if "val_loss" in r]
+        train_config = (
+            json.loads((run / "train_config.json").read_text()) if (run / "train_config.json").is_file() else {}
+        )
+        curve_path = run / CURVE_FILE
+        curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
+        training[pe if base else name] = {
+            "copy_curve": [(p["step"], p["exact_match"]) for p in curve],
+            "parameters": train_config.get("parameters"),
+            "steps": final.get("step", 0),
+            "planned_steps": train_config.get("resolved", {}).get("steps"),
+            "tokens": final.get("tokens", 0),
+            "train_loss": final.get("loss"),
+            "val_loss": vals[-1]["val_loss"] if vals else None,
+            "minutes": final.get("elapsed_s", 0) / 60,
+            "curve": [(r["tokens"], r["val_loss"]) for r in vals],
+        }
+        summary_path = exp / "eval" / name / "summary.json"
+        if not base or not summary_path.is_file():
+            continue  # the extra seeds' evaluations go to the seed study
+        summary = json.loads(summary_path.read_text())
+        rename = {WINDOW: f"{WINDOW}[{pe}]"}
+        for task, data in summary["tasks"].items():
+            merged = tasks.setdefault(
+                task, {"metric": data["metric"], "higher_is_better": data["higher_is_better"], "cells": {}}
+            )
+            for method, cells in data["cells"].items():
+                merged["cells"][rename.get(method, method)] = cells
+        for record in read_results(exp / "eval" / name / "results.jsonl"):
+            records.append({**record, "method": rename.get(record["method"], record["method"])})
+    methods = [m for task in tasks.values() for m in task["cells"]]
+    lengths = sorted({int(n) for task in tasks.values() for cells in task["cells"].values() for n in cells})
+    task_lengths = {t: sorted({int(n) for cells in d["cells"].values() for n in cells}) for t, d in tasks.items()}
+    merged_config = {
+        "model": f"{config['model_config']}, {plan['steps']} steps",
+        "methods": list(dict.fromkeys(methods)),
+        "tasks": list(tasks),
+        "lengths": lengths,
+        "task_lengths": {t: [n for n in ns] for t, ns in task_lengths.items()},
+        "train_len": config["train_len"],
+        "samples": plan["samples"],
+        "seed": config["seed"],
+        "include_window": config.get("window", False),
+    }
+    analysis = None
+    analysis_path = exp / ANALYSIS_DIR / "analysis.json"
+    if analysis_path.is_file():
+        try:
+            analysis = json.loads(analysis_path.read_text())
+            analysis["plots"] = sorted(p.stem for p in analysis_path.parent.glob("*.png"))
+        except (OSError, ValueError):
+            analysis = None  # a damaged analysis is left out of the report, not fatal
+    return {
+        "config": merged_config,
+        "experiment": experiment,
+        "training": training,
+        "tasks": tasks,
+        "records": records,
+        "analysis": analysis,
+    }
+
+
+def _per_sample(records: list[dict], task: str, metric: str) -> dict[tuple[str, int], dict[int, float]]:
+    values: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    for r in records:
+        if r["task"] == task and metric in r["metrics"]:
+            values[(r["method"], r["length"])][r["index"]] = r["metrics"][metric]
+    return values
+
+
+def compare(records: list[dict], task: str, metric: str, higher: bool, a: str, b: str, lengths: list[int]) -> dict:
+    """``a`` vs ``b`` on ``task`` over ``lengths``: means, the paired difference and its standard
+    error (samples are the same inputs for every method), and a plain verdict."""
+    values = _per_sample(records, task, metric)
+    diffs, mean_a, mean_b = [], [], []
+    for n in lengths:
+        va, vb = values.get((a, n), {}), values.get((b, n), {})
+        for index in sorted(set(va) & set(vb)):
+            diffs.append(va[index] - vb[index])
+            mean_a.append(va[index])
+            mean_b.append(vb[index])
+    if not diffs:
+        return {"n": 0, "verdict": "not measured"}
+    count = len(diffs)
+    mean = sum(diffs) / count
+    var = sum((d - mean) ** 2 for d in diffs) / (count - 1) if count > 1 else 0.0
+    se = math.sqrt(var / count)
+    better = mean > 0 if higher else mean < 0
+    if mean == 0:
+        verdict = "tie"
+    elif abs(mean) <= 2 * se:
+        verdict = f"{a if better else b} ahead, within noise (|difference| <= 2 standard errors)"
+    else:
+        verdict = f"{a if better else b} better"
+    return {
+        "n": count,
+        "a": a,
+        "b": b,
+        "mean_a": sum(mean_a) / count,
+        "mean_b": sum(mean_b) / count,
+        "difference": mean,
+        "standard_error": se,
+        "a_beats_b": bool(better and mean != 0),
+        "verdict": verdict,
+    }
+
+
+#: two-sided 95% Student t quantiles by degrees of freedom (a seed study has few seeds)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def seed_study(exp: Path, experiment: dict) -> dict | None:
+    """The models of ``--seeds``: per task, method and length, each seed's cell mean; and the
+    headline differences (``hope`` - ``rope`` and their ``+yarn`` rows), averaged over the lengths
+    within and beyond the train length, per seed, with a 95% t interval over seeds. A difference
+    *exceeds the seed spread* when that interval excludes 0. None without extra seeds."""
+
+    config = ExperimentConfig(**experiment["config"])
+    if config.seeds < 2:
+        return None
+    train_len = config.train_len
+    tasks: dict[str, dict] = {}
+    for run in runs(config):
+        if run.pe not in config.seed_pes:
+            continue
+        path = exp / "eval" / run.name / "summary.json"
+        if not path.is_file():
+            continue
+        for task, data in json.loads(path.read_text())["tasks"].items():
+            entry = tasks.setdefault(
+                task, {"metric": data["metric"], "higher_is_better": data["higher_is_better"], "cells": {}}
+            )
+            for method, cells in data["cells"].items():
+                if method == WINDOW:
+                    continue
+                for n, cell in cells.items():
+                    entry["cells"].setdefault(method, {}).setdefault(n, {})[str(run.seed)] = cell[data["metric"]]
+    differences = []
+    for task, entry in tasks.items():
+        cells = entry["cells"]
+        for a in sorted(cells):
+            b = a.replace("hope", "rope", 1)
+            if not a.startswith("hope") or "+pi" in a or b not in cells:
+                continue
+            for region, keep in (("within", lambda n: n <= train_len), ("beyond", lambda n: n > train_len)):
+                lengths = [n for n in cells[a] if keep(int(n)) and n in cells[b]]
+                seeds = (
+                    sorted(set.intersection(*(set(cells[a][n]) & set(cells[b][n]) for n in lengths))) if lengths else []
+                )
+                if not seeds:
+                    continue
+                per_seed = [sum(cells[a][n][s] - cells[b][n][s] for n in lengths) / len(lengths) for s in seeds]
+                differences.append(
+                    {
+                        "task": task,
+                        "metric": entry["metric"],
+                        "a": a,
+                        "b": b,
+                        "region": region,
+                        "lengths": sorted(int(n) for n in lengths),
+                        "higher_is_better": entry["higher_is_better"],
+                        **_over_seeds(per_seed, seeds),
+                    }
+                )
+    return {"seeds": config.seeds, "pes": config.seed_pes, "tasks": tasks, "differences": differences}
+
+
+def _over_seeds(values: list[float], seeds: list[str]) -> dict:
+    k = len(values)
+    mean = sum(values) / k
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else None
+    half = None if sd is None else _T95.get(k - 1, 1.96) * sd / math.sqrt(k)
+    return {
+        "seeds": seeds,
+        "per_seed": values,
+        "mean": mean,
+        "sd": sd,
+        "ci95": None if half is None else [mean - half, mean + half],
+        "exceeds_seed_spread": half is not None and abs(mean) > half,
+    }
+
+
+def seed_section(study: dict | None, train_len: int) -> list[str]:
+    """Markdown for :func:`seed_study`."""
+    if not study:
+        return []
+    lines = [
+        f"## Seed study: {', '.join(f'`{p}`' for p in study['pes'])} trained with {study['seeds']} seeds",
+        "",
+        "Each cell: mean over seeds of the cell's mean, ± the standard deviation between seeds (k = seeds "
+        "measured); every seed is evaluated on the same samples.",
+        "",
+    ]
+    for task in ("copy", "fewshot", "passkey", "ppl"):
+        entry = study["tasks"].get(task)
+        if not entry:
+            continue
+        metric, cells = entry["metric"], entry["cells"]
+        lengths = sorted({int(n) for c in cells.values() for n in c})
+        lines += [
+            f"**{task}** ({metric})",
+            "",
+            "| method | " + " | ".join(length_label(n, train_len) for n in lengths) + " |",
+        ]
+        lines.append("|---|" + "---:|" * len(lengths))
+        for method in sorted(cells, key=lambda m: (m.split("+")[0] != "rope", m)):
+            row = []
+            for n in lengths:
+                values = list(cells[method].get(str(n), {}).values())
+                if not values:
+                    row.append("-")
+                    continue
+                stats = _over_seeds(values, [])
+                spread = "" if stats["sd"] is None else f" ± {value_text(stats['sd'], metric)}"
+                row.append(f"{value_text(stats['mean'], metric)}{spread} (k={len(values)})")
+            lines.append(f"| `{method}` | " + " | ".join(row) + " |")
+        lines.append("")
+    if study["differences"]:
+        lines += [
+            "**Differences over seeds** (mean over the region's lengths, per seed; 95% t interval over seeds):",
+            "",
+            "| task | comparison | region | per seed | mean | 95% interval | exceeds the seed spread? |",
+            "|---|---|---|---|---:|---|---|",
+        ]
+        for d in study["differences"]:
+            metric = d["metric"]
+            scale = 100 if metric in AVERAGED else 1
+            digits = 1 if metric in AVERAGED else 4
+            interval = (
+                "-"
+                if d["ci95"] is None
+                else f"[{scale * d['ci95'][0]:+.{digits}f}, {scale * d['ci95'][1]:+.{digits}f}]"
+            )
+            lines.append(
+                f"| {d['task']} | `{d['a']}` - `{d['b']}` | {d['region']} L ({', '.join(map(str, d['lengths']))}) "
+                f"| {', '.join(f'{scale * v:+.{digits}f}' for v in d['per_seed'])} | {scale * d['mean']:+.{digits}f} "
+                f"| {interval} | {'yes' if d['exceeds_seed_spread'] else 'no'} |"
+            )
+        lines += ["", "Rates in points (higher is better); loss in nats (lower is better).", ""]
+    return lines
+
+
+def _verdicts(merged: dict) -> list[dict]:
+    train_len = merged["config"]["train_len"]
+    pes = merged["experiment"]["config"]["pes"]
+    if "rope" not in pes or "hope" not in pes:
+        return []
+    out = []
+    pairs = [("hope", "rope")]
+    for method in merged["config"]["methods"]:
+        if method.startswith("hope+yarn"):
+            pairs.append((method, method.replace("hope+", "rope+", 1)))
+    for task in ("copy", "ppl", "fewshot", "passkey"):
+        if task not in merged["tasks"]:
+            continue
+        data = merged["tasks"][task]
+        metric = data["metric"]
+        beyond = [n for n in merged["config"]["task_lengths"].get(task, []) if n > train_len]
+        for a, b in pairs:
+            result = compare(merged["records"], task, metric, data["higher_is_better"], a, b, beyond)
+            out.append({"task": task, "metric": metric, "lengths": beyond, **result})
+    return out
+
+
+def _table(task: str, data: dict, merged: dict) -> list[str]:
+    config = merged["config"]
+    metric, higher, cells = data["metric"], data["higher_is_better"], data["cells"]
+    lengths = config["task_lengths"].get(task, [])
+    train_len = config["train_len"]
+    average = metric in AVERAGED
+    header = [length_label(n, train_len) for n in lengths] + (["Avg."] if average else [])
+    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    rows = _row_order(merged["experiment"]["config"]["pes"], cells)
+    values = {m: [cells[m].get(str(n), {}).get(metric) for n in lengths] for m in rows}
+    if average:
+        for m in rows:
+            present = [v for v in values[m] if v is not None]
+            values[m].append(sum(present) / len(present) if len(present) == len(lengths) else None)
+    columns = len(header)
+    for m in rows:
+        row = []
+        for c in range(columns):
+            value = values[m][c]
+            if c < len(lengths):  # a measured cell: its uncertainty, bold only when better than every other row
+                cell = cells[m].get(str(lengths[c]))
+                text = cell_text(cell, metric)
+                others = [cells[o][str(lengths[c])] for o in rows if o != m and str(lengths[c]) in cells[o]]
+                if cell and others and all(compare_cells(cell, other, higher) == "better" for other in others):
+                    text = f"**{text}**"
+            else:  # the average over lengths
+                text = value_text(value, metric)
+            row.append(text)
+        label = f"*{m}* (reference)" if m.startswith(WINDOW) else f"`{m}`"
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return lines
+
+
+def render(merged: dict, plots: list[str], verdicts: list[dict], study: dict | None = None) -> str:
+    config, experiment = merged["config"], merged["experiment"]
+    exp_config, plan = experiment["config"], experiment["plan"]
+    train_len = config["train_len"]
+    data = plan.get("data", {})
+    lines = [
+        "# HoPE experiment: position encodings trained from scratch under identical settings",
+        "",
+        f"Model `{exp_config['model_config']}` trained at length {train_len} with "
+        f"{', '.join(f'`{p}`' for p in exp_config['pes'])}: {plan['steps']} steps of {exp_config['batch_size']} "
+        f"sequences ({plan['tokens_per_model']:,} tokens per model), AdamW (0.9, 0.999), peak lr "
+        f"{exp_config['lr']:g}, cosine schedule, gradient clipping 1.0, seed {exp_config['seed']}, the same data "
+        f"order for every model. Data: {', '.join(exp_config['data'])} "
+        f"({data.get('tokens', {}).get('train', 0):,} train tokens, tokenizer {exp_config['tokenizer']}"
+        + (", the files the evaluation reads held out of training" if exp_config.get("holdout_eval") else "")
+        + ")"
+        + (
+            f"; {100 * exp_config['synthetic']:g}% of the training sequences are synthetic record sequences "
+            f"(repeat probability {exp_config.get('synthetic_repeat', 0.5):g}, `ropelab.data.synthetic`)."
+            if exp_config.get("synthetic")
+            else "."
+        )
+        + (f" Budget {exp_config['budget_minutes']:g} min." if exp_config.get("budget_minutes") else "")
+        + f" {plan['samples']} sample(s) per cell; "
+        f"`+pi` / `+yarn` use factor {_factor(exp_config):g} at inference.",
+        "",
+        "## Training",
+        "",
+        "| model | parameters | steps | tokens | train loss | val loss | minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pe, t in merged["training"].items():
+        steps = f"{t['steps']}" + (
+            f" of {t['planned_steps']}" if t["planned_steps"] and t["steps"] != t["planned_steps"] else ""
+        )
+        lines.append(
+            f"| `{pe}` | {t['parameters'] or 0:,} | {steps} | {t['tokens']:,} | {_num(t['train_loss'])} | "
+            f"{_num(t['val_loss'])} | {t['minutes']:.1f} |"
+        )
+    lines.append("")
+    lines += curve_section(merged["training"], train_len)
+    for task in ("copy", "fewshot", "ppl", "passkey", *sorted(set(merged["tasks"]) - set(HEADINGS))):
+        if task not in merged["tasks"]:
+            continue
+        data_task = merged["tasks"][task]
+        lines += [f"## {HEADINGS.get(task, task)}", ""]
+        lines += _table(task, data_task, merged)
+        dropped = plan.get("dropped_lengths", {}).get(task)
+        if dropped:
+            lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in dropped.items())]
+        lines.append("")
+    if verdicts:
+        lines += ["## HoPE vs RoPE beyond the train length", ""]
+        for v in verdicts:
+            if v["n"] == 0:
+                continue
+            higher = merged["tasks"][v["task"]]["higher_is_better"]
+            beat = "yes" if v["a_beats_b"] and "within noise" not in v["verdict"] else "no"
+            lengths = ", ".join(str(n) for n in v["lengths"])
+            lines.append(
+                f"- **{v['task']}** ({v['metric']}, {'higher' if higher else 'lower'} is better; lengths {lengths}; "
+                f"{v['n']} paired samples): did `{v['a']}` beat `{v['b']}`? **{beat}** -- "
+                f"{value_text(v['mean_a'], v['metric'])} vs {value_text(v['mean_b'], v['metric'])} "
+                f"(difference {_diff(v, v['metric'])}); {v['verdict']}."
+            )
+        lines.append("")
+    lines += seed_section(study, train_len)
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    lines += analysis_section(merged.get("analysis"))
+    lines += [
+        "Per-model evaluation reports: `eval/<model>/report.md`; training runs: `models/<model>/`. "
+        "Regenerate this report with `ropelab experiment hope --report-only --out <this directory>`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _analysis_row(subject: dict) -> dict:
+    """The headline numbers of one model's analysis (``ropelab.analysis``), or blanks."""
+    components = subject.get("components") or {}
+    bands = components.get("vaf_bands") or {}
+    ood = subject.get("ood") or {}
+    fractions = ood.get("ood_fraction") or []
+    layers = ood.get("layers") or []
+    patterns = {p["beyond_train_len"]: p for p in subject.get("pattern") or [] if isinstance(p, dict)}
+
+    def u(beyond: bool) -> str:
+        shape = (patterns.get(beyond) or {}).get("shape") or {}
+        return "-" if not shape else f"{'yes' if shape['u_shape'] else 'no'} ({shape['u_depth']:+.3f})"
+
+    return {
+        "label": subject.get("label", "?"),
+        "step": subject.get("step"),
+        "activated": [f"{a['index']}" for a in components.get("activated", [])],
+        "vaf_activated": bands.get("activated"),
+        "vaf_lower": bands.get("lower"),
+        "ood_first": fractions[layers.index(0)] if 0 in layers else None,
+        "ood_mean": sum(fractions) / len(fractions) if fractions else None,
+        "ks_first": (ood.get("ood_ks") or [None])[layers.index(0)] if 0 in layers else None,
+        "u_within": u(False),
+        "u_beyond": u(True),
+    }
+
+
+def analysis_section(analysis: dict | None) -> list[str]:
+    """Markdown for the experiment's ``analysis/`` (written by ``ropelab analyze``), if present."""
+    if not analysis:
+        return []
+
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        "## Why: attention pattern, RoPE components (VAF) and OOD logits",
+        "",
+        "`ropelab analyze` on every trained model (the HoPE paper's Section 3 analyses; definitions and "
+        "limitations in `docs/analysis.md`, everything in `analysis/analysis.md`). Probe input `[BOS] t t ... t`; "
+        "U-shape = the last query's logits are higher at the first and the nearest keys than in the middle. VAF = "
+        "share of the layer-averaged logit pattern one band of frequency components explains (Eq. 5); the activated "
+        "band is pi/L < theta < 2pi/L. OOD = share of first-layer logits at distance >= L (input 2L) outside the "
+        "range the same layer and head produced within L; KS = Kolmogorov-Smirnov distance of the two sets.",
+        "",
+        "| model | step | activated j | VAF activated | VAF lower band | U-shape within L | U-shape at 2L "
+        "| OOD layer 0 | OOD mean of layers | KS layer 0 |",
+        "|---|---:|---|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for subject in analysis.get("subjects", []):
+        r = _analysis_row(subject)
+        lines.append(
+            f"| `{r['label']}` | {r['step'] if r['step'] is not None else '-'} | {', '.join(r['activated']) or '-'} "
+            f"| {pct(r['vaf_activated'])} | {pct(r['vaf_lower'])} | {r['u_within']} | {r['u_beyond']} "
+            f"| {pct(r['ood_first'])} | {pct(r['ood_mean'])} "
+            f"| {'-' if r['ks_first'] is None else format(r['ks_first'], '.2f')} |"
+        )
+    lines.append("")
+    for name in ("pattern", "vaf", "vaf_training", "ood"):
+        if name in analysis.get("plots", []):
+            lines.append(f"![{name}]({ANALYSIS_DIR}/{name}.png)")
+    lines.append("")
+    return lines
+
+
+def _factor(config: dict) -> float:
+
+    return ExperimentConfig(**config).factor
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _diff(v: dict, metric: str) -> str:
+    if metric in AVERAGED:
+        return f"{100 * v['difference']:+.1f} points +/- {100 * v['standard_error']:.1f}"
+    return f"{v['difference']:+.4f} +/- {v['standard_error']:.4f}"
+
+
+def curve_section(training: dict, train_len: int) -> list[str]:
+    """When copying appears: copy exact match at the train length over every model's checkpoints."""
+    curves = {name: t["copy_curve"] for name, t in training.items() if t.get("copy_curve")}
+    if not curves:
+        return []
+    steps = sorted({step for curve in curves.values() for step, _ in curve})
+    lines = [
+        "## When copying appears",
+        "",
+        f"Copy exact match (%) at the train length ({train_len} tokens) of every checkpoint, teacher-forced, "
+        f"the same {CURVE_SAMPLES} samples for every model (`models/<model>/{CURVE_FILE}`, with Wilson intervals).",
+        "",
+        "| model | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for name, curve in curves.items():
+        by_step = dict(curve)
+        lines.append(
+            f"| `{name}` | " + " | ".join("-" if s not in by_step else f"{100 * by_step[s]:.0f}" for s in steps) + " |"
+        )
+    return [*lines, "", "![copy_curve](copy_curve.png)", ""]
+
+
+def _line_plot(path: Path, curves: dict, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> str | None:
+    """One line per model (``curves``: name -> [(x, y)]), written to ``path``; None without data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {name: curve for name, curve in curves.items() if curve}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, curve in curves.items():
+        ax.plot([c[0] for c in curve], [scale * c[1] for c in curve], marker="o", markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _curve_plot(exp: Path, merged: dict) -> str | None:
+    curves = {name: t.get("copy_curve") for name, t in merged["training"].items()}
+    return _line_plot(
+        exp / "copy_curve.png", curves, "training step", "copy exact match at 1x (%)", "when copying appears", 100
+    )
+
+
+def _training_plot(exp: Path, merged: dict) -> str | None:
+    curves = {name: t["curve"] for name, t in merged["training"].items()}
+    return _line_plot(
+        exp / "training_val_loss.png", curves, "training tokens", "validation loss", "validation loss during training"
+    )
+
+
+def write_experiment_report(exp: str | os.PathLike) -> Path:
+    exp = Path(exp)
+    merged = collect(exp)
+    summary_for_plots = {"config": merged["config"], "tasks": merged["tasks"]}
+    plots = []
+    training_plot = _training_plot(exp, merged)
+    if training_plot:
+        plots.append(training_plot)
+    if merged["tasks"]:
+        plots += make_plots(exp, summary_for_plots, merged["records"])
+    _curve_plot(exp, merged)  # shown in its own section, not with the other plots
+    verdicts = _verdicts(merged)
+    study = seed_study(exp, merged["experiment"])
+    summary = {
+        "config": merged["config"],
+        "experiment": merged["experiment"],
+        "training": merged["training"],
+        "tasks": merged["tasks"],
+        "hope_vs_rope": verdicts,
+        "seed_study": study,
+    }
+    atomic_write_text(exp / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(exp / "report.md", render(merged, plots, verdicts, study))
+    return exp / "report.md"

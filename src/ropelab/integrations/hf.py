@@ -1,0 +1,462 @@
+"""Apply a ropelab RoPE-family method to a Hugging Face ``transformers`` model, in place.
+
+``patch(model, spec)`` swaps the model's rotary-embedding module(s) for a small
+:class:`RopelabRotaryEmbedding` that computes HF's ``(cos, sin)`` from a ropelab
+:class:`~ropelab.pe.rope.RotaryEncoding` built from the model's own config; nothing else changes
+(weights, attention implementation, KV cache, ``generate``, the config). ``unpatch(model)`` puts the
+original module objects back, so the model is exactly what it was. Patching a patched model
+replaces the previous patch (patches never stack).
+
+    >>> import transformers, ropelab.integrations.hf
+    >>> model = transformers.AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")
+    >>> ropelab.integrations.hf.patch(model, "hope+yarn:factor=2")   # returns the RotaryEncoding in use
+    >>> ropelab.integrations.hf.patched_spec(model)
+    'hope+yarn:factor=2'
+    >>> out = model.generate(ids, max_new_tokens=20)     # any HF API keeps working
+    >>> ropelab.integrations.hf.unpatch(model)                        # back to the checkpoint's own RoPE
+
+How the encoding is built: ``ropelab.pe.build(spec, hf_pe_context(config, train_len))`` with
+``head_dim`` = ``config.head_dim`` (or ``hidden_size // num_attention_heads``), the rope base from
+``config.rope_parameters["rope_theta"]`` (transformers 5.x) or ``config.rope_theta`` (4.x), and
+``train_len`` = ``original_max_position_embeddings`` from the rope parameters / ``rope_scaling``
+when present, else ``config.max_position_embeddings`` (override with ``train_len=``). The spec
+*replaces* whatever rope type the config declares: a checkpoint shipped with YaRN needs the
+equivalent ropelab spec (``yarn:factor=F,...``) to keep it.
+
+Supported: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` (``model_type``
+``llama``, ``mistral``, ``qwen2``) and their bare ``*Model`` bodies, in the two layouts
+transformers has used:
+
+* transformers >= 4.45 and 5.x: one ``model.model.rotary_emb`` called once per forward as
+  ``rotary_emb(x, position_ids)``, returning ``(cos, sin)`` of shape ``[B, T, head_dim]``.
+* transformers 4.38-4.44: one ``self_attn.rotary_emb`` per layer. Llama calls it as
+  ``rotary_emb(x, position_ids)`` (as above); Mistral and Qwen2 call ``rotary_emb(x, seq_len=N)``
+  and get ``[N, head_dim]`` tables that the attention indexes with ``position_ids``. The
+  replacement answers both calls. (4.45-4.47 still carry the per-layer modules, unused; both
+  kinds are patched whenever present.)
+
+The module is found by attribute (``rotary_emb``), not by version number; the 5.x path is the one
+tested. cos/sin are computed in float32 from float32 positions (ropelab's ``rotation``, already
+multiplied by the attention factor), duplicated to HF's rotate-half layout ``cat((c, c), -1)`` and
+cast to the dtype of ``x``, as HF does. The encoding's angles stay float32 when the model is cast
+to fp16/bf16.
+
+``nope`` is supported as well: cos = 1, sin = 0, i.e. queries and keys pass unrotated (a NoPE
+model with the same weights). Methods that are not rotary -- ``alibi``, ``kerple-*``, ``fire``
+(attention biases) and ``learned`` (an input embedding) -- raise :class:`~ropelab.core.errors.RopelabError`:
+they would need HF's attention function or embeddings to change, not the rotary tables.
+
+Windowed methods (``rerope``, ``self-extend``, ``hirope``) go through transformers' attention
+hook (``AttentionInterface``, transformers >= 4.48): the rotary tables become the identity so
+queries and keys (and HF's KV cache) stay unrotated, and a registered attention function
+``"ropelab_window"`` rotates them with the method's near/far tables and runs
+:func:`ropelab.model.window_attention.windowed_attention`; ``unpatch`` restores the model's own
+attention implementation. HiRoPE reads hierarchical positions from an extra forward keyword,
+``ropelab_positions`` (``[B|1, T, levels]`` for the whole sequence, e.g. from
+``ropelab.hierarchy.extract(...).positions()``); without it tokens fall into HiRoPE's fixed chunks.
+
+Padded batches (left or right padding, ``attention_mask`` with 1 = real token):
+
+* Rotary methods and ``nope`` only change the cos/sin tables, so HF's own attention applies the
+  padding mask. Positions are HF's ``position_ids``: ``generate`` derives them from the mask
+  (``cumsum(mask) - 1``, padding 0), and so should a plain forward of a left-padded batch (HF's
+  default is the column index, which shifts a left-padded row: harmless for relative methods, not
+  for ``dynamic-ntk``). ``dynamic-ntk`` rebases each row by its own ``max(position_ids) + 1``, so
+  a padded row gets the angles it gets alone (HF's ``dynamic`` type uses the batch maximum).
+* Windowed methods read the padding from the mask transformers hands the attention function (a
+  boolean ``[B, 1, Tq, Tk]`` mask from ``sdpa_mask``, an additive float mask of 0 / -inf or the
+  dtype minimum, or ``None`` when nothing is masked): a key is real if some query may see it;
+  padding keys are masked in both score sets, and each row's real tokens are numbered
+  ``0, 1, 2, ...`` (``cumsum - 1``) for the method's tables, whatever ``position_ids`` say. A
+  padded row, in a forward pass (with or without ``position_ids``) or in ``generate`` with left
+  padding and the default dynamic cache, gives what it gives alone. Padding queries get zeros.
+* Refused with :class:`~ropelab.core.errors.RopelabError` by the window attention, because their
+  numbers would be wrong: masks that are not "causal over each row's real tokens" (packed
+  sequences, a sliding window from the config once the input is longer than it, custom 4D masks,
+  additive biases); padding between real tokens (right-padded generation: pad on the left); a
+  static cache (``cache_implementation="static"``); ``position_ids`` that match neither the mask
+  nor the column index (custom offsets, packed sequences).
+
+Limitations:
+
+* A rotary encoding whose frequencies read more than one position level is refused (HF's
+  ``position_ids`` carry one index per token).
+* ``dynamic-ntk`` rebases by ``max(position_ids) + 1`` at each call (per row), like HF's
+  ``dynamic`` rope type on an unpadded batch; HF's KV cache keeps the rotation cached keys were computed with, whereas ropelab's own
+  :class:`~ropelab.model.transformer.Transformer` re-rotates them. Cached HF generation past the
+  training length can therefore differ from ``Transformer.generate`` for ``dynamic-ntk`` (static
+  methods agree exactly).
+* The patch is not saved: ``save_pretrained`` writes the unchanged config and weights (the
+  encoding has no persistent state), so a reloaded model is unpatched.
+* Sliding-window attention (Mistral/Qwen2 configs) is HF's and is left as it is for rotary
+  methods; windowed methods refuse it (see above).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ropelab import pe as pe_registry
+from ropelab.core.errors import RopelabError
+from ropelab.model.window_attention import windowed_attention
+from ropelab.pe import PEContext, PositionEncoding, RotaryEncoding
+from ropelab.pretrained.hf_dir import SUPPORTED_MODEL_TYPES, hf_rope
+
+__all__ = [
+    "RopelabRotaryEmbedding",
+    "hf_pe_context",
+    "is_patched",
+    "patch",
+    "patched_spec",
+    "unpatch",
+]
+
+
+class RopelabRotaryEmbedding(nn.Module):
+    """Drop-in replacement for HF's ``*RotaryEmbedding``: ``(cos, sin)`` from a ropelab encoding.
+
+    ``forward(x, position_ids)`` returns ``[B, T, head_dim]`` tables (transformers >= 4.38);
+    ``forward(x, seq_len=N)`` returns ``[N, head_dim]`` tables for positions ``0..N-1`` (Mistral /
+    Qwen2 before 4.45). ``original`` is the HF module it replaced, restored by :func:`unpatch`.
+    """
+
+    def __init__(self, encoding: PositionEncoding, original: nn.Module) -> None:
+        super().__init__()
+        self.encoding = encoding
+        self.original = original
+        self.head_dim = encoding.ctx.head_dim
+
+    @property
+    def spec(self) -> str:
+        return self.encoding.spec
+
+    def forward(
+        self, x: Tensor, position_ids: Tensor | int | None = None, seq_len: int | Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if position_ids is not None and not isinstance(position_ids, Tensor):
+            seq_len, position_ids = position_ids, None  # an old-style positional seq_len
+        table = position_ids is None
+        if table:
+            if seq_len is None:
+                raise RopelabError("rotary embedding called without position_ids or seq_len")
+            position_ids = torch.arange(int(seq_len), device=x.device)[None]
+        cos, sin = self._tables(position_ids)
+        if table:
+            cos, sin = cos[0], sin[0]
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+    def _tables(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """float32 ``[..., T, head_dim]`` cos/sin in HF's rotate-half layout."""
+        encoding = self.encoding
+        if isinstance(encoding, RotaryEncoding) and encoding.window is None:
+            if encoding.inv_freq.device != position_ids.device:
+                encoding.to(position_ids.device)
+            rotation = encoding.rotation(position_ids)
+            cos, sin = rotation.cos, rotation.sin
+        else:  # nope, or a windowed method (it rotates inside the attention function)
+            shape = (*position_ids.shape, self.head_dim // 2)
+            cos = torch.ones(shape, dtype=torch.float32, device=position_ids.device)
+            sin = torch.zeros(shape, dtype=torch.float32, device=position_ids.device)
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``model.to(dtype)`` must not round the angles: rebuild them in float32 after a cast."""
+        super()._apply(fn, recurse)
+        encoding = self.encoding
+        if isinstance(encoding, RotaryEncoding) and encoding.inv_freq.dtype != torch.float32:
+            theta = encoding.plan(encoding.ctx.train_len).theta
+            encoding.inv_freq = theta.to(device=encoding.inv_freq.device, dtype=torch.float32)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}, head_dim={self.head_dim}"
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def hf_pe_context(config, train_len: int | None = None) -> PEContext:
+    """The :class:`~ropelab.pe.base.PEContext` ropelab builds for an HF Llama-family config (a
+    ``transformers`` ``PretrainedConfig``; its fields are read by
+    :func:`ropelab.pretrained.hf_dir.hf_rope`, as for a model directory's ``config.json``)."""
+    hf = config.to_dict()
+    rope = hf_rope(hf, "hf.patch")
+    if train_len is None:
+        train_len = rope.train_len
+    if isinstance(train_len, bool) or not isinstance(train_len, int):
+        raise RopelabError(f"hf.patch: train_len must be a positive integer, got {train_len!r}")
+    return PEContext(
+        head_dim=rope.head_dim,
+        n_heads=rope.n_heads,
+        train_len=train_len,
+        rope_base=rope.base,
+        dim=int(hf["hidden_size"]),
+        n_layers=int(hf["num_hidden_layers"]),
+    )
+
+
+# -- locating the rotary modules ---------------------------------------------------------------
+
+
+def _body(model: nn.Module) -> nn.Module:
+    """The decoder body (``LlamaModel``...) of a supported model, or a RopelabError."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    supported = ", ".join(SUPPORTED_MODEL_TYPES.values())
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        what = f"model_type {model_type!r}" if model_type else "an object without a transformers config"
+        raise RopelabError(
+            f"hf.patch supports Hugging Face {supported} models only; got {what} ({type(model).__name__})"
+        )
+    for candidate in (getattr(model, "model", None), model):
+        if isinstance(candidate, nn.Module) and isinstance(getattr(candidate, "layers", None), nn.ModuleList):
+            return candidate
+    raise RopelabError(
+        f"hf.patch: {type(model).__name__} has no decoder layers where a {model_type} model keeps them "
+        "(model.model.layers or model.layers)"
+    )
+
+
+def _slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every ``(owner, "rotary_emb")`` holding a rotary module: the model-level one (>= 4.45) and
+    the per-layer ones (< 4.48)."""
+    body = _body(model)
+    owners = [body] + [getattr(layer, "self_attn", None) for layer in body.layers]
+    slots = [(owner, "rotary_emb") for owner in owners if isinstance(getattr(owner, "rotary_emb", None), nn.Module)]
+    if not slots:
+        raise RopelabError(
+            f"hf.patch: found no rotary embedding module in {type(model).__name__} "
+            "(looked for model.rotary_emb and layers[i].self_attn.rotary_emb); "
+            "is this transformers version older than 4.38?"
+        )
+    return slots
+
+
+# -- public API --------------------------------------------------------------------------------
+
+
+def _build(spec: str, ctx: PEContext) -> PositionEncoding:
+    encoding = pe_registry.build(spec, ctx)
+    if isinstance(encoding, RotaryEncoding):
+        if int(encoding.frequency_level.max()) > 0:
+            raise RopelabError(
+                f"hf.patch: {encoding.spec!r} reads multi-level position vectors, which HF's position_ids "
+                "cannot carry; it needs the attention-function hook (not yet supported)"
+            )
+        return encoding
+    if encoding.info.family == "none" or encoding.window is not None:
+        return encoding
+    rotary = ", ".join(m.name for m in pe_registry.methods() if m.kind == "rotary")
+    raise RopelabError(
+        f"hf.patch supports RoPE-family methods only ({rotary}, optionally followed by "
+        f"pi/ntk/dynamic-ntk/yarn) and nope; {encoding.info.name!r} is a {encoding.info.family} method "
+        "that cannot be expressed as rotary cos/sin tables"
+    )
+
+
+# -- windowed methods through the attention hook -----------------------------------------------
+
+WINDOW_ATTENTION = "ropelab_window"
+
+
+def _allowed_pairs(attention_mask, batch: int, q_len: int, k_len: int) -> Tensor:
+    """The bool ``[B, q_len, k_len]`` "query may attend key" matrix of a mask transformers passes."""
+    mask = attention_mask
+    if not isinstance(mask, Tensor):
+        raise RopelabError(
+            f"hf.patch: window attention got an attention mask of type {type(mask).__name__}; it supports "
+            "the boolean or additive float tensors of the sdpa/eager mask functions"
+        )
+    if mask.dim() == 2:  # a plain padding mask [B, k_len] (1 = real token)
+        if mask.shape[-1] != k_len or mask.shape[0] not in (1, batch):
+            raise RopelabError(f"hf.patch: a 2D attention mask must be [{batch}, {k_len}], got {tuple(mask.shape)}")
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=mask.device).tril(k_len - q_len)
+        return causal[None] & (mask != 0)[:, None, :].expand(batch, 1, k_len)
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch) or mask.shape[2:] != (q_len, k_len):
+        raise RopelabError(
+            f"hf.patch: window attention needs a [{batch}, 1, {q_len}, {k_len}] attention mask (one for all "
+            f"heads), got {tuple(mask.shape)}"
+        )
+    mask = mask[:, 0].expand(batch, q_len, k_len)
+    if mask.dtype == torch.bool:
+        return mask
+    if not mask.is_floating_point():
+        return mask != 0
+    allowed = mask == 0
+    blocked = mask <= torch.finfo(mask.dtype).min / 2  # HF's additive masks hold 0 or the dtype's minimum (or -inf)
+    if not bool((allowed | blocked).all()):
+        raise RopelabError(
+            "hf.patch: window attention supports additive masks of 0 (attend) and -inf / the dtype minimum "
+            "(masked) only; this one holds other values (an additive bias)"
+        )
+    return allowed
+
+
+def _key_validity(attention_mask, batch: int, q_len: int, k_len: int, position_ids) -> Tensor | None:
+    """Which keys are real tokens (bool ``[B, k_len]``), or ``None`` when all are, from the mask
+    transformers passes; refuses masks that are not "causal over each row's real tokens"."""
+    past = k_len - q_len
+    key_valid = None
+    if attention_mask is not None:
+        allowed = _allowed_pairs(attention_mask, batch, q_len, k_len)
+        key_valid = allowed.any(dim=1)  # a key is real if some query may see it
+        # the mask must be exactly causal & real keys (not packed sequences, a sliding window, ...)
+        keys = torch.arange(k_len, device=allowed.device)
+        for start in range(0, q_len, 1024):  # bounded temporaries for long prefills
+            stop = min(q_len, start + 1024)
+            causal = keys[None] <= torch.arange(past + start, past + stop, device=allowed.device)[:, None]
+            if not torch.equal(allowed[:, start:stop], causal[None] & key_valid[:, None, :]):
+                raise RopelabError(
+                    "hf.patch: window attention supports causal attention with padding only; the attention mask "
+                    "has another pattern (packed sequences, a sliding window, a static cache or a custom 4D mask)"
+                )
+        if not bool(key_valid[:, past:].any()):
+            raise RopelabError(
+                "hf.patch: no query of this step is a real token of the attention mask; window attention supports "
+                "transformers' dynamic KV cache only (not cache_implementation='static'), and no all-padding batches"
+            )
+        valid = key_valid.long()
+        runs = valid[:, :1] + (valid[:, 1:] > valid[:, :-1]).long().sum(dim=1, keepdim=True)
+        if bool((runs > 1).any()):
+            raise RopelabError(
+                "hf.patch: windowed methods need each row's real tokens to be contiguous (left or right padding); "
+                "the attention mask has padding between real tokens (right-padded generation?) -- pad on the left"
+            )
+        if bool(key_valid.all()):
+            key_valid = None
+    if isinstance(position_ids, Tensor) and position_ids.dim() == 2 and position_ids.shape[-1] == q_len:
+        # windowed methods place tokens by the mask, never by position_ids; accept the two conventions
+        # transformers uses (positions from the mask as in generate, or the plain sequence index)
+        column = torch.arange(past, k_len, device=position_ids.device)[None]
+        if key_valid is None:
+            ok = position_ids == column
+        else:
+            index = (key_valid.long().cumsum(dim=1) - 1)[:, past:].to(position_ids.device)
+            ok = (position_ids == index) | (position_ids == column) | ~key_valid[:, past:].to(position_ids.device)
+        if not bool(ok.all()):
+            raise RopelabError(
+                "hf.patch: windowed methods take each token's position from the attention mask (its index among "
+                "its row's real tokens); these position_ids differ (custom positions, packed sequences or a static "
+                "cache) and are not supported"
+            )
+    return key_valid
+
+
+def _window_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function for windowed methods: q/k arrive unrotated.
+
+    Padding comes from ``attention_mask`` (see :func:`_key_validity`): padding keys are masked, and
+    each row's real tokens are numbered ``0, 1, 2, ...`` for the method's tables, so a padded row
+    gets the result it gets alone."""
+    encoding = module._ropelab_window
+    batch, q_len, k_len = query.shape[0], query.shape[2], key.shape[2]
+    past = k_len - q_len
+    key_valid = _key_validity(attention_mask, batch, q_len, k_len, kwargs.get("position_ids"))
+    if key_valid is None:
+        index = torch.arange(k_len, device=query.device)[None]
+    else:
+        key_valid = key_valid.to(query.device)
+        index = (key_valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    positions = kwargs.get("ropelab_positions")
+    if positions is None or positions.shape[1] != k_len:
+        positions = index
+    tables = encoding.windowed_rotation(torch.as_tensor(positions, device=query.device), index)
+    q_near, q_far, k_near, k_far = tables.apply(query, key, query_rows=slice(past, None))
+    out = windowed_attention(
+        q_near,
+        q_far,
+        k_near,
+        k_far,
+        value,
+        encoding.window,
+        past,
+        key_mask=key_valid,
+        far_keys=encoding.far_keys,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_window_attention() -> None:
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    except ImportError:
+        raise RopelabError(
+            "hf.patch: windowed methods (rerope, self-extend, hirope) need transformers >= 4.48 "
+            "(its AttentionInterface hook); this transformers version has none"
+        ) from None
+    AttentionInterface.register(WINDOW_ATTENTION, _window_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(WINDOW_ATTENTION, sdpa_mask)
+
+
+def _set_window(model: nn.Module, encoding: PositionEncoding | None) -> None:
+    """Switch the attention implementation to ropelab's window function (or back)."""
+    config = model.config
+    saved = getattr(config, "_ropelab_saved_attn", None)
+    if encoding is not None and encoding.window is not None:
+        _register_window_attention()
+        if saved is None:
+            config._ropelab_saved_attn = config._attn_implementation
+        config._attn_implementation = WINDOW_ATTENTION
+    elif saved is not None:
+        config._attn_implementation = saved
+        del config._ropelab_saved_attn
+    for layer in _body(model).layers:
+        attention = layer.self_attn
+        if encoding is not None and encoding.window is not None:
+            attention._ropelab_window = encoding
+        elif hasattr(attention, "_ropelab_window"):
+            del attention._ropelab_window
+
+
+def patch(model: nn.Module, spec: str, train_len: int | None = None) -> PositionEncoding:
+    """Make ``model`` use the ropelab method ``spec`` in place; returns the encoding in use.
+
+    ``train_len`` overrides the training length read from the config (see the module docstring).
+    A previous patch is replaced, never stacked; the model's original rotary modules are kept for
+    :func:`unpatch`. Raises :class:`~ropelab.core.errors.RopelabError` (a ``SpecError`` for a bad spec)
+    for an unsupported model or method; the model is left untouched then.
+    """
+    slots = _slots(model)
+    encoding = _build(spec, hf_pe_context(model.config, train_len))
+    first = getattr(*slots[0])
+    device = next((t.device for t in (*first.parameters(), *first.buffers())), None)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    encoding = encoding.to(device)
+    for owner, name in slots:
+        current = getattr(owner, name)
+        original = current.original if isinstance(current, RopelabRotaryEmbedding) else current
+        setattr(owner, name, RopelabRotaryEmbedding(encoding, original))
+    _set_window(model, encoding)
+    return encoding
+
+
+def unpatch(model: nn.Module) -> bool:
+    """Restore the original rotary modules; returns whether the model was patched."""
+    restored = False
+    for owner, name in _slots(model):
+        current = getattr(owner, name)
+        if isinstance(current, RopelabRotaryEmbedding):
+            setattr(owner, name, current.original)
+            restored = True
+    _set_window(model, None)
+    return restored
+
+
+def _patched(model: nn.Module) -> list[RopelabRotaryEmbedding]:
+    return [
+        module for owner, name in _slots(model) if isinstance(module := getattr(owner, name), RopelabRotaryEmbedding)
+    ]
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` currently runs a ropelab method."""
+    return bool(_patched(model))
+
+
+def patched_spec(model: nn.Module) -> str | None:
+    """The canonical spec ``model`` is patched with, or ``None`` when it runs its own RoPE."""
+    modules = _patched(model)
+    return modules[0].spec if modules else None
