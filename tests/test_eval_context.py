@@ -16,7 +16,7 @@ from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
 from ropelab.eval.stats import block_means, estimate, mcnemar, paired, verdict, wilson
 from ropelab.eval.tasks.context import cuts, question_text
 from ropelab.pe.sliding import SlidingWindow
-from ropelab.reporting.eval import write_report
+from ropelab.reporting.eval import compare_runs, write_report
 
 from .test_eval_runner import tokenizer  # noqa: F401  (module fixture)
 
@@ -192,6 +192,7 @@ def test_context_task_runs_and_reports(tmp_path, model, tokenizer):  # noqa: F81
         rope, window = by[("rope", index)]["token_losses"], by[(WINDOW, index)]["token_losses"]
         assert all(a is None or abs(a - b) < 2e-4 for a, b in zip(rope[:TRAIN], window[:TRAIN]))
         assert any(abs(a - b) > 1e-3 for a, b in zip(rope[TRAIN:], window[TRAIN:]) if a is not None)
+    assert "Not a table task" in compare_runs(out, out)  # a context run compares without a KeyError
     report = write_report(out).read_text()
     assert "## Long-context use at 1500 tokens" in report and "Fixed targets, growing context" in report
     assert "Needle grid" in report and "±" in report

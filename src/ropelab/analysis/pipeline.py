@@ -36,6 +36,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.hierarchy import language_for_path
 from ropelab.model.checkpoint import read_checkpoint_config
+from ropelab.model.device import dtype_name, resolve_placement
 from ropelab.pretrained.registry import load_model
 
 ANALYSES = ("pattern", "vaf", "ood", "hierarchy")
@@ -58,6 +59,8 @@ class AnalyzeConfig:
     hierarchy_input: str | None = None
     hierarchy_length: int = 1024
     batch_tokens: int = 16384
+    device: str = "cpu"  # cpu, cuda, cuda:N, mps or auto (ropelab.model.device)
+    dtype: str = "float32"  # the weights'; q/k, angles and logits are analysed in float32 whatever it is
 
 
 def parse_analyses(text: str | list[str]) -> list[str]:
@@ -122,11 +125,14 @@ def check_config(config: AnalyzeConfig) -> None:
         raise RopelabError(f"--hierarchy-input {config.hierarchy_input!r}: no such file or directory")
     if config.layers is not None:
         parse_layers(config.layers, 10**6)
+    device, dtype = resolve_placement(config.device, config.dtype)  # one clear error before any model loads
+    config.device, config.dtype = str(device), dtype_name(dtype)
 
 
-def _load(path: str, method: str | None):
-
-    return load_model(path, method=method)
+def _load(path: str, method: str | None, config: AnalyzeConfig | None = None):
+    if config is None:
+        return load_model(path, method=method)
+    return load_model(path, method=method, device=config.device, dtype=config.dtype)
 
 
 def _inputs(config: AnalyzeConfig, model, tokenizer, max_length: int):
@@ -178,7 +184,7 @@ class Analyzer:
         config = self.config
         checkpoint = subject.final
         self.log(f"[{subject.label}] loading {checkpoint.path}" + (f" as {subject.method}" if subject.method else ""))
-        model, tokenizer = _load(checkpoint.path, subject.method)
+        model, tokenizer = _load(checkpoint.path, subject.method, config)
         train_len = model.config.train_len
         lengths = parse_lengths(config.lengths, train_len)
         layers = parse_layers(config.layers, model.config.n_layers)
@@ -243,7 +249,7 @@ class Analyzer:
         analysis = component_analysis(measurements[vaf_length], table)
         series = []
         for checkpoint in subject.checkpoints[:-1]:
-            earlier, _ = _load(checkpoint.path, subject.method)
+            earlier, _ = _load(checkpoint.path, subject.method, self.config)
             label = f"{subject.label} @ step {checkpoint.step}"
             item = component_analysis(self._measure(label, earlier, inputs, vaf_length, layers), table)
             series.append(_series_entry(checkpoint, item))

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ropelab.cli import analyse, evaluate, info, train
+from ropelab.cli import analyse, evaluate, export, info, train
 from ropelab.core.errors import RopelabError
 
 
@@ -106,6 +106,13 @@ COMMANDS = (
         options=analyse.analyze_options,
         run=analyse.cmd_analyze,
     ),
+    Command(
+        name="export",
+        help="write a checkpoint as a Hugging Face transformers directory (rope, pi, ntk, dynamic-ntk, yarn)",
+        description=export.DESCRIPTION,
+        options=export.export_options,
+        run=export.cmd_export,
+    ),
 )
 
 
@@ -139,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RopelabError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an output path that is a file or unwritable, a full disk, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

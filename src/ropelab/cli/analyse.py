@@ -2,7 +2,7 @@
 
 ropelab analyze MODEL|CHECKPOINT|RUN_DIR|EXPERIMENT_DIR [--analyses pattern,vaf,ood,hierarchy]
     [--lengths 1x,2x] [--method SPEC,...] [--checkpoints latest|all] [--samples N] [--seed S]
-    [--input probe|stdlib|FILE|DIR] [--layers 0-3,7] [--out DIR]
+    [--input probe|stdlib|FILE|DIR] [--layers 0-3,7] [--out DIR] [--device cuda] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ropelab.cli.evaluate import device_options
 from ropelab.core.args import positive_int, split_list
 
 
@@ -37,6 +38,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         layers=args.layers,
         hierarchy_input=args.hierarchy_input,
         hierarchy_length=args.hierarchy_length,
+        device=args.device,
+        dtype=args.dtype,
     )
 
     def log(message: str) -> None:
@@ -96,3 +99,4 @@ def analyze_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default=None, help="output directory (default: runs/analyze-<time>)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    device_options(p)

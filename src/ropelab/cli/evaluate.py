@@ -1,8 +1,12 @@
 """``ropelab eval``, ``ropelab compare`` and ``ropelab report``.
 
 ropelab compare                                  (the main job: SmolLM2, long-context use, 2 documents)
-ropelab eval MODEL --methods SPEC,... --tasks ppl,passkey,... --lengths 0.5x,1x,12k
+ropelab eval MODEL --methods SPEC,... --tasks ppl,passkey,... --lengths 0.5x,1x,12k [--device cuda] [--dtype bfloat16]
 ropelab report RUN_DIR [RUN_B]
+
+``--device`` / ``--dtype`` (also on ``generate`` and ``analyze``, :func:`device_options`) are
+checked before the model loads: a device that is not there, an unknown dtype or one the device
+cannot run is one ``error:`` line (exit 2).
 """
 
 from __future__ import annotations
@@ -15,6 +19,23 @@ from ropelab.core.errors import RopelabError
 #: the HiRoPE paper's comparison on one model: plain RoPE, its strongest training-free baseline and
 #: HiRoPE (each costs one 12K pass per document; add yarn:factor=2, ntk:factor=2, rerope with --methods)
 COMPARE_METHODS = "rope,self-extend,hirope"
+
+
+def device_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, checked by :func:`ropelab.model.device.resolve_placement` inside the
+    command (so a bad value is one ``error:`` line, and ``--help`` never imports torch)."""
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model runs: cpu (default), cuda, cuda:N, mps, or auto (cuda when available, else mps, "
+        "else cpu)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="weights and activations: float32 (default), bfloat16 or float16; positions, RoPE angles, softmax "
+        "statistics and losses stay float32",
+    )
 
 
 def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
@@ -35,6 +56,7 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_
     from ropelab.core.lengths import parse_length
     from ropelab.eval import get_task
     from ropelab.eval.runner import evaluate
+    from ropelab.model.device import resolve_placement
     from ropelab.pe import split_specs
     from ropelab.pretrained.registry import load_model
     from ropelab.reporting.eval import write_report
@@ -45,7 +67,8 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_
     methods = split_specs(args.methods)  # a malformed list fails before the model loads
     for name in split_list(args.tasks):
         get_task(name)  # unknown task names fail before the model loads
-    model, tokenizer = load_model(model_name)
+    device, dtype = resolve_placement(args.device, args.dtype)  # so do a missing device and a bad dtype
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     if tokenizer is None:
         raise RopelabError(f"{model_name}: has no tokenizer.json; evaluation needs one")
     if passkey_at_longest:  # the longest of --lengths (so ppl on its haystack reaches every ppl length)
@@ -133,6 +156,7 @@ def _eval_options(
         f"per method serves both tasks) (default: {ppl_document or 'haystack when passkey runs, else code'})",
     )
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    device_options(p)
 
 
 def eval_options(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
 ropelab methods [--format json]
 ropelab describe SPEC --head-dim D --train-len L [--base B] [--length N] [--format json]
 ropelab models [--format json]
-ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T]
+ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T] [--device D] [--dtype T]
 ropelab task-sample TASK --model MODEL --length LEN [--seed S] [--n N] [--format json]
 ropelab positions FILE [--language L] [--tokenizer MODEL] [--granularity function|class] [--levels 2|3]
 """
@@ -15,6 +15,7 @@ import json
 import math
 import sys
 
+from ropelab.cli.evaluate import device_options
 from ropelab.core.args import positive_int
 from ropelab.core.errors import RopelabError
 
@@ -161,12 +162,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from ropelab.model.device import resolve_placement
     from ropelab.model.generate import stream
     from ropelab.pretrained.registry import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, method=args.method)
+    device, dtype = resolve_placement(args.device, args.dtype)  # before the model loads
+    model, tokenizer = load_model(args.model, method=args.method, device=device, dtype=dtype)
     if tokenizer is None:
         raise RopelabError(f"{args.model}: has no tokenizer.json, so text cannot be encoded")
     prompt = args.prompt
@@ -309,6 +312,7 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    device_options(p)
 
 
 def positions_options(p: argparse.ArgumentParser) -> None:

@@ -75,6 +75,18 @@ class Task:
     #: every sample fits a length
     variable_size: ClassVar[bool] = False
 
+    # -- how the report (:mod:`ropelab.reporting.eval`) shows the task --------------------------
+    #: the report's layout: ``"table"`` (methods x lengths of the headline metric, a curve per
+    #: method) or ``"context"`` (the sections and figures of the ``context`` task)
+    report_kind: ClassVar[str] = "table"
+    #: appended to the table's heading after " -- " (what the metric measures), or ""
+    report_note: ClassVar[str] = ""
+    #: a key of :attr:`recorded`: the report adds a heatmap of the headline metric (a 0/1 rate)
+    #: over that key x length, one panel per method, when both axes have several values
+    grid_key: ClassVar[str | None] = None
+    #: the heatmap's title (before the model and the train length); the task name when ""
+    grid_title: ClassVar[str] = ""
+
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         raise NotImplementedError
 

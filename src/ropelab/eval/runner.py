@@ -13,6 +13,12 @@ to the training length. For the ``context`` task that is one pass with attention
 previous ``L`` tokens plus four sink tokens (:mod:`ropelab.pe.sliding`); for the other tasks each
 input is truncated to its last ``L`` tokens. A method that does not beat it is not using the
 longer context.
+
+The runner works on whatever device and dtype the model has (``load_model(..., device=,
+dtype=)``): token ids and targets are made on the model's device, losses and log-probabilities
+come from float32 logits, and only Python numbers reach ``results.jsonl``. The dtype is part of
+the run's configuration (``config.json``; runs written before it was recorded were float32), so a
+bf16 run never resumes into a float32 one; the device is not (resuming a CPU run on a GPU is fine).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs, Sample, Task
 from ropelab.hierarchy import align, segment_text
+from ropelab.model.device import dtype_name
 from ropelab.model.generate import stream
 from ropelab.pe import canonical_spec
 from ropelab.pe.sliding import SlidingWindow
@@ -55,6 +62,7 @@ class RunConfig:
     train_len: int
     include_window: bool = True
     ppl_document: str = "code"
+    dtype: str = "float32"  # the model's weights and activations; angles and losses are float32 always
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -101,7 +109,7 @@ class Evaluator:
         """
         model = self.model
         if not self.window or len(ids) <= self.train_len:
-            return model.hidden_states(torch.tensor([ids]), positions, cache)[0]
+            return model.hidden_states(_tensor(model, ids), positions, cache)[0]
         return window_prefill(model, self._own, model.pe, ids, cache if cache is not None else model.new_cache())
 
     @torch.no_grad()
@@ -151,7 +159,7 @@ class Evaluator:
         positions, note = self.positions(sample, ids)
         if note:
             info["hierarchy"] = note
-        hidden = self.model.hidden_states(torch.tensor([ids]), positions)[0]
+        hidden = self.model.hidden_states(_tensor(self.model, ids), positions)[0]
         self._last, self._last_losses = (list(ids), hidden), None
         return hidden
 
@@ -171,7 +179,8 @@ class Evaluator:
             self._hidden(sample, list(source.prompt_ids) if source is not None else ids, info)
             if self._last_losses is None:  # the whole pass once; every prefix reads its share (``ids`` is one)
                 last_ids, hidden = self._last
-                self._last_losses = self.model.losses_from_hidden(hidden[None, :-1], torch.tensor([last_ids[1:]]))[0]
+                targets = _tensor(self.model, last_ids[1:])
+                self._last_losses = self.model.losses_from_hidden(hidden[None, :-1], targets)[0]
             return Outputs(losses=self._last_losses[: len(ids) - 1].tolist()), info
         if task.mode == "teacher_forced":
             answer = list(sample.answer_ids)
@@ -180,7 +189,7 @@ class Evaluator:
                 info["context"] = len(ids)
             hidden = self._hidden(sample, ids + answer, info)[len(ids) - 1 : -1]
             logits = self.model.lm_head(hidden).float()
-            target = torch.tensor(answer)
+            target = _tensor(self.model, answer)[0]
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
             return Outputs(answer_losses=losses.tolist(), answer_argmax=logits.argmax(-1).tolist()), info
         if task.mode == "generate":
@@ -205,7 +214,7 @@ class Evaluator:
         generated: list[int] = []
         text = ""
         for token in stream(
-            self.model, torch.tensor([ids]), task.max_new_tokens, eos_id=self.tokenizer.eos_id, positions=positions
+            self.model, _tensor(self.model, ids), task.max_new_tokens, eos_id=self.tokenizer.eos_id, positions=positions
         ):
             if self.tokenizer.eos_id is not None and int(token[0]) == self.tokenizer.eos_id:
                 break
@@ -225,7 +234,7 @@ def window_prefill(model, own, sliding, ids: list[int], cache) -> torch.Tensor:
     near keys, so the cached keys serve as both sets. ``model.pe`` is left as it was found.
     """
     found, split = model.pe, sliding.window
-    tensor = torch.tensor([ids])
+    tensor = _tensor(model, ids)
     try:
         model.pe = own
         head = model.hidden_states(tensor[:, :split], None, cache)[0]
@@ -237,6 +246,11 @@ def window_prefill(model, own, sliding, ids: list[int], cache) -> torch.Tensor:
     finally:
         model.pe = found
     return torch.cat((head, tail))
+
+
+def _tensor(model, ids: list[int]) -> torch.Tensor:
+    """``[1, len(ids)]`` token ids on the model's device."""
+    return torch.tensor([ids], device=model.embed_tokens.weight.device)
 
 
 def _stopped(text: str, stops: Iterable[str]) -> bool:
@@ -282,6 +296,7 @@ def evaluate(
         include_window=include_window,
         task_lengths=task_lengths or {},
         ppl_document=ppl_document,
+        dtype=dtype_name(model.embed_tokens.weight.dtype),
     )
     plan = _plan(config, task_objects, tokenizer)  # every sample is built before anything is written
     out = Path(out)
@@ -309,6 +324,7 @@ def _run_config(
     include_window: bool,
     task_lengths: dict[str, list[str]],
     ppl_document: str,
+    dtype: str = "float32",
 ) -> tuple[RunConfig, list[Task]]:
     """The run's configuration and its tasks; every argument is checked here, before any work."""
     if samples < 1:
@@ -332,6 +348,7 @@ def _run_config(
         train_len=train_len,
         include_window=include_window,
         ppl_document=ppl_document,
+        dtype=dtype,
     )
     return config, task_objects
 
@@ -447,8 +464,14 @@ def _open_run(out: Path, config: RunConfig) -> None:
     if not config_path.exists():
         atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
         return
-    previous = {"ppl_document": "code", **json.loads(config_path.read_text())}  # runs older than the option
+    # runs older than an option had its default
+    previous = {"ppl_document": "code", "dtype": "float32", **json.loads(config_path.read_text())}
     if previous != config.to_json():
+        if previous.get("dtype") != config.dtype:
+            raise RopelabError(
+                f"{out} holds a run measured in {previous.get('dtype')}, not {config.dtype}; "
+                "choose another --out directory (or the same --dtype to resume it)"
+            )
         raise RopelabError(f"{out} holds a run with a different configuration; choose another --out directory")
 
 

@@ -4,8 +4,9 @@ A token belongs to the segment in which its first character lies (tokenizers rep
 offsets), so a token spanning a boundary goes to the segment where it starts. A segment that
 receives no token joins the segment before it (or after it, at the start), so segment ordinals
 have no gaps. With no definition to segment by (prose, an unknown language, a parse that yields
-no definition) tokens fall into fixed chunks: ``segment = i // chunk_size``,
-``offset = i % chunk_size`` and, for ``levels=3``, ``unit = segment // chunk_size``.
+no definition) tokens fall into fixed chunks: ``segment = i // chunk_size`` (except that a character
+split over several tokens stays in one chunk, so a boundary can move a few tokens later) and, for
+``levels=3``, ``unit = segment // chunk_size``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.hierarchy.languages import LANGUAGES, TEXT, canonical_language, language_for_path
 from ropelab.hierarchy.segments import Span, find_spans
 from ropelab.pretrained.registry import load_tokenizer
-from ropelab.pretrained.tokenizer import Tokenizer
+from ropelab.pretrained.tokenizer import Tokenizer, without_surrogates
 
 GRANULARITIES = ("function", "class")
 KINDS = ("function", "class", "other", "chunk")
@@ -153,8 +154,14 @@ def extract(
         text, warnings = read_source(path)
     elif isinstance(source, bytes | bytearray):
         text, warnings = _decode(bytes(source))
-    else:
+    elif isinstance(source, str):
         text = source
+    else:
+        raise RopelabError(f"extract: source must be str, bytes or None, got {type(source).__name__}")
+    cleaned = without_surrogates(text)
+    if cleaned != text:  # the tokenizer cannot take them; one character for one keeps every offset
+        warnings.append("lone surrogate characters (invalid Unicode) were replaced by U+FFFD")
+        text = cleaned
     if language is not None:
         language = canonical_language(language)
     elif path is not None:
@@ -282,12 +289,23 @@ class _LineIndex:
 
 
 def _chunks(text: str, starts: np.ndarray, chunk_size: int, lines: _LineIndex):
+    """Chunks of ``chunk_size`` tokens, except that a character split over several tokens (a
+    byte-level BPE piece of a 4-byte character) is never split between two chunks: the boundary
+    moves forward to the next token that starts a character, so character and token ranges agree."""
     count = len(starts)
-    segment_of_token = np.arange(count, dtype=np.int64) // chunk_size
-    bounds = [0, *(int(starts[i]) for i in range(chunk_size, count, chunk_size)), len(text)]
+    cuts = [0]
+    for i in range(chunk_size, count, chunk_size):
+        i = max(i, cuts[-1] + 1)
+        while i < count and starts[i] == starts[i - 1]:
+            i += 1
+        if i < count:
+            cuts.append(i)
+    token_bounds = [*cuts, count]
+    segment_of_token = np.searchsorted(np.asarray(cuts), np.arange(count), side="right").astype(np.int64) - 1
+    bounds = [0, *(int(starts[i]) for i in cuts[1:]), len(text)]
     segments = []
     for index, chars in enumerate(itertools.pairwise(bounds) if text else ()):
-        tokens = (index * chunk_size, min(count, (index + 1) * chunk_size))
+        tokens = (token_bounds[index], token_bounds[index + 1])
         segments.append(_segment(index, "chunk", None, chars, tokens, index // chunk_size, lines))
     return segments, segment_of_token, segment_of_token // chunk_size
 

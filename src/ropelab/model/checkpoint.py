@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import atomic_path, atomic_write_text
 from ropelab.model.config import ModelConfig
+from ropelab.model.device import check_supported, resolve_device, resolve_dtype
 from ropelab.model.transformer import Transformer
 
 FORMAT = "ropelab-checkpoint"
@@ -107,9 +108,21 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    directory: str | os.PathLike, *, method: str | None = None, device: str | torch.device = "cpu"
+    directory: str | os.PathLike,
+    *,
+    method: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
 ) -> Transformer:
-    """Load a checkpoint written by :func:`save_checkpoint`; ``method`` overrides its position method."""
+    """Load a checkpoint written by :func:`save_checkpoint`; ``method`` overrides its position method.
+
+    ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``; ``dtype``: the weights' dtype
+    (``float32``, ``bfloat16``, ``float16``; default: as stored, float32 for ropelab's own).
+    """
+    device = resolve_device(device)
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+        check_supported(device, dtype)
     directory = Path(directory)
     config = read_checkpoint_config(directory)
     weights = directory / WEIGHTS
@@ -130,6 +143,8 @@ def load_checkpoint(
         raise CheckpointError(f"{weights} does not match {CONFIG}: {error}") from None
     except RopelabError as error:
         raise CheckpointError(f"{directory / CONFIG}: {error}") from None
+    if dtype is not None:
+        model.to(dtype=dtype)
     if method is not None:
         model.with_method(method)
     return model

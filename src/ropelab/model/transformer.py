@@ -18,6 +18,15 @@ given, places each row's real tokens at ``0, 1, 2, ...`` as HF generation does
 gets alone. A padding query attends only to itself (SDPA/bias paths) or to nothing (windowed
 paths, zero output), so no row is ever NaN. Without a mask, or with an all-ones mask, nothing
 changes (the mask-free fast paths).
+
+Devices and dtypes: ``model.to(device)`` / ``model.to(torch.bfloat16)`` (or ``load_model(...,
+device=, dtype=)``) move and cast the weights; inputs on another device are moved to the model's.
+Whatever the dtype, positions and RoPE angles are float32: the cos/sin tables are built in float32
+and cast to the activation dtype only at the multiply (Hugging Face Llama's choice, so bf16 logits
+match ``transformers`` in bf16); the encoding's buffers stay float32 under a cast
+(:meth:`ropelab.pe.base.PositionEncoding._apply`); bias methods attend in float32 so the bias is
+never rounded; windowed attention keeps its softmax statistics in float32; RMSNorm normalises in
+float32; losses come from float32 logits.
 """
 
 from __future__ import annotations
@@ -188,11 +197,14 @@ class Attention(nn.Module):
             k = apply_rotary(k, inputs.k_rotation, self.layout)
 
         mask = None
+        dtype = q.dtype
         bias = pe.attention_bias(layer, inputs.q_positions, inputs.k_positions)
         if bias is not None:
             if inputs.causal_mask is not None or inputs.is_causal:
                 allowed = inputs.causal_mask if inputs.causal_mask is not None else _causal(T, k.shape[2], x.device)
                 bias = bias.masked_fill(~allowed, float("-inf"))
+            if _low_precision(dtype):  # the bias (distances up to T) is never rounded to 8 bits: attend in float32
+                q, k, v = q.float(), k.float(), v.float()
             mask = bias.to(q.dtype)
         elif inputs.causal_mask is not None:
             mask = inputs.causal_mask
@@ -202,7 +214,7 @@ class Attention(nn.Module):
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         gqa = {"enable_gqa": True} if _SDPA_GQA and self.n_kv_heads != self.n_heads else {}
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa).to(dtype)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _windowed(self, q, k, v, layer, pe, inputs, cache):
@@ -213,6 +225,11 @@ class Attention(nn.Module):
         return windowed_attention(
             q_near, q_far, k_near, k_far, v, pe.window, inputs.past, key_mask=inputs.key_mask, far_keys=pe.far_keys
         )
+
+
+def _low_precision(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is a floating type narrower than float32 (bf16, fp16)."""
+    return dtype.is_floating_point and torch.finfo(dtype).bits < 32
 
 
 def _causal(q_len: int, k_len: int, device) -> Tensor:
@@ -368,6 +385,17 @@ class Transformer(nn.Module):
         return self
 
     @property
+    def device(self) -> torch.device:
+        """The device of the weights (``model.to(device)`` moves the model; inputs follow it)."""
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights and activations (``model.to(torch.bfloat16)``); positions,
+        angles, attention biases and losses stay float32 whatever it is."""
+        return self.embed_tokens.weight.dtype
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
@@ -517,6 +545,7 @@ class Transformer(nn.Module):
         it (their tokens are real). Without ``positions`` each row's real tokens are at
         ``0, 1, 2, ...`` (continuing after the cache); padding tokens' outputs are meaningless.
         """
+        input_ids = torch.as_tensor(input_ids, device=self.device)  # inputs on any device follow the model
         if input_ids.dim() != 2:
             raise RopelabError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
@@ -579,6 +608,7 @@ class Transformer(nn.Module):
         states ``[B, T, D]``, the LM head run ``chunk_size`` positions at a time."""
         if chunk_size <= 0:
             raise RopelabError(f"chunk_size must be positive, got {chunk_size}")
+        targets = torch.as_tensor(targets, device=hidden.device)
         losses = []
         for start in range(0, targets.shape[1], chunk_size):
             logits = self.lm_head(hidden[:, start : start + chunk_size]).float()

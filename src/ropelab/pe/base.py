@@ -265,6 +265,24 @@ class PositionEncoding(nn.Module):
         self.ctx = ctx
         self.spec = spec
 
+    def _apply(self, fn, recurse=True):
+        """``model.to(torch.bfloat16)`` (or ``.half()``) casts weights, never the encoding's float32
+        buffers -- angles, ALiBi slopes, FIRE's threshold: they are a function of the positions and
+        keep their float32 values (moved to the new device). Learned parameters are weights and
+        follow the model's dtype; the encodings compute with them in float32."""
+        kept = [
+            (module, name, buffer)
+            for module in (self.modules() if recurse else [self])
+            for name, buffer in module._buffers.items()
+            if buffer is not None and buffer.dtype == torch.float32
+        ]
+        result = super()._apply(fn, recurse)
+        for module, name, buffer in kept:
+            now = module._buffers.get(name)
+            if now is not None and now.is_floating_point() and torch.finfo(now.dtype).bits < 32:
+                module._buffers[name] = buffer.to(now.device)
+        return result
+
     def rotation(self, positions: Tensor) -> Rotation | None:
         return None
 

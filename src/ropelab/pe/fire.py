@@ -14,6 +14,7 @@ by default; ``shared=true`` uses one for all layers.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding, relative_distance
@@ -34,12 +35,14 @@ class FireBias(nn.Module):
 
     def forward(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         distance = relative_distance(q_pos, k_pos).clamp(min=0)[:, 0]  # [B|1, Tq, Tk]; future keys are masked anyway
-        threshold = (self.L_multiplier * self.init_L).abs()
+        threshold = (self.L_multiplier.to(torch.float32) * self.init_L.to(torch.float32)).abs()
         normaliser = torch.maximum(q_pos.to(torch.float32), threshold)[:, :, None]
-        normalised = torch.log(torch.abs(self.c * distance) + 1) / (
-            torch.log(torch.abs(self.c * normaliser) + 1) + self.eps
-        )
-        return self.mlp(normalised.unsqueeze(-1)).permute(0, 3, 1, 2)  # [B|1, H, Tq, Tk]
+        c = self.c.to(torch.float32)
+        normalised = torch.log(torch.abs(c * distance) + 1) / (torch.log(torch.abs(c * normaliser) + 1) + self.eps)
+        # the MLP runs in float32 whatever the model's dtype: its input is a function of the positions
+        first, last = self.mlp[0], self.mlp[2]
+        hidden = F.relu(F.linear(normalised.unsqueeze(-1), first.weight.float(), first.bias.float()))
+        return F.linear(hidden, last.weight.float(), last.bias.float()).permute(0, 3, 1, 2)  # [B|1, H, Tq, Tk]
 
 
 class Fire(PositionEncoding):

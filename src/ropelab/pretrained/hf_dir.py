@@ -8,7 +8,9 @@ with :mod:`ropelab.integrations.hf`, which patches ``transformers`` models of th
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from safetensors.torch import load_file
 
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import ModelConfig
+from ropelab.pe import canonical_spec
 
 #: Hugging Face ``model_type`` -> architecture: the Llama-family models ropelab reads
 #: (:func:`read_hf_dir`) and patches (:func:`ropelab.integrations.hf.patch`).
@@ -44,35 +47,124 @@ class HFRope:
     n_heads: int
 
 
+#: upper bounds no real Llama-family config reaches: a larger value is a corrupt or hostile file,
+#: refused before anything is allocated (a 1.4 KB config with a million layers would otherwise
+#: build its skeleton until memory runs out)
+LIMITS = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "intermediate_size": 1 << 20,
+    "head_dim": 4096,
+    "max_position_embeddings": 1 << 24,
+    "original_max_position_embeddings": 1 << 24,
+}
+_REQUIRED = object()
+
+
+def _int(mapping: Mapping, key: str, source: str, default=_REQUIRED) -> int:
+    """A positive integer field within :data:`LIMITS`; one clear error otherwise."""
+    value = mapping.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise RopelabError(f"{source}: {key} is missing")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RopelabError(f"{source}: {key} must be an integer, got {value!r}")
+    high = LIMITS.get(key, 1 << 31)
+    if not 1 <= value <= high:
+        raise RopelabError(f"{source}: {key}={value} is out of range (1 to {high})")
+    return value
+
+
+def _float(mapping: Mapping, key: str, source: str, default: float) -> float:
+    """A positive finite number field; one clear error otherwise."""
+    value = mapping.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise RopelabError(f"{source}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _mapping(hf: Mapping, key: str, source: str) -> Mapping:
+    value = hf.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RopelabError(f"{source}: {key} must be a JSON object, got {value!r}")
+    return value
+
+
 def hf_rope(hf: Mapping, source: str = "config.json") -> HFRope:
     """The rotary fields of an HF config -- a ``config.json`` or ``PretrainedConfig.to_dict()``.
 
     The base is ``rope_parameters["rope_theta"]`` (transformers 5.x) or ``rope_theta`` (4.x),
     default 10000; the rope type and its arguments come from ``rope_parameters`` / ``rope_scaling``;
     ``head_dim`` is the config's or ``hidden_size // num_attention_heads``. A
-    ``partial_rotary_factor`` other than 1 is refused (ropelab rotates the whole head);
-    errors start with ``source``.
+    ``partial_rotary_factor`` other than 1 is refused (ropelab rotates the whole head); so is any
+    field of the wrong type or out of range (:data:`LIMITS`). Errors start with ``source``.
     """
-    params = hf.get("rope_parameters")
-    scaling = hf.get("rope_scaling")
-    rope = {**(scaling if isinstance(scaling, Mapping) else {}), **(params if isinstance(params, Mapping) else {})}
-    partial = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0)
+    rope = {**_mapping(hf, "rope_scaling", source), **_mapping(hf, "rope_parameters", source)}
+    partial = _float(rope, "partial_rotary_factor", source, _float(hf, "partial_rotary_factor", source, 1.0))
     if partial != 1.0:
         raise RopelabError(
             f"{source}: partial_rotary_factor={partial:g} is not supported (ropelab rotates the whole head)"
         )
-    n_heads = int(hf["num_attention_heads"])
+    n_heads = _int(hf, "num_attention_heads", source)
+    head_dim = _int(hf, "head_dim", source, default=None)
+    if head_dim is None:
+        hidden = _int(hf, "hidden_size", source)
+        if hidden % n_heads:
+            raise RopelabError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {n_heads}")
+        head_dim = hidden // n_heads
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if not isinstance(rope_type, str):
+        raise RopelabError(f"{source}: rope_type must be a string, got {rope_type!r}")
+    train_len = _int(rope, "original_max_position_embeddings", source, default=None)
     return HFRope(
-        base=float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
-        rope_type=rope.get("rope_type", rope.get("type", "default")),
+        base=_float(rope, "rope_theta", source, _float(hf, "rope_theta", source, 10000.0)),
+        rope_type=rope_type,
         parameters=rope,
-        train_len=int(rope.get("original_max_position_embeddings") or hf.get("max_position_embeddings") or 2048),
-        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // n_heads),
+        train_len=train_len or _int(hf, "max_position_embeddings", source, default=2048),
+        head_dim=head_dim,
         n_heads=n_heads,
     )
 
 
+#: the entry :func:`ropelab.integrations.hf.patch` writes into an HF config: the ropelab method,
+#: its train length and the config's own rope fields (``original``)
+ROPELAB_ENTRY = "ropelab"
+
+
+def unpatched(hf: Mapping) -> tuple[dict, dict | None]:
+    """``hf`` with the rope fields it had before a ropelab patch (its ``ropelab`` entry's
+    ``original``), and that entry (None when the config was never patched)."""
+    hf = dict(hf)
+    entry = hf.pop(ROPELAB_ENTRY, None)
+    if not isinstance(entry, dict):
+        return hf, None
+    if isinstance(entry.get("original"), dict):
+        hf.update(entry["original"])
+    return hf, entry
+
+
 def hf_config_to_ropelab(hf: Mapping, source: str = "config.json") -> ModelConfig:
+    """ropelab's config of an HF Llama/Mistral/Qwen2 ``config.json``; a directory saved from a
+    model patched by :func:`ropelab.integrations.hf.patch` runs its recorded method."""
+    hf, entry = unpatched(hf)
+    config = _base_config(hf, source)
+    if entry is None or not isinstance(entry.get("method"), str):
+        return config
+    train_len = entry.get("train_len", config.train_len)
+    if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 1:
+        raise RopelabError(f"{source}: ropelab.train_len must be a positive integer, got {train_len!r}")
+    return dataclasses.replace(config, pe=canonical_spec(entry["method"]), train_len=train_len)
+
+
+def _base_config(hf: Mapping, source: str) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise RopelabError(
@@ -93,15 +185,22 @@ def hf_config_to_ropelab(hf: Mapping, source: str = "config.json") -> ModelConfi
         args = ",".join(f"{k}={rope.parameters[k]}" for k in sorted(keys) if rope.parameters.get(k) is not None)
         if args:
             pe = f"{method}:{args}"
+    try:  # a bad rope parameter is one error here, before any weight is read
+        canonical_spec(pe)
+    except RopelabError as error:
+        raise RopelabError(f"{source}: rope parameters give no valid method ({error})") from None
+    n_kv_heads = _int(hf, "num_key_value_heads", source, default=rope.n_heads)
+    if rope.n_heads % n_kv_heads:
+        raise RopelabError(f"{source}: num_attention_heads {rope.n_heads} is not a multiple of num_key_value_heads")
     return ModelConfig(
-        vocab_size=int(hf["vocab_size"]),
-        dim=int(hf["hidden_size"]),
-        n_layers=int(hf["num_hidden_layers"]),
+        vocab_size=_int(hf, "vocab_size", source),
+        dim=_int(hf, "hidden_size", source),
+        n_layers=_int(hf, "num_hidden_layers", source),
         n_heads=rope.n_heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or rope.n_heads),
+        n_kv_heads=n_kv_heads,
         head_dim=rope.head_dim,
-        hidden_dim=int(hf["intermediate_size"]),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        hidden_dim=_int(hf, "intermediate_size", source),
+        norm_eps=_float(hf, "rms_norm_eps", source, 1e-6),
         rope_base=rope.base,
         train_len=rope.train_len,
         qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),

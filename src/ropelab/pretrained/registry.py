@@ -37,6 +37,7 @@ from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import atomic_path, ropelab_home
 from ropelab.core.log import log
 from ropelab.model.checkpoint import CONFIG, FORMAT, load_checkpoint, read_checkpoint_config, save_checkpoint
+from ropelab.model.device import resolve_placement
 from ropelab.model.transformer import Transformer
 from ropelab.pretrained.gguf import gguf_tokenizer, read_gguf
 from ropelab.pretrained.hf_dir import read_hf_dir
@@ -235,21 +236,28 @@ def resolve(name_or_path: str | os.PathLike, device="cpu") -> tuple[Path, str]:
 
 
 def load_model(
-    name_or_path: str | os.PathLike, method: str | None = None, device="cpu"
+    name_or_path: str | os.PathLike, method: str | None = None, device="cpu", dtype=None
 ) -> tuple[Transformer, Tokenizer | None]:
     """``model, tokenizer = load_model("smollm2-135m", method="yarn:factor=2")``.
 
-    The model is in eval mode, float32, on ``device``. ``method`` replaces the checkpoint's
-    position method (the weights are untouched); ``model.with_method(spec)`` switches it later.
+    The model is in eval mode, on ``device`` (``cpu``, the default; ``cuda``, ``cuda:N``, ``mps``,
+    or ``auto``: CUDA when available, else MPS, else the CPU) with weights of ``dtype``
+    (``float32``, the default -- ``None`` means float32 too --, ``bfloat16`` or ``float16``; a
+    ``torch.dtype`` or its name). Positions, RoPE angles and losses stay float32 whatever the
+    dtype (:mod:`ropelab.model.device`). A device that is not there or a dtype it cannot run is one
+    :class:`RopelabError`, raised before anything is loaded. ``model.to(device)`` /
+    ``model.to(torch.bfloat16)`` later work as well. ``method`` replaces the checkpoint's position
+    method (the weights are untouched); ``model.with_method(spec)`` switches it later.
     """
+    device, dtype = resolve_placement(device, dtype)
     directory, kind = resolve(name_or_path, device)
     if kind == "hf":
         config, state, meta = read_hf_dir(directory)
-        model = _model_from(config, state, str(directory)).to(device)
+        model = _model_from(config, state, str(directory)).to(device=device, dtype=dtype)
         if method is not None:
             model.with_method(method)
     else:
-        model = load_checkpoint(directory, method=method, device=device)
+        model = load_checkpoint(directory, method=method, device=device, dtype=dtype)
         meta = {}
     tokenizer = None
     if (found := _tokenizer_file(directory)) is not None:

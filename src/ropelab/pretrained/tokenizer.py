@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,28 @@ from tokenizers import Tokenizer as _Backend
 
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_path, atomic_write_text
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (what ``errors="surrogateescape"`` decoding or a JSON
+    ``"\\ud800"`` leaves) replaced by U+FFFD, one character for one, so character offsets stay valid.
+    The ``tokenizers`` library refuses such strings; any other non-string is one clear error."""
+    if not isinstance(text, str):
+        raise RopelabError(f"text to encode must be a string, got {type(text).__name__}")
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _special_ids(path: Path) -> tuple[int | None, int | None]:
+    try:
+        data = json.loads(path.read_text())
+        ids = tuple(data.get(key) for key in ("bos_id", "eos_id"))
+    except (OSError, ValueError, AttributeError) as error:
+        raise RopelabError(f'{path}: unreadable ({error}); expected {{"bos_id": int, "eos_id": int}}') from None
+    if any(i is not None and (not isinstance(i, int) or isinstance(i, bool) or i < 0) for i in ids):
+        raise RopelabError(f"{path}: bos_id and eos_id must be non-negative integers or null, got {ids}")
+    return ids
 
 
 @dataclass(frozen=True)
@@ -45,8 +68,7 @@ class Tokenizer:
             raise RopelabError(f"{path}: not a valid tokenizer.json ({error})") from None
         special = path.with_name("special_tokens.json")
         if special.is_file() and bos_id is None and eos_id is None:
-            data = json.loads(special.read_text())
-            bos_id, eos_id = data.get("bos_id"), data.get("eos_id")
+            bos_id, eos_id = _special_ids(special)
         return cls(backend, bos_id, eos_id, name=str(path))
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -61,11 +83,11 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        ids = self.backend.encode(without_surrogates(text), add_special_tokens=False).ids
         return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
 
     def encode_with_offsets(self, text: str) -> Encoding:
-        encoding = self.backend.encode(text, add_special_tokens=False)
+        encoding = self.backend.encode(without_surrogates(text), add_special_tokens=False)
         return Encoding(ids=list(encoding.ids), offsets=[tuple(o) for o in encoding.offsets])
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:

@@ -110,6 +110,7 @@ class LongContext(Task):
     metric = "loss_beyond"
     higher_is_better = False
     min_length = 256
+    report_kind = "context"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
@@ -180,7 +181,7 @@ class LongContext(Task):
 def _answer(model, cache, question: list[int], answer: list[int]) -> tuple[list[int], list[float]]:
     """Argmax and loss at each answer token after ``question`` over the cached prefix."""
     logits = model(torch.tensor([question + answer[:-1]]), cache=cache)[0, len(question) - 1 :].float()
-    losses = torch.nn.functional.cross_entropy(logits, torch.tensor(answer), reduction="none")
+    losses = torch.nn.functional.cross_entropy(logits, torch.tensor(answer, device=logits.device), reduction="none")
     return logits.argmax(-1).tolist(), losses.tolist()
 
 

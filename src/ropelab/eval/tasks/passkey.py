@@ -65,6 +65,8 @@ class Passkey(Task):
     metric = "exact_match"
     recorded = ("depth",)
     min_length = 96
+    grid_key = "depth"
+    grid_title = "passkey retrieval"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)

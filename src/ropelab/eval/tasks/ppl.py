@@ -60,6 +60,7 @@ class Perplexity(Task):
     metric = "loss"
     higher_is_better = False
     min_length = TAIL + 1
+    report_note = "the HoPE paper's protocol: loss of the last 256 tokens of each input"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)

@@ -1,0 +1,54 @@
+"""``ropelab export``: a checkpoint as a plain Hugging Face ``transformers`` directory.
+
+    ropelab export runs/hope/checkpoints/step-000500 --format hf --out exported/
+    ropelab export smollm2-135m --method yarn:factor=2 --out smollm2-yarn/
+
+The work is :func:`ropelab.integrations.hf_export.export_hf`; torch and transformers are imported
+inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = (
+    "Write a model as a transformers directory (config.json, model.safetensors, tokenizer files) that "
+    "transformers.AutoModelForCausalLM.from_pretrained loads without ropelab. Only methods a transformers "
+    "config can express are exported: rope, pi, ntk, dynamic-ntk, yarn (and ntk followed by one of the others); "
+    "any other method is refused. The directory appears whole or not at all."
+)
+
+
+def export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="a ropelab checkpoint directory (ropelab train output), a registry model name, a .gguf file "
+        "or a Hugging Face model directory",
+    )
+    p.add_argument("--format", choices=("hf",), default="hf", help="output format (default: hf)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist, or be empty)")
+    p.add_argument(
+        "--method",
+        default=None,
+        metavar="SPEC",
+        help="position method to export, e.g. yarn:factor=2 (default: the checkpoint's own)",
+    )
+    p.add_argument(
+        "--train-len",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training length the method reads (default: the checkpoint's)",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ropelab.integrations.hf_export import export_hf
+
+    result = export_hf(args.checkpoint, args.out, method=args.method, train_len=args.train_len)
+    rope = ", ".join(f"{k}={v}" for k, v in result.rope_parameters.items())
+    print(f"wrote {result.directory} ({result.architecture}, method {result.method}; rope: {rope})")
+    print(f"files: {', '.join(result.files)}")
+    print(f"load with: transformers.AutoModelForCausalLM.from_pretrained({str(result.directory)!r})")
+    return 0

@@ -1,0 +1,199 @@
+"""Which ropelab methods a ``transformers`` config can express on its own, and how.
+
+transformers' Llama / Mistral / Qwen2 compute RoPE from the config: ``rope_parameters`` (5.x,
+``rope_theta`` inside) or ``rope_theta`` + ``rope_scaling`` (4.x). Some ropelab methods have an
+exact twin there, so a directory saved with them runs correctly in plain ``transformers``:
+
+    ropelab spec              transformers rope parameters
+    rope[:base=B]             {"rope_type": "default", "rope_theta": B}
+    ntk:factor=F              {"rope_type": "default", "rope_theta": base * F^(d/(d-2))}   (a base change)
+    pi:factor=F               {"rope_type": "linear", "factor": F}
+    dynamic-ntk:factor=F      {"rope_type": "dynamic", "factor": F}
+    yarn:factor=F,...         {"rope_type": "yarn", "factor": F, "original_max_position_embeddings": L,
+                               "beta_fast", "beta_slow", "truncate"[, "attention_factor", "mscale",
+                               "mscale_all_dim"]}
+    ntk:...+<pi|dynamic-ntk|yarn>   the base change, then that type
+
+``rope``, ``pi`` and ``yarn`` give bit-identical logits in transformers and in ropelab (measured
+on tiny models and SmolLM2-135M). ``ntk`` and ``dynamic-ntk`` agree to float32 rounding: ropelab
+rescales the angles by ``(base/base')^(2j/d)`` in float64, transformers recomputes
+``base'^(-2j/d)`` in float32, and the two differ by at most ~1.3 ulp per angle (logits: <= 5e-6
+on the tiny test models, 2e-4 on SmolLM2's, std 8, at 256 tokens).
+
+A candidate is never claimed on its spelling alone. :func:`native_rope` builds transformers' own
+rotary module from a copy of the config holding the candidate and requires its inverse
+frequencies and attention scaling to equal ropelab's frequency plan (relative difference
+<= 1e-6, i.e. float32 rounding) at the training length ``L`` -- and, for ``dynamic``, at ``2L + 1``
+and ``4L`` as well. Where they differ the method is reported as not expressible. Known cases:
+
+* ``dynamic-ntk`` when ``max_position_embeddings`` differs from ropelab's ``L`` (e.g. a config that
+  declares ``original_max_position_embeddings``): transformers' ``dynamic`` rescales by
+  ``max_position_embeddings``, ropelab by ``L``.
+* ``dynamic``'s numbers agree for one forward pass over an unpadded batch. transformers keeps the
+  grown angles in the module between calls (a later, shorter input above ``L`` reuses them) and
+  takes ``n`` from the batch maximum, where ropelab recomputes per call and per row; the config
+  cannot say more, so this difference stays (documented in :mod:`ropelab.integrations.hf`).
+
+Everything else has no twin, and transformers alone would silently run plain RoPE on the weights:
+``hope`` and its ablations (position-independent frequencies), ``nope`` (no rotation at all),
+the windowed methods ``rerope`` / ``self-extend`` / ``hirope`` (two score sets merged by distance:
+an attention function, not a rope type), and transform chains other than the ones above
+(``pi+yarn``, a transform after ``yarn``, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ropelab.pe import PositionEncoding, RotaryEncoding, parse_spec
+
+#: relative tolerance on the inverse frequencies and the attention factor (float32 rounding)
+RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class NativeRope:
+    """The outcome of :func:`native_rope`: the config fields and rope type transformers needs to
+    compute what ropelab computes, or ``fields=None`` and the reason it cannot."""
+
+    fields: dict | None
+    rope_type: str | None
+    reason: str | None = None
+
+
+# -- the config's rope fields (transformers 5.x and 4.x layouts) -------------------------------
+
+
+def uses_rope_parameters(config) -> bool:
+    """transformers 5.x keeps the rope settings in ``config.rope_parameters``; 4.x in
+    ``config.rope_theta`` + ``config.rope_scaling``."""
+    return "rope_parameters" in config.to_dict()
+
+
+def rope_fields(config) -> dict:
+    """A copy of the config fields that define its RoPE."""
+    if uses_rope_parameters(config):
+        return {"rope_parameters": copy.deepcopy(config.rope_parameters)}
+    hf = config.to_dict()
+    return {"rope_theta": hf.get("rope_theta"), "rope_scaling": copy.deepcopy(hf.get("rope_scaling"))}
+
+
+def set_rope_fields(config, fields: dict) -> None:
+    """Write fields from :func:`rope_fields` (or :func:`native_rope`) into ``config``."""
+    for name, value in fields.items():
+        setattr(config, name, copy.deepcopy(value))
+
+
+def _fields_for(config, parameters: dict) -> dict:
+    """``parameters`` (a flat 5.x ``rope_parameters`` dict, ``rope_theta`` included) in the
+    layout of ``config``'s transformers version."""
+    if uses_rope_parameters(config):
+        return {"rope_parameters": dict(parameters)}
+    rest = {k: v for k, v in parameters.items() if k != "rope_theta"}
+    scaling = None if rest.get("rope_type") == "default" else {**rest, "type": rest["rope_type"]}
+    return {"rope_theta": parameters["rope_theta"], "rope_scaling": scaling}
+
+
+# -- candidates ---------------------------------------------------------------------------------
+
+_WHY_NOT = {
+    "hope": "HoPE makes its low frequencies position-independent (angle 0), which no transformers rope type can do",
+    "nope": "NoPE does not rotate queries and keys at all, and transformers' Llama always does",
+    "window": "{name} scores near and far pairs with different rotations and merges the two score sets by "
+    "distance; that is an attention function (ropelab's), not a rope type",
+}
+
+
+def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
+    """transformers rope parameters that may express ``encoding``, or ``(None, reason)``."""
+    parts = parse_spec(encoding.spec)
+    base, transforms = parts[0], parts[1:]
+    name = base.info.name
+    if encoding.window is not None:
+        return None, _WHY_NOT["window"].format(name=name)
+    if name.startswith("hope"):
+        return None, _WHY_NOT["hope"]
+    if name == "nope":
+        return None, _WHY_NOT["nope"]
+    if name != "rope" or not isinstance(encoding, RotaryEncoding):
+        return None, f"{name!r} is not a RoPE method transformers knows"
+    ctx = encoding.ctx
+    d = ctx.head_dim
+    theta = float(base.params.get("base") or ctx.rope_base)
+    scaled: dict | None = None
+    for part in transforms:
+        transform, params = part.info.name, part.params
+        if scaled is not None:
+            return None, (
+                f"{encoding.spec!r} applies {transform!r} after {scaled['rope_type']!r}; a transformers config holds "
+                "one rope type (optionally after ntk's base change)"
+            )
+        factor = float(params["factor"])
+        if transform == "ntk":
+            theta *= factor ** (d / (d - 2))
+        elif transform == "pi":
+            scaled = {"rope_type": "linear", "factor": factor}
+        elif transform == "dynamic-ntk":
+            scaled = {"rope_type": "dynamic", "factor": factor}
+        elif transform == "yarn":
+            scaled = {
+                "rope_type": "yarn",
+                "factor": factor,
+                "original_max_position_embeddings": ctx.train_len,
+                "beta_fast": float(params["beta_fast"]),
+                "beta_slow": float(params["beta_slow"]),
+                "truncate": bool(params["truncate"]),
+            }
+            for key in ("attention_factor", "mscale", "mscale_all_dim"):
+                if params.get(key) is not None:
+                    scaled[key] = float(params[key])
+        else:
+            return None, f"transform {transform!r} has no transformers rope type"
+    return {"rope_type": "default", **(scaled or {}), "rope_theta": theta}, None
+
+
+def _hf_plan(rotary_class: type[nn.Module], config, length: int) -> tuple[torch.Tensor, float]:
+    """transformers' inverse frequencies and attention scaling for an input of ``length`` tokens,
+    from a fresh rotary module (dynamic types update themselves in the forward pass)."""
+    module = rotary_class(config=config)  # a keyword: transformers 4.45-4.x take dim first
+    with torch.no_grad():
+        module(torch.zeros(1), torch.tensor([[length - 1]]))
+    return module.inv_freq.detach().to(torch.float32).cpu(), float(module.attention_scaling)
+
+
+def native_rope(config, base_fields: dict, encoding: PositionEncoding, rotary_class: type[nn.Module]) -> NativeRope:
+    """The rope fields with which ``transformers`` computes exactly ``encoding`` on ``config``'s
+    model (see the module docstring), checked against transformers' own ``rotary_class``.
+
+    ``base_fields``: the config's rope fields before any ropelab patch (the context the encoding
+    was built from); the result replaces them."""
+    parameters, reason = _candidate(encoding)
+    if parameters is None:
+        return NativeRope(None, None, reason)
+    rope_type = parameters["rope_type"]
+    fields = _fields_for(config, parameters)
+    trial = copy.deepcopy(config)
+    set_rope_fields(trial, {**base_fields, **fields})
+    train_len = encoding.ctx.train_len
+    lengths = (train_len, 2 * train_len + 1, 4 * train_len) if rope_type == "dynamic" else (train_len,)
+    for length in lengths:
+        try:
+            theirs, scaling = _hf_plan(rotary_class, trial, length)
+        except Exception as error:  # an older transformers layout, a rejected config, ...
+            return NativeRope(None, None, f"transformers' {rope_type!r} rope could not be built to check it ({error})")
+        plan = encoding.plan(length)
+        ours = plan.theta.to(torch.float32).cpu()
+        same = theirs.shape == ours.shape and bool(((theirs - ours).abs() <= RTOL * ours.abs()).all())
+        if not same or abs(scaling - plan.attention_factor) > RTOL * abs(plan.attention_factor):
+            why = (
+                "transformers' 'dynamic' rescales by max_position_embeddings="
+                f"{getattr(config, 'max_position_embeddings', None)}, ropelab by the training length {train_len}"
+                if rope_type == "dynamic"
+                else f"transformers' {rope_type!r} rope computes different angles for this config"
+            )
+            return NativeRope(None, None, f"{why} (checked at {length} tokens)")
+    return NativeRope(fields, rope_type)

