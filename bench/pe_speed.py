@@ -5,11 +5,16 @@ Every method gets its own model, built once from the same seed and fed the same 
 timed round-robin (each round starts one method later), so slow drift on a shared machine hits all
 of them alike; the median of the rounds is reported. A method whose step raises (e.g. one that
 cannot be trained) is reported with its error instead of a time, and the run goes on.
+
+After the timed rounds, one more untimed step per method and phase measures its peak memory: the
+highest resident set size during the step (Linux ``/proc/self/clear_refs``, which resets the
+process's high-water mark) and its growth over the resident size before the step.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from tqdm import tqdm
 import ropelab
 from bench.common import at_least, items, load_average, machine_info, write_json
 from ropelab.core.errors import RopelabError
+from ropelab.model.bias_attention import chunk_length
 from ropelab.pe import methods, parse_spec
 
 NAME = "pe-speed"
@@ -63,6 +69,7 @@ class Case:
     samples: dict[str, list[float]] = field(default_factory=lambda: {phase: [] for phase in PHASES})
     errors: dict[str, str] = field(default_factory=dict)
     skipped: str | None = None  # why the method was not run at this size (memory), if it was not
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> peak/growth of the RSS, MB
 
     def attempt(self, phase: str, tokens: torch.Tensor) -> float | None:
         """Run one step of ``phase``; its wall time, or ``None`` once the phase has failed."""
@@ -75,6 +82,30 @@ class Case:
             self.errors[phase] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
             return None
         return time.perf_counter() - start
+
+    def measure_memory(self, phase: str, tokens: torch.Tensor) -> None:
+        """One untimed step of ``phase``: the peak resident set size during it and its growth over the
+        resident size before it (MB); nothing where the high-water mark cannot be reset (not Linux)."""
+        if phase in self.errors or self.skipped:
+            return
+        gc.collect()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+            before = _status_mb("VmRSS")
+        except OSError:
+            return
+        self.attempt(phase, tokens)
+        peak = _status_mb("VmHWM")
+        if before is not None and peak is not None and phase not in self.errors:
+            self.memory[phase] = {"peak_mb": peak, "growth_mb": peak - before}
+
+
+def _status_mb(key: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-bias-gb",
         type=float,
         default=3.0,
-        help="skip methods whose T x T additive bias would exceed this many GB (default: 3)",
+        help="skip bias methods whose largest bias tensor (one query chunk's) would exceed this many GB (default: 3)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/pe_speed.json"), help="JSON results path")
 
@@ -103,8 +134,10 @@ def family_of(spec: str) -> str:
 
 
 def bias_gb(model: ropelab.Transformer, batch: int, seq_len: int) -> float:
-    """Memory of one float32 ``[batch, heads, T, T]`` additive bias (bias methods materialise it)."""
-    return batch * model.config.n_heads * seq_len**2 * 4 / 2**30
+    """Memory of the largest float32 bias a bias method holds at once: one query chunk's
+    ``[batch, heads, chunk, T]`` (``ropelab.model.bias_attention``; it never builds ``T x T``)."""
+    rows = batch * model.config.n_heads
+    return rows * chunk_length(rows, seq_len, seq_len) * seq_len * 4 / 2**30
 
 
 def measure(
@@ -146,6 +179,10 @@ def measure(
                     if seconds is not None:
                         case.samples[phase].append(seconds)
                 bar.update()
+        for case in cases:
+            bar.set_postfix_str(f"memory {case.spec}")
+            for phase in case.samples:
+                case.measure_memory(phase, tokens)
     return cases
 
 
@@ -184,6 +221,9 @@ def summarise(cases: list[Case]) -> list[dict]:
             row["status"] = "PASS" if ratio <= target else "MISS"
         else:
             row["status"] = None
+        for phase in case.samples:
+            row[f"{phase}_peak_mb"] = case.memory.get(phase, {}).get("peak_mb")
+            row[f"{phase}_growth_mb"] = case.memory.get(phase, {}).get("growth_mb")
         row["errors"] = case.errors
         row["skipped"] = case.skipped
         row["iqr_ratio"] = max((_iqr_ratio(samples) for samples in case.samples.values() if samples), default=None)
@@ -194,12 +234,15 @@ def summarise(cases: list[Case]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The readable table: method, family, fwd+bwd ms and ratio, fwd ms and ratio, target verdict."""
+    """The readable table: method, family, fwd+bwd ms, ratio and peak memory, the same for fwd, target verdict."""
 
     def number(value: float | None, width: int, digits: int) -> str:
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
-    header = f"{'method':<14} {'family':<9} {'fwd+bwd ms':>10} {'ratio':>6} {'fwd ms':>8} {'ratio':>6}  target"
+    header = (
+        f"{'method':<14} {'family':<9} {'fwd+bwd ms':>10} {'ratio':>6} {'peak MB':>8} "
+        f"{'fwd ms':>8} {'ratio':>6} {'peak MB':>8}  target"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         verdict = r["status"] or "-"
@@ -211,7 +254,8 @@ def format_table(rows: list[dict]) -> str:
             verdict += f": {r['skipped']}"
         lines.append(
             f"{r['method']:<14} {r['family']:<9} {number(r.get('fwd_bwd_ms'), 10, 1)} {number(r.get('fwd_bwd_ratio'), 6, 2)} "
-            f"{number(r.get('fwd_ms'), 8, 1)} {number(r.get('fwd_ratio'), 6, 2)}  {verdict}"
+            f"{number(r.get('fwd_bwd_peak_mb'), 8, 0)} {number(r.get('fwd_ms'), 8, 1)} {number(r.get('fwd_ratio'), 6, 2)} "
+            f"{number(r.get('fwd_peak_mb'), 8, 0)}  {verdict}"
         )
     return "\n".join(lines)
 

@@ -357,3 +357,18 @@ def test_compare_scores_ppl_on_the_haystack_when_passkey_runs(tmp_path, tokenize
     assert config["ppl_document"] == document
     if "passkey" in tasks:
         assert config["task_lengths"]["passkey"] == [3 * 128]  # compare's default: passkey at the longest length
+
+
+def test_grid_heatmap_bins_many_depths():
+    """200 passkey samples have 200 depths: the heatmap pools them into a few bins, each cell
+    holding its samples (a row per sample was unreadable)."""
+    from ropelab.reporting.eval import GRID_BINS, _grid_bins
+
+    depths = [i / 199 for i in range(200)]
+    rows, row_of = _grid_bins(depths)
+    assert len(rows) == GRID_BINS and rows[0] == pytest.approx(0.1) and rows[-1] == pytest.approx(0.9)
+    counts = {row: sum(row_of(d) == row for d in depths) for row in rows}
+    assert sum(counts.values()) == 200 and all(c == 40 for c in counts.values())
+    assert row_of(1.0) == rows[-1] and row_of(0.0) == rows[0]
+    few = [0.0, 0.5, 1.0]
+    assert _grid_bins(few)[0] == few and _grid_bins(few)[1](0.5) == 0.5

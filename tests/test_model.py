@@ -219,3 +219,19 @@ def test_casting_the_model_to_bf16_keeps_float32_angles():
     assert model(torch.randint(0, 61, (1, 20))).dtype == torch.bfloat16
     model.float()
     assert torch.equal(model.pe.inv_freq, angles)
+
+
+@pytest.mark.parametrize("spec", ["kerple-log", "fire", "learned"])
+def test_switching_to_the_own_method_keeps_trained_parameters(spec):
+    """Evaluation switches methods per unit; switching to the method the model already runs must
+    not re-initialise a trained KERPLE / FIRE / learned table (it once did: trained checkpoints were
+    scored with random position parameters)."""
+    model = Transformer(ModelConfig.from_name("tiny", pe=spec))
+    with torch.no_grad():
+        for parameter in model.pe.parameters():
+            parameter.add_(0.5)
+    trained = [p.detach().clone() for p in model.pe.parameters()]
+    model.with_method(spec)
+    assert all(torch.equal(a, b) for a, b in zip(trained, model.pe.parameters(), strict=True))
+    model.with_method("rope").with_method(spec)  # another method and back: fresh parameters
+    assert not all(torch.equal(a, b) for a, b in zip(trained, model.pe.parameters(), strict=True))

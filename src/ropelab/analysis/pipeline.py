@@ -42,7 +42,7 @@ from ropelab.pretrained.registry import load_model
 ANALYSES = ("pattern", "vaf", "ood", "hierarchy")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AnalyzeConfig:
     """Everything ``ropelab analyze`` was asked; stored in ``analysis.json``."""
 

@@ -3,10 +3,15 @@
 ropelab compare                                  (the main job: SmolLM2, long-context use, 2 documents)
 ropelab eval MODEL --methods SPEC,... --tasks ppl,passkey,... --lengths 0.5x,1x,12k [--device cuda] [--dtype bfloat16]
 ropelab report RUN_DIR [RUN_B]
+torchrun --nproc_per_node N -m ropelab eval ...    (the same run shared out over N processes)
 
 ``--device`` / ``--dtype`` (also on ``generate`` and ``analyze``, :func:`device_options`) are
 checked before the model loads: a device that is not there, an unknown dtype or one the device
 cannot run is one ``error:`` line (exit 2).
+
+Under ``torchrun`` (``eval`` and ``compare``) every process loads the model and measures its share
+of the run's units (:class:`ropelab.eval.runner.Shard`; on CUDA process ``r`` of a machine uses GPU
+``r``); rank 0 merges the records into ``results.jsonl`` and writes the report.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ import argparse
 
 from ropelab.core.args import positive_int, split_list
 from ropelab.core.errors import RopelabError
+
+#: how long a process of a sharded run may wait at a barrier for the slowest one (its share may
+#: take much longer than torch's default 30 minutes); a process that fails ends the run anyway
+#: (torchrun stops the others)
+BARRIER_TIMEOUT_S = 7 * 24 * 3600
 
 #: the HiRoPE paper's comparison on one model: plain RoPE, its strongest training-free baseline and
 #: HiRoPE (each costs one 12K pass per document; add yarn:factor=2, ntk:factor=2, rerope with --methods)
@@ -49,32 +59,54 @@ def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
 
 
 def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_at_longest: bool = False) -> int:
+    from ropelab.eval import get_task
+    from ropelab.model.device import resolve_placement
+    from ropelab.pe import split_specs
+    from ropelab.train import distributed
+
+    methods = split_specs(args.methods)  # a malformed list fails before the model loads
+    for name in split_list(args.tasks):
+        get_task(name)  # unknown task names fail before the model loads
+    resolve_placement(args.device, args.dtype)  # so do a missing device and a bad dtype
+    info = distributed.setup("cpu", backend="gloo", timeout_s=BARRIER_TIMEOUT_S)  # under torchrun: the group
+    try:
+        return _run_eval_process(args, methods, task_lengths, passkey_at_longest, info)
+    finally:
+        distributed.teardown(info)
+
+
+def _run_eval_process(args, methods: list[str], task_lengths, passkey_at_longest: bool, info) -> int:
+    """One process's part of ``_run_eval`` (the only one, or one of torchrun's)."""
     import time
 
     import torch
 
     from ropelab.core.lengths import parse_length
-    from ropelab.eval import get_task
-    from ropelab.eval.runner import evaluate
+    from ropelab.eval.runner import Shard, evaluate
     from ropelab.model.device import resolve_placement
-    from ropelab.pe import split_specs
     from ropelab.pretrained.registry import load_model
     from ropelab.reporting.eval import write_report
+    from ropelab.train import distributed
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or distributed.default_threads(info)
+    if threads:
+        torch.set_num_threads(threads)
     model_name = args.model
-    methods = split_specs(args.methods)  # a malformed list fails before the model loads
-    for name in split_list(args.tasks):
-        get_task(name)  # unknown task names fail before the model loads
-    device, dtype = resolve_placement(args.device, args.dtype)  # so do a missing device and a bad dtype
-    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
+    device, dtype = resolve_placement(args.device, args.dtype)
+    if info.enabled and device.type == "cuda" and args.device in ("cuda", "auto"):  # one GPU per process
+        device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    if info.local_rank == 0:  # a first load converts and caches the weights: once per machine
+        model, tokenizer = load_model(model_name, device=device, dtype=dtype)
+        info.barrier()
+    else:
+        info.barrier()
+        model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     if tokenizer is None:
         raise RopelabError(f"{model_name}: has no tokenizer.json; evaluation needs one")
     if passkey_at_longest:  # the longest of --lengths (so ppl on its haystack reaches every ppl length)
         longest = max(split_list(args.lengths), key=lambda x: parse_length(x, model.config.train_len))
         task_lengths = [f"passkey={longest}"]
-    out = args.out or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = info.broadcast(args.out or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")  # rank 0's
     run = evaluate(
         model,
         tokenizer,
@@ -88,7 +120,10 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_
         include_window=not args.no_window,
         task_lengths=_task_lengths(task_lengths),
         ppl_document=args.ppl_document,
+        shard=Shard(info.rank, info.world_size, info.barrier),
     )
+    if not info.main:
+        return 0
     report = write_report(run)
     print(report.read_text())
     print(f"report: {report} (plots and results.jsonl beside it)")

@@ -3,7 +3,8 @@
 ropelab methods [--format json]
 ropelab describe SPEC --head-dim D --train-len L [--base B] [--length N] [--format json]
 ropelab models [--format json]
-ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T] [--device D] [--dtype T]
+ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T] [--max-prompt-tokens N]
+                 [--device D] [--dtype T]
 ropelab task-sample TASK --model MODEL --length LEN [--seed S] [--n N] [--format json]
 ropelab positions FILE [--language L] [--tokenizer MODEL] [--granularity function|class] [--levels 2|3]
 """
@@ -59,11 +60,35 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``ropelab describe``'s bounds: head_dim and train length as for any model config
+#: (:data:`ropelab.model.config.LIMITS`), and the input length
+DESCRIBE_MAX_LENGTH = 1 << 30
+
+
+def _check_describe(head_dim: int, train_len: int, base: float, length: int | None) -> None:
+    from ropelab.model.config import LIMITS
+
+    bounds = {"head_dim": (head_dim, LIMITS["head_dim"]), "train_len": (train_len, LIMITS["train_len"])}
+    bounds["length"] = (length, DESCRIBE_MAX_LENGTH)
+    for name, (value, high) in bounds.items():
+        if value is None and name == "length":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise RopelabError(f"{name} must be an integer from 1 to {high}, got {value!r}")
+    if isinstance(base, bool) or not isinstance(base, int | float) or not math.isfinite(base) or not base > 1:
+        raise RopelabError(f"the rotary base must be a finite number > 1, got {base!r}")
+
+
 def describe(spec: str, head_dim: int, train_len: int, base: float, length: int | None) -> dict:
-    """The per-frequency table of a method: angle, period and role of each frequency index."""
+    """The per-frequency table of a method: angle, period and role of each frequency index.
+
+    ``head_dim`` (at most 4096), ``train_len`` (at most 2**24), ``length`` (at most 2**30) and
+    ``base`` (finite, > 1) are checked first: one :class:`RopelabError`, never a table of a
+    hundred million rows."""
     from ropelab import pe
     from ropelab.pe.base import PEContext
 
+    _check_describe(head_dim, train_len, base, length)
     ctx = PEContext(head_dim=head_dim, n_heads=1, train_len=train_len, rope_base=base, dim=head_dim)
     encoding = pe.build(spec, ctx)
     result = {
@@ -159,25 +184,44 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``ropelab generate`` reads at most this many bytes of prompt per allowed token before tokenizing
+#: (no real text needs more), so a huge prompt is refused at once
+PROMPT_BYTES_PER_TOKEN = 64
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream a continuation. Checked before the model loads: the sampling settings
+    (:func:`ropelab.model.generate.check_sampling`); after: the prompt's length, at most
+    ``--max-prompt-tokens`` tokens (default: :data:`ropelab.model.generate.PROMPT_LIMIT_FACTOR`
+    times the model's training length) and at most :data:`PROMPT_BYTES_PER_TOKEN` bytes a token."""
     import torch
 
     from ropelab.model.device import resolve_placement
-    from ropelab.model.generate import stream
+    from ropelab.model.generate import check_prompt_length, check_sampling, default_prompt_limit, stream
     from ropelab.pretrained.registry import load_model
+    from ropelab.pretrained.tokenizer import without_surrogates
 
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = resolve_placement(args.device, args.dtype)  # before the model loads
     model, tokenizer = load_model(args.model, method=args.method, device=device, dtype=dtype)
     if tokenizer is None:
         raise RopelabError(f"{args.model}: has no tokenizer.json, so text cannot be encoded")
+    limit = args.max_prompt_tokens or default_prompt_limit(model.config.train_len)
+    max_bytes = limit * PROMPT_BYTES_PER_TOKEN
     prompt = args.prompt
     if args.prompt_file:
-        prompt = _read_text(args.prompt_file)
+        prompt = _read_text(args.prompt_file, max_bytes)
+    prompt = without_surrogates(prompt)  # a lone surrogate from the command line neither encodes nor prints
+    if len(prompt) > max_bytes or len(prompt.encode("utf-8")) > max_bytes:
+        raise RopelabError(
+            f"the prompt is more than {max_bytes} bytes, too long for the limit of {limit} tokens (--max-prompt-tokens)"
+        )
     ids = tokenizer.encode(prompt)
     if not ids:
         raise RopelabError("the prompt is empty")
+    check_prompt_length(len(ids), limit)
     print(prompt, end="", flush=True)
     generated: list[int] = []
     shown = ""
@@ -243,11 +287,16 @@ def cmd_positions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, max_bytes: int | None = None) -> str:
+    """The text of ``path`` (undecodable bytes replaced, with a warning); more than ``max_bytes``
+    bytes is one :class:`RopelabError`, found without reading the rest of the file."""
     try:
-        data = open(path, "rb").read()
+        with open(path, "rb") as handle:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
     except OSError as error:
-        raise RopelabError(f"{path}: cannot be read ({error.strerror})") from None
+        raise RopelabError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise RopelabError(f"{path}: more than {max_bytes} bytes, too long a prompt (see --max-prompt-tokens)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -300,6 +349,13 @@ def describe_options(p: argparse.ArgumentParser) -> None:
 models_options = methods_options
 
 
+def _threads(text: str) -> int:
+    value = positive_int(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"expected at most 1024 threads, got {text!r}")
+    return value
+
+
 def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registry name (e.g. smollm2-135m), .gguf file, HF model dir or ropelab checkpoint")
     source = p.add_mutually_exclusive_group(required=True)
@@ -309,9 +365,15 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=positive_int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: a number in (0, 1]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=None,
+        help="refuse a longer prompt (default: 4 x the model's training length)",
+    )
+    p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (1 to 1024)")
     device_options(p)
 
 

@@ -3,6 +3,7 @@
     ropelab train --pe hope --model-config tiny --train-len 256 --steps 500 --out runs/hope [--data PATHS]
     ropelab train --pe rope --minutes 10 --out runs/rope            # steps calibrated to the budget
     torchrun --nproc_per_node 2 -m ropelab train ...             # the same, data parallel
+    torchrun --nproc_per_node 2 -m ropelab train --parallel fsdp ...  # the same, sharded (FSDP2)
     ropelab experiment hope --budget-minutes 60 --out runs/hope-exp  # the paper's comparison
 
 Running the same command again with the same --out resumes an interrupted run.
@@ -51,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep=args.keep,
         device=args.device,
         threads=args.threads,
+        parallel=args.parallel,
     )
     result = train(config, args.out, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -153,7 +155,7 @@ def synthetic_options(p: argparse.ArgumentParser, share: float, repeat: float) -
 
 
 def train_options(p: argparse.ArgumentParser) -> None:
-    from ropelab.train.config import DEVICES, SCHEDULES, TrainConfig
+    from ropelab.train.config import DEVICES, PARALLEL, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     p.add_argument("--pe", default=d.pe, help="position encoding spec (default: rope), e.g. hope, alibi, fire")
@@ -197,6 +199,13 @@ def train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=int, default=d.keep, help="keep the newest N checkpoints (default 0: all)")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda when available")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--parallel",
+        choices=PARALLEL,
+        default=d.parallel,
+        help="under torchrun: ddp (default; every process holds the model) or fsdp (FSDP2: parameters, gradients "
+        "and optimizer state sharded over the processes; checkpoints are the same files)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

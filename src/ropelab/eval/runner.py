@@ -19,6 +19,20 @@ dtype=)``): token ids and targets are made on the model's device, losses and log
 come from float32 logits, and only Python numbers reach ``results.jsonl``. The dtype is part of
 the run's configuration (``config.json``; runs written before it was recorded were float32), so a
 bf16 run never resumes into a float32 one; the device is not (resuming a CPU run on a GPU is fine).
+
+Several processes (``torchrun --nproc_per_node N -m ropelab eval ...``; :class:`Shard`) share a
+run out: the units of work come in *groups* -- the units of one method and one sample index, in
+their run order -- because a group's units share forward passes (a shorter ppl length is read
+from the longest one's pass, ppl on the haystack from the passkey's); process ``r`` measures the
+groups ``g`` with ``g % N == r`` (numbered in run order over what is left to do) and appends their
+records to its own ``results.rank-<r>.jsonl``. The ``window`` reference's groups run after every
+other group is done (a barrier), since a record of the window that cuts nothing is a copy of the
+own method's. Rank 0 then merges every record into ``results.jsonl`` in the order one process
+writes them and removes the part files. Every group starts with no pass remembered, alone or
+sharded, so a run gives the same records with 1 or N processes (timing aside; tested). An
+interrupted run resumes with any number of processes: what ``results.jsonl`` and any part files
+hold is done; a group cut short runs again from its first unit, the units measured already
+without being written again, so its later units read what they would have read uninterrupted.
 """
 
 from __future__ import annotations
@@ -28,8 +42,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +61,32 @@ from ropelab.pe import canonical_spec
 from ropelab.pe.sliding import SlidingWindow
 
 WINDOW = "window"
+RESULTS = "results.jsonl"
+#: a process's records while a sharded run is going on, merged into ``results.jsonl`` at its end
+PART = "results.rank-{rank}.jsonl"
+
+
+def _no_barrier() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a run: rank ``rank`` of ``world_size`` processes, which
+    ``barrier()`` waits for (``torch.distributed.barrier`` under torchrun). The default is one
+    process doing everything."""
+
+    rank: int = 0
+    world_size: int = 1
+    barrier: Callable[[], None] = field(default=_no_barrier, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise RopelabError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
 
 
 @dataclass(kw_only=True)
@@ -98,6 +138,11 @@ class Evaluator:
         self.train_len = model.config.train_len
         self._last: tuple[list[int], torch.Tensor] | None = None  # (input ids, hidden [T, D]) of the last pass
         self._last_losses: torch.Tensor | None = None  # its next-token losses [T - 1], once asked for
+
+    def forget(self) -> None:
+        """Drop the remembered pass (a new group of units: what it measures must not depend on
+        which units ran before it on this process)."""
+        self._last, self._last_losses = None, None
 
     def prefill(self, ids: list[int], positions: torch.Tensor | None, cache) -> torch.Tensor:
         """Final hidden states ``[len(ids), D]`` of one pass (``cache``, if given, extended in place).
@@ -278,12 +323,15 @@ def evaluate(
     progress: bool = True,
     task_lengths: dict[str, list[str]] | None = None,
     ppl_document: str = "code",
+    shard: Shard | None = None,
 ) -> Path:
     """Run every task x method x length x sample into ``out``; returns the run directory.
 
     ``lengths`` apply to every task unless ``task_lengths`` names other lengths for a task.
     ``ppl_document="haystack"`` scores ppl on the passkey haystacks (see :mod:`ropelab.eval.tasks.ppl`):
-    one forward pass per method and sample then serves both tasks.
+    one forward pass per method and sample then serves both tasks. ``shard``: this process's share
+    when several processes run it (every one calls this with the same arguments; see the module's
+    docstring); ``results.jsonl`` is whole when it returns, on every process.
     """
     config, task_objects = _run_config(
         model_name,
@@ -300,13 +348,108 @@ def evaluate(
     )
     plan = _plan(config, task_objects, tokenizer)  # every sample is built before anything is written
     out = Path(out)
-    _open_run(out, config)
-    results_path = out / "results.jsonl"
-    done = _done_keys(results_path)
-    own = _OwnRecords(results_path, canonical_spec(model.pe.spec))
-    todo = [(m, t, s) for m, t, s in plan.units if (t.name, m, s.length, s.index) not in done]
-    _run_units(model, tokenizer, plan, todo, results_path, own, progress)
+    shard = shard or Shard()
+    _open_run(out, config, write=shard.rank == 0)
+    shard.barrier()  # config.json is there
+    results_path = out / RESULTS
+    parts = _part_files(out)  # an earlier sharded run's records (any number of processes)
+    done = _done_keys(results_path).union(*(_done_keys(part) for part in parts))
+    own = _OwnRecords(results_path, canonical_spec(model.pe.spec), parts)
+    todo = _todo(plan.units, done)
+    shard.barrier()  # every process has read what is done before any of them writes
+    if not shard.enabled:
+        left = sum(_key(unit) not in done for unit in todo)
+        bar = _bar(progress, len(plan.units), len(plan.units) - left)
+        _run_units(model, tokenizer, plan, todo, results_path, own, bar, done)
+    else:
+        _run_shard(model, tokenizer, plan, todo, out, own, shard, progress, done)
+        parts = _part_files(out)
+    if shard.rank == 0 and parts:
+        _merge(out, plan, parts)
+    shard.barrier()  # results.jsonl is whole
     return out
+
+
+def _key(unit: _Unit) -> tuple[str, str, int, int]:
+    """A unit's record key: (task, method, length, sample index)."""
+    method, task, sample = unit
+    return (task.name, method, sample.length, sample.index)
+
+
+def _group(unit: _Unit) -> tuple[str, int]:
+    """The units of one method and one sample index share forward passes: they run together, in order."""
+    method, _, sample = unit
+    return (method, sample.index)
+
+
+def _todo(units: list[_Unit], done: set[tuple]) -> list[_Unit]:
+    """The units to run, in order: of every group with a unit left to measure, its units up to the
+    last one left (those before it measured already run again, unwritten, for the passes they leave)."""
+    last = {_group(unit): i for i, unit in enumerate(units) if _key(unit) not in done}
+    return [unit for i, unit in enumerate(units) if i <= last.get(_group(unit), -1)]
+
+
+def _part_files(out: Path) -> list[Path]:
+    """Every process's part file of a sharded run, by rank."""
+    prefix, _, suffix = PART.partition("{rank}")
+    ranks = []
+    for path in out.glob(PART.format(rank="*")):
+        rank = path.name[len(prefix) : len(path.name) - len(suffix)]
+        if rank.isdigit():
+            ranks.append((int(rank), path))
+    return [path for _, path in sorted(ranks)]
+
+
+def _run_shard(
+    model,
+    tokenizer,
+    plan: _Plan,
+    todo: list[_Unit],
+    out: Path,
+    own: _OwnRecords,
+    shard: Shard,
+    progress: bool,
+    done: set[tuple],
+) -> None:
+    """This process's groups of ``todo`` (every ``world_size``-th, in run order) into its part file:
+    first those of the methods, then -- once every process is done with those -- the ``window``
+    reference's, which copy the own method's records where the window cuts nothing."""
+    groups: dict[tuple[str, int], int] = {}
+    for unit in todo:
+        groups.setdefault(_group(unit), len(groups))
+    mine = [unit for unit in todo if groups[_group(unit)] % shard.world_size == shard.rank]
+    path = out / PART.format(rank=shard.rank)
+    left = sum(_key(unit) not in done for unit in mine)
+    bar = _bar(progress and shard.rank == 0, left, 0, desc=f"evaluating (rank 0 of {shard.world_size})")
+    try:
+        _run_units(model, tokenizer, plan, [u for u in mine if u[0] != WINDOW], path, own, bar, done, close=False)
+        shard.barrier()  # every method's records are written
+        window = [u for u in mine if u[0] == WINDOW]
+        if window:
+            others = [part for part in _part_files(out) if part != path]
+            for record in (r for part in others for r in read_results(part)):
+                own.add(record)
+        shard.barrier()  # ... and read before any window record is appended
+        _run_units(model, tokenizer, plan, window, path, own, bar, done, close=False)
+        shard.barrier()  # every record is written
+    finally:
+        bar.close()
+
+
+def _merge(out: Path, plan: _Plan, parts: list[Path]) -> None:
+    """``results.jsonl`` and the part files as one ``results.jsonl`` in the run's order (each record
+    once), written atomically; then the part files are removed."""
+    order = {_key(unit): i for i, unit in enumerate(plan.units)}
+    records: dict[tuple, dict] = {}
+    for path in [out / RESULTS, *parts]:
+        if path.exists():
+            for record in read_results(path):
+                key = (record["task"], record["method"], record["length"], record["index"])
+                records.setdefault(key, record)
+    ranked = sorted(records.items(), key=lambda item: order.get(item[0], len(order)))
+    atomic_write_text(out / RESULTS, "".join(json.dumps(record) + "\n" for _, record in ranked))
+    for path in parts:
+        path.unlink(missing_ok=True)
 
 
 # -- planning: the configuration, the samples and the units of work -----------------------------------------------
@@ -457,12 +600,15 @@ def _units(
 # -- the run directory: its configuration, and what an earlier (interrupted) run already measured -----------------
 
 
-def _open_run(out: Path, config: RunConfig) -> None:
-    """Create ``out`` and write ``config.json`` there, or check that the run already there is this one."""
+def _open_run(out: Path, config: RunConfig, write: bool = True) -> None:
+    """Create ``out`` and write ``config.json`` there, or check that the run already there is this one.
+
+    ``write=False`` (the other processes of a sharded run) only checks a ``config.json`` already there."""
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     if not config_path.exists():
-        atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
+        if write:
+            atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
         return
     # runs older than an option had its default
     previous = {"ppl_document": "code", "dtype": "float32", **json.loads(config_path.read_text())}
@@ -476,39 +622,130 @@ def _open_run(out: Path, config: RunConfig) -> None:
 
 
 def _drop_partial_line(path: Path) -> None:
-    """An interrupted run can leave half a record at the end: cut it, so appends start clean."""
-    if not path.exists():
+    """An interrupted run can leave half a record at the end: cut it, so appends start clean.
+
+    Only the file's tail is read (backwards, block by block, to the last newline), whatever its size."""
+    try:
+        handle = open(path, "rb+")
+    except FileNotFoundError:
         return
-    with open(path, "rb+") as handle:
-        data = handle.read()
-        if data and not data.endswith(b"\n"):
-            handle.truncate(data.rfind(b"\n") + 1)
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        if not end:
+            return
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return
+        position = end
+        while position > 0:
+            start = max(0, position - (1 << 16))
+            handle.seek(start)
+            block = handle.read(position - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(start + newline + 1)
+                return
+            position = start
+        handle.truncate(0)
+
+
+#: what each kind of record in a ``results.jsonl`` must hold (field -> description, check): the
+#: evaluation runner's (one task x method x length x sample; ``index`` too, optional for reading)
+#: and the experiment runners' (one method x document, ``ropelab experiment hirope``). A record is
+#: of the first kind when it has a ``task``, of the second when it has a ``document``.
+RECORD_FIELDS: dict[str, dict[str, tuple]] = {
+    "task": {
+        "task": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        "method": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        "length": ("a positive integer", lambda v: _is_int(v) and v > 0),
+        "metrics": (
+            "an object of numbers",
+            lambda v: isinstance(v, dict) and all(x is None or _is_real(x) for x in v.values()),
+        ),
+        "seconds": ("a number >= 0", lambda v: _is_real(v) and v >= 0),
+    },
+    "document": {
+        "method": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        "language": ("a string", lambda v: isinstance(v, str)),
+        "document": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+        "blocks": ("a list of numbers", lambda v: isinstance(v, list) and all(x is None or _is_real(x) for x in v)),
+    },
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _record_problem(record: object, *, keyed: bool) -> str | None:
+    """What is wrong with one parsed line of ``results.jsonl`` (None: a good record); ``keyed``
+    (resuming): an evaluation record must also carry its sample ``index``."""
+    from ropelab.model.config import shown
+
+    if not isinstance(record, dict):
+        return f"expected a record (a JSON object), got {type(record).__name__}"
+    kind = "task" if "task" in record else "document" if "document" in record else None
+    if kind is None:
+        return "not a result record: it has neither a task nor a document field"
+    for key, (expected, ok) in RECORD_FIELDS[kind].items():
+        if key not in record:
+            return f"{key} is missing"
+        if not ok(record[key]):
+            return f"{key} must be {expected}, got {shown(record[key])}"
+    if kind == "task" and ("index" in record or keyed) and not (_is_int(record.get("index")) and record["index"] >= 0):
+        return f"index must be a non-negative integer, got {shown(record.get('index'))}"
+    return None
+
+
+def _records(path: Path, *, keyed: bool) -> Iterable[dict]:
+    """The records of ``results.jsonl``, each checked (:func:`_record_problem`).
+
+    A last line without its newline is an interrupted write, skipped (a resume cuts it and measures
+    that sample again); blank lines are skipped. Any other line that is not a record -- not UTF-8,
+    not JSON, nested beyond the parser, a JSON value that is not a record, a record missing a field
+    or with one of the wrong type -- is one :class:`RopelabError` naming the file and the line:
+    such a line cannot be trusted, so neither a report nor a resume uses it."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            complete = raw.endswith(b"\n")
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, huge integers
+                if not complete:
+                    continue
+                reason = "nested too deeply" if isinstance(error, RecursionError) else f"not valid JSON: {error}"[:200]
+                problem = reason
+            else:
+                problem = _record_problem(record, keyed=keyed)
+            if problem is not None:
+                raise RopelabError(
+                    f"{path}:{number}: {problem}; this line cannot be trusted: delete it (a resumed run measures "
+                    "that sample again) or evaluate into another --out directory"
+                )
+            yield record
 
 
 def _done_keys(path: Path) -> set[tuple]:
-    keys = set()
+    """(task, method, length, index) of every record already in ``results.jsonl``: those samples are
+    not measured again. A half-written last line is cut first (:func:`_drop_partial_line`); any other
+    bad line is one :class:`RopelabError` (:func:`_records`), never a sample silently skipped or reused."""
     _drop_partial_line(path)
     if not path.exists():
-        return keys
-    with open(path) as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interrupted write: measured again
-            keys.add((record["task"], record["method"], record["length"], record["index"]))
-    return keys
+        return set()
+    return {(r["task"], r["method"], r["length"], r["index"]) for r in _records(path, keyed=True)}
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:
-    records = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    """Every record of a ``results.jsonl``, checked line by line: a half-written last line (a run
+    interrupted, or still writing) is skipped; any other line that is not a record is one
+    :class:`RopelabError` naming the file and the line number (see :func:`_records`)."""
+    return list(_records(Path(path), keyed=False))
 
 
 class _OwnRecords:
@@ -516,10 +753,12 @@ class _OwnRecords:
     measured): where the ``window`` reference truncates nothing it sees the same input, and its record
     is a copy of the own method's."""
 
-    def __init__(self, path: Path, method: str) -> None:
+    def __init__(self, path: Path, method: str, parts: Iterable[Path] = ()) -> None:
         self.method = method
-        previous = read_results(path) if path.exists() else []
-        self.records = {(r["task"], r["length"], r["index"]): r for r in previous if r["method"] == method}
+        self.records: dict[tuple, dict] = {}
+        for source in [path, *parts]:
+            for record in read_results(source) if source.exists() else []:
+                self.add(record)
 
     def add(self, record: dict) -> None:
         if record["method"] == self.method:
@@ -537,34 +776,61 @@ class _OwnRecords:
 # -- measuring ------------------------------------------------------------------------------------------------------
 
 
+def _bar(progress: bool, total: int, initial: int, desc: str = "evaluating") -> tqdm:
+    return tqdm(total=total, initial=initial, disable=not progress, desc=desc, unit="sample", file=sys.stderr)
+
+
+def _use_method(model, own, spec: str) -> None:
+    """Give ``model`` the method ``spec``: its own encoding object ``own`` (learned parameters
+    and all) when ``spec`` is the model's own method, else a new one (``with_method``)."""
+    if canonical_spec(spec) == canonical_spec(own.spec):
+        model.pe = own
+        model.config.pe = own.spec
+    elif canonical_spec(model.pe.spec) != canonical_spec(spec):
+        model.with_method(spec)
+
+
 def _run_units(
-    model, tokenizer, plan: _Plan, todo: list[_Unit], results_path: Path, own: _OwnRecords, progress: bool
+    model,
+    tokenizer,
+    plan: _Plan,
+    todo: list[_Unit],
+    results_path: Path,
+    own: _OwnRecords,
+    bar: tqdm,
+    done: set[tuple] = frozenset(),
+    close: bool = True,
 ) -> None:
-    """Measure ``todo`` in order, appending each record to ``results_path`` as soon as it is measured;
-    the model's method is switched per unit and restored at the end."""
-    original = model.pe.spec
-    total = len(plan.units)
-    bar = tqdm(
-        total=total, initial=total - len(todo), disable=not progress, desc="evaluating", unit="sample", file=sys.stderr
-    )
-    evaluator = None
+    """Measure ``todo`` in order, appending each record to ``results_path`` as soon as it is measured
+    (those of ``done`` units are not written: they run for the passes they leave); the model's method
+    is switched per unit and restored at the end (the model's own encoding object: a learned one
+    keeps its trained parameters). Each group of units (:func:`_group`) starts with no pass
+    remembered."""
+    own_pe = model.pe
+    evaluator, group = None, None
     try:
         with open(results_path, "a") as results:
             for method, task, sample in todo:
                 if evaluator is None or evaluator.method != method:
-                    model.with_method(original if method == WINDOW else method)
+                    _use_method(model, own_pe, own_pe.spec if method == WINDOW else method)
                     evaluator = Evaluator(model, tokenizer, method)
+                if _group((method, task, sample)) != group:
+                    evaluator.forget()
+                    group = _group((method, task, sample))
                 bar.set_postfix_str(f"{method} {task.name} {sample.length}", refresh=False)
                 record = own.window_copy(evaluator, task, sample) or _measure(
                     evaluator, task, sample, plan.related(task, sample), plan.config.seed
                 )
+                if _key((method, task, sample)) in done:  # run again for its pass; its record is there
+                    continue
                 results.write(json.dumps(record) + "\n")
                 results.flush()
                 own.add(record)
                 bar.update(1)
     finally:
-        bar.close()
-        model.with_method(original)
+        if close:
+            bar.close()
+        _use_method(model, own_pe, own_pe.spec)
 
 
 def _measure(evaluator: Evaluator, task: Task, sample: Sample, related: list[Sample], seed: int) -> dict:

@@ -26,9 +26,10 @@ from safetensors.torch import load_file, save_file
 
 from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import atomic_path, atomic_write_text
-from ropelab.model.config import ModelConfig
+from ropelab.model.config import ModelConfig, shown
 from ropelab.model.device import check_supported, resolve_device, resolve_dtype
 from ropelab.model.transformer import Transformer
+from ropelab.pe import canonical_spec
 
 FORMAT = "ropelab-checkpoint"
 VERSION = 1
@@ -38,7 +39,8 @@ CONFIG = "config.json"
 LATEST = "latest.json"
 #: a training run keeps its checkpoints in this folder, one ``step-NNNNNN`` directory each
 CHECKPOINTS = "checkpoints"
-_STEP = re.compile(r"step-(\d+)")
+_STEP = re.compile(r"step-(\d{1,18})")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def checkpoint_name(step: int) -> str:
@@ -88,23 +90,59 @@ def save_checkpoint(
     return directory
 
 
+def read_json(path: Path, what: str = "") -> Any:
+    """The JSON value in ``path``; a :class:`CheckpointError` naming the file when it is unreadable,
+    not UTF-8, not JSON, nested too deeply for the parser or holds an integer of more than 4300
+    digits (Python's limit). ``what`` ends the message (e.g. "; the checkpoint is corrupt")."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:200]
+        raise CheckpointError(f"{path}: not valid JSON ({reason}){what}") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror or error}){what}") from None
+
+
 def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint, its fields checked (types; the model config
+    itself is checked by :class:`ModelConfig` when the model is built)."""
     path = Path(directory) / CONFIG
     if not Path(directory).is_dir():
         raise CheckpointError(f"checkpoint directory {str(directory)!r} does not exist")
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path, "; the checkpoint is corrupt")
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; not a ropelab checkpoint directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error}); the checkpoint is corrupt") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{path}: not a ropelab checkpoint config")
     if config.get("version") != VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint version {config.get('version')!r} is not supported (expected {VERSION})"
+            f"{path}: checkpoint version {shown(config.get('version'))} is not supported (expected {VERSION})"
         )
+    checks = {
+        "pe": (lambda v: isinstance(v, str) and v, "a method spec string"),
+        "tokenizer": (lambda v: v is None or isinstance(v, str), "a file name or null"),
+        "weights_sha256": (lambda v: v is None or (isinstance(v, str) and _HEX64.fullmatch(v)), "64 hex digits"),
+        "extra": (lambda v: isinstance(v, dict), "a JSON object"),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in config and not ok(config[key]):
+            raise CheckpointError(f"{path}: {key} must be {expected}, got {shown(config[key])}")
     return config
+
+
+def checkpoint_model_config(directory: str | os.PathLike, config: dict[str, Any] | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a checkpoint, validated (types, ranges, memory) before any
+    weight is read; one :class:`CheckpointError` naming the file otherwise."""
+    config = read_checkpoint_config(directory) if config is None else config
+    try:
+        model_config = ModelConfig.from_dict({**config["model"], **({"pe": config["pe"]} if "pe" in config else {})})
+        canonical_spec(model_config.pe)  # its parameters too (a learned table's size, ...), before any is built
+        return model_config
+    except RopelabError as error:
+        raise CheckpointError(f"{Path(directory) / CONFIG}: {error}") from None
 
 
 def load_checkpoint(
@@ -125,6 +163,7 @@ def load_checkpoint(
         check_supported(device, dtype)
     directory = Path(directory)
     config = read_checkpoint_config(directory)
+    model_config = checkpoint_model_config(directory, config)  # before any weight is read
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
@@ -136,8 +175,6 @@ def load_checkpoint(
     except (SafetensorError, OSError, RuntimeError) as error:
         raise CheckpointError(f"{weights}: cannot be read ({error}); the file is truncated or corrupt") from None
     try:
-        model_config = ModelConfig.from_dict(config["model"])
-        model_config.pe = config.get("pe", model_config.pe)
         model = Transformer.from_state_dict(model_config, state).to(device)
     except CheckpointError as error:
         raise CheckpointError(f"{weights} does not match {CONFIG}: {error}") from None
@@ -168,15 +205,20 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def find_latest_checkpoint(root: str | os.PathLike, *, strict: bool) -> Path | None:
+def find_latest_checkpoint(root: str | os.PathLike, *, strict: bool, resume_files: tuple[str, ...] = ()) -> Path | None:
     """The checkpoint ``root/latest.json`` names, ``root`` being a run's checkpoint folder.
 
     ``latest.json`` is ``{"checkpoint": "step-000100", "step": 100, ...}`` as ``ropelab train``
     writes it; also read: a plain string, a dict naming the directory under ``path``, ``dir``,
-    ``name`` or ``latest``, or a dict with only the ``step``.
+    ``name`` or ``latest`` (a name, or a path whose folder is ``root``), or a dict with only the
+    ``step``. A name that leads out of ``root`` (``..``, another folder, a symbolic link elsewhere)
+    is never followed: a :class:`CheckpointError`, whatever ``strict``.
 
     ``strict=True`` (resuming a run): None when there is no ``latest.json`` yet; a
-    :class:`CheckpointError` when it is unreadable or names no finished checkpoint.
+    :class:`CheckpointError` when it is unreadable or names no finished checkpoint. The error
+    says how to recover -- which newest complete checkpoint (one holding ``resume_files`` too) to
+    write into ``latest.json`` -- never to delete it: a run without ``latest.json`` starts again
+    from step 0.
     ``strict=False`` (reading a run, e.g. for analysis): the newest ``step-N`` checkpoint when
     ``latest.json`` is missing, unreadable or names none; None when there is no checkpoint at all.
     """
@@ -185,39 +227,89 @@ def find_latest_checkpoint(root: str | os.PathLike, *, strict: bool) -> Path | N
     if not pointer.exists():
         return None if strict else _newest(root)
     try:
-        name, step = _pointer_target(json.loads(pointer.read_text()))
-    except (OSError, ValueError):
-        name = step = None
-    if name is None and step is None:
+        raw, step = _pointer_target(read_json(pointer))
+    except (CheckpointError, FileNotFoundError):
+        raw = step = None
+    if raw is None and step is None:
         if strict:
-            raise CheckpointError(f"{pointer}: unreadable; delete it to resume from {root} by hand")
+            raise CheckpointError(f"{pointer}: unreadable or names no checkpoint; {_recovery(root, resume_files)}")
         return _newest(root)
-    if name is not None and (root / name / CONFIG).is_file():
+    name = _inside(root, raw) if raw is not None else None
+    if raw is not None and name is None:
+        raise CheckpointError(
+            f"{pointer} names {shown(raw)}, outside the run's checkpoint folder {root}: not followed; "
+            + _recovery(root, resume_files)
+        )
+    if name is not None and _is_file(root / name / CONFIG):
         return root / name
     for path in list_checkpoints(root):
         if checkpoint_step(path) == step:
             return path
     if strict:
         named = name if name is not None else f"step {step}"
-        raise CheckpointError(f"{pointer} names {named}, which is missing or incomplete")
+        raise CheckpointError(
+            f"{pointer} names {named}, which is missing or incomplete; {_recovery(root, resume_files)}"
+        )
     return _newest(root)
 
 
-def _newest(root: Path) -> Path | None:
-    checkpoints = list_checkpoints(root)
+def _newest(root: Path, required: tuple[str, ...] = ()) -> Path | None:
+    checkpoints = [path for path in list_checkpoints(root) if all((path / name).is_file() for name in required)]
     return checkpoints[-1] if checkpoints else None
 
 
+def _recovery(root: Path, required: tuple[str, ...]) -> str:
+    """How to get a run going again from a damaged ``latest.json``: point it at the newest
+    complete checkpoint (deleting it would silently start the run again from step 0)."""
+    pointer = root / LATEST
+    newest = _newest(root, required)
+    if newest is None:
+        return (
+            f"no complete step-N checkpoint is left in {root}; only removing {pointer} lets the run start "
+            "again, from step 0"
+        )
+    content = json.dumps({"checkpoint": newest.name, "step": checkpoint_step(newest)})
+    return f"the newest complete checkpoint is {newest}; to resume from it, write {content} into {pointer}"
+
+
+def _inside(root: Path, raw: str) -> str | None:
+    """The directory name in ``root`` that the pointer text ``raw`` means, or None when it leads
+    elsewhere: a plain name, or a path (absolute, or relative to ``root`` or to the run folder
+    above it) whose folder is ``root``; ``root/name`` itself must not lead out (a symbolic link)."""
+    path = Path(raw)
+    name = path.name
+    if not name or name in (".", "..") or "\x00" in raw:
+        return None
+    if len(path.parts) > 1:
+        here = root.resolve()
+        bases = [Path("/")] if path.is_absolute() else [root, root.parent]
+        if not any((base / path).resolve().parent == here for base in bases):
+            return None
+    try:
+        if (root / name).is_symlink() and (root / name).resolve().parent != root.resolve():
+            return None
+    except OSError:  # a name too long to exist: it names nothing, and nothing elsewhere
+        return name
+    except RuntimeError:  # a symbolic link loop
+        return None
+    return name
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long to exist, ...
+        return False
+
+
 def _pointer_target(data: Any) -> tuple[str | None, int | None]:
-    """(directory name, step) that a parsed ``latest.json`` names; the step is that of the name if it has one."""
+    """(the text naming a directory, step) of a parsed ``latest.json``; the step is that of the name if it has one."""
     if isinstance(data, str):
-        name = Path(data).name
-        return name, checkpoint_step(name)
+        return data, checkpoint_step(data)
     if not isinstance(data, dict):
         return None, None
     for key in ("checkpoint", "path", "dir", "name", "latest"):
         if isinstance(data.get(key), str):
-            name = Path(data[key]).name
-            return name, checkpoint_step(name)
+            return data[key], checkpoint_step(data[key])
     step = data.get("step")
     return None, step if isinstance(step, int) and not isinstance(step, bool) else None

@@ -3,10 +3,18 @@
 With ``use_cache=True`` the prompt is prefilled once and each new token costs one single-token
 forward against the KV cache; ``use_cache=False`` recomputes the whole sequence every step. Both
 paths draw from the same seeded generator, so they give the same tokens (tested for every method).
+
+Sampling settings are checked before any work (:func:`check_sampling`): ``temperature`` a finite
+number >= 0, ``top_p`` in (0, 1], ``top_k`` and ``max_new_tokens`` integers. ``max_prompt_tokens``
+bounds the prompt: a longer one is one :class:`RopelabError` before the model runs (no bound by
+default in the library -- an evaluation feeds long inputs on purpose; ``ropelab generate`` bounds
+prompts at :data:`PROMPT_LIMIT_FACTOR` times the model's training length unless
+``--max-prompt-tokens`` says otherwise).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -35,15 +43,53 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if max_new_tokens < 0:
-        raise RopelabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise RopelabError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise RopelabError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise RopelabError(f"top_p must be in (0, 1], got {top_p}")
+#: ``ropelab generate``'s default bound on the prompt: this many times the model's training length
+PROMPT_LIMIT_FACTOR = 4
+
+
+def default_prompt_limit(train_len: int) -> int:
+    """The longest prompt ``ropelab generate`` takes without ``--max-prompt-tokens``."""
+    return PROMPT_LIMIT_FACTOR * train_len
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> None:
+    """One :class:`RopelabError` for a setting decoding cannot use: ``max_new_tokens`` an integer
+    >= 0, ``temperature`` a finite number >= 0 (0 = greedy; NaN or infinity is refused), ``top_k``
+    an integer >= 1, ``top_p`` a number in (0, 1]."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise RopelabError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
+        raise RopelabError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise RopelabError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1  # NaN fails too
+    ):
+        raise RopelabError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def check_prompt_length(length: int, max_prompt_tokens: int | None) -> None:
+    """One :class:`RopelabError` when a prompt of ``length`` tokens exceeds ``max_prompt_tokens``."""
+    if max_prompt_tokens is None:
+        return
+    if not _is_int(max_prompt_tokens) or max_prompt_tokens < 1:
+        raise RopelabError(f"max_prompt_tokens must be a positive integer, got {max_prompt_tokens!r}")
+    if length > max_prompt_tokens:
+        raise RopelabError(
+            f"the prompt is {length} tokens, more than the limit of {max_prompt_tokens}; shorten it or raise the "
+            "limit (--max-prompt-tokens)"
+        )
 
 
 @torch.no_grad()
@@ -60,6 +106,7 @@ def stream(
     use_cache: bool = True,
     positions: Tensor | None = None,
     attention_mask: Tensor | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token ids ``[B]`` one step at a time.
 
@@ -67,12 +114,16 @@ def stream(
     generated tokens continue them (see :func:`ropelab.model.positions.extend_positions`).
     ``attention_mask``: ``[B, T]`` for a padded prompt (1 = real token, 0 = padding; pad on the
     left, so that every row's next token follows its last real one); generated tokens are real.
+    ``max_prompt_tokens``: refuse a longer prompt (default: no bound).
     """
-    _validate(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=model.embed_tokens.weight.device)
     if ids.dim() == 1:
         ids = ids[None]
+    check_prompt_length(ids.shape[-1], max_prompt_tokens)
     generator = None
+    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**64):
+        raise RopelabError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
     if temperature > 0:
         generator = torch.Generator(device=ids.device)
         generator.manual_seed(0 if seed is None else seed)

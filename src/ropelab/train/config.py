@@ -13,7 +13,8 @@ documented choices where it does not:
   with record sequences (:mod:`ropelab.data.synthetic`), which make in-context copying learnable
   in minutes;
 * batch: 16 sequences of ``train_len`` tokens per optimizer step (the paper: 512 x 512; a CPU
-  cannot), split into micro-batches (gradient accumulation) and over processes (DDP).
+  cannot), split into micro-batches (gradient accumulation) and over processes (DDP, or FSDP2
+  with ``parallel="fsdp"``: the same update, parameters and optimizer state sharded).
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from ropelab.core.errors import RopelabError
 
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+#: how several processes under torchrun share the work: DistributedDataParallel (every process
+#: holds the whole model) or FSDP2 ``fully_shard`` (parameters, gradients and AdamW state sharded)
+PARALLEL = ("ddp", "fsdp")
 PAPER_WARMUP = 2000
 PAPER_STEPS = 50000
 
 #: settings that do not change the weights a run produces: they may differ when resuming
-RUNTIME_FIELDS = ("micro_batch_size", "keep", "log_every", "threads")
+RUNTIME_FIELDS = ("micro_batch_size", "keep", "log_every", "threads", "parallel")
 
 
 @dataclass
@@ -66,6 +70,7 @@ class TrainConfig:
     keep: int = 0  # keep the newest N checkpoints (0: all -- analysis reads the whole series)
     device: str = "auto"
     threads: int | None = None
+    parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp" (the same update; checkpoints are the same files)
 
     def validate(self) -> None:
         from ropelab.model.config import CONFIGS
@@ -107,6 +112,8 @@ class TrainConfig:
             raise RopelabError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
         if self.device not in DEVICES:
             raise RopelabError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.parallel not in PARALLEL:
+            raise RopelabError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if not self.data:
             raise RopelabError("no data sources given")
 

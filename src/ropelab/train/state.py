@@ -19,6 +19,7 @@ atomically; a crash leaves either the old or the new state, never a half-written
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -33,10 +34,13 @@ from ropelab.core.io import atomic_path, atomic_write_text
 from ropelab.model.checkpoint import (
     LATEST,
     checkpoint_name,
+    checkpoint_step,
     find_latest_checkpoint,
     list_checkpoints,
+    read_json,
     save_checkpoint,
 )
+from ropelab.model.config import shown
 
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
@@ -72,22 +76,57 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], tensors: dict, groups: list[dict]) -> None:
+    """Restore ``optimizer`` from :func:`optimizer_tensors`' output; a :class:`CheckpointError` when
+    the saved state does not fit (other parameters, a moment of another shape, a bad hyper-parameter)."""
     current = optimizer.state_dict()
-    if len(groups) != len(current["param_groups"]):
+    if not isinstance(groups, list) or len(groups) != len(current["param_groups"]):
         raise CheckpointError("optimizer state has a different number of parameter groups than this model")
     state: dict[int, dict] = {}
     for group, saved, live in zip(optimizer.param_groups, groups, current["param_groups"]):
         expected = [names[id(p)] for p in group["params"]]
-        if saved["params"] != expected:
+        if not isinstance(saved, dict) or saved.get("params") != expected:
             raise CheckpointError("optimizer state was saved for other parameters than this model's")
-        for index, name in zip(live["params"], expected):
+        for index, name, param in zip(live["params"], expected, group["params"]):
             fields = {k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")}
+            for key, value in fields.items():
+                if key != "step" and value.shape != param.shape:
+                    raise CheckpointError(
+                        f"optimizer state {name}.{key} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                    )
+                if key == "step" and value.numel() != 1:
+                    raise CheckpointError(
+                        f"optimizer state {name}.step must be one number, got shape {tuple(value.shape)}"
+                    )
             if fields:
                 state[index] = fields
         for key, value in saved.items():
-            if key != "params":
-                live[key] = tuple(value) if key == "betas" else value
+            if key == "params":
+                continue
+            like = live.get(key)  # a setting this optimizer lacks (another torch version): a plain value at most
+            if not (
+                _same_kind(value, like)
+                if key in live
+                else value is None or isinstance(value, bool | str) or _is_number(value)
+            ):
+                raise CheckpointError(f"optimizer setting {shown(key)} must be like {shown(like)}, got {shown(value)}")
+            live[key] = tuple(value) if key == "betas" else value
     optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+def _same_kind(saved: Any, live: Any) -> bool:
+    """Whether a saved optimizer setting has the type of the live one (a finite number for a number,
+    true/false for a flag, a list of as many numbers for betas, ...)."""
+    if isinstance(live, bool) or live is None:
+        return isinstance(saved, bool) or (live is None and saved is None)
+    if isinstance(live, int | float):
+        return isinstance(saved, int | float) and not isinstance(saved, bool) and math.isfinite(saved)
+    if isinstance(live, tuple | list):
+        return (
+            isinstance(saved, list | tuple)
+            and len(saved) == len(live)
+            and all(_same_kind(a, b) for a, b in zip(saved, live))
+        )
+    return isinstance(saved, type(live))
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -170,23 +209,62 @@ def _prune(root: Path, newest: Path, keep: int) -> None:
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint to resume from: the one ``latest.json`` names (None before the first one);
-    a :class:`CheckpointError` when ``latest.json`` is damaged or names a missing checkpoint."""
-    return find_latest_checkpoint(root, strict=True)
+    a :class:`CheckpointError` when ``latest.json`` is damaged, leads out of ``root`` or names a
+    missing checkpoint; the error names the newest checkpoint to resume from instead."""
+    return find_latest_checkpoint(root, strict=True, resume_files=RESUME_FILES)
+
+
+#: ``trainer_state.json``: the fields a resume reads, with what each must be
+_STATE_FIELDS = {
+    "step": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "tokens": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
+    "optimizer": ('{"param_groups": [...]}', lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list)),
+}
+_OPTIONAL_STATE = ("elapsed_s",)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def read_resume_state(directory: Path) -> tuple[dict, dict, dict]:
-    """(trainer state, optimizer tensors, rng tensors) of a checkpoint; clear errors if damaged."""
+    """(trainer state, optimizer tensors, rng tensors) of a checkpoint; clear errors if damaged.
+
+    ``trainer_state.json`` is checked field by field (:data:`_STATE_FIELDS`) and its step against
+    the checkpoint's name, so a damaged one is one :class:`CheckpointError`, never a resume from a
+    made-up step."""
     missing = [name for name in RESUME_FILES if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(f"{directory}: no training state to resume from (missing {', '.join(missing)})")
-    try:
-        state = json.loads((directory / STATE).read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{directory / STATE}: unreadable ({error})") from None
+    path = directory / STATE
+    state = read_json(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(state).__name__}")
+    for key, (expected, ok) in _STATE_FIELDS.items():
+        if key not in state and key in _OPTIONAL_STATE:
+            continue
+        if key not in state:
+            raise CheckpointError(f"{path}: {key} is missing")
+        if not ok(state[key]):
+            raise CheckpointError(f"{path}: {key} must be {expected}, got {shown(state[key])}")
+    named = checkpoint_step(directory)
+    if named is not None and state["step"] != named:
+        raise CheckpointError(f"{path}: step {state['step']} is not the step of its checkpoint {directory.name}")
     tensors = {}
     for name in (OPTIMIZER, RNG):
         try:
             tensors[name] = load_file(str(directory / name))
         except (SafetensorError, OSError, RuntimeError) as error:
             raise CheckpointError(f"{directory / name}: cannot be read ({error}); truncated or corrupt") from None
+    cpu = tensors[RNG].get("torch_cpu")
+    if cpu is None or cpu.dtype != torch.uint8 or cpu.dim() != 1:
+        raise CheckpointError(f"{directory / RNG}: no torch_cpu generator state (uint8 vector); truncated or corrupt")
     return state, tensors[OPTIMIZER], tensors[RNG]

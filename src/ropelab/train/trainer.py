@@ -7,6 +7,15 @@ micro-batch's mean token loss is divided by the number of micro-batches, and DDP
 gradients over processes, so the gradient is the mean over the whole global batch -- the same
 as one process computing it alone (up to float summation order; tested).
 
+``parallel="fsdp"`` (``ropelab train --parallel fsdp`` under torchrun) shards the model with FSDP2
+instead (:func:`ropelab.train.distributed.shard_model`: every block, then the root): parameters,
+gradients and AdamW's state are split over the processes, the update is the same (reduce-scatter
+averages the gradients; tested against one process). Checkpoints stay ordinary single-file ropelab
+checkpoints: every process takes part in gathering the whole weights and optimizer state onto rank
+0's CPU, which writes them exactly as an unsharded run does, so a run resumes under DDP, FSDP or in
+one process alike (all on the same files). The model is built, calibrated and resumed whole on
+every process, then sharded when the loop starts.
+
 Exact resume: a checkpoint stores the weights, AdamW's state, the RNG state and the step; the
 data position is ``step * batch_size`` and the learning rate a function of the step, so a run
 interrupted (SIGINT / SIGTERM: it finishes the current step and writes a checkpoint) and started
@@ -158,17 +167,33 @@ def _loss(model, batch: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validation_loss(
-    model: Transformer, sampler: ChunkSampler, chunk_ids: list[int], micro: int, info: distributed.Dist
+    model: Transformer,
+    sampler: ChunkSampler,
+    chunk_ids: list[int],
+    micro: int,
+    info: distributed.Dist,
+    lockstep: bool = False,
 ) -> float:
-    """Mean token loss over the fixed validation sequences (shared out over processes)."""
+    """Mean token loss over the fixed validation sequences (shared out over processes).
+
+    ``lockstep`` (a sharded model, whose every forward is a collective): every process runs as
+    many forwards as the one with the most sequences, the extra ones on its last batch, unscored."""
     was_training = model.training
     model.eval()
     mine = chunk_ids[info.rank :: info.world_size]
+    starts = list(range(0, len(mine), micro))
+    if lockstep:
+        most = math.ceil(len(chunk_ids[0 :: info.world_size]) / micro)  # rank 0 has the most
+        starts += [None] * (most - len(starts))
     total, count = 0.0, 0
-    for start in range(0, len(mine), micro):
-        batch = sampler.chunks(mine[start : start + micro]).to(info.device)
+    batch = sampler.chunks(chunk_ids[:1]).to(info.device) if lockstep else None  # one with no sequence of its own
+    for start in starts:
+        if start is not None:
+            batch = sampler.chunks(mine[start : start + micro]).to(info.device)
         with _autocast(info.device):
             loss = _loss(model, batch)
+        if start is None:
+            continue
         tokens = batch[:, 1:].numel()
         total += float(loss) * tokens
         count += tokens
@@ -258,10 +283,9 @@ def train(
 def _set_threads(config: TrainConfig, info: distributed.Dist) -> None:
     """``config.threads`` when set; else, under torchrun on CPU, the cores shared out over the
     machine's processes; else torch's default."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif info.enabled and info.device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
+    threads = config.threads or distributed.default_threads(info)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _batch_split(config: TrainConfig, world_size: int) -> tuple[int, int, int]:
@@ -304,6 +328,57 @@ def _wrap_ddp(model: Transformer, info: distributed.Dist) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
 
+def _check_shardable(model: Transformer, config: TrainConfig) -> None:
+    """One clear error, before any work, for a model FSDP2 cannot shard."""
+    scalars = distributed.unshardable_parameters(model)
+    if scalars:
+        raise RopelabError(
+            f"--parallel fsdp cannot train pe {config.pe}: FSDP2 (fully_shard) does not shard scalar parameters "
+            f"({', '.join(scalars[:4])}{' ...' if len(scalars) > 4 else ''}); use --parallel ddp for it"
+        )
+
+
+def _shard_fsdp(model: Transformer, optimizer: torch.optim.Optimizer, config: TrainConfig, info: distributed.Dist):
+    """``model`` sharded in place with FSDP2 and a new optimizer over its sharded parameters that
+    holds ``optimizer``'s state (a resumed run's moments and step counts), each process its shard."""
+    names = state.parameter_names(model)
+    tensors, groups = state.optimizer_tensors(optimizer, names)  # before sharding: whole tensors, by name
+    distributed.shard_model(model, info)
+    sharded = make_optimizer(model, config)
+    if tensors:
+        distributed.load_full_optimizer_state(model, sharded, _named_optimizer_state(tensors, groups))
+    return model, sharded
+
+
+def _named_optimizer_state(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    """:func:`ropelab.train.state.optimizer_tensors`' ``(tensors keyed "name.field", groups)`` as an
+    optimizer state dict keyed by parameter name (what ``torch.distributed.checkpoint`` reads)."""
+    named: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, field = key.rpartition(".")
+        named.setdefault(name, {})[field] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in groups]
+    return {"state": named, "param_groups": groups}
+
+
+def _unsharded_copy(
+    model: Transformer, optimizer: torch.optim.Optimizer, config: TrainConfig, info: distributed.Dist
+) -> tuple[Transformer | None, torch.optim.Optimizer | None]:
+    """A sharded model and its optimizer gathered whole onto rank 0's CPU, as an ordinary model
+    and AdamW (what a checkpoint is written from); (None, None) on the other ranks. Every process
+    must call it."""
+    weights, optimizer_state = distributed.full_state_dicts(model, optimizer)
+    if not info.main:
+        return None, None
+    whole = Transformer.from_state_dict(model.config, weights)
+    whole_optimizer = make_optimizer(whole, config)
+    tensors = {
+        f"{name}.{field}": value for name, fields in optimizer_state["state"].items() for field, value in fields.items()
+    }
+    state.load_optimizer(whole_optimizer, state.parameter_names(whole), tensors, optimizer_state["param_groups"])
+    return whole, whole_optimizer
+
+
 def _run_record(
     config: TrainConfig, resolved: dict, model: Transformer, data: TokenData, info: distributed.Dist, saved: dict | None
 ) -> dict:
@@ -315,7 +390,7 @@ def _run_record(
             **saved,
             "resolved": {
                 **saved["resolved"],
-                **{k: resolved[k] for k in ("micro_batch_size", "grad_accumulation", "world_size")},
+                **{k: resolved[k] for k in ("micro_batch_size", "grad_accumulation", "world_size", "parallel")},
             },
         }
     return {
@@ -401,6 +476,7 @@ class Trainer:
         self.train_loss: float | None = None
         self.val_loss: float | None = None
         self.last_checkpoint: Path | None = None
+        self.sharded = False  # True once the loop has sharded the model with FSDP2 (parallel="fsdp")
 
     def setup(self) -> None:
         """Build what the run needs; the step count is the saved one when resuming."""
@@ -409,6 +485,8 @@ class Trainer:
         self.saved = _check_resumable(self.out, config)
         self.data = load_data(config, info, self.progress)
         self.model = build_model(config, self.data.tokenizer.vocab_size, info.device)
+        if config.parallel == "fsdp" and info.enabled:
+            _check_shardable(self.model, config)
         train_len = self.model.config.train_len
         self.train_sampler = training_sampler(config, self.data, train_len)
         val = self.data.val
@@ -432,6 +510,7 @@ class Trainer:
             "micro_batch_size": self.micro,
             "grad_accumulation": self.accum,
             "world_size": info.world_size,
+            "parallel": config.parallel if info.enabled else None,
             "tokens_per_step": config.batch_size * train_len,
             "train_len": train_len,
         }
@@ -462,7 +541,11 @@ class Trainer:
         if self.step >= self.steps:
             log(f"{self.out} is already complete ({self.step} steps)")
             return self._result("complete", self.elapsed_before)
-        self.net = _wrap_ddp(self.model, self.info)
+        if self.config.parallel == "fsdp" and self.info.enabled:  # sharded in place: also what the loop runs
+            self.model, self.optimizer = _shard_fsdp(self.model, self.optimizer, self.config, self.info)
+            self.net, self.sharded = self.model, True
+        else:
+            self.net = _wrap_ddp(self.model, self.info)
         status = "complete"
         with _Progress(self.out, self.config, self.steps, self.step, self.info, self.progress) as report:
             self.loop_start = time.perf_counter()
@@ -489,7 +572,7 @@ class Trainer:
 
     def train_step(self) -> tuple[float, torch.Tensor, torch.Tensor]:
         """One optimizer step over this process's share of the global batch, in micro-batches
-        (DDP syncs gradients on the last only). Returns (lr, this process's mean loss, grad norm)."""
+        (DDP and FSDP sync gradients on the last only). Returns (lr, this process's mean loss, grad norm)."""
         config, info, accum, micro = self.config, self.info, self.accum, self.micro
         lr = learning_rate(self.step, self.steps, config)
         for group in self.optimizer.param_groups:
@@ -499,11 +582,15 @@ class Trainer:
         for k in range(accum):
             batch = self.train_sampler.batch(first + k * micro, micro).to(info.device, non_blocking=True)
             sync = not info.enabled or k == accum - 1
-            with self.net.no_sync() if not sync else nullcontext(), _autocast(info.device):
+            if self.sharded:
+                self.net.set_requires_gradient_sync(sync)
+            no_sync = self.net.no_sync() if not sync and not self.sharded else nullcontext()
+            with no_sync, _autocast(info.device):
                 loss = _loss(self.net, batch) / accum
             loss.backward()
             step_loss += loss.detach().float()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or float("inf"))
+        grad_norm = distributed.to_local_value(grad_norm)  # sharded: a DTensor, gathered
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -539,7 +626,9 @@ class Trainer:
 
     def validate(self) -> float:
         """Mean token loss over the fixed validation sequences (:func:`validation_loss`)."""
-        return validation_loss(self.model, self.val_sampler, self.val_chunks, self.micro, self.info)
+        return validation_loss(
+            self.model, self.val_sampler, self.val_chunks, self.micro, self.info, lockstep=self.sharded
+        )
 
     def _checkpoint_or_stop(self, stop: _StopFlag) -> str | None:
         """Checkpoint when due, at the last step or when stopping; the status to stop with
@@ -560,6 +649,9 @@ class Trainer:
         are removed (:func:`ropelab.train.state.write_checkpoint`)."""
         config, step = self.config, self.step
         path = None
+        model, optimizer = self.model, self.optimizer
+        if self.sharded:  # gathered whole onto rank 0 (every process takes part)
+            model, optimizer = _unsharded_copy(self.model, self.optimizer, config, self.info)
         if self.info.main:
             trainer_state = {
                 "step": step,
@@ -581,7 +673,7 @@ class Trainer:
             }
             files = self.data.tokenizer_files
             path = state.write_checkpoint(
-                self.checkpoints, step, self.model, self.optimizer, files, trainer_state, extra, config.keep
+                self.checkpoints, step, model, optimizer, files, trainer_state, extra, config.keep
             )
         self.info.barrier()
         return self.checkpoints / checkpoint_name(step) if path is None else path

@@ -20,7 +20,7 @@ def block_size(train_len: int) -> int:
     return max(1, min(BLOCK, train_len // 2))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ShortConfig:
     budget_minutes: float = 60.0
     train_fraction: float = 0.6  # of the budget, for training; the rest evaluates

@@ -35,7 +35,7 @@ CURVE_FILE = "copy_curve.json"
 CURVE_SAMPLES = 100
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExperimentConfig:
     pes: list[str] = field(default_factory=lambda: list(DEFAULT_PES))
     budget_minutes: float | None = None  # None: the recipe's steps and samples; else sized to fit

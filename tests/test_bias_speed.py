@@ -1,0 +1,259 @@
+"""Bias methods (ALiBi, KERPLE, FIRE) attend query chunk by query chunk
+(``ropelab.model.bias_attention``): the results equal the one-shot computation -- the whole
+``[B, H, T, T]`` bias, the causal ``-inf`` fill and one SDPA call, kept here as the reference --
+to 1e-5 in fp32, with padding, with the KV cache, and for the gradients of every parameter."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ropelab import ModelConfig, Transformer
+from ropelab.model import bias_attention
+from ropelab.model.transformer import Attention, _causal
+from ropelab.pe.alibi import ALiBi
+from ropelab.pe.base import apply_rotary, relative_distance
+from ropelab.pe.fire import Fire, scalar_mlp
+from ropelab.pe.kerple import EPS, Kerple
+
+SPECS = ["alibi", "kerple-log", "kerple-power", "kerple-log:shared=true", "fire", "fire:shared=true,width=8"]
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+# -- the reference: the materialised computation ropelab used before the chunked path ----------------
+def reference_bias(pe, layer: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """The bias formulas, element by element over the whole ``[B|1, H, Tq, Tk]``."""
+    if isinstance(pe, ALiBi):
+        return -pe.slopes[None, :, None, None] * relative_distance(q_pos, k_pos).abs()
+    if isinstance(pe, Kerple):
+        index = 0 if pe.shared else layer
+        r1 = pe.r1[index].clamp(min=EPS)[None, :, None, None]
+        distance = relative_distance(q_pos, k_pos).abs()
+        if pe.kernel == "log":
+            return -r1 * torch.log1p(pe.r2[index].clamp(min=EPS)[None, :, None, None] * distance)
+        return -r1 * distance.pow(pe.r2[index].clamp(min=EPS, max=2.0)[None, :, None, None])
+    assert isinstance(pe, Fire)
+    fire = pe.functions[0 if pe.shared else layer]
+    distance = relative_distance(q_pos, k_pos).clamp(min=0)[:, 0]
+    threshold = (fire.L_multiplier.float() * fire.init_L.float()).abs()
+    normaliser = torch.maximum(q_pos.float(), threshold)[:, :, None]
+    c = fire.c.float()
+    x = torch.log(torch.abs(c * distance) + 1) / (torch.log(torch.abs(c * normaliser) + 1) + fire.eps)
+    first, last = fire.mlp[0], fire.mlp[2]
+    hidden = F.relu(F.linear(x.unsqueeze(-1), first.weight.float(), first.bias.float()))
+    return F.linear(hidden, last.weight.float(), last.bias.float()).permute(0, 3, 1, 2)
+
+
+def reference_forward(self, x, layer, pe, inputs, cache):
+    """``Attention.forward`` as it was: one ``[B|1, H, T, past + T]`` float mask per layer."""
+    B, T, _ = x.shape
+    q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+    k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+    v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+    if inputs.q_rotation is not None:
+        q = apply_rotary(q, inputs.q_rotation, self.layout)
+        k = apply_rotary(k, inputs.k_rotation, self.layout)
+    if cache is not None:
+        k, v = cache.update(layer, k, v)
+    bias = reference_bias(pe, layer, inputs.q_positions, inputs.k_positions)
+    if inputs.causal_mask is not None or inputs.is_causal:
+        allowed = inputs.causal_mask if inputs.causal_mask is not None else _causal(T, k.shape[2], x.device)
+        bias = bias.masked_fill(~allowed, float("-inf"))
+    repeat = self.n_heads // self.n_kv_heads
+    k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def model_for(spec: str) -> Transformer:
+    """A tiny model with sharp attention and learned bias parameters away from their initial values."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", pe=spec, vocab_size=61, train_len=16, n_heads=4, n_kv_heads=2))
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_attn.q_proj.weight.mul_(4)
+        for name, p in model.pe.named_parameters():
+            if name.endswith(("r1", "r2")):
+                p.copy_(torch.rand_like(p) * 1.5)
+            elif name.endswith(".c"):
+                p.fill_(0.37)
+            elif name.endswith("L_multiplier"):
+                p.fill_(0.6)
+    return model
+
+
+def reference_of(model: Transformer) -> Transformer:
+    return copy.deepcopy(model)
+
+
+@pytest.fixture(params=[1, 7 * 2 * 4 * 50])
+def small_chunks(monkeypatch, request):
+    """Chunks of one query, or of about 7 (a shorter last one), so every path runs many chunks."""
+    monkeypatch.setattr(bias_attention, "CHUNK_ELEMENTS", request.param)
+
+
+def run_reference(monkeypatch, fn):
+    with monkeypatch.context() as patch:
+        patch.setattr(Attention, "forward", reference_forward)
+        return fn()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_chunked_logits_equal_the_materialised_bias(spec, small_chunks, monkeypatch):
+    model = model_for(spec).eval()
+    ids = torch.randint(0, 61, (2, 50), generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(7, 57)[None]  # beyond FIRE's threshold, too
+    with torch.no_grad():
+        logits = model(ids, positions=positions)
+        expected = run_reference(monkeypatch, lambda: model(ids, positions=positions))
+    torch.testing.assert_close(logits, expected, **TOL)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_chunked_logits_with_padding_equal_the_materialised_bias(spec, small_chunks, monkeypatch):
+    model = model_for(spec).eval()
+    ids = torch.randint(0, 61, (3, 40), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[0, :9] = 0  # left padding
+    mask[1, 31:] = 0  # right padding
+    mask[2, 12:15] = 0  # padding between real tokens
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask)
+        expected = run_reference(monkeypatch, lambda: model(ids, attention_mask=mask))
+    torch.testing.assert_close(logits, expected, **TOL)
+    with torch.no_grad():  # and the padded row equals the row alone
+        alone = model(ids[:1, 9:])
+    torch.testing.assert_close(logits[:1, 9:], alone, **TOL)
+    positions = torch.arange(40)[None]  # positions shared by the rows, given with the mask
+    with torch.no_grad():
+        logits = model(ids, positions=positions, attention_mask=mask)
+        expected = run_reference(monkeypatch, lambda: model(ids, positions=positions, attention_mask=mask))
+    torch.testing.assert_close(logits, expected, **TOL)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_kv_cache_steps_equal_the_materialised_bias(spec, padded, small_chunks, monkeypatch):
+    model = model_for(spec).eval()
+    ids = torch.randint(0, 61, (2, 36), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 36, dtype=torch.long)
+    if padded:
+        mask[1, :5] = 0
+
+    def decode():
+        cache = model.new_cache()
+        pieces = [model(ids[:, :20], cache=cache, attention_mask=mask[:, :20])]
+        pieces.append(model(ids[:, 20:27], cache=cache, attention_mask=mask[:, :27]))  # several queries, a past
+        pieces += [model(ids[:, t : t + 1], cache=cache) for t in range(27, 36)]  # decode steps
+        return torch.cat(pieces, dim=1)
+
+    with torch.no_grad():
+        cached = decode()
+        expected = run_reference(monkeypatch, decode)
+        full = model(ids, attention_mask=mask)
+    torch.testing.assert_close(cached, expected, **TOL)
+    torch.testing.assert_close(cached, full, **TOL)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gradients_equal_the_materialised_bias(spec, recompute, small_chunks, monkeypatch):
+    if recompute:  # every chunk checkpointed: recomputed in the backward pass
+        monkeypatch.setattr(bias_attention, "RECOMPUTE_ELEMENTS", 0)
+    model = model_for(spec).train()
+    reference = reference_of(model)
+    ids = torch.randint(0, 61, (2, 45), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 45, dtype=torch.long)
+    mask[1, :6] = 0
+
+    def loss_of(m):
+        logits = m(ids[:, :-1], attention_mask=mask[:, :-1])
+        return (
+            F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+            .view(2, -1)[mask[:, 1:].bool()]
+            .mean()
+        )
+
+    loss = loss_of(model)
+    loss.backward()
+    expected = run_reference(monkeypatch, lambda: loss_of(reference))
+    expected.backward()
+    torch.testing.assert_close(loss, expected, **TOL)
+    grads = dict(reference.named_parameters())
+    pe_grads = 0
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            assert grads[name].grad is None, name
+            continue
+        pe_grads += name.startswith("pe.")
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-6, rtol=1e-4, msg=name)
+        assert torch.isfinite(p.grad).all(), name
+    assert pe_grads or spec == "alibi"
+
+
+def test_no_bias_larger_than_a_chunk_and_no_key_after_the_chunk(monkeypatch):
+    """A long prefill never builds more than one chunk's bias, and a chunk reads only its keys."""
+    monkeypatch.setattr(bias_attention, "CHUNK_ELEMENTS", 4 * 64 * 300)
+    model = model_for("kerple-log").eval()
+    shapes = []
+    original = Kerple.attention_bias
+
+    def recorded(self, layer, q_pos, k_pos):
+        shapes.append((int(q_pos[0, -1]), q_pos.shape[1], k_pos.shape[1]))
+        return original(self, layer, q_pos, k_pos)
+
+    monkeypatch.setattr(Kerple, "attention_bias", recorded)
+    with torch.no_grad():
+        model(torch.zeros(1, 300, dtype=torch.long))
+    assert len(shapes) == 2 * 5  # 2 layers, 5 chunks of 64 queries (the last 44)
+    assert all(last + 1 == keys for last, _, keys in shapes)  # causal: keys up to the chunk's last query
+    assert max(4 * queries * keys for _, queries, keys in shapes) <= 4 * 64 * 300
+
+
+def test_chunk_length():
+    assert bias_attention.chunk_length(8, 4096, 4096) == 256
+    assert bias_attention.chunk_length(8, 16384, 16384) == 64
+    assert bias_attention.chunk_length(8, 1, 16384) == 1
+    assert bias_attention.chunk_length(8, 100, 100) == 100
+    assert bias_attention.chunk_length(1, 10**6, 10**9) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scalar_mlp_equals_the_mlp_with_its_gradients(seed):
+    torch.manual_seed(seed)
+    first, last = nn.Linear(1, 16), nn.Linear(16, 3)
+    with torch.no_grad():  # kinks in range, a kink exactly at 0 and at 1, a flat unit, a dead one
+        first.weight[:4, 0] = torch.tensor([2.0, -3.0, 0.0, 1.0])
+        first.bias[:4] = torch.tensor([-1.0, 0.0, 0.5, -1.0])
+        first.weight[4, 0], first.bias[4] = 0.0, -0.2
+    x = torch.rand(2, 7, 9)
+    x[0, 0, :3] = torch.tensor([0.0, 0.5, 1.0])  # exactly on kinks
+    x.requires_grad_(True)
+    got = scalar_mlp(x, first, last)
+    expected = last(F.relu(first(x.detach().clone().requires_grad_(True).unsqueeze(-1)))).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(got)
+    params = [*first.parameters(), *last.parameters()]
+    got_grads = torch.autograd.grad((got * weights).sum(), [x, *params])
+    x2 = x.detach().clone().requires_grad_(True)
+    expected = last(F.relu(first(x2.unsqueeze(-1)))).permute(0, 3, 1, 2)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [x2, *params])
+    for a, b in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fire_bias_beyond_its_threshold_by_hand():
+    """FIRE's bias at positions past the threshold (x = psi(d) / psi(i)) from the formula."""
+    model = model_for("fire:width=4")
+    fire = model.pe.functions[0]
+    q = torch.arange(40)[None]
+    bias = model.pe.attention_bias(0, q, q)
+    c, threshold = 0.37, 0.6 * 512
+    for i, j in [(39, 3), (20, 20), (39, 0)]:
+        x = math.log(c * (i - j) + 1) / (math.log(c * max(i, threshold) + 1) + 1e-6)
+        torch.testing.assert_close(bias[0, :, i, j], fire.mlp(torch.tensor([[x]]))[0], atol=1e-6, rtol=1e-6)
