@@ -362,7 +362,7 @@ def _real_model(name: str, log):
         model = Transformer(ModelConfig.from_name("tiny", vocab_size=97, train_len=64)).eval()
         generator = torch.Generator().manual_seed(1)
         return model, torch.randint(0, 97, (1 << 16,), generator=generator).tolist()
-    from ropelab.eval.corpus import long_code
+    from ropelab.eval.documents import long_code
     from ropelab.pretrained.registry import load_model
 
     try:

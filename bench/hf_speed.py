@@ -39,7 +39,7 @@ IMPLEMENTATIONS = ("ropelab", "transformers")
 
 
 def prompt_ids(tokenizer, length: int) -> list[int]:
-    from ropelab.eval.corpus import first_tokens, long_code
+    from ropelab.eval.documents import first_tokens, long_code
 
     text, _ = long_code(min_chars=length * 6)
     return first_tokens(tokenizer, text, length)

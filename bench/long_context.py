@@ -32,7 +32,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from bench.common import RssSampler, peak_rss_mb
-    from ropelab.eval.corpus import java_parts, python_parts
+    from ropelab.eval.documents import java_parts, python_parts
     from ropelab.eval.runner import WINDOW, window_prefill
     from ropelab.eval.stats import block_means
     from ropelab.pretrained.registry import load_model

@@ -114,9 +114,7 @@ def _fake_eval(monkeypatch, tmp_path):
     """`ropelab eval`/`compare` without a model: record the methods `evaluate` is given."""
     import types
 
-    import ropelab.eval.runner
-    import ropelab.pretrained.registry
-    import ropelab.reporting.eval
+    import ropelab.cli.evaluate
 
     seen = {}
 
@@ -131,9 +129,9 @@ def _fake_eval(monkeypatch, tmp_path):
         (run / "report.md").write_text("report\n")
         return run
 
-    monkeypatch.setattr(ropelab.pretrained.registry, "load_model", fake_load_model)
-    monkeypatch.setattr(ropelab.eval.runner, "evaluate", fake_evaluate)
-    monkeypatch.setattr(ropelab.reporting.eval, "write_report", lambda run: run / "report.md")
+    monkeypatch.setattr(ropelab.cli.evaluate, "load_model", fake_load_model)
+    monkeypatch.setattr(ropelab.cli.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(ropelab.cli.evaluate, "write_report", lambda run: run / "report.md")
     return seen
 
 

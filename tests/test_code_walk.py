@@ -106,7 +106,7 @@ def _npm(relative: str) -> str:
 
 
 def _jdk(name: str) -> str:
-    from ropelab.eval.corpus import jdk_sources
+    from ropelab.eval.documents import jdk_sources
 
     archive = jdk_sources()
     if archive is None:

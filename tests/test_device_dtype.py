@@ -233,7 +233,7 @@ def test_resolve_device_and_dtype():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random model (train length 512) with a small byte-level BPE tokenizer."""
-    from ropelab.eval.corpus import long_code
+    from ropelab.eval.documents import long_code
 
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -21,7 +21,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from ropelab import ModelConfig, Transformer, save_checkpoint
 from ropelab.cli import main
 from ropelab.core.errors import RopelabError
-from ropelab.eval.corpus import long_code
+from ropelab.eval.documents import long_code
 from ropelab.eval.runner import PART, Shard
 from ropelab.pretrained.tokenizer import Tokenizer
 

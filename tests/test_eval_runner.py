@@ -15,7 +15,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs
-from ropelab.eval.corpus import long_code
+from ropelab.eval.documents import long_code
 from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
 from ropelab.eval.tasks.passkey import QUESTION
 from ropelab.pretrained.tokenizer import Tokenizer
@@ -72,7 +72,7 @@ def test_ppl_samples_are_prefixes_and_reproducible(tokenizer):
 
 @pytest.mark.parametrize("length", [300, 2000])
 def test_ppl_inputs_equal_the_full_texts_first_tokens(tokenizer, length):
-    from ropelab.eval.corpus import long_code
+    from ropelab.eval.documents import long_code
 
     sample = get_task("ppl").build(tokenizer, length, 1, seed=0, train_len=128)[0]
     text, _ = long_code(min_chars=length * 6, skip=0)

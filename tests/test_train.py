@@ -261,7 +261,7 @@ def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
     """``ropelab experiment hirope`` at toy scale: trains, evaluates every method (and the window
     reference) on held-out stdlib documents, writes the report; the same call resumes."""
     from ropelab.data.corpus import stdlib_root
-    from ropelab.eval.corpus import long_code
+    from ropelab.eval.documents import long_code
     from ropelab.experiments.hirope.config import ShortConfig, default_methods
     from ropelab.experiments.hirope.run import python_holdout, run_experiment
 

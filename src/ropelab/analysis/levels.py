@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ropelab.analysis.attention import LayerTerms, capture
 from ropelab.analysis.components import frequency_table
 from ropelab.core.errors import RopelabError
+from ropelab.hierarchy import extract
 
 
 def uses_levels(model) -> bool:
@@ -35,7 +36,6 @@ def _pool(matrix: torch.Tensor, size: int) -> torch.Tensor:
 def hierarchy_analysis(
     model, tokenizer, text: str, language: str, length: int, layers: list[int], map_size: int = 256
 ) -> dict:
-    from ropelab.hierarchy import extract
 
     if tokenizer is None:
         raise RopelabError("the hierarchy analysis needs the model's tokenizer (no tokenizer.json found)")

@@ -12,16 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+from ropelab.analysis.pipeline import AnalyzeConfig, analyze, parse_analyses
 from ropelab.cli.evaluate import device_options
 from ropelab.core.args import positive_int, split_list
+from ropelab.pe import split_specs
+from ropelab.reporting.analysis import write_outputs
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     import torch
-
-    from ropelab.analysis.pipeline import AnalyzeConfig, analyze, parse_analyses
-    from ropelab.pe import split_specs
-    from ropelab.reporting.analysis import write_outputs
 
     if args.threads:
         torch.set_num_threads(args.threads)

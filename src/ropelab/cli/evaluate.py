@@ -20,6 +20,14 @@ import argparse
 
 from ropelab.core.args import positive_int, split_list
 from ropelab.core.errors import RopelabError
+from ropelab.core.lengths import parse_length
+from ropelab.eval import get_task
+from ropelab.eval.runner import Shard, evaluate
+from ropelab.model.device import resolve_placement
+from ropelab.pe import split_specs
+from ropelab.pretrained.registry import load_model
+from ropelab.reporting.eval import compare_runs, write_report
+from ropelab.train import distributed
 
 #: how long a process of a sharded run may wait at a barrier for the slowest one (its share may
 #: take much longer than torch's default 30 minutes); a process that fails ends the run anyway
@@ -59,10 +67,6 @@ def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
 
 
 def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_at_longest: bool = False) -> int:
-    from ropelab.eval import get_task
-    from ropelab.model.device import resolve_placement
-    from ropelab.pe import split_specs
-    from ropelab.train import distributed
 
     methods = split_specs(args.methods)  # a malformed list fails before the model loads
     for name in split_list(args.tasks):
@@ -80,13 +84,6 @@ def _run_eval_process(args, methods: list[str], task_lengths, passkey_at_longest
     import time
 
     import torch
-
-    from ropelab.core.lengths import parse_length
-    from ropelab.eval.runner import Shard, evaluate
-    from ropelab.model.device import resolve_placement
-    from ropelab.pretrained.registry import load_model
-    from ropelab.reporting.eval import write_report
-    from ropelab.train import distributed
 
     threads = args.threads or distributed.default_threads(info)
     if threads:
@@ -147,7 +144,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ropelab.reporting.eval import compare_runs, write_report
 
     if len(args.runs) == 1:
         path = write_report(args.runs[0])

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ropelab.integrations.hf_export import export_hf
+
 DESCRIPTION = (
     "Write a model as a transformers directory (config.json, model.safetensors, tokenizer files) that "
     "transformers.AutoModelForCausalLM.from_pretrained loads without ropelab. Only methods a transformers "
@@ -44,7 +46,6 @@ def export_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ropelab.integrations.hf_export import export_hf
 
     result = export_hf(args.checkpoint, args.out, method=args.method, train_len=args.train_len)
     rope = ", ".join(f"{k}={v}" for k, v in result.rope_parameters.items())

@@ -16,9 +16,21 @@ import json
 import math
 import sys
 
+from ropelab import pe
 from ropelab.cli.evaluate import device_options
 from ropelab.core.args import positive_int
 from ropelab.core.errors import RopelabError
+from ropelab.core.lengths import parse_length
+from ropelab.eval import get_task
+from ropelab.hierarchy import canonical_language, extract, read_source
+from ropelab.model.config import CONFIGS, LIMITS
+from ropelab.model.device import resolve_placement
+from ropelab.model.generate import check_prompt_length, check_sampling, default_prompt_limit, stream
+from ropelab.pe import methods
+from ropelab.pe.base import PEContext
+from ropelab.pretrained import load_tokenizer
+from ropelab.pretrained.registry import PRETRAINED, load_model
+from ropelab.pretrained.tokenizer import without_surrogates
 
 
 def _param_doc(param) -> dict:
@@ -32,7 +44,6 @@ def _param_doc(param) -> dict:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from ropelab.pe import methods
 
     entries = [
         {
@@ -66,7 +77,6 @@ DESCRIBE_MAX_LENGTH = 1 << 30
 
 
 def _check_describe(head_dim: int, train_len: int, base: float, length: int | None) -> None:
-    from ropelab.model.config import LIMITS
 
     bounds = {"head_dim": (head_dim, LIMITS["head_dim"]), "train_len": (train_len, LIMITS["train_len"])}
     bounds["length"] = (length, DESCRIBE_MAX_LENGTH)
@@ -85,8 +95,6 @@ def describe(spec: str, head_dim: int, train_len: int, base: float, length: int 
     ``head_dim`` (at most 4096), ``train_len`` (at most 2**24), ``length`` (at most 2**30) and
     ``base`` (finite, > 1) are checked first: one :class:`RopelabError`, never a table of a
     hundred million rows."""
-    from ropelab import pe
-    from ropelab.pe.base import PEContext
 
     _check_describe(head_dim, train_len, base, length)
     ctx = PEContext(head_dim=head_dim, n_heads=1, train_len=train_len, rope_base=base, dim=head_dim)
@@ -145,8 +153,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ropelab.model.config import CONFIGS
-    from ropelab.pretrained.registry import PRETRAINED
 
     entries = [
         {
@@ -195,11 +201,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ``--max-prompt-tokens`` tokens (default: :data:`ropelab.model.generate.PROMPT_LIMIT_FACTOR`
     times the model's training length) and at most :data:`PROMPT_BYTES_PER_TOKEN` bytes a token."""
     import torch
-
-    from ropelab.model.device import resolve_placement
-    from ropelab.model.generate import check_prompt_length, check_sampling, default_prompt_limit, stream
-    from ropelab.pretrained.registry import load_model
-    from ropelab.pretrained.tokenizer import without_surrogates
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     if args.threads:
@@ -251,8 +252,6 @@ def cmd_positions(args: argparse.Namespace) -> int:
     """HiRoPE positions of a source file. JSON ``positions`` rows are highest level first:
     ``[segment, token]`` (``[unit, segment, token]`` with ``--levels 3``), the reverse of the
     column order of ``Hierarchy.positions()``."""
-    from ropelab.hierarchy import canonical_language, extract, read_source
-    from ropelab.pretrained import load_tokenizer
 
     text, warnings = read_source(args.file)
     language = canonical_language(args.language) if args.language else None
@@ -305,9 +304,6 @@ def _read_text(path: str, max_bytes: int | None = None) -> str:
 
 
 def cmd_task_sample(args: argparse.Namespace) -> int:
-    from ropelab.core.lengths import parse_length
-    from ropelab.eval import get_task
-    from ropelab.pretrained.registry import load_model
 
     task = get_task(args.task)
     model, tokenizer = load_model(args.model)

@@ -16,11 +16,18 @@ import os
 import time
 
 from ropelab.core.args import split_list
+from ropelab.core.errors import RopelabError
+from ropelab.experiments.hirope.config import ShortConfig
+from ropelab.experiments.hirope.run import run_experiment as run_hirope_experiment
+from ropelab.experiments.hope.config import ABLATIONS, DEFAULT_LENGTHS, DEFAULT_PES, DEFAULT_TASKS, ExperimentConfig
+from ropelab.experiments.hope.report import write_experiment_report
+from ropelab.experiments.hope.run import run_experiment as run_hope_experiment
+from ropelab.pe import split_specs
+from ropelab.train.config import DEVICES, PARALLEL, SCHEDULES, TrainConfig
+from ropelab.train.trainer import describe_result, train
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ropelab.train.config import TrainConfig
-    from ropelab.train.trainer import describe_result, train
 
     config = TrainConfig(
         pe=args.pe,
@@ -65,16 +72,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return _cmd_hirope(args)
     import torch
 
-    from ropelab.experiments.hope.config import ABLATIONS, ExperimentConfig
-    from ropelab.experiments.hope.report import write_experiment_report
-    from ropelab.experiments.hope.run import run_experiment
-    from ropelab.pe import split_specs
-
     out = args.out or f"runs/experiment-{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.report_only:
         if not args.out:
-            from ropelab.core.errors import RopelabError
-
             raise RopelabError("--report-only needs --out pointing at an experiment directory")
         path = write_experiment_report(out)
     else:
@@ -103,7 +103,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             seed_pes=split_specs(args.seed_pes),
         )
-        path = run_experiment(config, out, progress=not args.no_progress, analysis=not args.no_analysis, jobs=args.jobs)
+        path = run_hope_experiment(
+            config, out, progress=not args.no_progress, analysis=not args.no_analysis, jobs=args.jobs
+        )
     print(path.read_text())
     print(f"report: {path} (summary.json, plots, models/ and eval/ beside it)")
     return 0
@@ -111,9 +113,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def _cmd_hirope(args: argparse.Namespace) -> int:
     import time
-
-    from ropelab.experiments.hirope.config import ShortConfig
-    from ropelab.experiments.hirope.run import run_experiment
 
     out = args.out or f"runs/experiment-hirope-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.threads:
@@ -131,7 +130,7 @@ def _cmd_hirope(args: argparse.Namespace) -> int:
         config.languages = split_list(args.languages)
     if args.model_config_hirope is not None:
         config.model_config = args.model_config_hirope
-    path = run_experiment(config, out, progress=not args.no_progress)
+    path = run_hirope_experiment(config, out, progress=not args.no_progress)
     print(path.read_text())
     print(f"report: {path}")
     return 0
@@ -155,7 +154,6 @@ def synthetic_options(p: argparse.ArgumentParser, share: float, repeat: float) -
 
 
 def train_options(p: argparse.ArgumentParser) -> None:
-    from ropelab.train.config import DEVICES, PARALLEL, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     p.add_argument("--pe", default=d.pe, help="position encoding spec (default: rope), e.g. hope, alibi, fire")
@@ -210,7 +208,6 @@ def train_options(p: argparse.ArgumentParser) -> None:
 
 
 def experiment_options(p: argparse.ArgumentParser) -> None:
-    from ropelab.experiments.hope.config import DEFAULT_LENGTHS, DEFAULT_PES, DEFAULT_TASKS, ExperimentConfig
 
     e = ExperimentConfig()
     p.add_argument(

@@ -55,6 +55,7 @@ from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs, Sample, Task
 from ropelab.hierarchy import align, segment_text
+from ropelab.model.config import shown
 from ropelab.model.device import dtype_name
 from ropelab.model.generate import stream
 from ropelab.pe import canonical_spec
@@ -684,7 +685,6 @@ def _is_real(value: object) -> bool:
 def _record_problem(record: object, *, keyed: bool) -> str | None:
     """What is wrong with one parsed line of ``results.jsonl`` (None: a good record); ``keyed``
     (resuming): an evaluation record must also carry its sample ``index``."""
-    from ropelab.model.config import shown
 
     if not isinstance(record, dict):
         return f"expected a record (a JSON object), got {type(record).__name__}"

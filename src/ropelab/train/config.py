@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 
 from ropelab.core.errors import RopelabError
+from ropelab.model.config import CONFIGS
+from ropelab.pe import canonical_spec
 
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -73,8 +75,6 @@ class TrainConfig:
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp" (the same update; checkpoints are the same files)
 
     def validate(self) -> None:
-        from ropelab.model.config import CONFIGS
-        from ropelab.pe import canonical_spec
 
         self.pe = canonical_spec(self.pe)
         if self.model_config not in CONFIGS:

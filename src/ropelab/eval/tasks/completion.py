@@ -6,7 +6,7 @@ beside it.
 
 Choices made here:
 
-* Source: the running interpreter's standard library (``ropelab.eval.corpus``), ``pydoc_data``
+* Source: the running interpreter's standard library (``ropelab.eval.documents``), ``pydoc_data``
   (documentation strings) and ``encodings`` (generated codec tables, the same lines in every
   file) left out. Each sample picks a *target file* of at least 8 KB and an
   *answer line* in its second half, so the answer has real in-file context. A line qualifies
@@ -44,7 +44,7 @@ from pathlib import Path
 from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import read_text, stdlib_python_files
+from ropelab.eval.documents import read_text, stdlib_python_files
 
 MIN_FILE_BYTES = 8000
 MIN_ANSWER_CHARS = 8

@@ -41,7 +41,7 @@ import torch
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import first_tokens, jdk_sources, long_java
+from ropelab.eval.documents import first_tokens, jdk_sources, long_java
 from ropelab.eval.tasks.ppl import code_document
 
 #: target tokens of the fixed-target view (the last ones of the document; at most a quarter of it)
@@ -94,7 +94,7 @@ def document(language: str, length: int, index: int, seed: int) -> tuple[str, li
 
 def languages(n: int) -> list[tuple[str, int]]:
     """(language, document index) of each sample: Python and Java alternate when JDK sources are
-    installed (``ropelab.eval.corpus.jdk_sources``), else every sample is Python."""
+    installed (``ropelab.eval.documents.jdk_sources``), else every sample is Python."""
     if jdk_sources() is None:
         return [("python", i) for i in range(n)]
     return [("python" if i % 2 == 0 else "java", i // 2) for i in range(n)]

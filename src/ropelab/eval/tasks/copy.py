@@ -24,7 +24,7 @@ Choices made here:
 Sources (constructor ``source``; the paper does not say where its sequences come from):
 
 * ``"corpus"`` (default): the first 12 tokens of stripped lines (at least 24 characters) of the
-  running interpreter's standard library (``ropelab.eval.corpus``; ``pydoc_data`` and the
+  running interpreter's standard library (``ropelab.eval.documents``; ``pydoc_data`` and the
   generated ``encodings`` tables left out), at most 64 lines per file spread over the file,
   files in the corpus' fixed order (largest first), unique by prefix. The pool grows
   deterministically and ``N`` sequences are drawn from its first ``max(2048, 8 N)`` windows, so
@@ -46,7 +46,7 @@ import random
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import read_text, stdlib_python_files
+from ropelab.eval.documents import read_text, stdlib_python_files
 
 PREFIX_TOKENS = 8
 SUFFIX_TOKENS = 4

@@ -59,7 +59,7 @@ from functools import lru_cache
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import read_text, stdlib_python_files
+from ropelab.eval.documents import read_text, stdlib_python_files
 
 SUBTASKS = ("language", "returns")
 FILLERS = ("paper", "varied")

@@ -22,7 +22,7 @@ import random
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import first_tokens
+from ropelab.eval.documents import first_tokens
 from ropelab.eval.tasks.ppl import code_document
 
 QUESTION = "\n# What is the pass key? The pass key is"

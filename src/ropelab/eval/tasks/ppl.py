@@ -7,7 +7,7 @@ lengths mostly shows which lines sit where. To ask whether a method uses more co
 the same targets scored with growing context.
 
 Documents: whole stdlib Python files, largest first, concatenated in a fixed order
-(:func:`ropelab.eval.corpus.long_code`); sample ``i`` starts ``3 i`` files further into that order,
+(:func:`ropelab.eval.documents.long_code`); sample ``i`` starts ``3 i`` files further into that order,
 so samples differ and every run sees the same text. The input of length ``L`` is the first ``L``
 tokens of the document, so the inputs of one sample at different lengths are prefixes of each
 other: for a causal model (and a method whose angles do not depend on the input length) the
@@ -30,7 +30,7 @@ import math
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import first_tokens, long_code
+from ropelab.eval.documents import first_tokens, long_code
 
 TAIL = 256
 

@@ -6,7 +6,7 @@ it; gold names come from the AST; the metric is recall averaged over files (pape
 
 Choices made here:
 
-* Code: the running interpreter's standard library (``ropelab.eval.corpus``; ``pydoc_data``,
+* Code: the running interpreter's standard library (``ropelab.eval.documents``; ``pydoc_data``,
   ``encodings`` (codec tables, the same few names in every file) and table-like files with fewer
   than one definition per 3,000 characters left out). Each sample
   starts from a file whose estimated token count is within 0.7..1.3 of the code budget
@@ -44,7 +44,7 @@ from pathlib import Path
 from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.corpus import read_text, stdlib_python_files
+from ropelab.eval.documents import read_text, stdlib_python_files
 
 QUESTION = "\n# Question: list all functions and classes defined above, one per line.\n# Answer:\n"
 SCOPES = ("all", "top")
@@ -227,7 +227,7 @@ def _file(path: Path) -> tuple[str, list[int]]:
 @lru_cache(maxsize=1)
 def _source_files() -> tuple[Path, ...]:
     usable = []
-    for path in stdlib_python_files():  # no pydoc_data or encodings (ropelab.eval.corpus.NOT_CODE)
+    for path in stdlib_python_files():  # no pydoc_data or encodings (ropelab.eval.documents.NOT_CODE)
         text = read_text(path)
         if not text or "\r" in text or not text.isascii():
             continue

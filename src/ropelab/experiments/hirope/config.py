@@ -8,6 +8,9 @@ import math
 from dataclasses import dataclass, field
 
 from ropelab.core.errors import RopelabError
+from ropelab.eval.documents import jdk_sources
+from ropelab.model.config import CONFIGS
+from ropelab.pe import canonical_spec
 
 #: JDK packages the model trains on (held-out evaluation files excluded)
 JDK_PACKAGES = ("util", "lang", "io", "time", "text", "math", "net", "nio")
@@ -38,7 +41,6 @@ class ShortConfig:
     data: list[str] | None = None  # training sources; default: the stdlib and the JDK's java.base packages
 
     def validate(self) -> None:
-        from ropelab.model.config import CONFIGS
 
         if self.model_config not in CONFIGS:
             raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
@@ -51,7 +53,6 @@ class ShortConfig:
         for language in self.languages:
             if language not in ("python", "java"):
                 raise RopelabError(f"language {language!r}: the study reads python and java")
-        from ropelab.eval.corpus import jdk_sources
 
         if "java" in self.languages and jdk_sources() is None:  # before training, not after it
             raise RopelabError(
@@ -84,6 +85,5 @@ def default_methods(train_len: int, length: int) -> list[tuple[str, str, bool]]:
 def _methods(config: ShortConfig) -> list[tuple[str, str, bool]]:
     if config.methods is None:
         return default_methods(config.train_len, config.length)
-    from ropelab.pe import canonical_spec
 
     return [(spec, canonical_spec(spec), True) for spec in config.methods]

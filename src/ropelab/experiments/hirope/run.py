@@ -48,7 +48,7 @@ from ropelab.core.io import atomic_write_text, ropelab_home
 from ropelab.core.log import log
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval.base import Sample
-from ropelab.eval.corpus import first_tokens, jdk_sources, long_code, long_java, stdlib_python_files
+from ropelab.eval.documents import first_tokens, jdk_sources, long_code, long_java, stdlib_python_files
 from ropelab.eval.runner import WINDOW, Evaluator, read_results, window_prefill
 from ropelab.eval.stats import block_means
 from ropelab.experiments.hirope.config import HOLDOUT, JDK_PACKAGES, ShortConfig, _methods, block_size
@@ -70,7 +70,7 @@ def python_holdout() -> list[Path]:
 
 
 def java_holdout() -> list[str]:
-    """Archive names of the largest ``java.util`` files (what :func:`ropelab.eval.corpus.long_java` reads first)."""
+    """Archive names of the largest ``java.util`` files (what :func:`ropelab.eval.documents.long_java` reads first)."""
 
     archive = jdk_sources()
     if archive is None:

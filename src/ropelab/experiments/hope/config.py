@@ -8,6 +8,10 @@ import re
 from dataclasses import dataclass, field
 
 from ropelab.core.errors import RopelabError
+from ropelab.core.lengths import parse_length
+from ropelab.eval import get_task
+from ropelab.model.config import CONFIGS
+from ropelab.pe import canonical_spec, parse_spec
 
 DEFAULT_PES = ("rope", "hope", "nope", "alibi", "kerple-log", "fire")
 ABLATIONS = ("hope-ab1", "hope-ab2", "hope-ab3")
@@ -60,10 +64,6 @@ class ExperimentConfig:
     seed_pes: list[str] = field(default_factory=lambda: list(SEED_PES))
 
     def validate(self) -> None:
-        from ropelab.core.lengths import parse_length
-        from ropelab.eval import get_task
-        from ropelab.model.config import CONFIGS
-        from ropelab.pe import canonical_spec, parse_spec
 
         if not self.pes:
             raise RopelabError("no position encodings to compare")
@@ -102,7 +102,6 @@ class ExperimentConfig:
 
     @property
     def factor(self) -> float:
-        from ropelab.core.lengths import parse_length
 
         if self.scale_factor is not None:
             return self.scale_factor
@@ -110,8 +109,6 @@ class ExperimentConfig:
 
     def task_lengths(self) -> dict[str, list[str]]:
         """Per task, the lengths it can be built at (``ppl`` needs > 256 tokens, ``fewshot`` 256)."""
-        from ropelab.core.lengths import parse_length
-        from ropelab.eval import get_task
 
         result = {}
         for name in self.tasks:
@@ -124,7 +121,6 @@ class ExperimentConfig:
 
     def methods(self, pe: str) -> list[str]:
         """The model's own spec, plus ``+pi`` / ``+yarn`` for a RoPE-family model."""
-        from ropelab.pe import parse_spec
 
         if parse_spec(pe)[0].info.kind != "rotary":
             return [pe]

@@ -51,7 +51,7 @@ from ropelab.data import ChunkSampler
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs
-from ropelab.eval.corpus import long_code, stdlib_python_files
+from ropelab.eval.documents import long_code, stdlib_python_files
 from ropelab.eval.runner import evaluate
 from ropelab.eval.stats import wilson
 from ropelab.eval.tasks.copy import Copy
