@@ -1,7 +1,9 @@
 """Bias methods (ALiBi, KERPLE, FIRE) attend query chunk by query chunk
-(``ropelab.model.bias_attention``): the results equal the one-shot computation -- the whole
-``[B, H, T, T]`` bias, the causal ``-inf`` fill and one SDPA call, kept here as the reference --
-to 1e-5 in fp32, with padding, with the KV cache, and for the gradients of every parameter."""
+(``ropelab.model.bias_attention``), with each chunk's bias or, for ALiBi and KERPLE at consecutive
+positions, a strided view of one distance table: the results equal the one-shot computation --
+the whole ``[B, H, T, T]`` bias, the causal ``-inf`` fill and one SDPA call, kept here as the
+reference -- to 1e-5 in fp32, with padding, with the KV cache, and for the gradients of every
+parameter, on both paths."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch import nn
 from ropelab import ModelConfig, Transformer
 from ropelab.model import bias_attention
 from ropelab.model.transformer import Attention, _causal
+from ropelab.pe import fire as fire_module
 from ropelab.pe.alibi import ALiBi
 from ropelab.pe.base import apply_rotary, relative_distance
 from ropelab.pe.fire import Fire, scalar_mlp
@@ -93,8 +96,19 @@ def reference_of(model: Transformer) -> Transformer:
 
 @pytest.fixture(params=[1, 7 * 2 * 4 * 50])
 def small_chunks(monkeypatch, request):
-    """Chunks of one query, or of about 7 (a shorter last one), so every path runs many chunks."""
+    """Chunks of one query, or of about 7 (a shorter last one), so every path runs many chunks
+    (with a bias per chunk, and reading the distance table)."""
     monkeypatch.setattr(bias_attention, "CHUNK_ELEMENTS", request.param)
+    monkeypatch.setattr(bias_attention, "TABLE_CHUNK", 1 if request.param == 1 else 7)
+
+
+@pytest.fixture(params=["table", "chunks"])
+def path(monkeypatch, request):
+    """``table``: distance-only biases read from one table where the positions allow it (the
+    default); ``chunks``: every chunk builds its bias with ``attention_bias``."""
+    if request.param == "chunks":
+        monkeypatch.setattr(bias_attention, "_consecutive", lambda *args: False)
+    return request.param
 
 
 def run_reference(monkeypatch, fn):
@@ -104,7 +118,7 @@ def run_reference(monkeypatch, fn):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_chunked_logits_equal_the_materialised_bias(spec, small_chunks, monkeypatch):
+def test_chunked_logits_equal_the_materialised_bias(spec, small_chunks, path, monkeypatch):
     model = model_for(spec).eval()
     ids = torch.randint(0, 61, (2, 50), generator=torch.Generator().manual_seed(1))
     positions = torch.arange(7, 57)[None]  # beyond FIRE's threshold, too
@@ -138,7 +152,7 @@ def test_chunked_logits_with_padding_equal_the_materialised_bias(spec, small_chu
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("padded", [False, True])
-def test_kv_cache_steps_equal_the_materialised_bias(spec, padded, small_chunks, monkeypatch):
+def test_kv_cache_steps_equal_the_materialised_bias(spec, padded, small_chunks, path, monkeypatch):
     model = model_for(spec).eval()
     ids = torch.randint(0, 61, (2, 36), generator=torch.Generator().manual_seed(3))
     mask = torch.ones(2, 36, dtype=torch.long)
@@ -162,14 +176,16 @@ def test_kv_cache_steps_equal_the_materialised_bias(spec, padded, small_chunks, 
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("recompute", [False, True])
-def test_gradients_equal_the_materialised_bias(spec, recompute, small_chunks, monkeypatch):
+@pytest.mark.parametrize("padded", [False, True])
+def test_gradients_equal_the_materialised_bias(spec, recompute, padded, small_chunks, monkeypatch):
     if recompute:  # every chunk checkpointed: recomputed in the backward pass
         monkeypatch.setattr(bias_attention, "RECOMPUTE_ELEMENTS", 0)
     model = model_for(spec).train()
     reference = reference_of(model)
     ids = torch.randint(0, 61, (2, 45), generator=torch.Generator().manual_seed(4))
     mask = torch.ones(2, 45, dtype=torch.long)
-    mask[1, :6] = 0
+    if padded:  # (the chunks' own biases; unpadded, ALiBi and KERPLE read the distance table)
+        mask[1, :6] = 0
 
     def loss_of(m):
         logits = m(ids[:, :-1], attention_mask=mask[:, :-1])
@@ -198,6 +214,7 @@ def test_gradients_equal_the_materialised_bias(spec, recompute, small_chunks, mo
 
 def test_no_bias_larger_than_a_chunk_and_no_key_after_the_chunk(monkeypatch):
     """A long prefill never builds more than one chunk's bias, and a chunk reads only its keys."""
+    monkeypatch.setattr(bias_attention, "_consecutive", lambda *args: False)
     monkeypatch.setattr(bias_attention, "CHUNK_ELEMENTS", 4 * 64 * 300)
     model = model_for("kerple-log").eval()
     shapes = []
@@ -215,16 +232,45 @@ def test_no_bias_larger_than_a_chunk_and_no_key_after_the_chunk(monkeypatch):
     assert max(4 * queries * keys for _, queries, keys in shapes) <= 4 * 64 * 300
 
 
+@pytest.mark.parametrize("spec", ["alibi", "kerple-power"])
+def test_consecutive_positions_read_one_distance_table_per_layer(spec, monkeypatch):
+    """Distance-only biases at consecutive positions build no per-chunk bias: one table per layer."""
+    monkeypatch.setattr(bias_attention, "CHUNK_ELEMENTS", 4 * 64 * 300)
+    model = model_for(spec).eval()
+    calls = []
+    encoding = type(model.pe)
+    original = encoding.distance_bias
+    monkeypatch.setattr(encoding, "attention_bias", lambda *args: calls.append("chunk"))
+    monkeypatch.setattr(encoding, "distance_bias", lambda self, *args: calls.append("table") or original(self, *args))
+    with torch.no_grad():
+        model(torch.zeros(1, 300, dtype=torch.long))  # default positions 0 .. 299
+        cache = model.new_cache()
+        model(torch.zeros(1, 20, dtype=torch.long), positions=torch.arange(5, 25)[None], cache=cache)
+        model(torch.zeros(1, 1, dtype=torch.long), positions=torch.tensor([[25]]), cache=cache)
+    assert calls == ["table"] * 6
+
+
+def test_consecutive_positions():
+    consecutive = bias_attention._consecutive
+    assert consecutive(torch.arange(3, 8)[None], torch.arange(3, 8)[None], 0)
+    assert consecutive(torch.arange(5, 8)[None], torch.arange(3, 8)[None], 2)
+    assert consecutive(torch.arange(5, 8, dtype=torch.float64)[None], torch.arange(3, 8.0)[None], 2)
+    assert not consecutive(torch.tensor([[0, 1, 3]]), torch.tensor([[0, 1, 3]]), 0)
+    assert not consecutive(torch.arange(4)[None].expand(2, -1), torch.arange(4)[None].expand(2, -1), 0)
+    assert not consecutive(torch.arange(2**24, 2**24 + 3)[None], torch.arange(2**24, 2**24 + 3)[None], 0)
+
+
 def test_chunk_length():
-    assert bias_attention.chunk_length(8, 4096, 4096) == 256
-    assert bias_attention.chunk_length(8, 16384, 16384) == 64
+    assert bias_attention.chunk_length(8, 4096, 4096) == 64
+    assert bias_attention.chunk_length(8, 16384, 16384) == 16
+    assert bias_attention.chunk_length(8, 16384, 16384, elements=2**23) == 64
     assert bias_attention.chunk_length(8, 1, 16384) == 1
     assert bias_attention.chunk_length(8, 100, 100) == 100
     assert bias_attention.chunk_length(1, 10**6, 10**9) == 1
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_scalar_mlp_equals_the_mlp_with_its_gradients(seed):
+def test_scalar_mlp_equals_the_mlp_with_its_gradients(seed, monkeypatch):
     torch.manual_seed(seed)
     first, last = nn.Linear(1, 16), nn.Linear(16, 3)
     with torch.no_grad():  # kinks in range, a kink exactly at 0 and at 1, a flat unit, a dead one
@@ -237,6 +283,10 @@ def test_scalar_mlp_equals_the_mlp_with_its_gradients(seed):
     got = scalar_mlp(x, first, last)
     expected = last(F.relu(first(x.detach().clone().requires_grad_(True).unsqueeze(-1)))).permute(0, 3, 1, 2)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # without autograd: blocks of query rows (here one or three at a time)
+        for block in (1, 3 * 18 * 9):
+            monkeypatch.setattr(fire_module, "_BLOCK_ELEMENTS", block)
+            torch.testing.assert_close(scalar_mlp(x, first, last), expected, atol=1e-6, rtol=1e-6)
     weights = torch.randn_like(got)
     params = [*first.parameters(), *last.parameters()]
     got_grads = torch.autograd.grad((got * weights).sum(), [x, *params])
@@ -257,3 +307,15 @@ def test_fire_bias_beyond_its_threshold_by_hand():
     for i, j in [(39, 3), (20, 20), (39, 0)]:
         x = math.log(c * (i - j) + 1) / (math.log(c * max(i, threshold) + 1) + 1e-6)
         torch.testing.assert_close(bias[0, :, i, j], fire.mlp(torch.tensor([[x]]))[0], atol=1e-6, rtol=1e-6)
+
+
+def test_fire_reuses_its_sorted_units_only_while_the_weights_are_unchanged():
+    model = model_for("fire:width=8").eval()
+    q = torch.arange(600, 640)[None]
+    with torch.no_grad():
+        before = model.pe.attention_bias(0, q, torch.arange(640)[None])
+        assert model.pe.functions[0]._terms  # kept
+        model.pe.functions[0].mlp[0].bias.add_(0.3)  # an optimizer step: a new version
+        after = model.pe.attention_bias(0, q, torch.arange(640)[None])
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference_bias(model.pe, 0, q, torch.arange(640)[None]), **TOL)

@@ -32,13 +32,22 @@ from torch.utils.checkpoint import checkpoint
 
 from ropelab.pe.base import PositionEncoding
 
-#: Floats in one chunk's bias (``batch x heads x chunk x keys``): 32 MB. Sets the chunk length.
-CHUNK_ELEMENTS = 2**23
+#: Floats in one chunk's bias (``batch x heads x chunk x keys``): 8 MB, which sets the chunk length
+#: (64 queries at 4K tokens with 8 heads). Small enough that the allocator reuses the memory of the
+#: previous chunk (blocks of 32 MB and more are fresh pages each time: 5x slower to fill).
+CHUNK_ELEMENTS = 2**21
+#: Queries per chunk when the bias is read from a distance table (no bias tensor per chunk): SDPA
+#: runs efficiently on a few hundred queries, and a chunk computes at most ``chunk / 2`` masked
+#: scores per query.
+TABLE_CHUNK = 256
 #: Bias floats of the whole causal attention (all chunks) above which training recomputes each
 #: chunk in the backward pass instead of keeping its bias and attention weights (1 GB).
 RECOMPUTE_ELEMENTS = 2**28
 
 BiasFn = Callable[[Tensor, Tensor], "Tensor | None"]
+DistanceFn = Callable[[Tensor], "Tensor | None"]
+#: Positions below this are exact in float32, so their differences are the integer distances.
+_EXACT = 2**24
 
 
 def has_bias(pe: PositionEncoding) -> bool:
@@ -68,6 +77,7 @@ def bias_attention(
     allowed: Tensor | None = None,
     gqa: bool = False,
     chunk: int | None = None,
+    distance_bias: DistanceFn | None = None,
 ) -> Tensor | None:
     """Attention of ``q [B, H, T, D]`` to ``k, v [B, Hkv, K, D]`` (the queries are the last ``T`` of
     the ``K`` tokens: ``past = K - T``) with the additive bias ``bias(q_pos, k_pos)``.
@@ -79,6 +89,14 @@ def bias_attention(
     or ``[B, 1, T, K]`` of the pairs that may attend (padding), itself causal; with it, ``causal``
     only trims the keys. ``gqa``: ``k, v`` have fewer heads than ``q`` (SDPA's ``enable_gqa``).
     ``chunk``: queries per chunk (default from :data:`CHUNK_ELEMENTS`).
+
+    ``distance_bias`` (optional) takes float32 distances ``[n]`` and returns their bias ``[H, n]``,
+    or ``None``: for an encoding whose bias depends only on ``q - k``. When the positions are
+    consecutive (one row ``p0, p0 + 1, ...``, as without explicit positions or padding) and no
+    ``allowed`` mask is given, the bias of every pair is then read from one table per call: the
+    table of the distances ``K - 1`` down to ``-(chunk - 1)`` (``-inf`` below 0 when causal), seen
+    by each chunk as a strided view with queries in reverse order, so that the distance falls by
+    one along both the (reversed) queries and the keys -- no bias tensor is built at all.
     """
     B, H, T, _ = q.shape
     K = k.shape[2]
@@ -86,18 +104,38 @@ def bias_attention(
     dtype = q.dtype
     if dtype.is_floating_point and torch.finfo(dtype).bits < 32:  # never round the bias to 8 bits
         q, k, v = q.float(), k.float(), v.float()
-    if chunk is None:
-        chunk = chunk_length(B * H, T, K)
     extra = {"enable_gqa": True} if gqa else {}
+    table = None
+    if distance_bias is not None and allowed is None and _consecutive(q_positions, k_positions, past):
+        table_chunk = min(T, TABLE_CHUNK) if chunk is None else chunk
+        reach = table_chunk if causal else T  # how far before the first key a query of a chunk may look
+        distances = torch.arange(K - 1, -reach, -1, dtype=torch.float32, device=q.device)
+        table = distance_bias(distances)
+        if table is not None:
+            if causal:
+                table = table.masked_fill(distances < 0, float("-inf"))
+            table = table.to(torch.float32).contiguous()  # [H, K + reach - 1]
+    if table is not None:
+        chunk = table_chunk
+    elif chunk is None:
+        chunk = chunk_length(B * H, T, K)
     above = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1) if causal and allowed is None else None
 
     def attend(start: int, q_part: Tensor, k_part: Tensor, v_part: Tensor) -> Tensor | None:
         end = start + q_part.shape[2]
         keys = k_part.shape[2]
+        if table is not None:  # query past + end - 1 - u and key j are T - end + u + j entries into the table
+            n = end - start
+            view = table.as_strided((1, table.shape[0], n, keys), (0, table.stride(0), 1, 1), T - end)
+            out = F.scaled_dot_product_attention(q_part.flip(2), k_part, v_part, attn_mask=view, **extra)
+            return out.flip(2)
         scores = bias(q_positions[:, start:end], k_positions[:, :keys])
         if scores is None:
             return None
-        in_place = scores.is_contiguous() and not (torch.is_grad_enabled() and scores.requires_grad)
+        # in place unless autograd records the bias or it is an expanded view (a stride 0)
+        in_place = not (torch.is_grad_enabled() and scores.requires_grad) and all(
+            stride != 0 or size == 1 for stride, size in zip(scores.stride(), scores.shape, strict=True)
+        )
         if allowed is not None:
             visible = allowed[..., start:end, :keys]
             if in_place and scores.dim() == 4 and scores.shape[0] >= visible.shape[0]:
@@ -130,3 +168,16 @@ def bias_attention(
         outputs.append(out)
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
     return out.to(dtype)
+
+
+def _consecutive(q_positions: Tensor, k_positions: Tensor, past: int) -> bool:
+    """Whether the keys are at ``p0, p0 + 1, ...`` (one row for the whole batch, exact in float32)
+    and the queries are the last of them."""
+    if k_positions.dim() != 2 or k_positions.shape[0] != 1 or q_positions.shape[0] != 1:
+        return False
+    keys = k_positions[0]
+    first = keys[:1]
+    if first.item() < 0 or first.item() + keys.numel() > _EXACT:
+        return False
+    expected = first + torch.arange(keys.numel(), device=keys.device, dtype=keys.dtype)
+    return torch.equal(keys, expected) and torch.equal(q_positions[0], keys[past:])

@@ -214,6 +214,7 @@ class Attention(nn.Module):
                 causal=inputs.is_causal or inputs.causal_mask is not None,
                 allowed=inputs.causal_mask,
                 gqa=gqa,
+                distance_bias=lambda distance: pe.distance_bias(layer, distance),
             )
         if out is None:
             out = F.scaled_dot_product_attention(

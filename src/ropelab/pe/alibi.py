@@ -39,6 +39,9 @@ class ALiBi(PositionEncoding):
         distance = relative_distance(q_pos, k_pos).abs_()
         return distance * -self.slopes[None, :, None, None]  # [B|1, H, Tq, Tk]
 
+    def distance_bias(self, layer: int, distance: Tensor) -> Tensor:
+        return distance.abs()[None] * -self.slopes[:, None]  # [H, n]
+
 
 def _build(ctx: PEContext, spec: str) -> ALiBi:
     return ALiBi(ctx, spec)

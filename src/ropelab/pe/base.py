@@ -292,6 +292,16 @@ class PositionEncoding(nn.Module):
         return None
 
     def attention_bias(self, layer: int, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """The additive bias ``[B|1, H, Tq, Tk]`` (float32) of queries at ``q_pos [B|1, Tq]`` and keys at
+        ``k_pos [B|1, Tk]``; called with slices of the positions (one query chunk and the keys it
+        sees: ``ropelab.model.bias_attention``), never needing all ``T x T`` pairs at once."""
+        return None
+
+    def distance_bias(self, layer: int, distance: Tensor) -> Tensor | None:
+        """Optional, for a bias that depends only on ``q - k``: the bias ``[H, n]`` of float32
+        distances ``[n]`` (any sign; ``q_pos - k_pos`` as :func:`relative_distance` computes it), equal
+        to :meth:`attention_bias` at those distances. With consecutive positions the model then reads
+        the bias of every pair from this one table per layer (a strided view, no ``T x T`` tensor)."""
         return None
 
     def input_embedding(self, positions: Tensor) -> Tensor | None:

@@ -13,10 +13,15 @@ by default; ``shared=true`` uses one for all layers.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
 from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding, relative_distance
+
+#: Hidden values per block of query rows in :func:`_scalar_mlp_blocks` (2 MB: they stay in cache).
+_BLOCK_ELEMENTS = 2**19
 
 FIRE_PAPER = "Li et al. 2024, Functional Interpolation for Relative Positions Improves Long Context Transformers (arXiv 2310.04418)"
 
@@ -31,6 +36,7 @@ class FireBias(nn.Module):
         self.register_buffer("init_L", torch.tensor(float(init_L)))
         self.L_multiplier = nn.Parameter(torch.tensor(1.0))
         self.eps = eps
+        self._terms: dict = {}  # scalar_mlp's sorted units, reused while the weights are unchanged
 
     def forward(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         distance = relative_distance(q_pos, k_pos).clamp_(min=0)[:, 0]  # [B|1, Tq, Tk]; future keys are masked anyway
@@ -40,13 +46,13 @@ class FireBias(nn.Module):
         denominator = torch.log(torch.abs(c * normaliser) + 1) + self.eps
         if torch.is_grad_enabled() and (c.requires_grad or denominator.requires_grad):
             normalised = torch.log(torch.abs(c * distance) + 1) / denominator
-        else:  # the same operations, in place
-            normalised = distance.mul_(c).abs_().add_(1).log_().div_(denominator)
+        else:  # the same values, in place (|c * d| = |c| * d exactly, as d >= 0)
+            normalised = distance.mul_(c.abs()).add_(1).log_().div_(denominator)
         # the MLP runs in float32 whatever the model's dtype: its input is a function of the positions
-        return scalar_mlp(normalised, self.mlp[0], self.mlp[2])  # [B|1, H, Tq, Tk]
+        return scalar_mlp(normalised, self.mlp[0], self.mlp[2], self._terms)  # [B|1, H, Tq, Tk]
 
 
-def scalar_mlp(x: Tensor, first: nn.Linear, last: nn.Linear) -> Tensor:
+def scalar_mlp(x: Tensor, first: nn.Linear, last: nn.Linear, cache: dict | None = None) -> Tensor:
     """``last(relu(first(x[..., None])))`` in float32 for ``x [B, Tq, Tk]``, heads first:
     ``[B, H, Tq, Tk]``.
 
@@ -55,28 +61,64 @@ def scalar_mlp(x: Tensor, first: nn.Linear, last: nn.Linear) -> Tensor:
     (FIRE's ``x`` is in [0, 1]) are linear over all of it: together they are one slope and one offset
     per head. Only the others are evaluated, unit by unit, and one batched matmul sums them, the slope
     column and the offset. Same function and same gradients as the plain MLP (a unit exactly at its
-    kink counts as inactive, as ReLU's derivative at 0 does), with ``m + 1`` instead of ``width``
+    kink counts as inactive, as ReLU's derivative at 0 does), with ``m + 2`` instead of ``width``
     hidden values per pair and no ``[B, Tq, Tk, width]`` intermediate.
+
+    ``cache`` (a dict the caller keeps): without autograd, when ``x`` lies in [0, 1], the units are
+    sorted once for that whole range and reused while the weights stay the same (their version).
     """
+    lo, hi = (float(v) for v in torch.aminmax(x.detach())) if x.numel() else (0.0, 0.0)
+    weights = (first.weight, first.bias, last.weight, last.bias)
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        scale, shift, weight, units = _terms(first, last, lo, hi)
+        B, Tq, Tk = x.shape
+        hidden = (scale[:, None] * x.reshape(B, 1, Tq * Tk)).add_(shift[:, None])  # [B, m + 2, Tq * Tk]
+        hidden[:, :units].relu_()
+        return torch.matmul(weight, hidden).view(B, -1, Tq, Tk)
+    if cache is not None and 0.0 <= lo and hi <= 1.0:
+        state = [(w.data_ptr(), w._version) for w in weights]
+        if cache.get("state") != state or any(ref() is not w for ref, w in zip(cache["refs"], weights, strict=True)):
+            cache.update(refs=[weakref.ref(w) for w in weights], state=state, terms=_terms(first, last, 0.0, 1.0))
+        terms = cache["terms"]
+    else:
+        terms = _terms(first, last, lo, hi)
+    return _scalar_mlp_blocks(x, *terms)
+
+
+def _terms(first: nn.Linear, last: nn.Linear, lo: float, hi: float) -> tuple[Tensor, Tensor, Tensor, int]:
+    """For ``x`` in ``[lo, hi]``: the scales and shifts ``[m + 2]`` of the hidden rows (the ``m`` units
+    with a kink in range, then ``x``, then 1), the weights ``[H, m + 2]`` that sum them into the output
+    (the units' own, the slope and the offset of the units linear over the range), and ``m``."""
     w1, b1 = first.weight.to(torch.float32)[:, 0], first.bias.to(torch.float32)
     w2, b2 = last.weight.to(torch.float32), last.bias.to(torch.float32)
-    B, Tq, Tk = x.shape
     with torch.no_grad():
-        lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
-        margin = 1e-4 * (1 + torch.maximum(lo.abs(), hi.abs()))
+        margin = 1e-4 * (1 + max(abs(lo), abs(hi)))
         kink = -b1 / w1  # +-inf or nan where w1 == 0: never in range
         inside = (w1 != 0) & (kink >= lo - margin) & (kink <= hi + margin)
         active = ~inside & (w1 * (lo + hi) / 2 + b1 > 0)  # the same sign over the whole range
         inside, active = inside.nonzero()[:, 0], active.nonzero()[:, 0]
     slope = w2[:, active] @ w1[active]  # [H]
     offset = b2 + w2[:, active] @ b1[active]
-    m = inside.numel()
-    scale = torch.cat((w1[inside], w1.new_ones(1)))  # the last row is x itself, times the slope
-    shift = torch.cat((b1[inside], b1.new_zeros(1)))
-    hidden = torch.addcmul(shift[:, None], scale[:, None], x.reshape(B, 1, Tq * Tk))  # [B, m + 1, Tq * Tk]
-    hidden[:, :m].relu_()
-    weight = torch.cat((w2[:, inside], slope[:, None]), dim=1)  # [H, m + 1]
-    return torch.baddbmm(offset[:, None], weight.expand(B, -1, -1), hidden).view(B, -1, Tq, Tk)
+    scale = torch.cat((w1[inside], w1.new_tensor([1.0, 0.0])))
+    shift = torch.cat((b1[inside], b1.new_tensor([0.0, 1.0])))
+    weight = torch.cat((w2[:, inside], slope[:, None], offset[:, None]), dim=1)
+    return scale, shift, weight, inside.numel()
+
+
+def _scalar_mlp_blocks(x: Tensor, scale: Tensor, shift: Tensor, weight: Tensor, units: int) -> Tensor:
+    """:func:`scalar_mlp`'s last steps without autograd, a few query rows at a time: each block's
+    hidden values stay in cache and its product is written straight into the result, laid out
+    ``[B, Tq, H, Tk]`` (returned as the ``[B, H, Tq, Tk]`` view): a third faster than one pass."""
+    B, Tq, Tk = x.shape
+    heads, width = weight.shape
+    rows = x.reshape(B * Tq, 1, Tk)
+    out = x.new_empty(B * Tq, heads, Tk)
+    block = max(1, _BLOCK_ELEMENTS // (width * Tk))
+    for start in range(0, B * Tq, block):
+        hidden = (scale[:, None] * rows[start : start + block]).add_(shift[:, None])  # [block, m + 2, Tk]
+        hidden[:, :units].relu_()
+        torch.bmm(weight.expand(hidden.shape[0], -1, -1), hidden, out=out[start : start + block])
+    return out.view(B, Tq, heads, Tk).transpose(1, 2)
 
 
 class Fire(PositionEncoding):

@@ -37,15 +37,25 @@ class Kerple(PositionEncoding):
         self.r2 = nn.Parameter(torch.rand(sets, ctx.n_heads) * r2_scale)
 
     def attention_bias(self, layer: int, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        r1, r2 = self._scales(layer)
+        return self._kernel(relative_distance(q_pos, k_pos).abs_(), r1[None, :, None, None], r2[None, :, None, None])
+
+    def distance_bias(self, layer: int, distance: Tensor) -> Tensor:
+        r1, r2 = self._scales(layer)
+        return self._kernel(distance.abs()[None], r1[:, None], r2[:, None])  # [H, n]
+
+    def _scales(self, layer: int) -> tuple[Tensor, Tensor]:
+        """``r1`` and ``r2`` of ``layer`` ``[H]``, clamped as in the authors' code."""
         index = 0 if self.shared else layer
-        r1 = self.r1[index].clamp(min=EPS)[None, :, None, None]
-        distance = relative_distance(q_pos, k_pos).abs_()  # [B|1, 1, Tq, Tk]
+        r2_max = None if self.kernel == "log" else 2.0
+        return self.r1[index].clamp(min=EPS), self.r2[index].clamp(min=EPS, max=r2_max)
+
+    def _kernel(self, distance: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
+        """The bias of ``|q - k|`` (``distance``, float32) with ``r1``, ``r2`` broadcast against it."""
         if self.kernel == "log":
-            r2 = self.r2[index].clamp(min=EPS)[None, :, None, None]
             if _needs_grad(r1, r2):
                 return -r1 * torch.log1p(r2 * distance)
-            return (r2 * distance).log1p_().mul_(-r1)  # the same values, one [B|1, H, Tq, Tk] tensor
-        r2 = self.r2[index].clamp(min=EPS, max=2.0)[None, :, None, None]
+            return (r2 * distance).log1p_().mul_(-r1)  # the same values, one tensor of the bias's size
         if _needs_grad(r1, r2):
             return -r1 * distance.pow(r2)
         return distance.pow(r2).mul_(-r1)
