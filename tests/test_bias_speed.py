@@ -96,7 +96,7 @@ def reference_of(model: Transformer) -> Transformer:
 
 @pytest.fixture(params=[1, 7 * 2 * 4 * 50])
 def small_chunks(monkeypatch, request):
-    """Chunks of one query, or of about 7 (a shorter last one), so every path runs many chunks
+    """Chunks of one query, or of about 14 (a shorter last one), so every path runs many chunks
     (with a bias per chunk, and reading the distance table)."""
     monkeypatch.setattr(bias_attention, "CHUNK_ELEMENTS", request.param)
     monkeypatch.setattr(bias_attention, "TABLE_CHUNK", 1 if request.param == 1 else 7)
@@ -262,7 +262,8 @@ def test_consecutive_positions():
 
 def test_chunk_length():
     assert bias_attention.chunk_length(8, 4096, 4096) == 64
-    assert bias_attention.chunk_length(8, 16384, 16384) == 16
+    assert bias_attention.chunk_length(8, 16384, 16384) == 32  # twice the floats, for 32 queries
+    assert bias_attention.chunk_length(8, 65536, 65536) == 8
     assert bias_attention.chunk_length(8, 16384, 16384, elements=2**23) == 64
     assert bias_attention.chunk_length(8, 1, 16384) == 1
     assert bias_attention.chunk_length(8, 100, 100) == 100

@@ -11,6 +11,14 @@ goes only into the chunk's diagonal block. Memory is linear in ``T`` (one chunk'
 result equals the one-shot computation (same bias values, same kernel; tested to 1e-5 in fp32,
 with padding, with the KV cache and for the gradients of the learned bias parameters).
 
+A bias that depends only on the distance ``q - k`` (ALiBi, KERPLE: ``distance_bias``) at
+consecutive positions (no explicit positions or padding) is not built per chunk at all: one table
+per layer holds the bias of every distance, causal ``-inf`` included, and each chunk reads it
+through a strided view (queries reversed, so the distance falls by one along both axes), which
+SDPA takes as its mask without copying. The bias then costs nearly nothing; other positions, and
+FIRE (its bias depends on the query position too), take the chunk-by-chunk path, on which FIRE's
+MLP is evaluated as the piecewise-linear function it is (``ropelab.pe.fire.scalar_mlp``).
+
 Training: autograd keeps each chunk's bias (and SDPA's attention weights: a mask that needs a
 gradient takes SDPA's plain path) for the backward pass. When all chunks together would hold
 more than :data:`RECOMPUTE_ELEMENTS` floats, each chunk is checkpointed instead
@@ -36,6 +44,9 @@ from ropelab.pe.base import PositionEncoding
 #: (64 queries at 4K tokens with 8 heads). Small enough that the allocator reuses the memory of the
 #: previous chunk (blocks of 32 MB and more are fresh pages each time: 5x slower to fill).
 CHUNK_ELEMENTS = 2**21
+#: Queries per chunk that long inputs still get, with up to twice :data:`CHUNK_ELEMENTS` (16 MB):
+#: SDPA on fewer queries per call is markedly slower (32 instead of 16 queries at 16K tokens).
+MIN_CHUNK = 32
 #: Queries per chunk when the bias is read from a distance table (no bias tensor per chunk): SDPA
 #: runs efficiently on a few hundred queries, and a chunk computes at most ``chunk / 2`` masked
 #: scores per query.
@@ -57,9 +68,13 @@ def has_bias(pe: PositionEncoding) -> bool:
 
 def chunk_length(rows: int, q_len: int, k_len: int, elements: int | None = None) -> int:
     """Queries per chunk so that ``rows x chunk x k_len`` stays within ``elements`` (default
-    :data:`CHUNK_ELEMENTS`; at least 1 query, a multiple of 64 when above 64, at most ``q_len``)."""
+    :data:`CHUNK_ELEMENTS`), or twice that for up to :data:`MIN_CHUNK` queries; at least 1 query, a
+    multiple of 64 when above 64, at most ``q_len``."""
     elements = CHUNK_ELEMENTS if elements is None else elements
-    chunk = max(1, elements // max(1, rows * k_len))
+    per_query = max(1, rows * k_len)
+    chunk = max(1, elements // per_query)
+    if chunk < MIN_CHUNK:
+        chunk = max(chunk, min(MIN_CHUNK, 2 * elements // per_query))
     if chunk > 64:
         chunk -= chunk % 64
     return min(q_len, chunk)

@@ -13,8 +13,8 @@ linear in ``T``, and only the keys each chunk may see.
 
 Padded batches: ``attention_mask`` (``[B, past + T]``, 1 = real token, Hugging Face's convention)
 masks padding keys on every attention path (a bool ``[B, 1, T, past + T]`` mask for SDPA, a
-``-inf`` fill of each chunk's bias for bias methods, ``key_mask`` for windowed methods) and, when no positions are
-given, places each row's real tokens at ``0, 1, 2, ...`` as HF generation does
+``-inf`` fill of each chunk's bias for bias methods, ``key_mask`` for windowed methods) and, when
+no positions are given, places each row's real tokens at ``0, 1, 2, ...`` as HF generation does
 (``cumsum(mask) - 1``, padding at 0). A padded row then gets, at its real tokens, the logits it
 gets alone. A padding query attends only to itself (SDPA/bias paths) or to nothing (windowed
 paths, zero output), so no row is ever NaN. Without a mask, or with an all-ones mask, nothing

@@ -9,6 +9,11 @@ threshold (init ``init_L`` = 512 as in the paper's code; ``init_L=0`` uses the t
 distance into [0, 1], which is what lets FIRE generalise to longer inputs ("progressive
 interpolation"). Parameterisation follows the paper's appendix code. Each layer has its own FIRE
 by default; ``shared=true`` uses one for all layers.
+
+``f`` has one input, so it is piecewise linear with a kink per hidden unit: :func:`scalar_mlp`
+evaluates only the units whose kink falls inside the range of the inputs (the others are one slope
+and one offset per head), with one small matmul -- the same values and gradients as the MLP,
+without a ``[Tq, Tk, width]`` intermediate.
 """
 
 from __future__ import annotations
