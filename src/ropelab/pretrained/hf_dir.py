@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ropelab.core.errors import RopelabError
+from ropelab.model.config import LIMITS as MODEL_LIMITS
 from ropelab.model.config import ModelConfig
 from ropelab.pe import canonical_spec
 
@@ -47,20 +48,21 @@ class HFRope:
     n_heads: int
 
 
-#: upper bounds no real Llama-family config reaches: a larger value is a corrupt or hostile file,
-#: refused before anything is allocated (a 1.4 KB config with a million layers would otherwise
-#: build its skeleton until memory runs out)
-LIMITS = {
-    "vocab_size": 1 << 22,
-    "hidden_size": 1 << 16,
-    "num_hidden_layers": 1024,
-    "num_attention_heads": 1024,
-    "num_key_value_heads": 1024,
-    "intermediate_size": 1 << 20,
-    "head_dim": 4096,
-    "max_position_embeddings": 1 << 24,
-    "original_max_position_embeddings": 1 << 24,
+#: the HF name of each bounded field and the ropelab field whose bound it takes
+#: (:data:`ropelab.model.config.LIMITS`: a larger value is a corrupt or hostile file, refused before
+#: anything is allocated)
+_HF_FIELDS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "dim",
+    "num_hidden_layers": "n_layers",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+    "intermediate_size": "hidden_dim",
+    "head_dim": "head_dim",
+    "max_position_embeddings": "train_len",
+    "original_max_position_embeddings": "train_len",
 }
+LIMITS = {hf: MODEL_LIMITS[ours] for hf, ours in _HF_FIELDS.items()}
 _REQUIRED = object()
 
 
