@@ -5,8 +5,9 @@ prefill cost there?
 H100/H200; ``--budget-minutes`` caps it at 7.5 by default):
 
 1. **parity, tiny model** -- every registered method (windowed ones with a 16-token window, plus
-   the sliding-window reference) on a tiny random model (train length 32), a batch of two 96-token
-   rows, the second left-padded, then four cached decode steps: the device's logits against the
+   the sliding-window reference) on a tiny random model (train length 32), a batch of two 160-token
+   rows, the second left-padded (a prefill of 156 tokens: long enough for windowed methods to run
+   their FlexAttention kernel on CUDA), then four cached decode steps: the device's logits against the
    CPU's float32 logits, in float32 (max |diff| <= 1e-4 x max(1, max |logit|)) and in bfloat16
    (<= 2e-2 x max(1, max |logit|): bf16 keeps 8 significant bits; measured on the CPU, bf16 vs
    fp32 is 2.8-3.4e-3 of the logit scale on this model, see ``tests/test_device_dtype.py``);
@@ -21,7 +22,9 @@ H100/H200; ``--budget-minutes`` caps it at 7.5 by default):
    reference: the final hidden states of one pass plus the last token's logits (no KV cache,
    except ``window``, which runs as ``ropelab compare`` runs it: the first L tokens with the own
    method, the rest from its cache). HiRoPE uses its fixed-chunk positions (the cost does not
-   depend on the position values). A case that runs out of memory is recorded as such.
+   depend on the position values). ``rerope@chunked`` and ``hirope@chunked`` time the windowed
+   methods with the chunked kernel instead of FlexAttention (``window_attention.KERNEL``). A case
+   that runs out of memory is recorded as such.
 
 Results go to ``bench/results/gpu_check.json`` with the device's name, rewritten after each
 section. The exit status is 1 when a parity check fails, else 0. Without CUDA it prints one line
@@ -42,6 +45,7 @@ from bench.common import RssSampler, items, machine_info, write_json
 from ropelab import ModelConfig, Transformer
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
+from ropelab.model import window_attention
 from ropelab.pe import methods
 from ropelab.pe.sliding import SlidingWindow
 
@@ -50,13 +54,23 @@ DESCRIPTION = "CUDA vs CPU parity of every method (tiny model, SmolLM2) and Smol
 
 #: the sliding-window reference (the model's own RoPE, attention limited to a window plus sinks)
 WINDOW = "window"
-TIMING_METHODS = ("rope", "yarn:factor=2", "ntk:factor=2", "rerope", "self-extend", "hirope", WINDOW)
+TIMING_METHODS = (
+    "rope",
+    "yarn:factor=2",
+    "ntk:factor=2",
+    "rerope",
+    "self-extend",
+    "hirope",
+    WINDOW,
+    "rerope@chunked",
+    "hirope@chunked",
+)
 #: max |device - cpu| allowed, as a fraction of max(1, max |cpu logit|)
 FP32_TOL = 1e-4
 BF16_TOL = 2e-2
 #: bf16 on a real model: mean-loss difference (nats), top-1 agreement, mean |per-token NLL difference|
 BF16_LOSS_TOL, BF16_TOP1, BF16_NLL_TOL = 0.02, 0.9, 0.1
-TINY_TRAIN, TINY_LENGTH, TINY_WINDOW, TINY_PAD, DECODE_STEPS = 32, 96, 16, 10, 4
+TINY_TRAIN, TINY_LENGTH, TINY_WINDOW, TINY_PAD, DECODE_STEPS = 32, 160, 16, 10, 4
 MODEL_LENGTH, MODEL_WINDOW = 2048, 512
 
 
@@ -304,9 +318,10 @@ def prefill(model: Transformer, tokens: list[int], lengths: list[int], specs: li
     """Time and peak memory of each method at each length (the fastest of ``repeats`` passes)."""
     rows = []
     device = model.device
-    for spec in specs:
+    for label in specs:
+        spec, _, kernel = label.partition("@")  # "rerope@chunked": the windowed kernel to use
         for length in lengths:
-            row: dict = {"method": spec, "length": length}
+            row: dict = {"method": label, "length": length}
             rows.append(row)
             if time.monotonic() > deadline:
                 row["skipped"] = "time budget spent"
@@ -314,7 +329,9 @@ def prefill(model: Transformer, tokens: list[int], lengths: list[int], specs: li
             ids = torch.tensor([tokens[:length]], device=device)
             try:
                 set_method(model, "rope" if spec == WINDOW else spec, model.config.train_len)
-                prefill_once(model, ids[:, : min(length, 1024)], spec)  # warm-up: kernels, allocator
+                window_attention.KERNEL = kernel or "auto"
+                # warm-up at full length: kernels, allocator, and FlexAttention's compile for this shape
+                prefill_once(model, ids, spec)
                 runs = [prefill_once(model, ids, spec) for _ in range(max(1, repeats))]
                 seconds = min(run[0] for run in runs)
                 row.update(
@@ -329,12 +346,13 @@ def prefill(model: Transformer, tokens: list[int], lengths: list[int], specs: li
             except (RuntimeError, RopelabError) as error:
                 row["error"] = _short(error)
             finally:
+                window_attention.KERNEL = "auto"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             result = row.get("error") or (
                 f"{row['seconds']:.3f} s, peak +{row['peak_gb']:.2f} GB" if "seconds" in row else ""
             )
-            log(f"prefill {spec:16s} {length:>6} tokens: {result}")
+            log(f"prefill {label:16s} {length:>6} tokens: {result}")
     return rows
 
 
@@ -438,6 +456,8 @@ def run(args: argparse.Namespace) -> int:
         del model
         usable = [n for n in lengths if n <= len(tokens)]
         result["prefill"] = prefill(timed, tokens, usable, args.methods, args.repeats, deadline, log)
+    # FlexAttention compile failures (windowed methods then ran chunked): none expected
+    result["window_kernel_failures"] = list(window_attention._FLEX_FAILED)
     rows = [row for group in result["parity"].values() if isinstance(group, list) for row in group]
     failed = [f"{row['method']} ({row.get('dtype', 'error')})" for row in rows if not row["passed"]]
     result["passed"] = not failed

@@ -104,22 +104,34 @@ def section_pe_speed() -> list[str]:
     infer = [(n, d) for n, d in infer if d]
     if infer:
         lines += [
-            "Inference forward (batch 1, config `small`, train length 512) at long inputs, ratio to `rope`. Bias "
-            "methods materialise a `[heads, T, T]` bias and are skipped where it would exceed 3 GB; `learned` "
-            "refuses positions past its table (it cannot extrapolate).",
+            "Inference forward (batch 1, config `small`, train length 512) at long inputs: ratio to `rope`, and "
+            "the process's peak resident memory in GB (every method's model is loaded at once). Bias methods build "
+            "their bias one query chunk at a time (never `[heads, T, T]`); windowed methods run their far part as "
+            "one causal call of PyTorch's fused CPU kernel and their near band chunk by chunk under a distance mask. "
+            "Targets (from the JSON): bias methods within 1.5x of `rope` up to 4K tokens and under 3 GB at every "
+            "length, windowed methods within 1.2x. FIRE's bias depends on the query position as well as the "
+            "distance (its normalisation), so it evaluates its MLP for every query-key pair: its ratio grows with "
+            "length. `learned` refuses positions past its table (it cannot extrapolate).",
             "",
-            "| method | " + " | ".join(f"{n // 1024}K" for n, _ in infer) + " |",
-            "|---|" + "---:|" * len(infer),
+            "| method | " + " | ".join(f"{n // 1024}K" for n, _ in infer) + " | target |",
+            "|---|" + "---:|" * len(infer) + "---|",
         ]
         for method in [r["method"] for r in infer[0][1]["results"]]:
-            cells = []
-            for _, data in infer:
+            cells, verdicts = [], []
+            for n, data in infer:
                 row = next((r for r in data["results"] if r["method"] == method), {})
                 if row.get("skipped") or row.get("errors"):
                     cells.append("skipped" if row.get("skipped") else "refused (see JSON)")
-                else:
-                    cells.append(_ratio(row.get("fwd_ratio")))
-            lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+                    continue
+                peak = row.get("fwd_peak_mb")
+                cells.append(_ratio(row.get("fwd_ratio")) + ("" if peak is None else f", {peak / 1024:.2f} GB"))
+                if row.get("status") in ("PASS", "MISS") and "inference_targets" in data["settings"]:
+                    memory_only = row.get("target") is None and row.get("memory_target_mb")
+                    verdicts.append(f"{n // 1024}K {row['status']}" + (" (memory)" if memory_only else ""))
+            first = next((r for r in infer[0][1]["results"] if r["method"] == method), {})
+            limit = infer[0][1]["settings"].get("inference_targets", {}).get(first.get("family"))
+            head = f"<= {limit:.2f}x: " if limit is not None and verdicts else ""
+            lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {head}{'/'.join(verdicts) or '-'} |")
         lines += [
             "",
             f"Machine: {_machine(infer[-1][1])}.",

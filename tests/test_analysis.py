@@ -29,6 +29,7 @@ from ropelab.analysis.pipeline import parse_layers
 from ropelab.cli import main
 from ropelab.core.errors import RopelabError
 from ropelab.pretrained.tokenizer import Tokenizer
+from tests.helpers import byte_level_bpe
 
 TEXT = '''import os
 
@@ -53,17 +54,7 @@ def total(boxes):
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator([TEXT * 4], trainer)
-    return Tokenizer(backend, bos_id=0, eos_id=1)
+    return byte_level_bpe([TEXT * 4], 300, special_tokens=["<bos>", "<eos>"], bos_id=0, eos_id=1)
 
 
 def tiny(pe: str = "rope", layout: str = "half", train_len: int = 32, seed: int = 0) -> Transformer:

@@ -990,7 +990,7 @@ def test_qwen_wheels_are_located_and_verified_without_being_imported(tmp_path, m
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     whole = hashlib.sha256(b"".join(parts)).hexdigest()
-    monkeypatch.setattr(registry, "QWEN_SHA256", (whole[:8], whole[-6:]))
+    monkeypatch.setattr(registry, "QWEN_SHA256", whole)
     assert registry.PRETRAINED["qwen2.5-coder-0.5b"].installed()
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -1001,7 +1001,8 @@ def test_qwen_wheels_are_located_and_verified_without_being_imported(tmp_path, m
     with pytest.raises(RopelabError, match=r"model\.part3: sha256 [0-9a-f]{64} is not the [0-9a-f]{64} its wheel"):
         registry._locate_qwen(scratch)
     files[2].write_bytes(parts[2])
-    monkeypatch.setattr(registry, "QWEN_SHA256", ("00000000", "000000"))
+    # only the middle differs: a prefix-and-suffix check would accept it
+    monkeypatch.setattr(registry, "QWEN_SHA256", whole[:8] + "0" * 50 + whole[-6:])
     with pytest.raises(RopelabError, match=r"the assembled Qwen2\.5-Coder GGUF has sha256"):
         registry._locate_qwen(scratch)
     assert not sentinel.exists()
@@ -1019,3 +1020,184 @@ def test_smollm2_is_checked_against_its_full_sha256(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "SMOLLM2_SHA256", "0" * 64)
     with pytest.raises(RopelabError, match=f"sha256 {'[0-9a-f]' * 64} is not the expected 0000"):
         registry._locate_smollm2(tmp_path)
+
+
+# -- 8. option values at the edges: spec round trips, threads, seeds, sizes, devices -------------
+@pytest.mark.parametrize("spec", ["rope:base=1000000", "hope:base=1e22", "rope:base=1234567", "ntk:factor=1e300"])
+def test_a_canonical_spec_reads_back_as_itself(spec):
+    """``f"{1e6:g}"`` is ``1e+06``: a canonical spec with that "+" split into two methods when it
+    was read again (``ropelab train --pe rope:base=1000000`` failed at its first model)."""
+    from ropelab import ModelConfig, Transformer
+    from ropelab.experiments.hope.config import ExperimentConfig
+    from ropelab.pe import canonical_spec, parse_spec
+
+    canonical = canonical_spec(spec)
+    assert "+" not in canonical.rpartition(":")[2] and canonical_spec(canonical) == canonical
+    assert parse_spec(canonical)[-1].params == parse_spec(spec)[-1].params  # the same value, not 6 digits of it
+    if "ntk" not in spec:
+        Transformer(ModelConfig.from_name("tiny", pe=canonical, vocab_size=50))
+    for method in ExperimentConfig(scale_factor=1e6).methods("rope"):
+        canonical_spec(method)
+
+
+@pytest.mark.parametrize(
+    ("spec", "argv", "message"),
+    [
+        (
+            "ntk:factor=1e308",
+            ("--head-dim", "64"),
+            "ntk: factor=1e+308 takes the rotary base 10000 beyond a float's range",
+        ),
+        ("dynamic-ntk:factor=1e300", ("--head-dim", "64", "--length", "1073741824"), "dynamic-ntk: factor=1e+300 at"),
+        ("rope:base=1e308+ntk:factor=1e10", ("--head-dim", "4"), "beyond a float's range"),
+        ("ntk:factor=2", ("--head-dim", "2"), None),  # one frequency, the highest: NTK leaves it as it is
+        ("dynamic-ntk:factor=2", ("--head-dim", "2", "--length", "1000"), None),
+    ],
+)
+def test_ntk_rebasing_never_divides_by_zero_or_overflows(capsys, spec, argv, message):
+    code, err = _run(capsys, "describe", spec, "--train-len", "128", *argv)
+    if message is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and message in _one_error_line(err), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("eval", "m"),
+        ("compare",),
+        ("analyze", "m"),
+        ("train", "--steps", "1", "--out", "o"),
+        ("experiment", "hope"),
+        ("generate", "m", "--prompt", "x"),
+    ],
+)
+def test_threads_are_bounded_on_every_command(capsys, argv):
+    """torch starts every thread it is given at the first parallel operation (2,000 threads made
+    4,000 OS threads): ``--threads 100000`` could exhaust the machine's processes."""
+    with pytest.raises(SystemExit) as exit_:
+        _run(capsys, *argv, "--threads", "100000")
+    assert exit_.value.code == 2
+    assert "expected at most 1024 threads, got '100000'" in capsys.readouterr().err
+
+
+def _corpus(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("def f(x):\n    return x + 1\n" * 400)
+    return corpus
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--seed", "-5"), "seed must be an integer from 0 to 2**63 - 1, got -5"),
+        (("--seed", str(10**23)), "seed must be an integer from 0 to 2**63 - 1"),
+        (("--tokenizer", "bpe-99999999999"), "a byte-level BPE vocabulary is at most 4194304 tokens"),
+        (("--tokenizer", "bpe-" + "9" * 5000), "a byte-level BPE vocabulary is at most"),
+        (("--pe", "learned:max_len=1"), "learned: max_len=1 is shorter than the training length 32"),
+    ],
+)
+def test_train_refuses_bad_settings_before_writing_anything(tmp_path, capsys, home, argv, message):
+    """A negative or huge seed was a traceback from numpy or torch (a negative one after the run's
+    files were written); ``bpe-99999999999`` aborted the process (the BPE trainer allocated 4.5 TB);
+    a learned table shorter than the training length failed at the first step."""
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    code, err = _run(
+        capsys, "train", "--train-len", "32", "--steps", "2", "--batch-size", "2", "--tokenizer", "bpe-300",
+        "--data", str(_corpus(tmp_path)), "--out", str(out), "--no-progress", *argv,
+    )  # fmt: skip
+    assert code == 2 and message in err.splitlines()[-1] and err.splitlines()[-1].startswith("error: "), err
+    assert "Traceback" not in err and not out.exists()
+    assert time.perf_counter() - start < 10
+
+
+def test_an_analysis_seed_out_of_range_is_one_error(tmp_path, capsys):
+    code, err = _run(capsys, "analyze", str(tmp_path / "no-such-model"), "--seed", str(10**23))
+    assert code == 2 and "--seed must be an integer in [-2**63, 2**64)" in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--lengths", "100000000", "--samples", "1"), "lengths up to 100000000 tokens"),
+        (("--lengths", "1x", "--samples", "100000000"), "analysing 100000000 sample(s)"),
+    ],
+)
+def test_an_analysis_larger_than_memory_is_refused_before_allocating(
+    tmp_path, capsys, loadable, monkeypatch, argv, message
+):
+    """These tried to allocate 25 and 51 GB, and ended in a traceback (or the OOM killer)."""
+    from ropelab.analysis import pipeline
+
+    monkeypatch.setattr(pipeline, "physical_memory", lambda: 8 << 30)
+    out = tmp_path / "analysis"
+    start = time.perf_counter()
+    code, err = _run(capsys, "analyze", str(loadable), "--analyses", "pattern", "--out", str(out), *argv)
+    last = err.splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and message in last and "more than this machine's memory" in last
+    assert not out.exists() and time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--tasks", "", "--lengths", "300"), "no task given"),
+        (("--tasks", " , ", "--lengths", "300"), "no task given"),
+        (("--tasks", "ppl", "--lengths", ""), "no length given for ppl"),
+        (
+            ("--tasks", "ppl", "--lengths", "300", "--samples", "1000000000"),
+            "samples must be an integer from 1 to 10000",
+        ),
+        (("--tasks", "ppl", "--lengths", "300", "--device", "cpu:5"), "the CPU has no index 5"),
+    ],
+)
+def test_an_empty_or_oversized_eval_is_one_error_and_writes_nothing(tmp_path, capsys, loadable, argv, message):
+    """An empty --tasks or --lengths made an empty run directory and exited 0; --samples 1e9 built
+    samples until killed; --device cpu:5 blamed the checkpoint ("model.safetensors ... corrupt")."""
+    out = tmp_path / "run"
+    code, err = _run(capsys, "eval", str(loadable), "--methods", "rope", "--no-window", "--out", str(out), *argv)
+    assert code == 2 and message in _one_error_line(err), err
+    assert not out.exists()
+
+
+def test_task_sample_count_is_bounded_before_loading(tmp_path, capsys):
+    code, err = _run(capsys, "task-sample", "passkey", "--model", str(tmp_path / "nothing"), "--length", "100",
+                     "--n", "1000000000")  # fmt: skip
+    assert code == 2 and "samples must be an integer from 1 to 10000" in _one_error_line(err)
+
+
+def test_cpu_zero_is_the_cpu():
+    from ropelab.model.device import resolve_device
+
+    assert resolve_device("cpu:0") == torch.device("cpu")
+    with pytest.raises(RopelabError, match="the CPU has no index 1"):
+        resolve_device("cpu:1")
+
+
+def test_a_learned_table_shorter_than_the_training_length_is_refused():
+    from ropelab import ModelConfig, Transformer
+
+    with pytest.raises(RopelabError, match="learned: max_len=8 is shorter than the training length 64"):
+        Transformer(ModelConfig.from_name("tiny", pe="learned:max_len=8", train_len=64))
+    Transformer(ModelConfig.from_name("tiny", pe="learned:max_len=64", train_len=64))
+
+
+def test_odd_values_through_the_python_api_are_one_error(tmp_path, monkeypatch, loadable, tokenizer):
+    """``hf.load(dtype="int8")`` / ``device="tpu"`` were a TypeError / RuntimeError from ``.to()``,
+    ``extract(language=5)`` an AttributeError, ``ROPELAB_HOME=~nobody/x`` a RuntimeError."""
+    pytest.importorskip("transformers")
+    from ropelab.core.io import ropelab_home
+    from ropelab.integrations import hf
+
+    with pytest.raises(RopelabError, match="unknown dtype 'int8'"):
+        hf.load(loadable, dtype="int8")
+    with pytest.raises(RopelabError, match="unknown device 'tpu'"):
+        hf.load(loadable, device="tpu")
+    with pytest.raises(RopelabError, match="language must be a string"):
+        extract("def f():\n    pass\n", tokenizer, language=5)  # type: ignore[arg-type]
+    monkeypatch.setenv("ROPELAB_HOME", "~no-such-user-here/x")
+    with pytest.raises(RopelabError, match="ROPELAB_HOME='~no-such-user-here/x': its '~' cannot be expanded"):
+        ropelab_home()

@@ -51,6 +51,41 @@ def test_pe_speed_skips_bias_methods_beyond_the_memory_guard():
     assert rows["rope"]["fwd_ratio"] == 1.0 and "fwd_bwd_ms" not in rows["rope"]
 
 
+def test_pe_speed_inference_targets_by_family_and_the_bias_memory_limit():
+    def case(spec, ms, peak_mb=100.0):
+        model = Transformer(ModelConfig.from_name("tiny", pe=spec))
+        found = pe_speed_bench.Case(spec, pe_speed_bench.family_of(spec), model, samples={"fwd": [ms / 1e3] * 3})
+        found.memory["fwd"] = {"peak_mb": peak_mb, "growth_mb": 1.0}
+        return found
+
+    cases = [
+        case("rope", 10.0),
+        case("alibi", 14.0),  # 1.4x <= 1.5x
+        case("fire", 16.0),  # 1.6x > 1.5x
+        case("kerple-log", 11.0, peak_mb=3 * 1024 + 1),  # fast, but over 3 GB
+        case("rerope", 11.9),  # 1.19x <= 1.2x
+        case("hirope", 12.5),  # 1.25x > 1.2x
+    ]
+    rows = {r["method"]: r for r in pe_speed_bench.summarise(cases)}
+    assert {m: r["status"] for m, r in rows.items()} == {
+        "rope": "PASS",
+        "alibi": "PASS",
+        "fire": "MISS",
+        "kerple-log": "MISS",
+        "rerope": "PASS",
+        "hirope": "MISS",
+    }
+    assert rows["alibi"]["target"] == 1.5 and rows["hirope"]["target"] == 1.2
+    # beyond 4K a bias method is judged by its memory alone (its ratio is still reported)
+    long = {r["method"]: r for r in pe_speed_bench.summarise(cases, seq_len=16384)}
+    assert long["fire"]["status"] == "PASS" and long["fire"]["target"] is None
+    assert long["fire"]["fwd_ratio"] == pytest.approx(1.6)
+    assert long["kerple-log"]["status"] == "MISS" and long["hirope"]["status"] == "MISS"
+    cases[0].samples["fwd_bwd"] = [0.01]  # training measured: the training targets apply
+    cases[1].samples["fwd_bwd"] = [0.018]
+    assert pe_speed_bench.summarise(cases[:2])[1]["target"] == 2.0
+
+
 def test_render_reads_json_and_marks_missing_sections(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "RESULTS", tmp_path)
     text = render.render()

@@ -13,8 +13,6 @@ import textwrap
 
 import pytest
 import torch
-from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ropelab.cli import main
 from ropelab.core.errors import RopelabError
@@ -27,6 +25,7 @@ from ropelab.hierarchy import (
 )
 from ropelab.pretrained import load_tokenizer
 from ropelab.pretrained.tokenizer import Tokenizer
+from tests.helpers import byte_level_bpe
 
 
 def source(text: str) -> str:
@@ -342,14 +341,7 @@ CLASS_LAYOUT = {
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     """A byte-level BPE (GPT-2 style pre-tokenizer and offsets) trained on this file's sources."""
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator([*SOURCES.values(), PROSE], trainer)
-    return Tokenizer(backend, name="test-bpe")
+    return byte_level_bpe([*SOURCES.values(), PROSE], 600, name="test-bpe")
 
 
 def layout(hierarchy: Hierarchy) -> list[tuple[str, str | None]]:

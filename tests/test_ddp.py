@@ -5,11 +5,7 @@ an FSDP run interrupted and resumed (under FSDP, or in one process) ends with th
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -18,6 +14,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from ropelab.train import TrainConfig, read_log, train
+from tests.helpers import torchrun
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
@@ -26,12 +23,6 @@ pytestmark = pytest.mark.skipif(
 TEXT = "".join(
     f"class Node{k}:\n    def visit(self, tree):\n        return tree.walk({k}) + {k % 5}\n\n" for k in range(300)
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # kerple-log: learned position parameters (in the root's FSDP group, used inside every block) must be
@@ -58,16 +49,6 @@ def corpus(tmp_path, monkeypatch):
     for i in range(4):
         (root / f"f{i}.py").write_text(TEXT[i * 1500 :] + TEXT[: i * 1500])
     return root
-
-
-def _torchrun(*args: str) -> None:
-    """``python -m torch.distributed.run`` with 2 local processes, one thread each."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _cli_args(settings: dict, corpus, out) -> list[str]:
@@ -99,7 +80,7 @@ def test_two_gloo_processes_match_one_process(corpus, tmp_path, parallel):
     single = train(TrainConfig(**SETTINGS, data=[str(corpus)]), tmp_path / "single", progress=False)
     assert single.complete
 
-    _torchrun("-m", "ropelab", "train", *_cli_args(SETTINGS, corpus, tmp_path / parallel), "--parallel", parallel)
+    torchrun("-m", "ropelab", "train", *_cli_args(SETTINGS, corpus, tmp_path / parallel), "--parallel", parallel)
 
     config = json.loads((tmp_path / parallel / "train_config.json").read_text())
     assert config["resolved"]["world_size"] == 2 and config["resolved"]["grad_accumulation"] == 2
@@ -133,13 +114,13 @@ def test_an_interrupted_fsdp_run_resumes_under_fsdp_or_in_one_process(corpus, tm
     train(TrainConfig(**settings), tmp_path / "single", progress=False)  # in one process fsdp changes nothing
     script = tmp_path / "interrupted.py"
     script.write_text(textwrap.dedent(INTERRUPTED.format(settings=settings, out=str(tmp_path / "fsdp"))))
-    _torchrun(str(script))
+    torchrun(str(script))
     latest = json.loads((tmp_path / "fsdp/checkpoints/latest.json").read_text())
     assert latest["checkpoint"] == "step-000002"
     shutil.copytree(tmp_path / "fsdp", tmp_path / "one")
 
     cli = {k: v for k, v in settings.items() if k not in ("data", "threads")}
-    _torchrun("-m", "ropelab", "train", *_cli_args(cli, corpus, tmp_path / "fsdp"))  # resumed under FSDP
+    torchrun("-m", "ropelab", "train", *_cli_args(cli, corpus, tmp_path / "fsdp"))  # resumed under FSDP
     _assert_same_run(tmp_path / "single", tmp_path / "fsdp", 4)
     assert train(TrainConfig(**settings), tmp_path / "one", progress=False).complete  # resumed in one process
     _assert_same_run(tmp_path / "single", tmp_path / "one", 4)

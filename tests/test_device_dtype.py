@@ -21,15 +21,13 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import ropelab.model.window_attention as window_attention
-from ropelab import ModelConfig, Transformer, load_checkpoint, load_model, save_checkpoint
+from ropelab import ModelConfig, Transformer, load_checkpoint, load_model
 from ropelab.cli import main
 from ropelab.core.errors import RopelabError
 from ropelab.model.device import resolve_device, resolve_dtype, resolve_placement
-from ropelab.pretrained.tokenizer import Tokenizer
+from tests.helpers import tiny_code_checkpoint
 
 #: one spec per method family (windowed ones with a window shorter than the input)
 FAMILIES = {
@@ -156,18 +154,26 @@ def test_rotation_tables_stay_float32_and_exact_in_a_bf16_model(family, monkeypa
 def test_windowed_merge_statistics_are_float32_in_bf16(family, monkeypatch, small_chunks):
     low = tiny(FAMILIES[family]).to(torch.bfloat16)
     ids, positions = inputs(family)
-    statistics = []
-    original = window_attention._far_block
+    statistics, merged = [], []
+    original_far, original_merge = window_attention._far_block, window_attention._merge
 
-    def checked(q, k, v, scale, visible, runs):
-        out, lse = original(q, k, v, scale, visible, runs)
+    def checked_far(q, k, v, scale, visible, runs):
+        out, lse = original_far(q, k, v, scale, visible, runs)
         statistics.append((q.dtype, lse.dtype))
         return out, lse
 
-    monkeypatch.setattr(window_attention, "_far_block", checked)
+    def checked_merge(out_a, lse_a, out_b, lse_b):
+        merged.append((out_a.dtype, lse_a.dtype, out_b.dtype, lse_b.dtype))
+        return original_merge(out_a, lse_a, out_b, lse_b)
+
+    monkeypatch.setattr(window_attention, "_far_block", checked_far)
+    monkeypatch.setattr(window_attention, "_merge", checked_merge)
     with torch.no_grad():
-        low(ids, positions=positions)
+        low(ids, positions=positions)  # both parts in the fused CPU kernel, merged by _merge
+        monkeypatch.setattr(window_attention, "_fused_cpu", lambda *args: None)
+        low(ids, positions=positions)  # the hand-masked band and the far block
     assert statistics and all(q == torch.bfloat16 and lse == torch.float32 for q, lse in statistics)
+    assert merged and all(types == (torch.bfloat16, torch.float32) * 2 for types in merged)
 
 
 @pytest.mark.parametrize("family", ["alibi", "kerple", "fire"])
@@ -233,23 +239,7 @@ def test_resolve_device_and_dtype():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random model (train length 512) with a small byte-level BPE tokenizer."""
-    from ropelab.eval.documents import long_code
-
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    text, _ = long_code(60_000)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator([text[i : i + 2000] for i in range(0, len(text), 2000)], trainer)
-    tokenizer = Tokenizer(backend)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, train_len=512)).eval()
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(folder, model, tokenizer="tokenizer.json")
-    tokenizer.save(folder)
-    return folder
+    return tiny_code_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_load_model_on_a_device_in_a_dtype(checkpoint):
@@ -344,7 +334,12 @@ def test_gpu_check_logic_runs_on_the_cpu_with_a_tiny_model(tmp_path, monkeypatch
     monkeypatch.setattr(gpu_check, "machine_info", lambda: {"cpu": "test"})
     out = tmp_path / "gpu_check.json"
     argv = ["gpu-check", "--device", "cpu", "--model", "tiny", "--lengths", "96,160", "--repeats", "1"]
-    argv += ["--methods", "rope,rerope,window", "--parity-methods", "rope,alibi,fire,rerope:window=16,window"]
+    argv += [
+        "--methods",
+        "rope,rerope,window,rerope@chunked",
+        "--parity-methods",
+        "rope,alibi,fire,rerope:window=16,window",
+    ]
     assert bench_main([*argv, "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["passed"] is True and data["failed"] == []
@@ -355,10 +350,11 @@ def test_gpu_check_logic_runs_on_the_cpu_with_a_tiny_model(tmp_path, monkeypatch
     assert all(0 < r["relative"] <= gpu_check.BF16_TOL for r in parity if r["dtype"] == "bfloat16")
     prefill = data["prefill"]
     assert [(r["method"], r["length"]) for r in prefill] == [
-        (m, n) for m in ("rope", "rerope", "window") for n in (96, 160)
+        (m, n) for m in ("rope", "rerope", "window", "rerope@chunked") for n in (96, 160)
     ]
     assert all(r["seconds"] > 0 and r["peak_gb"] >= 0 for r in prefill)
-    assert set(gpu_check.tiny_specs()) >= {"rope", "fire", "learned:max_len=384", "window"}
+    assert data["window_kernel_failures"] == []
+    assert set(gpu_check.tiny_specs()) >= {"rope", "fire", "learned:max_len=640", "window"}
 
 
 def test_gpu_check_verdicts():

@@ -6,24 +6,18 @@ processes, and an interrupted single-process run with 2."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from ropelab import ModelConfig, Transformer, save_checkpoint
+from ropelab import ModelConfig, Transformer
 from ropelab.cli import main
 from ropelab.core.errors import RopelabError
-from ropelab.eval.documents import long_code
 from ropelab.eval.runner import PART, Shard
-from ropelab.pretrained.tokenizer import Tokenizer
+from tests.helpers import tiny_code_checkpoint, torchrun
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
@@ -35,21 +29,7 @@ TIMING = ("seconds",)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random model (train length 512) with a 300-token BPE tokenizer, as a checkpoint."""
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    text, _ = long_code(60_000)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator([text[i : i + 2000] for i in range(0, len(text), 2000)], trainer)
-    tokenizer = Tokenizer(backend)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, train_len=512)).eval()
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(folder, model, tokenizer="tokenizer.json")
-    tokenizer.save(folder)
-    return folder
+    return tiny_code_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def _args(checkpoint, out) -> list[str]:
@@ -61,20 +41,8 @@ def _args(checkpoint, out) -> list[str]:
     return [*argv, "--samples", "3", "--threads", "1", "--out", str(out)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "ropelab", *args]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return torchrun("-m", "ropelab", *args, timeout=300)
 
 
 def _records(run) -> list[dict]:

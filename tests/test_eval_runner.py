@@ -7,8 +7,6 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ropelab import ModelConfig, Transformer
 from ropelab.core.errors import RopelabError
@@ -18,21 +16,13 @@ from ropelab.eval.base import Outputs
 from ropelab.eval.documents import long_code
 from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
 from ropelab.eval.tasks.passkey import QUESTION
-from ropelab.pretrained.tokenizer import Tokenizer
 from ropelab.reporting.eval import compare_runs, write_report
+from tests.helpers import long_code_bpe
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    text, _ = long_code(200_000)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator([text[i : i + 2000] for i in range(0, len(text), 2000)], trainer)
-    return Tokenizer(backend)
+    return long_code_bpe(200_000)
 
 
 @pytest.fixture
@@ -72,7 +62,6 @@ def test_ppl_samples_are_prefixes_and_reproducible(tokenizer):
 
 @pytest.mark.parametrize("length", [300, 2000])
 def test_ppl_inputs_equal_the_full_texts_first_tokens(tokenizer, length):
-    from ropelab.eval.documents import long_code
 
     sample = get_task("ppl").build(tokenizer, length, 1, seed=0, train_len=128)[0]
     text, _ = long_code(min_chars=length * 6, skip=0)

@@ -16,8 +16,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
@@ -27,20 +25,14 @@ from ropelab.eval.tasks.copy import PREFIX_TOKENS, SEQUENCE_TOKENS, Copy
 from ropelab.eval.tasks.fewshot import LANGUAGES, PAPER_FILLER, FewShot, _snippet, first_word
 from ropelab.eval.tasks.symbols import QUESTION, Symbols, generated_names
 from ropelab.pretrained.tokenizer import Tokenizer
+from tests.helpers import byte_level_bpe
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def _bpe() -> Tokenizer:
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
     texts = [(STDLIB / name).read_text() for name in ("textwrap.py", "heapq.py", "bisect.py", "shlex.py")]
-    backend.train_from_iterator(texts, trainer)
-    return Tokenizer(backend, name="test-bpe")
+    return byte_level_bpe(texts, 800, name="test-bpe")
 
 
 def _smollm2() -> Tokenizer:

@@ -16,20 +16,15 @@ import torch
 
 from ropelab.cli import main
 from ropelab.model.checkpoint import load_checkpoint
-from tests.test_hf_load import TRAIN_LEN, VOCAB, tiny_checkpoint, word_tokenizer
+from tests.helpers import MAX_POS as TRAIN_LEN
+from tests.helpers import VOCAB, tiny_checkpoint, word_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LENGTH = 2 * TRAIN_LEN + 22
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

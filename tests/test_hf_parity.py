@@ -26,13 +26,28 @@ from ropelab.core.errors import RopelabError
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
 from ropelab.pe import PEContext, RotaryEncoding, build
+from tests.helpers import (
+    DIM,
+    EPS,
+    HEADS,
+    HIDDEN,
+    KV_HEADS,
+    LAYERS,
+    MAX_POS,
+    THETA,
+    VOCAB,
+    hf_logits,
+    max_diff,
+    randomise,
+    tiny_hf_config,
+)
 
 transformers = pytest.importorskip("transformers")
 rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
 
-VOCAB, DIM, LAYERS, HEADS, KV_HEADS, HIDDEN, MAX_POS, EPS, THETA = 97, 64, 2, 4, 2, 128, 64, 1e-5, 10000.0
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATOL = 1e-5
-WEIGHT_STD = 0.1  # attention sharp enough that positions matter; logits O(1) (std ~0.8)
 
 #: name -> (HF rope_parameters without rope_theta, ropelab pe spec)
 ROPE_CASES: dict[str, tuple[dict, str]] = {
@@ -63,46 +78,11 @@ ROPE_CASES: dict[str, tuple[dict, str]] = {
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: intra-op threads only add overhead, and on a busy 2-core machine
-    OpenMP oversubscription made each forward ~100x slower. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _hf_config(cls, rope_parameters: dict, tie: bool, attn: str, **extra):
-    return cls(
-        vocab_size=VOCAB,
-        hidden_size=DIM,
-        intermediate_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        max_position_embeddings=MAX_POS,
-        rms_norm_eps=EPS,
-        tie_word_embeddings=tie,
-        rope_parameters={**rope_parameters, "rope_theta": THETA},
-        attn_implementation=attn,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-        **extra,
+    """The tiny HF config (``tests.helpers``) with ``rope_parameters`` and ``rope_theta`` = ``THETA``."""
+    return tiny_hf_config(
+        cls, tie=tie, rope_parameters={**rope_parameters, "rope_theta": THETA}, attn_implementation=attn, **extra
     )
-
-
-def _randomise(model: torch.nn.Module, seed: int) -> None:
-    """Random weights everywhere, biases and norm gains included (HF inits those to 0 / 1)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
-            if "norm" in name:
-                param.copy_(1.0 + 0.2 * noise)
-            else:
-                param.copy_(WEIGHT_STD * noise)
 
 
 def _ropelab_twin(hf_model, spec: str, tie: bool, qkv_bias: bool = False) -> Transformer:
@@ -137,22 +117,13 @@ def _pair(rope_name: str, tie: bool, attn: str, seed: int = 0):
     torch.manual_seed(seed)
     hf = transformers.LlamaForCausalLM(_hf_config(transformers.LlamaConfig, dict(rope_parameters), tie, attn))
     assert hf.config._attn_implementation == attn
-    _randomise(hf, seed)
+    randomise(hf, seed)  # std 0.1: attention sharp enough that positions matter; logits O(1) (std ~0.8)
     hf.eval()
     return hf, _ropelab_twin(hf, spec, tie)
 
 
 def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def _hf_logits(hf, ids: torch.Tensor) -> torch.Tensor:
-    return hf(input_ids=ids, use_cache=False).logits
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
 
 
 # -- 1. Llama logits, every HF rope type ------------------------------------------------------
@@ -165,7 +136,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_llama_logits_match_hf(rope_name: str, attn: str, tie: bool, length: int) -> None:
     hf, model = _pair(rope_name, tie, attn)
     ids = _tokens(2, length)
-    expected = _hf_logits(hf, ids)
+    expected = hf_logits(hf, ids)
     with torch.no_grad():
         got = model(ids)
     assert expected.std() > 0.1, "degenerate logits: the comparison would prove nothing"
@@ -176,20 +147,20 @@ def test_llama_logits_match_hf(rope_name: str, attn: str, tie: bool, length: int
     if rope_name != "default" and (rope_name != "dynamic" or length > MAX_POS):
         with torch.no_grad():
             plain = model.with_method("rope")(ids)
-        assert _max_diff(plain, expected) > 1e-2
+        assert max_diff(plain, expected) > 1e-2
 
 
 def test_llama_parity_is_sensitive_to_weights() -> None:
     hf, model = _pair("default", tie=False, attn="sdpa")
     ids = _tokens(1, 48)
-    expected = _hf_logits(hf, ids)
+    expected = hf_logits(hf, ids)
     with torch.no_grad():
         torch.testing.assert_close(model(ids), expected, atol=ATOL, rtol=0)
         for name in ("layers.1.self_attn.k_proj.weight", "layers.0.post_attention_layernorm.weight", "lm_head.weight"):
             param = model.get_parameter(name)
             saved = param.detach().clone()
             param.view(-1)[0] += 1e-2
-            assert _max_diff(model(ids), expected) > 1e-4, name
+            assert max_diff(model(ids), expected) > 1e-4, name
             param.copy_(saved)
         torch.testing.assert_close(model(ids), expected, atol=ATOL, rtol=0)
 
@@ -203,20 +174,20 @@ def test_qwen2_logits_match_hf(tie: bool, length: int) -> None:
     torch.manual_seed(0)
     config = _hf_config(transformers.Qwen2Config, {"rope_type": "default"}, tie, "sdpa", use_sliding_window=False)
     hf = transformers.Qwen2ForCausalLM(config)
-    _randomise(hf, seed=3)
+    randomise(hf, seed=3)
     hf.eval()
     biases = [p for name, p in hf.named_parameters() if name.endswith("_proj.bias")]
     assert len(biases) == 3 * LAYERS and all(bool(b.abs().min() > 0) for b in biases)
     model = _ropelab_twin(hf, "rope", tie, qkv_bias=True)
 
     ids = _tokens(2, length, seed=5)
-    expected = _hf_logits(hf, ids)
+    expected = hf_logits(hf, ids)
     with torch.no_grad():
         got = model(ids)
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
         # The biases matter: zeroing the key bias of layer 0 moves the logits.
         model.layers[0].self_attn.k_proj.bias.zero_()
-        assert _max_diff(model(ids), expected) > 1e-3
+        assert max_diff(model(ids), expected) > 1e-3
 
 
 # -- 3. Frequency plans vs ROPE_INIT_FUNCTIONS ------------------------------------------------

@@ -18,13 +18,14 @@ from ropelab.model.transformer import Transformer
 from ropelab.pe import RotaryEncoding
 from ropelab.pe import canonical_spec as _canonical
 from ropelab.pretrained.hf_dir import hf_config_to_ropelab
+from tests.helpers import DIM, HEADS, MAX_POS, THETA, VOCAB, hf_logits, max_diff, tiny_hf_model
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB, DIM, LAYERS, HEADS, KV_HEADS, HIDDEN, MAX_POS, EPS, THETA = 97, 64, 2, 4, 2, 128, 64, 1e-5, 10000.0
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LENGTH = 150  # > 2 * max_position_embeddings
 ATOL = 1e-5
-WEIGHT_STD = 0.1  # attention sharp enough that positions matter
 
 ARCHS = ["llama", "qwen2", "mistral"]
 SPECS = [
@@ -51,44 +52,6 @@ NON_ROTARY = ["alibi", "kerple-log", "kerple-power", "fire", "learned"]
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _hf_model(arch: str, seed: int = 0):
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=DIM,
-        intermediate_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        max_position_embeddings=MAX_POS,
-        rms_norm_eps=EPS,
-        tie_word_embeddings=arch == "qwen2",  # one tied, two untied
-        rope_parameters={"rope_type": "default", "rope_theta": THETA},
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    if arch == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
-    elif arch == "qwen2":
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, use_sliding_window=False))
-    else:
-        model = transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=None))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # random everything, biases and norm gains included
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
-            param.copy_(1.0 + 0.2 * noise if "norm" in name else WEIGHT_STD * noise)
-    return model.eval()
-
-
 def _twin(hf_model, spec: str) -> Transformer:
     """ropelab's Transformer with the HF model's weights (names minus ``model.``)."""
     config = hf_config_to_ropelab(hf_model.config.to_dict())
@@ -105,7 +68,7 @@ def models():
     """arch -> (HF model, ropelab twin); every test leaves the HF model unpatched."""
     pairs = {}
     for i, arch in enumerate(ARCHS):
-        model = _hf_model(arch, seed=i)
+        model = tiny_hf_model(arch, seed=i)
         pairs[arch] = (model, _twin(model, "rope"))
     return pairs
 
@@ -117,16 +80,7 @@ def ids() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def original_logits(models, ids):
-    return {arch: _logits(model, ids) for arch, (model, _) in models.items()}
-
-
-@torch.no_grad()
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, use_cache=False).logits
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
+    return {arch: hf_logits(model, ids) for arch, (model, _) in models.items()}
 
 
 # -- logits parity ----------------------------------------------------------------------------
@@ -140,7 +94,7 @@ def test_patched_logits_match_ropelab(models, ids, arch: str, spec: str) -> None
         encoding = hf.patch(model, spec)
         assert hf.is_patched(model) and hf.patched_spec(model) == _canonical(spec)
         assert encoding.ctx.train_len == MAX_POS and encoding.ctx.head_dim == DIM // HEADS
-        got = _logits(model, ids)
+        got = hf_logits(model, ids)
     finally:
         hf.unpatch(model)
     with torch.no_grad():
@@ -156,10 +110,10 @@ def test_rope_patch_equals_hf_rope_and_unpatch_restores(models, ids, original_lo
     expected = original_logits[arch]
     hf.patch(model, "rope")
     assert model.model.rotary_emb is not original
-    torch.testing.assert_close(_logits(model, ids), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(hf_logits(model, ids), expected, atol=ATOL, rtol=0)
     assert hf.unpatch(model) is True
     assert model.model.rotary_emb is original and not hf.is_patched(model) and hf.patched_spec(model) is None
-    assert torch.equal(_logits(model, ids), expected)
+    assert torch.equal(hf_logits(model, ids), expected)
     assert hf.unpatch(model) is False  # unpatching an unpatched model is a no-op
 
 
@@ -168,10 +122,10 @@ def test_hope_changes_the_logits(models, ids, original_logits, arch: str) -> Non
     model, _ = models[arch]
     hf.patch(model, "hope")
     try:
-        assert _max_diff(_logits(model, ids), original_logits[arch]) > 1e-3
+        assert max_diff(hf_logits(model, ids), original_logits[arch]) > 1e-3
     finally:
         hf.unpatch(model)
-    assert torch.equal(_logits(model, ids), original_logits[arch])
+    assert torch.equal(hf_logits(model, ids), original_logits[arch])
 
 
 def test_patching_twice_replaces_the_patch(models, ids, original_logits) -> None:
@@ -184,11 +138,11 @@ def test_patching_twice_replaces_the_patch(models, ids, original_logits) -> None
         assert model.model.rotary_emb.original is original  # no stacking
         with torch.no_grad():
             expected = twin.with_method("yarn:factor=2")(ids)
-        torch.testing.assert_close(_logits(model, ids), expected, atol=ATOL, rtol=0)
+        torch.testing.assert_close(hf_logits(model, ids), expected, atol=ATOL, rtol=0)
     finally:
         assert hf.unpatch(model)
     assert model.model.rotary_emb is original and not hf.is_patched(model)
-    assert torch.equal(_logits(model, ids), original_logits["llama"])
+    assert torch.equal(hf_logits(model, ids), original_logits["llama"])
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -319,11 +273,11 @@ def test_rotary_module_dtype_and_legacy_call(models) -> None:
 
 def test_legacy_per_layer_rotary_modules_are_patched(ids) -> None:
     """transformers 4.38-4.47 keep a rotary module in every attention layer: all are swapped."""
-    model = _hf_model("llama", seed=5)
+    model = tiny_hf_model("llama", seed=5)
     for layer in model.model.layers:
         layer.self_attn.rotary_emb = copy.deepcopy(model.model.rotary_emb)
     originals = [model.model.rotary_emb] + [layer.self_attn.rotary_emb for layer in model.model.layers]
-    expected = _logits(model, ids)
+    expected = hf_logits(model, ids)
     hf.patch(model, "hope")
     hf.patch(model, "pi:factor=2")
     patched = [model.model.rotary_emb] + [layer.self_attn.rotary_emb for layer in model.model.layers]
@@ -332,7 +286,7 @@ def test_legacy_per_layer_rotary_modules_are_patched(ids) -> None:
     assert len({id(m.encoding) for m in patched}) == 1
     hf.unpatch(model)
     assert [model.model.rotary_emb] + [layer.self_attn.rotary_emb for layer in model.model.layers] == originals
-    assert torch.equal(_logits(model, ids), expected)
+    assert torch.equal(hf_logits(model, ids), expected)
 
 
 # -- windowed methods -------------------------------------------------------------------------
@@ -342,17 +296,17 @@ def test_legacy_per_layer_rotary_modules_are_patched(ids) -> None:
 def test_windowed_patch_switches_attention_and_unpatch_restores(models, ids, spec: str) -> None:
     model, _ = models["llama"]
     before = model.config._attn_implementation
-    unpatched = _logits(model, ids)  # not the module fixture: another test round-trips dtypes
+    unpatched = hf_logits(model, ids)  # not the module fixture: another test round-trips dtypes
     hf.patch(model, spec)
     try:
         assert model.config._attn_implementation == hf.WINDOW_ATTENTION
-        assert _max_diff(_logits(model, ids), unpatched) > 1e-3
+        assert max_diff(hf_logits(model, ids), unpatched) > 1e-3
         hf.patch(model, "rope")  # a plain rotary patch gives the attention implementation back
         assert model.config._attn_implementation == before
     finally:
         hf.unpatch(model)
     assert model.config._attn_implementation == before
-    assert torch.equal(_logits(model, ids), unpatched)
+    assert torch.equal(hf_logits(model, ids), unpatched)
 
 
 def test_hirope_reads_hierarchical_positions_from_a_forward_keyword(models, ids) -> None:
@@ -364,10 +318,10 @@ def test_hirope_reads_hierarchical_positions_from_a_forward_keyword(models, ids)
     try:
         with torch.no_grad():
             got = model(input_ids=ids, use_cache=False, ropelab_positions=positions).logits
-            chunked = _logits(model, ids)
+            chunked = hf_logits(model, ids)
     finally:
         hf.unpatch(model)
     with torch.no_grad():
         expected = twin.with_method(spec)(ids, positions=positions)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
-    assert _max_diff(got, chunked) > 1e-3  # the positions were used, not the default chunks
+    assert max_diff(got, chunked) > 1e-3  # the positions were used, not the default chunks

@@ -21,10 +21,12 @@ from ropelab.integrations import hf
 from ropelab.model.transformer import Transformer
 from ropelab.pe import canonical_spec
 from ropelab.pretrained.hf_dir import hf_config_to_ropelab
+from tests.helpers import DIM, HEADS, MAX_POS, THETA, VOCAB, hf_logits, tiny_hf_model
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB, DIM, LAYERS, HEADS, KV_HEADS, HIDDEN, MAX_POS, THETA = 97, 64, 2, 4, 2, 128, 64, 10000.0
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LENGTH = 150  # > 2 * max_position_embeddings
 ATOL = 1e-5
 
@@ -51,57 +53,14 @@ NOT_NATIVE = {
 ARCHS = ["llama", "qwen2", "mistral"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _hf_model(arch: str, seed: int = 0, **rope):
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=DIM,
-        intermediate_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        max_position_embeddings=rope.pop("max_position_embeddings", MAX_POS),
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=arch == "qwen2",
-        rope_parameters=rope or {"rope_type": "default", "rope_theta": THETA},
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    if arch == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
-    elif arch == "qwen2":
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, use_sliding_window=False))
-    else:
-        model = transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=None))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
-            param.copy_(1.0 + 0.2 * noise if "norm" in name else 0.1 * noise)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def models():
-    return {arch: _hf_model(arch, seed=i) for i, arch in enumerate(ARCHS)}
+    return {arch: tiny_hf_model(arch, seed=i) for i, arch in enumerate(ARCHS)}
 
 
 @pytest.fixture(scope="module")
 def ids() -> torch.Tensor:
     return torch.randint(0, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(1))
-
-
-@torch.no_grad()
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, use_cache=False).logits
 
 
 def _ropelab(hf_model, spec: str, ids: torch.Tensor) -> torch.Tensor:
@@ -118,7 +77,7 @@ def _save_patched(model, spec: str, directory, ids):
     """Patch, record the logits, save, unpatch; returns the patched logits and the entry."""
     hf.patch(model, spec)
     try:
-        logits = _logits(model, ids)
+        logits = hf_logits(model, ids)
         entry = json.loads(json.dumps(hf.config_entry(model.config)))
         model.save_pretrained(directory)
     finally:
@@ -179,7 +138,7 @@ def test_ntk_is_a_base_change_and_yarn_keeps_its_parameters(models) -> None:
 def test_dynamic_is_not_native_when_transformers_would_rescale_by_another_length() -> None:
     """transformers' ``dynamic`` rescales by ``max_position_embeddings``; ropelab by the training
     length (here ``original_max_position_embeddings`` = 32 of a YaRN config with 64 positions)."""
-    model = _hf_model(
+    model = tiny_hf_model(
         "llama",
         rope_type="yarn",
         factor=2.0,
@@ -215,11 +174,11 @@ def test_save_and_from_pretrained_round_trip(models, ids, tmp_path, arch: str, s
     reloaded = hf.from_pretrained(tmp_path)
     assert hf.patched_spec(reloaded) == canonical_spec(spec)
     assert hf.config_entry(reloaded.config) == entry
-    torch.testing.assert_close(_logits(reloaded, ids), patched, atol=0, rtol=0)
+    torch.testing.assert_close(hf_logits(reloaded, ids), patched, atol=0, rtol=0)
     # unpatching the reloaded model gives the original one back
     assert hf.unpatch(reloaded) and hf.config_entry(reloaded.config) is None
     assert reloaded.config.rope_parameters == model.config.rope_parameters
-    torch.testing.assert_close(_logits(reloaded, ids), _logits(model, ids), atol=0, rtol=0)
+    torch.testing.assert_close(hf_logits(reloaded, ids), hf_logits(model, ids), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -231,12 +190,12 @@ def test_plain_transformers_computes_native_methods(models, ids, tmp_path, arch:
     patched, _ = _save_patched(model, spec, tmp_path, ids)
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert not hf.is_patched(plain) and plain.config.rope_parameters["rope_type"] == NATIVE[spec]
-    got = _logits(plain, ids)
+    got = hf_logits(plain, ids)
     assert expected.std() > 0.1
     torch.testing.assert_close(got, patched, atol=ATOL, rtol=0)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
     if spec not in ("rope", "dynamic-ntk:factor=2"):  # dynamic is plain RoPE only up to the train length
-        assert (got - _logits(model, ids)).abs().max() > 1e-2  # the method is in effect
+        assert (got - hf_logits(model, ids)).abs().max() > 1e-2  # the method is in effect
 
 
 @pytest.mark.parametrize("spec", list(NOT_NATIVE))
@@ -245,10 +204,10 @@ def test_plain_transformers_loads_other_methods_as_the_original_model(models, id
     patched, entry = _save_patched(model, spec, tmp_path, ids)
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert entry["hf_rope_type"] is None and "from_pretrained" in entry["hf_note"]
-    torch.testing.assert_close(_logits(plain, ids), _logits(model, ids), atol=0, rtol=0)
-    assert (_logits(plain, ids) - patched).abs().max() > 1e-2
+    torch.testing.assert_close(hf_logits(plain, ids), hf_logits(model, ids), atol=0, rtol=0)
+    assert (hf_logits(plain, ids) - patched).abs().max() > 1e-2
     hf.patch(plain, entry["method"])  # patching it by hand is the same as from_pretrained
-    torch.testing.assert_close(_logits(plain, ids), patched, atol=0, rtol=0)
+    torch.testing.assert_close(hf_logits(plain, ids), patched, atol=0, rtol=0)
 
 
 def test_patching_a_plain_loaded_native_directory_does_not_apply_the_method_twice(models, ids, tmp_path) -> None:
@@ -259,7 +218,7 @@ def test_patching_a_plain_loaded_native_directory_does_not_apply_the_method_twic
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     encoding = hf.patch(plain, "ntk:factor=4")
     assert encoding.ctx.rope_base == THETA
-    torch.testing.assert_close(_logits(plain, ids), patched, atol=0, rtol=0)
+    torch.testing.assert_close(hf_logits(plain, ids), patched, atol=0, rtol=0)
     hf.unpatch(plain)
     assert plain.config.rope_parameters == model.config.rope_parameters
 

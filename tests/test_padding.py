@@ -23,8 +23,11 @@ from ropelab.core.errors import RopelabError
 from ropelab.integrations import hf
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe import PEContext, build
+from tests.helpers import randomise
 
 transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ATOL = 1e-5
 VOCAB = 61
@@ -51,14 +54,6 @@ SPECS = [
 ]
 WINDOWED = ["rerope:window=8", "self-extend:window=8,group=3", "hirope:window=8,chunk=5"]
 HF_SPECS = [s for s in SPECS if s.split(":")[0] not in ("alibi", "kerple-log", "kerple-power", "fire", "learned")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _rows(lengths=LENGTHS, seed=0, low=0) -> list[torch.Tensor]:
@@ -356,11 +351,7 @@ def _hf_llama(seed: int = 0):
         pad_token_id=None,
     )
     model = transformers.LlamaForCausalLM(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # attention sharp enough that positions matter
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1.0 + 0.2 * noise if "norm" in name else 0.15 * noise)
+    randomise(model, seed, std=0.15)  # attention sharp enough that positions matter
     return model.eval()
 
 

@@ -18,6 +18,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.pretrained import registry
 from ropelab.pretrained.gguf import read_gguf, undo_llama_permutation
 from ropelab.pretrained.registry import load_model
+from tests.helpers import HF_SIZES
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -48,25 +49,21 @@ def test_undo_llama_permutation_inverts_llamacpp():
     assert np.array_equal(undo_llama_permutation(permuted, 4)[:8][[0, 4]], permuted[:8][[0, 1]])
 
 
-def tiny_hf_llama(tie: bool, seed: int = 0):
+def _random_hf(model_class, config, seed: int = 0):
+    """``model_class(config)`` in eval mode, every parameter N(0, 0.1) after ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=tie,
-        rope_theta=10000.0,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = model_class(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.1)
     return model
+
+
+def tiny_hf_llama(tie: bool, seed: int = 0):
+    config = transformers.LlamaConfig(
+        **HF_SIZES, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=tie, rope_theta=10000.0
+    )
+    return _random_hf(transformers.LlamaForCausalLM, config, seed)
 
 
 def write_gguf(path: Path, hf_model, qtype=None) -> None:
@@ -172,22 +169,8 @@ def test_hf_directory_loads_with_equal_logits(tmp_path, arch):
     if arch == "llama":
         hf = tiny_hf_llama(False)
     else:
-        torch.manual_seed(0)
-        hf = transformers.Qwen2ForCausalLM(
-            transformers.Qwen2Config(
-                vocab_size=97,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-                tie_word_embeddings=True,
-            )
-        ).eval()
-        with torch.no_grad():
-            for p in hf.parameters():
-                p.normal_(0, 0.1)
+        config = transformers.Qwen2Config(**HF_SIZES, max_position_embeddings=64, tie_word_embeddings=True)
+        hf = _random_hf(transformers.Qwen2ForCausalLM, config)
     _save_hf_dir(hf, tmp_path)
     model, tokenizer = load_model(tmp_path)
     assert model.config.qkv_bias == (arch == "qwen2")

@@ -36,6 +36,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.hierarchy import language_for_path
 from ropelab.model.checkpoint import read_checkpoint_config
+from ropelab.model.config import physical_memory
 from ropelab.model.device import dtype_name, resolve_placement
 from ropelab.pretrained.registry import load_model
 
@@ -115,6 +116,8 @@ def check_config(config: AnalyzeConfig) -> None:
     parse_lengths(config.lengths, 1024)  # syntax only; the unit depends on each model's train length
     if config.samples < 1:
         raise RopelabError(f"--samples must be at least 1, got {config.samples}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not -(2**63) <= config.seed < 2**64:
+        raise RopelabError(f"--seed must be an integer in [-2**63, 2**64), got {config.seed!r}")
     if config.hierarchy_length < 2:
         raise RopelabError(f"--hierarchy-length must be at least 2, got {config.hierarchy_length}")
     if config.batch_tokens < 1:
@@ -127,6 +130,25 @@ def check_config(config: AnalyzeConfig) -> None:
         parse_layers(config.layers, 10**6)
     device, dtype = resolve_placement(config.device, config.dtype)  # one clear error before any model loads
     config.device, config.dtype = str(device), dtype_name(dtype)
+
+
+def check_memory(model_config, samples: int, lengths: list[int], layers: list[int]) -> None:
+    """One :class:`RopelabError` before anything is allocated when the analysis cannot fit in this
+    machine's memory (:func:`ropelab.model.config.physical_memory`): the input ids (int64), the
+    last query's float32 logits of every sample, analysed layer and head at every length, and one
+    sample's activations at the longest length (a rough lower bound: a few vectors a token)."""
+    memory = physical_memory()
+    if memory is None:
+        return
+    longest, c = max(lengths), model_config
+    needed = 8 * samples * longest + 4 * len(layers) * samples * c.n_heads * sum(lengths)
+    needed += 4 * longest * (6 * c.dim + 3 * c.hidden_dim)
+    if needed > memory:
+        raise RopelabError(
+            f"analysing {samples} sample(s) at lengths up to {longest} tokens over {len(layers)} layer(s) needs "
+            f"at least {needed / 2**30:.1f} GiB, more than this machine's memory ({memory / 2**30:.1f} GiB); "
+            "use fewer --samples, --layers or shorter --lengths"
+        )
 
 
 def _load(path: str, method: str | None, config: AnalyzeConfig | None = None):
@@ -219,6 +241,7 @@ class Analyzer:
         measurements: dict[int, Measurement] = {}
         inputs = None
         if needed:
+            check_memory(model.config, config.samples, sorted(needed), layers)
             inputs = _inputs(config, model, tokenizer, max(needed))
             result["inputs"] = inputs.describe()
             for length in sorted(needed):

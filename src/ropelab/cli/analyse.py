@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ropelab.analysis.pipeline import AnalyzeConfig, analyze, parse_analyses
 from ropelab.cli.evaluate import device_options
-from ropelab.core.args import positive_int, split_list
+from ropelab.core.args import positive_int, split_list, thread_count
 from ropelab.pe import split_specs
 from ropelab.reporting.analysis import write_outputs
 
@@ -97,5 +97,5 @@ def analyze_options(p: argparse.ArgumentParser) -> None:
         "--hierarchy-length", type=positive_int, default=1024, help="tokens of the hierarchy map (default 1024)"
     )
     p.add_argument("--out", default=None, help="output directory (default: runs/analyze-<time>)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
     device_options(p)

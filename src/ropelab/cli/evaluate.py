@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 
-from ropelab.core.args import positive_int, split_list
+from ropelab.core.args import positive_int, split_list, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
-from ropelab.eval.runner import Shard, evaluate
+from ropelab.eval.runner import Shard, check_samples, evaluate
 from ropelab.model.device import resolve_placement
 from ropelab.pe import split_specs
 from ropelab.pretrained.registry import load_model
@@ -69,6 +69,7 @@ def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
 def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_at_longest: bool = False) -> int:
 
     methods = split_specs(args.methods)  # a malformed list fails before the model loads
+    check_samples(args.samples)
     for name in split_list(args.tasks):
         get_task(name)  # unknown task names fail before the model loads
     resolve_placement(args.device, args.dtype)  # so do a missing device and a bad dtype
@@ -186,7 +187,7 @@ def _eval_options(
         help="ppl on plain long code, or on the passkey haystacks (that code plus the needle line; one pass "
         f"per method serves both tasks) (default: {ppl_document or 'haystack when passkey runs, else code'})",
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
     device_options(p)
 
 

@@ -18,10 +18,11 @@ import sys
 
 from ropelab import pe
 from ropelab.cli.evaluate import device_options
-from ropelab.core.args import positive_int
+from ropelab.core.args import positive_int, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
+from ropelab.eval.runner import check_samples
 from ropelab.hierarchy import canonical_language, extract, read_source
 from ropelab.model.config import CONFIGS, LIMITS
 from ropelab.model.device import resolve_placement
@@ -306,6 +307,7 @@ def _read_text(path: str, max_bytes: int | None = None) -> str:
 def cmd_task_sample(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
+    check_samples(args.n)
     model, tokenizer = load_model(args.model)
     length = parse_length(args.length, model.config.train_len)
     task.check_length(length)
@@ -345,13 +347,6 @@ def describe_options(p: argparse.ArgumentParser) -> None:
 models_options = methods_options
 
 
-def _threads(text: str) -> int:
-    value = positive_int(text)
-    if value > 1024:
-        raise argparse.ArgumentTypeError(f"expected at most 1024 threads, got {text!r}")
-    return value
-
-
 def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registry name (e.g. smollm2-135m), .gguf file, HF model dir or ropelab checkpoint")
     source = p.add_mutually_exclusive_group(required=True)
@@ -369,7 +364,7 @@ def generate_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="refuse a longer prompt (default: 4 x the model's training length)",
     )
-    p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (1 to 1024)")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
     device_options(p)
 
 

@@ -15,7 +15,7 @@ import argparse
 import os
 import time
 
-from ropelab.core.args import split_list
+from ropelab.core.args import split_list, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.experiments.hirope.config import ShortConfig
 from ropelab.experiments.hirope.run import run_experiment as run_hirope_experiment
@@ -196,7 +196,7 @@ def train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--keep", type=int, default=d.keep, help="keep the newest N checkpoints (default 0: all)")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda when available")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
     p.add_argument(
         "--parallel",
         choices=PARALLEL,
@@ -267,7 +267,7 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
     )
     synthetic_options(p, e.synthetic, e.synthetic_repeat)
     p.add_argument("--window", action="store_true", help="also score every model with its context truncated")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
     p.add_argument(
         "--jobs",
         type=int,

@@ -9,10 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ropelab.core.errors import RopelabError
+
 
 def ropelab_home() -> Path:
     """Where converted models and tokenized data are cached: ``$ROPELAB_HOME``, else ``~/.cache/ropelab``."""
-    return Path(os.environ.get("ROPELAB_HOME") or "~/.cache/ropelab").expanduser()
+    raw = os.environ.get("ROPELAB_HOME") or "~/.cache/ropelab"
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # "~someone" of no such user, or no home directory to expand "~" to
+        raise RopelabError(f"ROPELAB_HOME={raw!r}: its '~' cannot be expanded; give a full path") from None
 
 
 def current_umask() -> int:

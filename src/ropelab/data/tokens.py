@@ -41,6 +41,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.core.io import ropelab_home
 from ropelab.core.log import log
 from ropelab.data.corpus import Corpus
+from ropelab.model.config import LIMITS
 from ropelab.pretrained.registry import TokenizerNotFound, load_tokenizer, tokenizer_path
 from ropelab.pretrained.tokenizer import Tokenizer
 
@@ -79,9 +80,12 @@ def bpe_vocab_size(spec: str) -> int | None:
     match = _BPE.fullmatch(spec.strip().lower())
     if not match:
         return None
-    size = int(match.group(1)) * (1024 if match.group(2) else 1)
+    digits = match.group(1)
+    size = int(digits) * (1024 if match.group(2) else 1) if len(digits) <= 12 else LIMITS["vocab_size"] + 1
     if size < 257:
         raise RopelabError(f"tokenizer {spec!r}: a byte-level BPE needs a vocabulary of at least 257 (256 bytes + 1)")
+    if size > LIMITS["vocab_size"]:  # the BPE trainer would allocate for this many entries up front
+        raise RopelabError(f"tokenizer {spec!r}: a byte-level BPE vocabulary is at most {LIMITS['vocab_size']} tokens")
     return size
 
 

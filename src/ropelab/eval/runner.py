@@ -456,6 +456,16 @@ def _merge(out: Path, plan: _Plan, parts: list[Path]) -> None:
 # -- planning: the configuration, the samples and the units of work -----------------------------------------------
 
 
+#: the most samples per task and length a run (or ``ropelab task-sample``) builds: every sample is
+#: built before anything is measured, so a huge count would only exhaust the memory
+MAX_SAMPLES = 10_000
+
+
+def check_samples(samples: int) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise RopelabError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
+
+
 def _run_config(
     model_name: str,
     train_len: int,
@@ -471,14 +481,18 @@ def _run_config(
     dtype: str = "float32",
 ) -> tuple[RunConfig, list[Task]]:
     """The run's configuration and its tasks; every argument is checked here, before any work."""
-    if samples < 1:
-        raise RopelabError(f"samples must be >= 1, got {samples}")
+    check_samples(samples)
+    if not methods or not tasks:
+        raise RopelabError("no " + ("position method" if not methods else "task") + " given; the run would be empty")
     methods = [canonical_spec(m) for m in methods]  # validates every spec before any work
     task_objects = [get_task(name) for name in tasks]
     unknown = sorted(set(task_lengths) - set(tasks))
     if unknown:
         raise RopelabError(f"lengths given for tasks that are not run: {', '.join(unknown)}")
     per_task = {name: [parse_length(x, train_len) for x in task_lengths.get(name, lengths)] for name in tasks}
+    empty = [name for name, values in per_task.items() if not values]
+    if empty:
+        raise RopelabError(f"no length given for {', '.join(empty)}; e.g. --lengths 0.5x,1x")
     _derived_from(ppl_document, per_task)  # one clear error where the option cannot be honoured
     config = RunConfig(
         model=model_name,

@@ -191,6 +191,8 @@ def known_languages() -> list[str]:
 
 def canonical_language(name: str) -> str:
     """``"Python"`` -> ``"python"``, ``"c++"`` -> ``"cpp"``; an unknown name raises :class:`RopelabError`."""
+    if not isinstance(name, str):
+        raise RopelabError(f"language must be a string such as 'python', got {name!r}")
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in LANGUAGES and key != TEXT:

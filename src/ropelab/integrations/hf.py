@@ -134,6 +134,7 @@ from ropelab import pe as pe_registry
 from ropelab.core.errors import RopelabError
 from ropelab.core.version import __version__
 from ropelab.integrations.hf_native import native_rope, rope_fields, set_rope_fields
+from ropelab.model.device import resolve_placement
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe import PEContext, PositionEncoding, RotaryEncoding
 from ropelab.pretrained.hf_dir import ROPELAB_ENTRY, SUPPORTED_MODEL_TYPES, hf_rope, ropelab_to_hf_config, unpatched
@@ -626,6 +627,7 @@ def load(
     ``None`` when the checkpoint has no ``tokenizer.json``.
     """
 
+    device, dtype = resolve_placement(device, dtype)  # one RopelabError for "tpu" or "int8", before loading
     directory, kind = resolve(name_or_path)
     if kind == "hf":
         import transformers

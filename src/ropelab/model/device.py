@@ -57,6 +57,12 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
         resolved = None
     if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
         raise RopelabError(f"unknown device {str(device)!r}; use one of: {', '.join(DEVICES)}")
+    if resolved.type == "cpu" and resolved.index is not None:  # torch parses cpu:N, but loading cannot use it
+        if resolved.index != 0:
+            raise RopelabError(
+                f"unknown device {str(device)!r}: the CPU has no index {resolved.index}; use --device cpu"
+            )
+        resolved = torch.device("cpu")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             build = f"this torch {torch.__version__} has no CUDA" if torch.version.cuda is None else "no GPU is visible"

@@ -3,6 +3,10 @@
 For query ``m`` and key ``n <= m`` (sequence indices) the logit is ``q_near[m] . k_near[n]`` when
 ``m - n < window`` and ``q_far[m] . k_far[n]`` otherwise.
 
+Without padding or sinks (the common case: one unpadded sequence) both parts run in PyTorch's
+fused CPU kernel (:func:`_fused_cpu`): the far part for all queries in one causal call shifted by
+the window, the near band in query chunks under an additive distance mask. Otherwise:
+
 Queries are processed in chunks ``[s, e)``. Keys before ``s - window + 1`` are far from every
 query of the chunk and fully visible: that block is plain unmasked attention with the far
 tables, done by a fused kernel that also returns its log-sum-exp (PyTorch's CPU flash kernel;
@@ -23,33 +27,65 @@ Two optional restrictions on which keys a query sees:
   Xiao et al. 2024, "Efficient Streaming Language Models with Attention Sinks", arXiv 2309.17453);
   ``far_keys=0`` is plain sliding-window attention. With a ``key_mask`` these are the first
   ``far_keys`` *real* keys of each row, so a padded row sees the sinks it would see alone.
+
+Kernels (:data:`KERNEL`). On CUDA a prefill (at least :data:`FLEX_MIN_QUERIES` queries, nothing
+recording gradients) runs as two compiled FlexAttention calls (``torch.nn.attention.flex_attention``):
+the near tables under a block mask of the band ``0 <= distance < window``, the far tables under
+``distance >= window``, each with the padding and sink masks, each returning its log-sum-exp; the
+two are merged exactly as above. Both are fused kernels that skip fully masked blocks, so the work
+is one causal attention plus a band of ``window`` keys per query, in ``O(T)`` memory. Everything
+else (CPU, decoding, training) runs the chunked computation above, which needs no compiler. If
+FlexAttention fails to compile under ``"auto"``, one ``ropelab:`` line says so and the process
+runs chunked from then on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
 from torch import Tensor
 
 from ropelab.core.errors import RopelabError
+from ropelab.core.log import log
 
 #: Queries per chunk; the band costs ``chunk x (chunk + window)`` scores per head.
 CHUNK = 256
 
+#: Which kernel runs windowed attention: ``"auto"`` (FlexAttention for a CUDA prefill, else
+#: chunked), ``"chunked"``, ``"flex"`` (compiled FlexAttention wherever allowed: needs a compiler on
+#: CPU) or ``"flex-eager"`` (FlexAttention uncompiled: dense scores, for checks on small inputs).
+KERNEL = "auto"
+KERNELS = ("auto", "chunked", "flex", "flex-eager")
+#: "auto" picks FlexAttention only for at least this many queries (a decoding step stays chunked:
+#: a compiled kernel per new key length would cost more than it saves).
+FLEX_MIN_QUERIES = 128
+_HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+#: head dimensions FlexAttention's compiled kernels take
+_FLEX_HEAD_DIMS = (16, 32, 64, 128, 256)
+
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _flash_cpu_ok(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether PyTorch's fused CPU attention kernel may run: its log-sum-exp carries no gradient,
+    so only when nothing needs one."""
+    return (
+        _FLASH_CPU is not None
+        and not _needs_grad(q, k, v)
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.bfloat16)
+    )
 
 
 def _block(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Unmasked attention of ``q`` [B, H, C, d] over ``k``/``v`` [B, H, N, d]: (output, logsumexp)."""
-    # the fused kernel's log-sum-exp carries no gradient: use it only when nothing needs one
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if (
-        _FLASH_CPU is not None
-        and not needs_grad
-        and q.device.type == "cpu"
-        and q.dtype in (torch.float32, torch.bfloat16)
-    ):
+    if _flash_cpu_ok(q, k, v):
         out, lse = _FLASH_CPU(q, k, v, 0.0, False, scale=scale)
         return out, lse.float()
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
@@ -112,6 +148,149 @@ def _far_block(
     return torch.cat(outs), torch.cat(lses)
 
 
+def kernel_for(q: Tensor, k: Tensor, v: Tensor) -> str:
+    """The kernel :func:`windowed_attention` uses for queries ``q`` and keys ``k`` (see :data:`KERNEL`)."""
+    if KERNEL not in KERNELS:
+        raise RopelabError(f"window_attention.KERNEL must be one of {', '.join(KERNELS)}, got {KERNEL!r}")
+    if KERNEL == "chunked" or _needs_grad(q, k, v) or not _HAS_FLEX:
+        return "chunked"  # the merged log-sum-exps are not differentiated through FlexAttention here
+    if KERNEL == "auto":
+        fits = q.device.type == "cuda" and q.shape[2] >= FLEX_MIN_QUERIES and q.shape[-1] in _FLEX_HEAD_DIMS
+        return "flex" if fits and not _FLEX_FAILED else "chunked"
+    if KERNEL == "flex" and q.device.type == "cpu":
+        # torch's compiled CPU FlexAttention returns no log-sum-exp, which the merge needs
+        raise RopelabError('window_attention.KERNEL="flex" runs on CUDA only; on CPU use "chunked" or "flex-eager"')
+    return KERNEL
+
+
+_COMPILED: dict[str, object] = {}
+#: set when FlexAttention failed under "auto": the process runs chunked from then on
+_FLEX_FAILED: list[str] = []
+
+
+def _flex_functions(compiled: bool):
+    """(flex_attention, create_block_mask), compiled once per process when ``compiled``."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if not compiled:
+        return flex_attention, create_block_mask
+    if "flex" not in _COMPILED:
+        _COMPILED["flex"] = torch.compile(flex_attention)
+    return _COMPILED["flex"], create_block_mask
+
+
+def _flex_windowed(
+    q_near: Tensor,
+    q_far: Tensor,
+    k_near: Tensor,
+    k_far: Tensor,
+    value: Tensor,
+    window: int,
+    past: int,
+    key_mask: Tensor | None,
+    far_visible: Tensor | None,
+    compiled: bool,
+) -> Tensor:
+    """:func:`windowed_attention` as two FlexAttention calls (near band, far part) merged through
+    their log-sum-exps. ``far_visible``: bool ``[B|1, Tk]``, the keys visible beyond the window."""
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    flex, block_mask = _flex_functions(compiled)
+    B, H, Tq, _ = q_near.shape
+    Tk = k_near.shape[2]
+    gqa = H != k_near.shape[1]
+    batch = None if key_mask is None and far_visible is None else B
+    if key_mask is not None:
+        key_mask = key_mask.expand(B, Tk)
+    if far_visible is not None:
+        far_visible = far_visible.expand(B, Tk)
+
+    def near(b, h, m, n):
+        distance = m + past - n
+        seen = (distance >= 0) & (distance < window)
+        return seen if key_mask is None else seen & key_mask[b, n]
+
+    def far(b, h, m, n):
+        seen = m + past - n >= window
+        return seen if far_visible is None else seen & far_visible[b, n]
+
+    def attend(q, k, mask_mod):
+        mask = block_mask(mask_mod, batch, None, Tq, Tk, device=q.device, _compile=compiled)
+        out, aux = flex(q, k, value, block_mask=mask, enable_gqa=gqa, return_aux=AuxRequest(lse=True))
+        return out.float(), aux.lse.float()[..., None]  # a query that sees no key: output 0, lse -inf
+
+    near_out, near_lse = attend(q_near, k_near, near)
+    if window >= past + Tq:  # every pair lies inside the window: no far block
+        return near_out.to(value.dtype)
+    far_out, far_lse = attend(q_far, k_far, far)
+    return _merge(near_out, near_lse, far_out, far_lse).to(value.dtype)
+
+
+def _merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
+    """Softmax attention over two disjoint key sets from each set's output and log-sum-exp
+    (``[..., 1]``, float32; ``-inf`` where a query sees no key of the set; 0 where it sees none)."""
+    top = torch.maximum(lse_a, lse_b)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    weight_a, weight_b = (lse_a - top).exp(), (lse_b - top).exp()
+    total = weight_a + weight_b
+    return (out_a.float() * weight_a + out_b.float() * weight_b) / torch.where(total > 0, total, 1.0)
+
+
+def _fused_cpu(
+    q_near: Tensor, q_far: Tensor, k_near: Tensor, k_far: Tensor, value: Tensor, window: int, past: int, chunk: int
+) -> Tensor | None:
+    """Windowed attention without padding or sinks, both parts in PyTorch's fused CPU kernel:
+    the far part (``distance >= window``) for all queries at once -- it is causal attention of
+    query ``m`` over keys ``n <= m - window``, i.e. a causal kernel call on the queries from index
+    ``window`` against the keys shifted by ``window`` -- and the near band (``0 <= distance <
+    window``) chunk by chunk with an additive mask of ``chunk x (chunk + window)``. ``None`` when
+    the far part is not a plain causal block (a multi-query step on a cache longer than the window)."""
+    B, H, Tq, d = q_near.shape
+    Tk = k_near.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    start = max(0, window - past)  # the first query index that sees any far key
+    far_keys = Tk - window
+    if start < Tq and Tq - start not in (far_keys, 1):
+        return None
+    far_out = far_lse = None
+    if start < Tq:
+        queries = q_far[:, :, start:]
+        causal = queries.shape[2] > 1
+        far_out, far_lse = _FLASH_CPU(queries, k_far[:, :, :far_keys], value[:, :, :far_keys], 0.0, causal, scale=scale)
+        far_lse = far_lse.float()[..., None]
+    out = torch.empty(B, H, Tq, d, dtype=value.dtype, device=value.device)
+    masks: dict[tuple[int, int, int], Tensor] = {}
+    for first in range(0, Tq, chunk):
+        stop = min(Tq, first + chunk)
+        band = max(0, past + first - window + 1)
+        shape = (stop - first, past + first - band, past + stop - band)
+        if shape not in masks:  # the additive distance mask depends on the chunk's shape only
+            distance = torch.arange(shape[1], shape[1] + shape[0])[:, None] - torch.arange(shape[2])[None]
+            near = (distance >= 0) & (distance < window)
+            masks[shape] = torch.zeros(near.shape, dtype=q_near.dtype).masked_fill_(~near, float("-inf"))
+        near_out, near_lse = _FLASH_CPU(
+            q_near[:, :, first:stop],
+            k_near[:, :, band : past + stop],
+            value[:, :, band : past + stop],
+            0.0,
+            False,
+            attn_mask=masks[shape],
+            scale=scale,
+        )
+        seen = max(first, start)  # queries of this chunk from here on also see far keys
+        if far_out is None or seen >= stop:
+            out[:, :, first:stop] = near_out
+            continue
+        out[:, :, first:seen] = near_out[:, :, : seen - first]
+        out[:, :, seen:stop] = _merge(
+            near_out[:, :, seen - first :],
+            near_lse.float()[:, :, seen - first :, None],
+            far_out[:, :, seen - start : stop - start],
+            far_lse[:, :, seen - start : stop - start],
+        ).to(value.dtype)
+    return out
+
+
 def windowed_attention(
     q_near: Tensor,
     q_far: Tensor,
@@ -133,11 +312,6 @@ def windowed_attention(
     Queries that see no key get a zero output."""
     B, H, Tq, d = q_near.shape
     Tk = k_near.shape[2]
-    groups = H // k_near.shape[1]
-    if groups > 1:  # grouped-query attention: give every query head its key/value head
-        k_near, k_far, value = (t.repeat_interleave(groups, dim=1) for t in (k_near, k_far, value))
-    chunk_size = chunk_size or CHUNK
-    scale = 1.0 / math.sqrt(d)
     device = q_near.device
 
     if key_mask is not None:
@@ -162,6 +336,27 @@ def windowed_attention(
             columns = sinks.any(dim=0).nonzero()
             far_limit = int(columns.max()) + 1 if columns.numel() else 0
     far_visible = key_mask if sinks is None else (sinks if key_mask is None else sinks & key_mask)
+    kernel = kernel_for(q_near, k_near, value)
+    if kernel != "chunked":
+        args = (q_near, q_far, k_near, k_far, value, window, past, key_mask, far_visible)
+        if KERNEL != "auto":
+            return _flex_windowed(*args, compiled=kernel == "flex")
+        try:
+            return _flex_windowed(*args, compiled=True)
+        except Exception as error:  # documented fallback: compile failures come in many types
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            _FLEX_FAILED.append(first)
+            log(f"FlexAttention failed ({type(error).__name__}: {first}); windowed attention runs chunked from now on")
+
+    groups = H // k_near.shape[1]
+    if groups > 1:  # grouped-query attention: give every query head its key/value head
+        k_near, k_far, value = (t.repeat_interleave(groups, dim=1) for t in (k_near, k_far, value))
+    chunk_size = chunk_size or CHUNK
+    if far_visible is None and window >= 1 and _flash_cpu_ok(q_near, k_near, value):
+        fused = _fused_cpu(q_near, q_far, k_near, k_far, value, window, past, chunk_size)
+        if fused is not None:
+            return fused
+    scale = 1.0 / math.sqrt(d)
     may_see_nothing = far_visible is not None  # some query may have no visible key at all
     far_runs = None if far_visible is None else _runs(far_visible)
 

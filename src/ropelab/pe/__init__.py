@@ -38,6 +38,7 @@ __all__ = [
     "Rotation",
     "apply_rotary",
     "build",
+    "format_value",
     "get_method",
     "methods",
     "parse_spec",
@@ -72,15 +73,20 @@ class SpecPart:
         given = {k: v for k, v in self.params.items() if defaults[k].always_show or v != defaults[k].default}
         if not given:
             return self.info.name
-        values = ",".join(f"{k}={_format(v)}" for k, v in given.items())
+        values = ",".join(f"{k}={format_value(v)}" for k, v in given.items())
         return f"{self.info.name}:{values}"
 
 
-def _format(value) -> str:
+def format_value(value) -> str:
+    """A parameter value as a spec writes it (read back by :func:`parse_spec` as the same value)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:g}"
+        # the shortest text that reads back as the same number, without the "+" of an exponent
+        # ("1e+06"), which would split the spec into two methods
+        text = f"{value:g}" if float(f"{value:g}") == value else repr(value).removesuffix(".0")
+        mantissa, plus, exponent = text.partition("e+")
+        return f"{mantissa}e{int(exponent)}" if plus else text
     return str(value)
 
 

@@ -2,8 +2,9 @@
 Section 3.5 mentions the learned variant) as used by GPT-2 (Radford et al. 2019): a trainable
 ``[max_len, dim]`` table added to the token embeddings, initialised N(0, 0.02) like GPT-2.
 
-A learned table has no entries past ``max_len`` (default: the training length): asking for a
-later position raises a clear error instead of indexing out of range. It cannot extrapolate.
+A learned table has no entries past ``max_len`` (default: the training length; a shorter one is
+refused): asking for a later position raises a clear error instead of indexing out of range. It
+cannot extrapolate.
 
 The table is at most :data:`MAX_LEN` positions and must fit in the machine's memory: a larger one
 (``learned:max_len=1e11``, or a model whose training length is that large) is refused before
@@ -37,6 +38,11 @@ class LearnedAbsolute(PositionEncoding):
         super().__init__(ctx, spec)
         if ctx.dim is None:
             raise RopelabError("learned: the model width (dim) is needed to build the embedding table")
+        if 0 < max_len < ctx.train_len:  # the model could not even run at its training length
+            raise RopelabError(
+                f"learned: max_len={max_len} is shorter than the training length {ctx.train_len}; "
+                f"use max_len=0 (the training length) or at least {ctx.train_len}"
+            )
         self.max_len = max_len or ctx.train_len
         if self.max_len > MAX_LEN:
             raise RopelabError(

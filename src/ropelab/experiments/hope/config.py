@@ -11,7 +11,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
 from ropelab.model.config import CONFIGS
-from ropelab.pe import canonical_spec, parse_spec
+from ropelab.pe import canonical_spec, format_value, parse_spec
 
 DEFAULT_PES = ("rope", "hope", "nope", "alibi", "kerple-log", "fire")
 ABLATIONS = ("hope-ab1", "hope-ab2", "hope-ab3")
@@ -90,6 +90,8 @@ class ExperimentConfig:
                 raise RopelabError(f"{name} must be a positive integer, got {value}")
         if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
             raise RopelabError(f"seeds must be a positive integer, got {self.seeds!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63 - self.seeds:
+            raise RopelabError(f"seed must be an integer from 0 to 2**63 - 1 - seeds, got {self.seed!r}")
         self.seed_pes = [canonical_spec(p) for p in self.seed_pes]
         missing = [p for p in self.seed_pes if p not in self.pes]
         if self.seeds > 1 and missing:
@@ -124,7 +126,7 @@ class ExperimentConfig:
 
         if parse_spec(pe)[0].info.kind != "rotary":
             return [pe]
-        factor = f"{self.factor:g}"
+        factor = format_value(float(f"{self.factor:g}"))  # 6 digits, and never "1e+06": a "+" splits a spec
         return [pe, f"{pe}+pi:factor={factor}", f"{pe}+yarn:factor={factor}"]
 
 

@@ -1,0 +1,187 @@
+"""Builders shared by the test modules: tiny random Hugging Face decoders, byte-level BPE and
+word-level tokenizers, tiny ropelab checkpoints, and a 2-process ``torchrun`` launcher.
+
+``tests`` is a package: import these as ``from tests.helpers import ...``. ``transformers`` is
+imported inside the functions that need it, so a module can still ``pytest.importorskip`` it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ropelab import ModelConfig, Transformer, save_checkpoint
+from ropelab.pretrained.tokenizer import Tokenizer
+
+# -- tiny random Hugging Face decoders ----------------------------------------------------------------
+
+#: vocabulary, width, layers, heads, KV heads, MLP width, max_position_embeddings (the training
+#: length), RMSNorm epsilon and RoPE theta of the tiny HF models
+VOCAB, DIM, LAYERS, HEADS, KV_HEADS, HIDDEN, MAX_POS, EPS, THETA = 97, 64, 2, 4, 2, 128, 64, 1e-5, 10000.0
+WEIGHT_STD = 0.1  # attention sharp enough that positions matter
+
+#: the sizes of a tiny HF decoder, ``max_position_embeddings`` aside
+HF_SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=DIM,
+    intermediate_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    num_key_value_heads=KV_HEADS,
+)
+
+
+def tiny_hf_config(config_class, *, tie: bool, rope_parameters: dict, max_position_embeddings: int = MAX_POS, **extra):
+    """A ``config_class`` (``LlamaConfig``, ``Qwen2Config``, ...) of the tiny sizes, no special tokens."""
+    return config_class(
+        **HF_SIZES,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=EPS,
+        tie_word_embeddings=tie,
+        rope_parameters=rope_parameters,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        **extra,
+    )
+
+
+def randomise(model: torch.nn.Module, seed: int, std: float = WEIGHT_STD) -> None:
+    """Random weights everywhere, biases and norm gains included (HF inits those to 0 / 1): norm
+    gains ``1 + 0.2 N(0, 1)``, everything else ``std N(0, 1)``, from one generator seeded ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            param.copy_(1.0 + 0.2 * noise if "norm" in name else std * noise)
+
+
+def tiny_hf_model(arch: str, seed: int = 0, **rope):
+    """A tiny random HF ``llama``, ``qwen2`` (tied embeddings) or ``mistral`` in eval mode.
+
+    ``rope``: the ``rope_parameters`` (default rope, theta ``THETA``), and optionally
+    ``max_position_embeddings`` (default ``MAX_POS``)."""
+    import transformers
+
+    max_position_embeddings = rope.pop("max_position_embeddings", MAX_POS)
+    rope_parameters = rope or {"rope_type": "default", "rope_theta": THETA}
+
+    def config(config_class, **extra):
+        return tiny_hf_config(
+            config_class,
+            tie=arch == "qwen2",  # one tied, two untied
+            rope_parameters=rope_parameters,
+            max_position_embeddings=max_position_embeddings,
+            **extra,
+        )
+
+    if arch == "llama":
+        model = transformers.LlamaForCausalLM(config(transformers.LlamaConfig))
+    elif arch == "qwen2":
+        model = transformers.Qwen2ForCausalLM(config(transformers.Qwen2Config, use_sliding_window=False))
+    else:
+        model = transformers.MistralForCausalLM(config(transformers.MistralConfig, sliding_window=None))
+    randomise(model, seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """An HF causal LM's logits for ``ids``, without a KV cache."""
+    return model(input_ids=ids, use_cache=False).logits
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+# -- tokenizers -----------------------------------------------------------------------------------------
+
+
+def byte_level_bpe(texts: Iterable[str], vocab_size: int, *, special_tokens=(), **tokenizer) -> Tokenizer:
+    """A byte-level BPE (GPT-2 style pre-tokenizer, offsets and decoder) trained on ``texts``;
+    ``tokenizer``: :class:`~ropelab.pretrained.tokenizer.Tokenizer`'s ``bos_id``, ``eos_id``, ``name``."""
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return Tokenizer(backend, **tokenizer)
+
+
+def long_code_bpe(chars: int) -> Tokenizer:
+    """A 300-token byte-level BPE trained on ``long_code(chars)`` in 2000-character pieces."""
+    from ropelab.eval.documents import long_code
+
+    text, _ = long_code(chars)
+    return byte_level_bpe([text[i : i + 2000] for i in range(0, len(text), 2000)], 300)
+
+
+def word_tokenizer() -> Tokenizer:
+    """Words ``w3``..``w96`` are token ids 3..96; ``<s>`` = 1 (BOS), ``</s>`` = 2 (EOS)."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    backend = Backend(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return Tokenizer(backend, bos_id=1, eos_id=2)
+
+
+# -- tiny ropelab checkpoints ---------------------------------------------------------------------------
+
+
+def tiny_checkpoint(directory: Path, pe: str = "rope", seed: int = 0, **overrides) -> Path:
+    """A ropelab ``tiny`` checkpoint (vocabulary ``VOCAB``, training length ``MAX_POS``, random
+    weights: attention sharp enough that positions matter) with :func:`word_tokenizer`; returns
+    the directory."""
+    config = ModelConfig.from_name("tiny", vocab_size=VOCAB, train_len=MAX_POS, pe=pe, **overrides)
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    randomise(model, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(directory, model, tokenizer="tokenizer.json")
+    word_tokenizer().save(directory)
+    return directory
+
+
+def tiny_code_checkpoint(folder: Path) -> Path:
+    """A ropelab ``tiny`` checkpoint (training length 512, torch seed 0) with the
+    :func:`long_code_bpe` tokenizer of 60 000 characters, written to ``folder``; returns it."""
+    tokenizer = long_code_bpe(60_000)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, train_len=512)).eval()
+    save_checkpoint(folder, model, tokenizer="tokenizer.json")
+    tokenizer.save(folder)
+    return folder
+
+
+# -- several processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run *args`` with 2 local processes, one thread each; asserts
+    that it succeeds (with the end of its stderr)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
