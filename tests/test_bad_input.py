@@ -820,6 +820,10 @@ def test_generate_cli_bounds_the_prompt(tmp_path, capsys, loadable, tokenizer):
         handle.truncate(200 << 20)
     code, err = _run(capsys, "generate", str(loadable), "--prompt-file", str(huge))
     assert code == 2 and "too long a prompt" in _one_error_line(err)
+    # a KV cache that cannot fit in memory is refused before the first step, not grown until killed
+    code, err = _run(capsys, "generate", str(loadable), "--prompt", "def", "--max-new-tokens", str(10**15))
+    assert code == 2 and "(prompt + max_new_tokens) need a KV cache of" in _one_error_line(err), err
+    assert time.perf_counter() - start < 30
     assert time.perf_counter() - start < 10
     code, out = _run(capsys, "generate", str(loadable), "--prompt", "def\ud800 f", "--max-new-tokens", "2")
     assert code == 0, out  # a lone surrogate from the command line: replaced, printed
@@ -1201,3 +1205,53 @@ def test_odd_values_through_the_python_api_are_one_error(tmp_path, monkeypatch, 
     monkeypatch.setenv("ROPELAB_HOME", "~no-such-user-here/x")
     with pytest.raises(RopelabError, match="ROPELAB_HOME='~no-such-user-here/x': its '~' cannot be expanded"):
         ropelab_home()
+
+
+@pytest.mark.parametrize("train_len", [0, -5, 10**30, True, 2.5])
+def test_hf_patch_refuses_a_train_len_out_of_range(train_len):
+    pytest.importorskip("transformers")
+    from ropelab.integrations import hf
+    from tests.helpers import tiny_hf_model
+
+    model = tiny_hf_model("llama", seed=0)
+    with pytest.raises(RopelabError, match=r"hf\.patch: train_len must be an integer from 1 to 16777216, got "):
+        hf.patch(model, "yarn:factor=2", train_len=train_len)
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """``ropelab describe ... | head -1``: no "error: Broken pipe" line, no traceback, exit 0."""
+    import subprocess
+
+    command = [sys.executable, "-m", "ropelab", "describe", "rope", "--head-dim", "4096", "--train-len", "512"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"rope: head_dim 4096")
+    process.stdout.close()  # the table is far longer than a pipe's buffer: the next writes fail
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and err == b""
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("yarn:factor=2,beta_slow=100,beta_fast=1", "yarn: beta_slow=100 is above beta_fast=1"),
+        ("hope+yarn:factor=2,beta_fast=0.5", "yarn: beta_slow=1 is above beta_fast=0.5"),
+        ("yarn:factor=2,beta_slow=32,beta_fast=32", None),  # equal: a step instead of a ramp, still defined
+    ],
+)
+def test_a_backwards_yarn_ramp_is_refused(capsys, spec, message):
+    code, err = _run(capsys, "describe", spec, "--head-dim", "64", "--train-len", "512")
+    if message is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and message in _one_error_line(err), err
+
+
+def test_kv_cache_memory_check_by_hand():
+    from ropelab.model.config import ModelConfig
+    from ropelab.model.generate import check_cache_memory
+
+    config = ModelConfig(vocab_size=100, dim=64, n_layers=2, n_heads=4, n_kv_heads=2)  # head_dim 16
+    per_token = 3 * 2 * 2 * 16 * 4  # (k, v, far k) x layers x kv heads x head_dim x float32 = 768 bytes
+    check_cache_memory(config, rows=2, tokens=1000, element_bytes=4, memory=2 * 1000 * per_token)  # fits exactly
+    with pytest.raises(RopelabError, match=r"1001 tokens \(prompt \+ max_new_tokens\) need a KV cache of"):
+        check_cache_memory(config, rows=2, tokens=1001, element_bytes=4, memory=2 * 1000 * per_token)

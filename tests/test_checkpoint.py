@@ -88,7 +88,8 @@ def test_mismatched_config_names_the_tensors(saved):
     [
         (lambda d: (d / CONFIG).write_text("{not json"), "not valid JSON"),
         (lambda d: (d / CONFIG).unlink(), "not a ropelab checkpoint directory"),
-        (lambda d: (d / WEIGHTS).unlink(), "missing"),
+        (lambda d: (d / WEIGHTS).unlink(), "model.safetensors: missing; a checkpoint stores its weights there"),
+        (lambda d: ((d / WEIGHTS).unlink(), (d / WEIGHTS).mkdir()), "model.safetensors: not a regular file"),
         (lambda d: (d / CONFIG).write_text('{"format": "other"}'), "not a ropelab checkpoint config"),
     ],
 )

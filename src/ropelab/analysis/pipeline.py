@@ -32,6 +32,7 @@ from ropelab.analysis.ood import ood_scores
 from ropelab.analysis.pattern import pattern_summary
 from ropelab.analysis.sources import Subject, discover
 from ropelab.core.args import split_list
+from ropelab.core.checks import int_between
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.hierarchy import language_for_path
@@ -116,7 +117,7 @@ def check_config(config: AnalyzeConfig) -> None:
     parse_lengths(config.lengths, 1024)  # syntax only; the unit depends on each model's train length
     if config.samples < 1:
         raise RopelabError(f"--samples must be at least 1, got {config.samples}")
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not -(2**63) <= config.seed < 2**64:
+    if not int_between(config.seed, -(2**63), 2**64 - 1):
         raise RopelabError(f"--seed must be an integer in [-2**63, 2**64), got {config.seed!r}")
     if config.hierarchy_length < 2:
         raise RopelabError(f"--hierarchy-length must be at least 2, got {config.hierarchy_length}")

@@ -15,6 +15,7 @@ at the top (torch comes with the package anyway: ``ropelab --help`` takes about 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     except RopelabError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``ropelab ... | head``): stop quietly, like other tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush of stdout cannot fail again
+        return 0
     except OSError as error:  # an output path that is a file or unwritable, a full disk, ...
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}", file=sys.stderr)
@@ -155,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]

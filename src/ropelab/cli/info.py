@@ -19,6 +19,7 @@ import sys
 from ropelab import pe
 from ropelab.cli.evaluate import device_options
 from ropelab.core.args import positive_int, thread_count
+from ropelab.core.checks import int_between, is_finite
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
@@ -84,9 +85,9 @@ def _check_describe(head_dim: int, train_len: int, base: float, length: int | No
     for name, (value, high) in bounds.items():
         if value is None and name == "length":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        if not int_between(value, 1, high):
             raise RopelabError(f"{name} must be an integer from 1 to {high}, got {value!r}")
-    if isinstance(base, bool) or not isinstance(base, int | float) or not math.isfinite(base) or not base > 1:
+    if not is_finite(base) or not base > 1:
         raise RopelabError(f"the rotary base must be a finite number > 1, got {base!r}")
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ropelab.core.checks import int_between, is_int, is_real
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.core.lengths import parse_length
@@ -462,7 +463,7 @@ MAX_SAMPLES = 10_000
 
 
 def check_samples(samples: int) -> None:
-    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+    if not int_between(samples, 1, MAX_SAMPLES):
         raise RopelabError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
 
 
@@ -672,28 +673,20 @@ RECORD_FIELDS: dict[str, dict[str, tuple]] = {
     "task": {
         "task": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
         "method": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
-        "length": ("a positive integer", lambda v: _is_int(v) and v > 0),
+        "length": ("a positive integer", lambda v: is_int(v) and v > 0),
         "metrics": (
             "an object of numbers",
-            lambda v: isinstance(v, dict) and all(x is None or _is_real(x) for x in v.values()),
+            lambda v: isinstance(v, dict) and all(x is None or is_real(x) for x in v.values()),
         ),
-        "seconds": ("a number >= 0", lambda v: _is_real(v) and v >= 0),
+        "seconds": ("a number >= 0", lambda v: is_real(v) and v >= 0),
     },
     "document": {
         "method": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
         "language": ("a string", lambda v: isinstance(v, str)),
-        "document": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
-        "blocks": ("a list of numbers", lambda v: isinstance(v, list) and all(x is None or _is_real(x) for x in v)),
+        "document": ("a non-negative integer", lambda v: is_int(v) and v >= 0),
+        "blocks": ("a list of numbers", lambda v: isinstance(v, list) and all(x is None or is_real(x) for x in v)),
     },
 }
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _record_problem(record: object, *, keyed: bool) -> str | None:
@@ -710,7 +703,7 @@ def _record_problem(record: object, *, keyed: bool) -> str | None:
             return f"{key} is missing"
         if not ok(record[key]):
             return f"{key} must be {expected}, got {shown(record[key])}"
-    if kind == "task" and ("index" in record or keyed) and not (_is_int(record.get("index")) and record["index"] >= 0):
+    if kind == "task" and ("index" in record or keyed) and not (is_int(record.get("index")) and record["index"] >= 0):
         return f"index must be a non-negative integer, got {shown(record.get('index'))}"
     return None
 

@@ -131,9 +131,11 @@ import torch
 from torch import Tensor, nn
 
 from ropelab import pe as pe_registry
+from ropelab.core.checks import int_between
 from ropelab.core.errors import RopelabError
 from ropelab.core.version import __version__
 from ropelab.integrations.hf_native import native_rope, rope_fields, set_rope_fields
+from ropelab.model.config import LIMITS
 from ropelab.model.device import resolve_placement
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe import PEContext, PositionEncoding, RotaryEncoding
@@ -235,8 +237,8 @@ def _pe_context(hf: dict, train_len: int | None) -> PEContext:
     rope = hf_rope(hf, "hf.patch")
     if train_len is None:
         train_len = rope.train_len
-    if isinstance(train_len, bool) or not isinstance(train_len, int):
-        raise RopelabError(f"hf.patch: train_len must be a positive integer, got {train_len!r}")
+    if not int_between(train_len, 1, LIMITS["train_len"]):
+        raise RopelabError(f"hf.patch: train_len must be an integer from 1 to {LIMITS['train_len']}, got {train_len!r}")
     return PEContext(
         head_dim=rope.head_dim,
         n_heads=rope.n_heads,

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ropelab.core.checks import is_int
 from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import atomic_path, atomic_write_text, file_sha256
 from ropelab.model.config import ModelConfig, shown
@@ -157,7 +158,8 @@ def load_checkpoint(
     model_config = checkpoint_model_config(directory, config)  # before any weight is read
     weights = directory / WEIGHTS
     if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing")
+        what = "missing" if not weights.exists() else "not a regular file"
+        raise CheckpointError(f"{weights}: {what}; a checkpoint stores its weights there")
     expected = config.get("weights_sha256")
     if expected and file_sha256(weights) != expected:
         raise CheckpointError(f"{weights}: contents do not match the checksum in {CONFIG} (truncated or corrupt file)")
@@ -303,4 +305,4 @@ def _pointer_target(data: Any) -> tuple[str | None, int | None]:
         if isinstance(data.get(key), str):
             return data[key], checkpoint_step(data[key])
     step = data.get("step")
-    return None, step if isinstance(step, int) and not isinstance(step, bool) else None
+    return None, step if is_int(step) else None

@@ -12,10 +12,10 @@ config is one :class:`RopelabError` before anything is allocated.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 
+from ropelab.core.checks import is_finite, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.pe.base import LAYOUTS
 
@@ -53,23 +53,9 @@ def physical_memory() -> int | None:
 def shown(value, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters: an error message quotes a bad value, never megabytes of it."""
     text = (
-        repr(value) if not _is_int(value) or value.bit_length() < 4000 else f"<an integer of {value.bit_length()} bits>"
+        repr(value) if not is_int(value) or value.bit_length() < 4000 else f"<an integer of {value.bit_length()} bits>"
     )
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """A finite int or float (not a bool); an int too large for a float is not one."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 @dataclass
@@ -122,7 +108,7 @@ class ModelConfig:
             value = getattr(self, key)
             if value is None and key in _OPTIONAL:
                 continue
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise RopelabError(f"model config: {key} must be a positive integer, got {shown(value)}")
             if value > LIMITS[key]:
                 raise RopelabError(f"model config: {key}={shown(value)} is out of range (1 to {LIMITS[key]})")
@@ -134,11 +120,11 @@ class ModelConfig:
             value = getattr(self, key)
             if not isinstance(value, str) or (key != "name" and not value):
                 raise RopelabError(f"model config: {key} must be a non-empty string, got {shown(value)}")
-        if not _is_number(self.norm_eps) or not 0 < self.norm_eps < 1:
+        if not is_finite(self.norm_eps) or not 0 < self.norm_eps < 1:
             raise RopelabError(f"model config: norm_eps must be a number in (0, 1), got {shown(self.norm_eps)}")
-        if not _is_number(self.rope_base) or not self.rope_base > 1:
+        if not is_finite(self.rope_base) or not self.rope_base > 1:
             raise RopelabError(f"model config: rope_base must be a finite number > 1, got {shown(self.rope_base)}")
-        if not _is_number(self.init_std) or self.init_std < 0:
+        if not is_finite(self.init_std) or self.init_std < 0:
             raise RopelabError(f"model config: init_std must be a finite number >= 0, got {shown(self.init_std)}")
 
     def validate(self) -> None:

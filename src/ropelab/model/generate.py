@@ -14,13 +14,14 @@ prompts at :data:`PROMPT_LIMIT_FACTOR` times the model's training length unless
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
+from ropelab.core.checks import int_between, is_finite, is_int, is_real
 from ropelab.core.errors import RopelabError
+from ropelab.model.config import physical_memory
 from ropelab.model.positions import extend_positions
 
 
@@ -52,38 +53,45 @@ def default_prompt_limit(train_len: int) -> int:
     return PROMPT_LIMIT_FACTOR * train_len
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_sampling(
     max_new_tokens: int, temperature: float, top_k: int | None = None, top_p: float | None = None
 ) -> None:
     """One :class:`RopelabError` for a setting decoding cannot use: ``max_new_tokens`` an integer
     >= 0, ``temperature`` a finite number >= 0 (0 = greedy; NaN or infinity is refused), ``top_k``
     an integer >= 1, ``top_p`` a number in (0, 1]."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise RopelabError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-        or temperature < 0
-    ):
+    if not is_finite(temperature) or temperature < 0:
         raise RopelabError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise RopelabError(f"top_k must be an integer >= 1, got {top_k!r}")
     if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1  # NaN fails too
+        not is_real(top_p) or not 0 < top_p <= 1  # NaN fails too
     ):
         raise RopelabError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def check_cache_memory(config, rows: int, tokens: int, element_bytes: int, memory: int | None = None) -> None:
+    """One :class:`RopelabError` when a KV cache of ``rows x tokens`` positions cannot fit in this
+    machine's memory (:func:`ropelab.model.config.physical_memory`): per position and layer the
+    cache holds keys and values, plus a second key set for a windowed method (its far keys)."""
+    memory = physical_memory() if memory is None else memory
+    if memory is None:
+        return
+    per_token = 3 * config.n_layers * config.n_kv_heads * config.head_dim * element_bytes  # k, v, far k
+    needed = rows * tokens * per_token
+    if needed > memory:
+        raise RopelabError(
+            f"{tokens} tokens (prompt + max_new_tokens) need a KV cache of {needed / 2**30:.1f} GiB, more than this "
+            f"machine's memory ({memory / 2**30:.1f} GiB); ask for fewer new tokens"
+        )
 
 
 def check_prompt_length(length: int, max_prompt_tokens: int | None) -> None:
     """One :class:`RopelabError` when a prompt of ``length`` tokens exceeds ``max_prompt_tokens``."""
     if max_prompt_tokens is None:
         return
-    if not _is_int(max_prompt_tokens) or max_prompt_tokens < 1:
+    if not is_int(max_prompt_tokens) or max_prompt_tokens < 1:
         raise RopelabError(f"max_prompt_tokens must be a positive integer, got {max_prompt_tokens!r}")
     if length > max_prompt_tokens:
         raise RopelabError(
@@ -121,8 +129,11 @@ def stream(
     if ids.dim() == 1:
         ids = ids[None]
     check_prompt_length(ids.shape[-1], max_prompt_tokens)
+    if use_cache:
+        element_bytes = model.embed_tokens.weight.element_size()
+        check_cache_memory(model.config, ids.shape[0], ids.shape[-1] + max_new_tokens, element_bytes)
     generator = None
-    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**64):
+    if seed is not None and not int_between(seed, -(2**63), 2**64 - 1):
         raise RopelabError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
     if temperature > 0:
         generator = torch.Generator(device=ids.device)

@@ -47,6 +47,7 @@ import math
 import torch
 from torch import Tensor
 
+from ropelab.core.checks import is_int
 from ropelab.core.errors import RopelabError
 from ropelab.core.log import log
 
@@ -321,7 +322,7 @@ def windowed_attention(
         key_mask = key_mask.to(torch.bool)
         if bool(key_mask.all()):
             key_mask = None  # nothing masked: the unmasked (fused) path
-    if far_keys is not None and (isinstance(far_keys, bool) or not isinstance(far_keys, int) or far_keys < 0):
+    if far_keys is not None and not (is_int(far_keys) and far_keys >= 0):
         raise RopelabError(f"far_keys must be a non-negative integer or None, got {far_keys!r}")
 
     # keys visible beyond the window ([B|1, Tk] bool, None = all), and the first column past the last one

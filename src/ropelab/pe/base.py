@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from ropelab.core.checks import is_real
 from ropelab.core.errors import RopelabError, SpecError
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class Param:
                     value = int(as_float)
                 else:
                     value = self.type(raw)
-            elif self.type is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+            elif self.type is float and is_real(raw):
                 value = float(raw)
             elif not isinstance(raw, self.type) or (self.type is int and isinstance(raw, bool)):
                 raise ValueError

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import torch
 
+from ropelab.core.errors import SpecError
 from ropelab.pe.base import MethodInfo, Param, PEContext
 from ropelab.pe.rope import FrequencyPlan
 from ropelab.pe.scaling import FACTOR
@@ -77,6 +78,12 @@ def yarn(
     mscale_all_dim: float | None,
     truncate: bool,
 ):
+    if beta_slow > beta_fast:  # the ramp would run backwards: low frequencies kept, high ones divided
+        raise SpecError(
+            f"yarn: beta_slow={beta_slow:g} is above beta_fast={beta_fast:g}; beta_fast is the larger ratio "
+            "(angles kept), beta_slow the smaller (angles divided by factor)"
+        )
+
     def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
         low, high = correction_range(beta_fast, beta_slow, ctx.head_dim, plan.base, ctx.train_len, truncate)
         keep = extrapolation_weight(low, high, plan.num_frequencies)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ropelab.core.checks import is_int, is_real
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import ModelConfig, shown
 from ropelab.pretrained.tokenizer import Tokenizer
@@ -82,9 +83,9 @@ def _typed(reader, key: str, kind: type, default=_REQUIRED):
         if default is _REQUIRED:
             raise RopelabError(f"GGUF metadata {key} is missing")
         return default
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+    if kind is int and is_int(value):
         return value
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if kind is float and is_real(value):
         if math.isfinite(value):  # GGUF numbers are at most 64 bits: no overflow
             return float(value)
     if kind is str and isinstance(value, str):

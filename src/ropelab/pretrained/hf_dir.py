@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ropelab.core.checks import is_finite, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import LIMITS as MODEL_LIMITS
 from ropelab.model.config import ModelConfig
@@ -73,7 +73,7 @@ def _int(mapping: Mapping, key: str, source: str, default=_REQUIRED) -> int:
         if default is _REQUIRED:
             raise RopelabError(f"{source}: {key} is missing")
         return default
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise RopelabError(f"{source}: {key} must be an integer, got {value!r}")
     high = LIMITS.get(key, 1 << 31)
     if not 1 <= value <= high:
@@ -86,13 +86,9 @@ def _float(mapping: Mapping, key: str, source: str, default: float) -> float:
     value = mapping.get(key)
     if value is None:
         return default
-    try:  # a 60-digit integer is not a float (OverflowError)
-        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-    except OverflowError:
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
+    if not is_finite(value) or value <= 0:  # a 60-digit integer is not a finite float
         raise RopelabError(f"{source}: {key} must be a positive number, got {value!r}")
-    return number
+    return float(value)
 
 
 def _mapping(hf: Mapping, key: str, source: str) -> Mapping:
@@ -165,7 +161,7 @@ def hf_config_to_ropelab(hf: Mapping, source: str = "config.json") -> ModelConfi
     if entry is None or not isinstance(entry.get("method"), str):
         return config
     train_len = entry.get("train_len", config.train_len)
-    if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 1:
+    if not (is_int(train_len) and train_len >= 1):
         raise RopelabError(f"{source}: ropelab.train_len must be a positive integer, got {train_len!r}")
     return dataclasses.replace(config, pe=canonical_spec(entry["method"]), train_len=train_len)
 

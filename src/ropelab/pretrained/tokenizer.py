@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _Backend
 
+from ropelab.core.checks import is_int
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_path, atomic_write_text
 
@@ -37,7 +38,7 @@ def _special_ids(path: Path) -> tuple[int | None, int | None]:
         ids = tuple(data.get(key) for key in ("bos_id", "eos_id"))
     except (OSError, ValueError, AttributeError) as error:
         raise RopelabError(f'{path}: unreadable ({error}); expected {{"bos_id": int, "eos_id": int}}') from None
-    if any(i is not None and (not isinstance(i, int) or isinstance(i, bool) or i < 0) for i in ids):
+    if any(i is not None and not (is_int(i) and i >= 0) for i in ids):
         raise RopelabError(f"{path}: bos_id and eos_id must be non-negative integers or null, got {ids}")
     return ids
 

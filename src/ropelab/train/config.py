@@ -23,6 +23,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from ropelab.core.checks import int_between, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import CONFIGS
 from ropelab.pe import canonical_spec
@@ -87,11 +88,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None and name in optional:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not (is_int(value) and value > 0):
                 raise RopelabError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("seed", "split_seed"):  # numpy's and torch's generators take 0 .. 2**63 - 1
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63):
+            if value is not None and not int_between(value, 0, 2**63 - 1):
                 raise RopelabError(f"{name.replace('_', '-')} must be an integer from 0 to 2**63 - 1, got {value!r}")
         if self.warmup is not None and self.steps is not None and self.warmup > self.steps:
             raise RopelabError(f"warmup ({self.warmup}) is longer than the run ({self.steps} steps)")

@@ -19,7 +19,6 @@ atomically; a crash leaves either the old or the new state, never a half-written
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ropelab.core.checks import is_finite, is_int
 from ropelab.core.errors import CheckpointError
 from ropelab.core.io import atomic_path, atomic_write_text
 from ropelab.model.checkpoint import (
@@ -106,7 +106,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], tens
             if not (
                 _same_kind(value, like)
                 if key in live
-                else value is None or isinstance(value, bool | str) or _is_number(value)
+                else value is None or isinstance(value, bool | str) or is_finite(value)
             ):
                 raise CheckpointError(f"optimizer setting {shown(key)} must be like {shown(like)}, got {shown(value)}")
             live[key] = tuple(value) if key == "betas" else value
@@ -119,7 +119,7 @@ def _same_kind(saved: Any, live: Any) -> bool:
     if isinstance(live, bool) or live is None:
         return isinstance(saved, bool) or (live is None and saved is None)
     if isinstance(live, int | float):
-        return isinstance(saved, int | float) and not isinstance(saved, bool) and math.isfinite(saved)
+        return is_finite(saved)
     if isinstance(live, tuple | list):
         return (
             isinstance(saved, list | tuple)
@@ -216,23 +216,12 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 #: ``trainer_state.json``: the fields a resume reads, with what each must be
 _STATE_FIELDS = {
-    "step": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
-    "tokens": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
-    "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
+    "step": ("a non-negative integer", lambda v: is_int(v) and v >= 0),
+    "tokens": ("a non-negative integer", lambda v: is_int(v) and v >= 0),
+    "elapsed_s": ("a finite number >= 0", lambda v: is_finite(v) and v >= 0),
     "optimizer": ('{"param_groups": [...]}', lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list)),
 }
 _OPTIONAL_STATE = ("elapsed_s",)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def read_resume_state(directory: Path) -> tuple[dict, dict, dict]:

@@ -7,6 +7,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from ropelab.core.checks import int_between, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
@@ -88,9 +89,9 @@ class ExperimentConfig:
         for value, name in ((self.samples, "samples"), (self.steps, "steps")):
             if value is not None and value <= 0:
                 raise RopelabError(f"{name} must be a positive integer, got {value}")
-        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+        if not (is_int(self.seeds) and self.seeds >= 1):
             raise RopelabError(f"seeds must be a positive integer, got {self.seeds!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63 - self.seeds:
+        if not int_between(self.seed, 0, 2**63 - 1 - self.seeds):
             raise RopelabError(f"seed must be an integer from 0 to 2**63 - 1 - seeds, got {self.seed!r}")
         self.seed_pes = [canonical_spec(p) for p in self.seed_pes]
         missing = [p for p in self.seed_pes if p not in self.pes]
