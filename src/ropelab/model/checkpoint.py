@@ -67,7 +67,9 @@ def save_checkpoint(
     weights = directory / WEIGHTS
 
     with atomic_path(weights) as tmp:
-        save_file(_state_dict(model), str(tmp), metadata={"format": "pt", "producer": FORMAT})
+        # one metadata key: safetensors writes its metadata map in a per-process random order, so
+        # with two keys the same weights gave different bytes (and sha256) from run to run
+        save_file(_state_dict(model), str(tmp), metadata={"format": "pt"})
     config = {
         "format": FORMAT,
         "version": VERSION,
