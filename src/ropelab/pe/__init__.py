@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ropelab.core.errors import SpecError
 from ropelab.pe import alibi, fire, hirope, hope, kerple, learned, nope, rerope, rope, scaling, self_extend, yarn
 from ropelab.pe.base import (
+    FrequencyPlan,
     MethodInfo,
     Param,
     PEContext,
@@ -26,7 +27,7 @@ from ropelab.pe.base import (
     Rotation,
     apply_rotary,
 )
-from ropelab.pe.rope import FrequencyPlan, RotaryEncoding
+from ropelab.pe.rope import RotaryEncoding
 
 __all__ = [
     "FrequencyPlan",

@@ -20,6 +20,9 @@ window) set ``window`` and provide a fourth hook:
   tables, every other pair with the *far* tables; the attention layer computes both score sets
   chunk by chunk and merges them by that distance mask (``ropelab.model.window_attention``).
   Key tables depend only on the key, so a KV cache keeps both rotated keys.
+
+A RoPE-family encoding also describes itself as a :class:`FrequencyPlan` (``plan()``): the angle
+of every frequency index, which transforms (PI, NTK, YaRN) rewrite and the analyses read.
 """
 
 from __future__ import annotations
@@ -27,16 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from ropelab.core.checks import is_real
 from ropelab.core.errors import RopelabError, SpecError
-
-if TYPE_CHECKING:
-    from ropelab.pe.rope import FrequencyPlan
 
 #: what a method is, for listings and the docs: RoPE itself and its frequency edits (``rope``), the
 #: frequency scalings (``scaling``), windowed attention (``window``), HiRoPE (``hirope``), a learned
@@ -237,6 +237,36 @@ def apply_rotary(x: Tensor, rotation: Rotation, layout: str = "half") -> Tensor:
 def relative_distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
     """``q - k`` as float32 ``[B|1, 1, Tq, Tk]`` from positions ``[B|1, Tq]`` and ``[B|1, Tk]``."""
     return q_pos.to(torch.float32)[:, None, :, None] - k_pos.to(torch.float32)[:, None, None, :]
+
+
+@dataclass(frozen=True)
+class FrequencyPlan:
+    """What a RoPE-family method does to each frequency index ``j = 0 .. d/2-1``.
+
+    ``theta``: angle per unit position, float32 ``[d/2]``; 0 means position-independent.
+    ``attention_factor``: multiplies cos and sin (so the logit by its square), YaRN's ``mscale``.
+    ``frequency_level``: which component of a position vector frequency j reads (all 0 for
+    one-level positions).
+    ``base``: the rotary base the plan was built from (transforms such as YaRN need it).
+    """
+
+    theta: Tensor
+    base: float
+    attention_factor: float = 1.0
+    frequency_level: Tensor | None = None
+    level_names: tuple[str, ...] = ()
+
+    @property
+    def num_frequencies(self) -> int:
+        return int(self.theta.numel())
+
+    def roles(self) -> list[str]:
+        """``rotated`` / ``position-independent``; for hierarchical plans the level each reads."""
+        levels = self.frequency_level.tolist() if self.frequency_level is not None else [0] * self.num_frequencies
+        return [
+            "position-independent" if t <= 0 else (self.level_names[level] if self.level_names else "rotated")
+            for t, level in zip(self.theta.tolist(), levels)
+        ]
 
 
 class PositionEncoding(nn.Module):

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 
 from ropelab.core.errors import RopelabError
-from ropelab.pe.base import MethodInfo, Param, PEContext, WindowedRotation
-from ropelab.pe.rope import FrequencyPlan, rotation_tables
+from ropelab.pe.base import FrequencyPlan, MethodInfo, Param, PEContext, WindowedRotation
+from ropelab.pe.rope import rotation_tables
 from ropelab.pe.window import WindowedEncoding
 
 HIROPE_PAPER = (

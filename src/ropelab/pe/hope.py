@@ -26,8 +26,8 @@ import math
 
 import torch
 
-from ropelab.pe.base import MethodInfo, PEContext
-from ropelab.pe.rope import BASE_PARAM, FrequencyPlan, rope_plan
+from ropelab.pe.base import FrequencyPlan, MethodInfo, PEContext
+from ropelab.pe.rope import BASE_PARAM, rope_plan
 
 HOPE_PAPER = (
     "Chen et al. 2024, HoPE: A Novel Positional Encoding Without Long-Term Decay for Enhanced "

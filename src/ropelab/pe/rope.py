@@ -19,49 +19,19 @@ position-independent (cos 1, sin 0): that is how HoPE drops components.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from ropelab.core.errors import RopelabError
-from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding, Rotation
+from ropelab.pe.base import FrequencyPlan, MethodInfo, Param, PEContext, PositionEncoding, Rotation
 
 ROPE_PAPER = "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding (arXiv 2104.09864)"
 
 BASE_PARAM = Param(
     "base", float, None, "rotary base; default: the model's rope base", minimum=1.0, exclusive_minimum=True
 )
-
-
-@dataclass(frozen=True)
-class FrequencyPlan:
-    """What a RoPE-family method does to each frequency index ``j = 0 .. d/2-1``.
-
-    ``theta``: angle per unit position, float32 ``[d/2]``; 0 means position-independent.
-    ``attention_factor``: multiplies cos and sin (so the logit by its square), YaRN's ``mscale``.
-    ``frequency_level``: which component of a position vector frequency j reads (all 0 for
-    one-level positions).
-    ``base``: the rotary base the plan was built from (transforms such as YaRN need it).
-    """
-
-    theta: Tensor
-    base: float
-    attention_factor: float = 1.0
-    frequency_level: Tensor | None = None
-    level_names: tuple[str, ...] = ()
-
-    @property
-    def num_frequencies(self) -> int:
-        return int(self.theta.numel())
-
-    def roles(self) -> list[str]:
-        """``rotated`` / ``position-independent``; for hierarchical plans the level each reads."""
-        levels = self.frequency_level.tolist() if self.frequency_level is not None else [0] * self.num_frequencies
-        return [
-            "position-independent" if t <= 0 else (self.level_names[level] if self.level_names else "rotated")
-            for t, level in zip(self.theta.tolist(), levels)
-        ]
 
 
 def rope_theta(head_dim: int, base: float) -> Tensor:

@@ -12,7 +12,7 @@
   With a KV cache, ropelab re-rotates cached keys when ``n`` grows, so cached decoding equals a
   full recompute (Hugging Face keeps the stale rotation of cached keys).
 
-All three are transforms of a :class:`~ropelab.pe.rope.FrequencyPlan`: they compose with any
+All three are transforms of a :class:`~ropelab.pe.base.FrequencyPlan`: they compose with any
 RoPE-family base (``hope+pi:factor=4``); a position-independent frequency (theta 0) stays 0.
 A head of 2 channels (one frequency, the highest) is left unchanged by ``ntk`` and ``dynamic-ntk``.
 A base change is applied as the multiplier ``(base/base')^(2j/d)`` computed in float64.
@@ -26,8 +26,8 @@ from dataclasses import replace
 import torch
 
 from ropelab.core.errors import SpecError
-from ropelab.pe.base import MethodInfo, Param, PEContext
-from ropelab.pe.rope import FrequencyPlan, frequency_exponent
+from ropelab.pe.base import FrequencyPlan, MethodInfo, Param, PEContext
+from ropelab.pe.rope import frequency_exponent
 
 FACTOR = Param(
     "factor", float, 2.0, "context extension factor (new length / train length)", minimum=1.0, always_show=True

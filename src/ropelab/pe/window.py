@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ropelab.pe.base import PEContext, PositionEncoding, Rotation
-from ropelab.pe.rope import FrequencyPlan, rope_plan, rotation_tables
+from ropelab.pe.base import FrequencyPlan, PEContext, PositionEncoding, Rotation
+from ropelab.pe.rope import rope_plan, rotation_tables
 
 
 class WindowedEncoding(PositionEncoding):

@@ -23,8 +23,7 @@ from dataclasses import replace
 import torch
 
 from ropelab.core.errors import SpecError
-from ropelab.pe.base import MethodInfo, Param, PEContext
-from ropelab.pe.rope import FrequencyPlan
+from ropelab.pe.base import FrequencyPlan, MethodInfo, Param, PEContext
 from ropelab.pe.scaling import FACTOR
 
 YARN_PAPER = "Peng et al. 2023, YaRN: Efficient Context Window Extension of Large Language Models (arXiv 2309.00071)"
