@@ -1,5 +1,6 @@
 """Builders shared by the test modules: tiny random Hugging Face decoders, byte-level BPE and
-word-level tokenizers, tiny ropelab checkpoints, and a 2-process ``torchrun`` launcher.
+word-level tokenizers, tiny ropelab checkpoints, llama.cpp-style GGUF tensors, and a 2-process
+``torchrun`` launcher.
 
 ``tests`` is a package: import these as ``from tests.helpers import ...``. ``transformers`` is
 imported inside the functions that need it, so a module can still ``pytest.importorskip`` it.
@@ -11,9 +12,10 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -185,3 +187,53 @@ def torchrun(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+# -- llama.cpp-style GGUF tensors (written out independently of ropelab's reader) ------------------
+
+#: llama.cpp's names for the tensors outside the blocks, and for those of block ``blk.N``
+GGUF_NAMES = {
+    "embed_tokens.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+GGUF_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def llamacpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf.py permutation of Q/K rows."""
+    return (
+        weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def gguf_tensors(
+    state_dict: Mapping[str, torch.Tensor], n_heads: int, n_kv_heads: int
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array) of each tensor of a Llama state dict -- Hugging Face names (with
+    ``model.``) or ropelab's -- as llama.cpp's converter writes them, Q/K permuted."""
+    for name, tensor in state_dict.items():
+        key = name.removeprefix("model.")
+        if key in GGUF_NAMES:
+            target = GGUF_NAMES[key]
+        else:
+            _, index, rest = key.split(".", 2)
+            target = f"blk.{index}.{GGUF_LAYER_NAMES[rest]}"
+        array = tensor.numpy().astype(np.float32)
+        if target.endswith("attn_q.weight"):
+            array = llamacpp_permute(array, n_heads)
+        elif target.endswith("attn_k.weight"):
+            array = llamacpp_permute(array, n_kv_heads)
+        yield target, array

@@ -5,16 +5,24 @@ clear line")."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from ropelab.core.errors import RopelabError
+from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.hierarchy import extract
 from ropelab.pretrained.tokenizer import Tokenizer, without_surrogates
+from tests.helpers import gguf_tensors
 
 NESTED_JS = "function a(){ "
 
@@ -165,8 +173,6 @@ GOOD_HF = {
     ],
 )
 def test_a_bad_hf_config_is_one_error_before_anything_is_built(tmp_path, change, message):
-    import json
-
     from ropelab.pretrained import load_model
 
     config = (
@@ -186,18 +192,6 @@ def test_a_bad_hf_config_is_one_error_before_anything_is_built(tmp_path, change,
 # model metadata, small inputs with huge costs, a GGUF's folder, the first-use race, the data
 # wheels' checksums, and latest.json. Helpers shared with tests/test_fuzz_metadata.py come first.
 
-import functools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ropelab.core.errors import CheckpointError  # noqa: E402
-
 
 @functools.cache
 def bpe_backend() -> Backend:
@@ -216,14 +210,6 @@ def bpe_backend() -> Backend:
     return backend
 
 
-def _llamacpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    return (
-        weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
-
-
 #: the metadata :func:`write_tiny_gguf` writes (``llama.`` keys without the prefix)
 GGUF_META = {
     "block_count": 1,
@@ -234,17 +220,6 @@ GGUF_META = {
     "attention.head_count_kv": 2,
     "rope.freq_base": 10000.0,
     "attention.layer_norm_rms_epsilon": 1e-5,
-}
-_GGUF_LAYER = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
 }
 
 
@@ -322,21 +297,8 @@ def write_tiny_gguf(path: Path, *, meta: dict | None = None, drop=(), arch: str 
             writer.add_token_types(value)
         else:
             _add_value(writer, key, value)
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue
-        if name == "embed_tokens.weight":
-            target = "token_embd.weight"
-        elif name == "norm.weight":
-            target = "output_norm.weight"
-        else:
-            _, index, rest = name.split(".", 2)
-            target = f"blk.{index}.{_GGUF_LAYER[rest]}"
-        array = tensor.numpy().astype(np.float32)
-        if target.endswith("attn_q.weight"):
-            array = _llamacpp_permute(array, config.n_heads)
-        elif target.endswith("attn_k.weight"):
-            array = _llamacpp_permute(array, config.n_kv_heads)
+    weights = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for target, array in gguf_tensors(weights, config.n_heads, config.n_kv_heads):
         writer.add_tensor(target, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -1220,8 +1182,6 @@ def test_hf_patch_refuses_a_train_len_out_of_range(train_len):
 
 def test_a_closed_output_pipe_ends_quietly():
     """``ropelab describe ... | head -1``: no "error: Broken pipe" line, no traceback, exit 0."""
-    import subprocess
-
     command = [sys.executable, "-m", "ropelab", "describe", "rope", "--head-dim", "4096", "--train-len", "512"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout.readline().startswith(b"rope: head_dim 4096")

