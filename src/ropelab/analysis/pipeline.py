@@ -35,9 +35,9 @@ from ropelab.core.args import split_list
 from ropelab.core.checks import int_between
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
+from ropelab.core.machine import physical_memory
 from ropelab.hierarchy import language_for_path
 from ropelab.model.checkpoint import read_checkpoint_config
-from ropelab.model.config import physical_memory
 from ropelab.model.device import dtype_name, resolve_placement
 from ropelab.pretrained.registry import load_model
 
@@ -135,7 +135,7 @@ def check_config(config: AnalyzeConfig) -> None:
 
 def check_memory(model_config, samples: int, lengths: list[int], layers: list[int]) -> None:
     """One :class:`RopelabError` before anything is allocated when the analysis cannot fit in this
-    machine's memory (:func:`ropelab.model.config.physical_memory`): the input ids (int64), the
+    machine's memory (:func:`ropelab.core.machine.physical_memory`): the input ids (int64), the
     last query's float32 logits of every sample, analysed layer and head at every length, and one
     sample's activations at the longest length (a rough lower bound: a few vectors a token)."""
     memory = physical_memory()

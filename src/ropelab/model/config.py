@@ -12,11 +12,11 @@ config is one :class:`RopelabError` before anything is allocated.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 
 from ropelab.core.checks import is_finite, is_int
 from ropelab.core.errors import RopelabError
+from ropelab.core.machine import physical_memory
 from ropelab.pe.base import LAYOUTS
 
 #: upper bounds of the integer fields, far above any real Llama-family model (the largest have
@@ -39,15 +39,6 @@ _BOOLS = ("qkv_bias", "tie_embeddings")
 _STRINGS = ("rope_layout", "pe", "name")
 #: bytes of one parameter as ropelab builds a model: float32, whatever dtype it is cast to later
 PARAMETER_BYTES = 4
-
-
-def physical_memory() -> int | None:
-    """The machine's RAM in bytes (``SC_PHYS_PAGES * SC_PAGE_SIZE``), or None where unknown."""
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-    return pages * size if pages > 0 and size > 0 else None
 
 
 def shown(value, limit: int = 60) -> str:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ropelab.core.checks import int_between, is_finite, is_int, is_real
 from ropelab.core.errors import RopelabError
-from ropelab.model.config import physical_memory
+from ropelab.core.machine import physical_memory
 from ropelab.model.positions import extend_positions
 
 
@@ -73,7 +73,7 @@ def check_sampling(
 
 def check_cache_memory(config, rows: int, tokens: int, element_bytes: int, memory: int | None = None) -> None:
     """One :class:`RopelabError` when a KV cache of ``rows x tokens`` positions cannot fit in this
-    machine's memory (:func:`ropelab.model.config.physical_memory`): per position and layer the
+    machine's memory (:func:`ropelab.core.machine.physical_memory`): per position and layer the
     cache holds keys and values, plus a second key set for a windowed method (its far keys)."""
     memory = physical_memory() if memory is None else memory
     if memory is None:

@@ -13,24 +13,15 @@ anything is allocated.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
 
 from ropelab.core.errors import RopelabError
+from ropelab.core.machine import physical_memory
 from ropelab.pe.base import MethodInfo, Param, PEContext, PositionEncoding
 
 #: the largest table (positions); far beyond any trained context of a learned-APE model (GPT-2: 1024)
 MAX_LEN = 1_000_000
-
-
-def _physical_memory() -> int | None:
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-    return pages * size if pages > 0 and size > 0 else None
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -49,7 +40,7 @@ class LearnedAbsolute(PositionEncoding):
                 f"learned: a table of {self.max_len} positions (max_len, else the training length) is more than "
                 f"the limit of {MAX_LEN}"
             )
-        memory, needed = _physical_memory(), 4 * self.max_len * ctx.dim
+        memory, needed = physical_memory(), 4 * self.max_len * ctx.dim
         if memory is not None and needed > memory:
             raise RopelabError(
                 f"learned: a table of {self.max_len} x {ctx.dim} needs {needed / 2**30:.1f} GiB, more than this "
