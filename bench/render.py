@@ -103,15 +103,24 @@ def section_pe_speed() -> list[str]:
     infer = [(n, load(f"pe_speed_infer_{n}.json")) for n in (1024, 4096, 16384)]
     infer = [(n, d) for n, d in infer if d]
     if infer:
+        settings = infer[0][1]["settings"]
+        targets = settings.get("inference_targets")
+        target_text = (
+            f"Targets: bias methods within {targets['bias']:g}x of `rope` up to "
+            f"{settings['bias_speed_max_len'] // 1024}K tokens and under {settings['bias_peak_mb'] / 1024:g} GB at "
+            f"every length, windowed methods within {targets['window']:g}x. "
+            if targets
+            else ""
+        )
         lines += [
             "Inference forward (batch 1, config `small`, train length 512) at long inputs: ratio to `rope`, and "
             "the process's peak resident memory in GB (every method's model is loaded at once). Bias methods build "
             "their bias one query chunk at a time (never `[heads, T, T]`); windowed methods run their far part as "
             "one causal call of PyTorch's fused CPU kernel and their near band chunk by chunk under a distance mask. "
-            "Targets (from the JSON): bias methods within 1.5x of `rope` up to 4K tokens and under 3 GB at every "
-            "length, windowed methods within 1.2x. FIRE's bias depends on the query position as well as the "
-            "distance (its normalisation), so it evaluates its MLP for every query-key pair: its ratio grows with "
-            "length. `learned` refuses positions past its table (it cannot extrapolate).",
+            + target_text
+            + "FIRE's bias depends on the query position as well as the distance (its normalisation), so it "
+            "evaluates its MLP for every query-key pair: its ratio grows with length. `learned` refuses positions "
+            "past its table (it cannot extrapolate).",
             "",
             "| method | " + " | ".join(f"{n // 1024}K" for n, _ in infer) + " | target |",
             "|---|" + "---:|" * len(infer) + "---|",
@@ -125,11 +134,11 @@ def section_pe_speed() -> list[str]:
                     continue
                 peak = row.get("fwd_peak_mb")
                 cells.append(_ratio(row.get("fwd_ratio")) + ("" if peak is None else f", {peak / 1024:.2f} GB"))
-                if row.get("status") in ("PASS", "MISS") and "inference_targets" in data["settings"]:
+                if row.get("status") in ("PASS", "MISS") and targets:
                     memory_only = row.get("target") is None and row.get("memory_target_mb")
                     verdicts.append(f"{n // 1024}K {row['status']}" + (" (memory)" if memory_only else ""))
             first = next((r for r in infer[0][1]["results"] if r["method"] == method), {})
-            limit = infer[0][1]["settings"].get("inference_targets", {}).get(first.get("family"))
+            limit = (targets or {}).get(first.get("family"))
             head = f"<= {limit:.2f}x: " if limit is not None and verdicts else ""
             lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {head}{'/'.join(verdicts) or '-'} |")
         lines += [

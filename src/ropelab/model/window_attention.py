@@ -41,6 +41,7 @@ runs chunked from then on.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -164,20 +165,16 @@ def kernel_for(q: Tensor, k: Tensor, v: Tensor) -> str:
     return KERNEL
 
 
-_COMPILED: dict[str, object] = {}
 #: set when FlexAttention failed under "auto": the process runs chunked from then on
 _FLEX_FAILED: list[str] = []
 
 
-def _flex_functions(compiled: bool):
-    """(flex_attention, create_block_mask), compiled once per process when ``compiled``."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+@functools.cache
+def _flex_attention(compiled: bool):
+    """``flex_attention``, compiled once per process when ``compiled``."""
+    from torch.nn.attention.flex_attention import flex_attention
 
-    if not compiled:
-        return flex_attention, create_block_mask
-    if "flex" not in _COMPILED:
-        _COMPILED["flex"] = torch.compile(flex_attention)
-    return _COMPILED["flex"], create_block_mask
+    return torch.compile(flex_attention) if compiled else flex_attention
 
 
 def _flex_windowed(
@@ -194,9 +191,9 @@ def _flex_windowed(
 ) -> Tensor:
     """:func:`windowed_attention` as two FlexAttention calls (near band, far part) merged through
     their log-sum-exps. ``far_visible``: bool ``[B|1, Tk]``, the keys visible beyond the window."""
-    from torch.nn.attention.flex_attention import AuxRequest
+    from torch.nn.attention.flex_attention import AuxRequest, create_block_mask
 
-    flex, block_mask = _flex_functions(compiled)
+    flex = _flex_attention(compiled)
     B, H, Tq, _ = q_near.shape
     Tk = k_near.shape[2]
     gqa = H != k_near.shape[1]
@@ -216,7 +213,7 @@ def _flex_windowed(
         return seen if far_visible is None else seen & far_visible[b, n]
 
     def attend(q, k, mask_mod):
-        mask = block_mask(mask_mod, batch, None, Tq, Tk, device=q.device, _compile=compiled)
+        mask = create_block_mask(mask_mod, batch, None, Tq, Tk, device=q.device, _compile=compiled)
         out, aux = flex(q, k, value, block_mask=mask, enable_gqa=gqa, return_aux=AuxRequest(lse=True))
         return out.float(), aux.lse.float()[..., None]  # a query that sees no key: output 0, lse -inf
 
