@@ -141,7 +141,16 @@ def section_pe_speed() -> list[str]:
             limit = (targets or {}).get(first.get("family"))
             head = f"<= {limit:.2f}x: " if limit is not None and verdicts else ""
             lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {head}{'/'.join(verdicts) or '-'} |")
+        spreads = []
+        for n, data in infer:
+            spread = [r["iqr_ratio"] for r in data["results"] if r.get("iqr_ratio") is not None]
+            if spread:
+                spreads.append(f"{max(spread):.2f} at {n // 1024}K (n = {data['settings']['repeats']} rounds)")
         lines += [
+            "",
+            "Each ratio is a median over round-robin rounds. The widest spread of one method's rounds (Q3/Q1) "
+            f"was {', '.join(spreads)}. Repeated runs on this shared machine drift by more than that within-run "
+            "spread, so a ratio close to its limit is at the limit, not a clear pass or miss.",
             "",
             f"Machine: {_machine(infer[-1][1])}.",
             "",
