@@ -20,6 +20,7 @@ MODULES = (
     "bench.train_speed",
     "bench.window_sinks",
     "bench.hirope_sweep",
+    "bench.context_study",
     "bench.gpu_check",
     "bench.render",
     "bench.import_run",

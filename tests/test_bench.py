@@ -148,21 +148,6 @@ def test_long_context_resumes_only_a_run_with_the_same_setting(tmp_path):
     assert long_context._finished(str(path), setting, 16, 64) == {}
 
 
-def test_position_table_regions_and_difference_to_the_window():
-    """Regions one train length wide; the last column pairs each block beyond L with the window's."""
-    data = {
-        "results": [
-            {"spec": "a", "method": "a", "tokens": 512, "train_len": 256, "blocks": [1.0, 1.0, 3.0, 5.0]},
-            {"spec": "window", "method": "window", "tokens": 512, "train_len": 256, "blocks": [1.0, 1.0, 2.0, 2.0]},
-        ]
-    }
-    table = render._position_table(data)
-    assert table[0].startswith("| method | 0K-256 | 256-512 |")
-    row = next(line for line in table if line.startswith("| `a`"))
-    assert "| 1.000 ± 0.000 | 4.000 ± 1.000 |" in row  # blocks 2, 3: mean 4, SE 1
-    assert "+2.000 ± 1.000" in row  # differences 1 and 3
-
-
 def test_hirope_sweep_grid_and_development_score():
     import argparse
 
@@ -196,16 +181,6 @@ def test_hirope_sweep_grid_and_development_score():
             hirope_sweep._fractions(bad)
     with pytest.raises(argparse.ArgumentTypeError):
         hirope_sweep._indices("0,x")
-
-
-def test_floor_note_only_when_every_row_is_at_floor():
-    def summary(values):
-        cells = {m: {"12288": {"recall": v}} for m, v in values.items()}
-        return {"tasks": {"symbols": {"metric": "recall", "higher_is_better": True, "cells": cells}}}
-
-    note = render._floor_note(summary({"rope": 0.0, "hirope": 0.01, "window": 0.0}))
-    assert note and "`symbols` is at floor" in note[0] and "highest 1.0 %" in note[0]
-    assert render._floor_note(summary({"rope": 0.0, "window": 0.3})) == []
 
 
 def test_long_context_without_scaling_lengths_records_no_scaling_passes(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ small BPE tokenizer of ``test_eval_runner``."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,8 +14,8 @@ from ropelab import ModelConfig, Transformer
 from ropelab.core.errors import RopelabError
 from ropelab.eval import get_task
 from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
-from ropelab.eval.stats import block_means, estimate, mcnemar, paired, verdict, wilson
-from ropelab.eval.tasks.context import cuts, question_text
+from ropelab.eval.stats import block_means, mcnemar, wilson
+from ropelab.eval.tasks.context import fingerprint, question_text
 from ropelab.pe.sliding import SlidingWindow
 from ropelab.reporting.eval import compare_runs, write_report
 
@@ -120,33 +121,51 @@ def _samples(tokenizer, length=1500, n=2):  # noqa: F811
     return get_task("context").build(tokenizer, length, n, 0, TRAIN)
 
 
-def test_context_samples_hold_every_needle_before_its_cut(tokenizer):  # noqa: F811
-    samples = _samples(tokenizer)
-    assert len(samples) == 2
+def test_context_samples_place_needles_far_and_near(tokenizer):  # noqa: F811
+    samples = _samples(tokenizer, n=4)
+    assert [s.language for s in samples] == ["python", "java", "python", "java"]  # the projects' fixed order
     for sample in samples:
         extra = sample.extra
-        assert len(sample.prompt_ids) == sample.length - extra["room"]
-        assert len(extra["needles"]) == 9 and len({n["key"] for n in extra["needles"]}) == 9
+        end = len(sample.prompt_ids)
+        assert end == sample.length - extra["room"]
+        far = [n for n in extra["needles"] if n["far"]]
+        near = [n for n in extra["needles"] if not n["far"]]
+        assert len(far) >= 4 and len(near) == 3 and len({n["key"] for n in extra["needles"]}) == len(extra["needles"])
+        mark = "#" if sample.language == "python" else "//"
         for needle in extra["needles"]:
             text = tokenizer.decode(sample.prompt_ids[needle["start"] : needle["end"]])
-            assert f"pass key of {needle['name']} is {needle['name']}{needle['key']}" in text
-            assert needle["end"] <= needle["cut"] - extra["room"]
-        assert sorted({n["cut"] for n in extra["needles"]}) == cuts(sample.length)
-    assert samples[0].prompt_ids != samples[1].prompt_ids
-    again = _samples(tokenizer)
-    assert [s.prompt_ids for s in again] == [s.prompt_ids for s in samples]
+            assert f"{mark} The pass key of {needle['name']} is {needle['name']}{needle['key']}" in text
+        assert all(n["end"] <= end - TRAIN for n in far)  # the window cannot see them from the question
+        assert all(n["start"] >= end - TRAIN // 2 for n in near)  # it must see these
+        skip = {t for n in extra["needles"] for t in range(n["start"], n["end"])}
+        assert not skip & set(extra["far_tokens"])
+        for site in extra["sites"]:
+            gold = tokenizer.decode(site["candidates"][site["gold"]]).strip()
+            assert gold == site["name"]
+            assert sample.prompt_ids[site["start"] : site["start"] + len(site["candidates"][site["gold"]])] == site[
+                "candidates"
+            ][site["gold"]]
+    assert samples[0].prompt_ids != samples[2].prompt_ids
+    again = _samples(tokenizer, n=4)
+    assert [fingerprint(s) for s in again] == [fingerprint(s) for s in samples]
+
+
+def test_context_refuses_more_documents_than_the_split_holds(tokenizer):  # noqa: F811
+    with pytest.raises(RopelabError, match=r"only \d+ test project\(s\) hold"):
+        _samples(tokenizer, n=500)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("method", ["rope", "rerope:window=32", "hirope:window=32,chunk=16", WINDOW])
-def test_cached_needle_answers_equal_separate_passes(model, tokenizer, method):  # noqa: F811
-    """Questions asked from the truncated KV cache of one pass give the logits of a fresh pass over
-    prefix + question (longest cut first, so truncation never loses what a later question needs)."""
+def test_cached_answers_equal_separate_passes(model, tokenizer, method):  # noqa: F811
+    """A question at the end and a candidate at an earlier site, each asked from the truncated KV cache
+    of one pass (end first, so truncation never loses what a later one needs), give the logits of a
+    fresh pass over prefix + continuation."""
     model.with_method("rope" if method == WINDOW else method)
     sample = _samples(tokenizer, n=1)[0]
     ids = sample.prompt_ids
     evaluator = Evaluator(model, tokenizer, method)
-    found = {}
+    found = []
 
     class Probe:
         mode = "session"
@@ -154,64 +173,54 @@ def test_cached_needle_answers_equal_separate_passes(model, tokenizer, method): 
         def run(self, ev, s):
             cache = model.new_cache()
             ev.prefill(ids, None, cache)
-            for cut in sorted(cuts(s.length), reverse=True):
-                prefix = cut - s.extra["room"]
+            for prefix in (len(ids), len(ids) - 200, TRAIN + 50):
                 question = [*tokenizer.encode(question_text("amber")), 5, 6]
                 cache.truncate(prefix)
                 cached = model(torch.tensor([question]), cache=cache)[0]
                 fresh = ev.prefill(ids[:prefix] + question, None, model.new_cache())
-                found[cut] = (cached, model.lm_head(fresh[prefix:]))
+                found.append((cached, model.lm_head(fresh[prefix:])))
             return {"metrics": {}}
 
     evaluator.session(Probe(), sample)
-    for cached, fresh in found.values():
+    for cached, fresh in found:
         assert torch.allclose(cached, fresh, atol=1e-4)
 
 
 def test_context_task_runs_and_reports(tmp_path, model, tokenizer):  # noqa: F811
     out = evaluate(
-        model, tokenizer, "tiny", ["rope", "rerope:window=32"], ["context"], ["1500"], 2, tmp_path / "run",
-        progress=False,
+        model, tokenizer, "tiny", ["rope", "rerope:window=32"], ["context"], ["1500"], 3, tmp_path / "run",
+        progress=False, order="sample",
     )  # fmt: skip
     records = read_results(out / "results.jsonl")
-    assert {(r["method"], r["index"]) for r in records} == {
-        (m, i) for m in ("rope", "rerope:window=32", WINDOW) for i in (0, 1)
-    }
+    assert [(r["method"], r["index"]) for r in records] == [
+        (m, i) for i in (0, 1, 2) for m in ("rope", "rerope:window=32", WINDOW)
+    ]  # sample by sample
     by = {(r["method"], r["index"]): r for r in records}
-    for (method, _), r in by.items():
-        assert 1400 < len(r["token_losses"]) < 1500  # the document up to the question room of the last cut
+    for r in records:
+        assert 1400 < len(r["token_losses"]) < 1500  # the document up to the question room
         assert r["token_losses"][0] is None
-        assert len(r["needles"]) > 9  # every needle before each cut
-        if method != WINDOW:
-            assert len(r["fixed"]["contexts"]) == 3  # L/4, L/2 and the whole document
-            # the whole-document column is the main pass's losses of the same targets
-            first, end = r["fixed"]["targets"]
-            assert r["fixed"]["losses"][-1] == r["token_losses"][first:end]
+        assert {n["far"] for n in r["needles"]} == {True, False}
+        assert r["metrics"]["needle_far_n"] >= 4 and 0 <= r["metrics"]["needle_far"] <= 1
+        assert len({x["sample_sha256"] for x in records if x["index"] == r["index"]}) == 1
     # inside the train length the window reference is the own method (rope) exactly
-    for index in (0, 1):
+    for index in (0, 1, 2):
         rope, window = by[("rope", index)]["token_losses"], by[(WINDOW, index)]["token_losses"]
         assert all(a is None or abs(a - b) < 2e-4 for a, b in zip(rope[:TRAIN], window[:TRAIN]))
         assert any(abs(a - b) > 1e-3 for a, b in zip(rope[TRAIN:], window[TRAIN:]) if a is not None)
     assert "Not a table task" in compare_runs(out, out)  # a context run compares without a KeyError
     report = write_report(out).read_text()
-    assert "## Long-context use at 1500 tokens" in report and "Fixed targets, growing context" in report
-    assert "Needle grid" in report and "±" in report
-    for name in ("context_overview.png", "context_loss.png", "context_needles.png"):
-        assert (out / name).is_file()
+    assert "## Long-context use at 1500 tokens" in report and "**3 documents**" in report
+    assert "Holm" in report and "Δ loss beyond L" in report
+    summary = json.loads((out / "summary.json").read_text())["tasks"]["context"]["lengths"]["1500"]
+    rope_inside = summary["diffs"]["rope"]["loss_inside"]
+    assert rope_inside["call"] == "identical" and rope_inside["interval"]["n"] == 3
+    assert (out / "context_overview.png").is_file()
     # resumable: a second call measures nothing new
-    evaluate(model, tokenizer, "tiny", ["rope", "rerope:window=32"], ["context"], ["1500"], 2, out, progress=False)
+    evaluate(model, tokenizer, "tiny", ["rope", "rerope:window=32"], ["context"], ["1500"], 3, out, progress=False)
     assert len(read_results(out / "results.jsonl")) == len(records)
 
 
-def test_statistics_against_hand_computed_values():
-    est = estimate([1.0, 2.0, 3.0, 4.0])
-    assert est.mean == 2.5 and est.n == 4
-    assert est.se == pytest.approx(math.sqrt(((1.5**2) * 2 + (0.5**2) * 2) / 3 / 4))
-    assert estimate([3.0]).se is None
-    diff = paired([1.0, 2.0, None, 4.0], [0.5, 1.0, 7.0, 3.0])
-    assert diff.n == 3 and diff.mean == pytest.approx((0.5 + 1.0 + 1.0) / 3)
-    assert verdict(paired([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])) == "better"
-    assert verdict(paired([1.0, 2.0, 0.0], [1.1, 0.9, 1.0])) == "within noise"
+def test_old_statistics_helpers_against_hand_computed_values():
     # Wilson interval: 0 of 10 is not a zero-width interval; 5 of 10 is symmetric around 50 %
     lo, hi = wilson(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)

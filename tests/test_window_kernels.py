@@ -173,13 +173,15 @@ def test_a_failing_flex_kernel_falls_back_to_chunked_once_with_one_line(kernel, 
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_cpu_path_equals_the_masked_chunked_path(monkeypatch, queries, past, window, chunk, dtype):
-    """Without padding or sinks the CPU runs both parts in PyTorch's fused kernel; the
-    hand-masked band (what padding and sinks use) is the reference."""
+@pytest.mark.parametrize("sinks", [None, 0, 4])
+def test_fused_cpu_path_equals_the_masked_chunked_path(monkeypatch, queries, past, window, chunk, dtype, sinks):
+    """Without padding the CPU runs the near band in PyTorch's fused kernel and the far part in one
+    causal call (or, with sinks, one small masked block over the sink keys); the hand-masked band
+    (what padding uses) is the reference."""
     inputs = [t.to(dtype) for t in _inputs(2, 4, 2, queries, past)]
     with torch.no_grad():
-        fused = wa.windowed_attention(*inputs, window, past, chunk_size=chunk)
+        fused = wa.windowed_attention(*inputs, window, past, chunk_size=chunk, far_keys=sinks)
         monkeypatch.setattr(wa, "_fused_cpu", lambda *args: None)
-        masked = wa.windowed_attention(*inputs, window, past, chunk_size=chunk)
+        masked = wa.windowed_attention(*inputs, window, past, chunk_size=chunk, far_keys=sinks)
     tolerance = {"atol": 2e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(fused, masked, **tolerance)

@@ -1,6 +1,6 @@
 """``ropelab eval``, ``ropelab compare`` and ``ropelab report``.
 
-ropelab compare                                  (the main job: SmolLM2, long-context use, 2 documents)
+ropelab compare                                  (the main job: SmolLM2, long-context use, 3 projects)
 ropelab eval MODEL --methods SPEC,... --tasks ppl,passkey,... --lengths 0.5x,1x,12k [--device cuda] [--dtype bfloat16]
 ropelab report RUN_DIR [RUN_B]
 torchrun --nproc_per_node N -m ropelab eval ...    (the same run shared out over N processes)
@@ -36,7 +36,11 @@ BARRIER_TIMEOUT_S = 7 * 24 * 3600
 
 #: the HiRoPE paper's comparison on one model: plain RoPE, its strongest training-free baseline and
 #: HiRoPE (each costs one 12K pass per document; add yarn:factor=2, ntk:factor=2, rerope with --methods)
-COMPARE_METHODS = "rope,self-extend,hirope"
+#: the main job's method: HiRoPE against the window reference (each further method costs one pass per
+#: document, about a minute at 10K tokens on 2 cores: ``--methods hirope,self-extend,rope`` adds them)
+COMPARE_METHODS = "hirope"
+#: the main job's length and documents: the most power per minute on 2 cores (docs/evaluation.md)
+COMPARE_LENGTH, COMPARE_DOCUMENTS = "1.25x", 3
 
 
 def device_options(p: argparse.ArgumentParser) -> None:
@@ -133,9 +137,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """The main job: the ``context`` task (:mod:`ropelab.eval.tasks.context`) at 1.5x the train length on
-    two documents (Python and Java): one 12K-token pass per method and document gives the loss by
-    position, the needle grid and the whole-document column of the fixed-target view. With
+    """The main job: the ``context`` task (:mod:`ropelab.eval.tasks.context`) at 1.25x the train length on
+    the first three test projects (Python, Java, and code newer than the model), for ``hirope``: one
+    pass per method and document gives the loss inside and beyond L, the far-dependent tokens, the
+    needles and the symbol sites, each against the window reference. With
     ``--tasks ppl,passkey`` passkey runs at the longest length only (1.5x) and ppl is scored on its
     haystack, so one pass per method serves both."""
     with_passkey = "passkey" in split_list(args.tasks)
@@ -198,7 +203,7 @@ def eval_options(p: argparse.ArgumentParser) -> None:
 
 def compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m")
-    _eval_options(p, COMPARE_METHODS, "context", "1.5x", 2, ppl_document=None)
+    _eval_options(p, COMPARE_METHODS, "context", COMPARE_LENGTH, COMPARE_DOCUMENTS, ppl_document=None)
 
 
 def report_options(p: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ TASKS: dict[str, type[Task]] = {
         completion.Completion,
         symbols.Symbols,
         context.LongContext,
+        context.DevelopmentContext,
     )
 }
 

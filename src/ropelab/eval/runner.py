@@ -37,6 +37,7 @@ without being written again, so its later units read what they would have read u
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -55,7 +56,7 @@ from ropelab.core.io import atomic_write_text
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.hierarchy import align, segment_text
+from ropelab.hierarchy import align, file_spans, segment_text
 from ropelab.model.config import shown
 from ropelab.model.device import dtype_name
 from ropelab.model.generate import stream
@@ -118,7 +119,13 @@ def _hierarchy_positions(
     encoding = tokenizer.encode_with_offsets(text)
     if encoding.ids != list(ids):
         return None, "re-tokenised prompt differs from the input ids; fixed chunks used"
-    spans, _ = segment_text(text, sample.language)
+    chars = sample.extra.get("file_chars")
+    if chars:  # a project: each file parsed on its own (the last one as far as the input reaches)
+        bounds = [sum(chars[:i]) for i in range(len(chars) + 1)]
+        texts = [text[a:b] for a, b in itertools.pairwise(bounds) if a < len(text)]
+        spans, _ = file_spans(texts, sample.language)
+    else:
+        spans, _ = segment_text(text, sample.language)
     hierarchy = align(text, encoding.ids, encoding.offsets, spans, sample.language or "text", levels=levels)
     return hierarchy.positions()[None], None
 
@@ -326,6 +333,7 @@ def evaluate(
     task_lengths: dict[str, list[str]] | None = None,
     ppl_document: str = "code",
     shard: Shard | None = None,
+    order: str = "method",
 ) -> Path:
     """Run every task x method x length x sample into ``out``; returns the run directory.
 
@@ -333,8 +341,12 @@ def evaluate(
     ``ppl_document="haystack"`` scores ppl on the passkey haystacks (see :mod:`ropelab.eval.tasks.ppl`):
     one forward pass per method and sample then serves both tasks. ``shard``: this process's share
     when several processes run it (every one calls this with the same arguments; see the module's
-    docstring); ``results.jsonl`` is whole when it returns, on every process.
+    docstring); ``results.jsonl`` is whole when it returns, on every process. ``order``: the units
+    run method by method (``"method"``), or sample by sample (``"sample"``: every method on the
+    first document, then the next -- an interrupted long study then holds complete pairs).
     """
+    if order not in ("method", "sample"):
+        raise RopelabError(f"order must be 'method' or 'sample', got {order!r}")
     config, task_objects = _run_config(
         model_name,
         model.config.train_len,
@@ -348,7 +360,7 @@ def evaluate(
         ppl_document=ppl_document,
         dtype=dtype_name(model.embed_tokens.weight.dtype),
     )
-    plan = _plan(config, task_objects, tokenizer)  # every sample is built before anything is written
+    plan = _plan(config, task_objects, tokenizer, order)  # every sample is built before anything is written
     out = Path(out)
     shard = shard or Shard()
     _open_run(out, config, write=shard.rank == 0)
@@ -555,12 +567,15 @@ class _Plan:
         return [self.samples[(task.name, n)][sample.index] for n in self.config.task_lengths[task.name]]
 
 
-def _plan(config: RunConfig, tasks: list[Task], tokenizer) -> _Plan:
+def _plan(config: RunConfig, tasks: list[Task], tokenizer, order: str = "method") -> _Plan:
     """Build every sample of the run and order its units."""
     derived = _derived_from(config.ppl_document, config.task_lengths)
     tasks = sorted(tasks, key=lambda t: t.name not in derived.values())  # sources are built first
     samples = _build_samples(config, tasks, derived, tokenizer)
-    return _Plan(config=config, samples=samples, units=_units(config, tasks, derived, samples))
+    units = _units(config, tasks, derived, samples)
+    if order == "sample":  # stable: within a sample, methods keep their order
+        units.sort(key=lambda unit: unit[2].index)
+    return _Plan(config=config, samples=samples, units=units)
 
 
 def _build_samples(

@@ -25,6 +25,7 @@ from ropelab.hierarchy.positions import (
     align,
     extract,
     extract_files,
+    file_spans,
     read_source,
     segment_text,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "canonical_language",
     "extract",
     "extract_files",
+    "file_spans",
     "known_languages",
     "language_for_path",
     "read_source",

@@ -202,6 +202,20 @@ def extract_files(
     segment (a file is a natural unit of code), not a run of fixed chunks."""
     _check_arguments(granularity, levels, chunk_size)
     language = canonical_language(language)
+    spans, warnings = file_spans(texts, language, granularity, chunk_size)
+    text = "".join(texts)
+    encoding = load_tokenizer(tokenizer).encode_with_offsets(text)
+    return align(
+        text, encoding.ids, encoding.offsets, spans or None, language, granularity, levels, chunk_size, warnings
+    )
+
+
+def file_spans(
+    texts: Sequence[str], language: str, granularity: str = "function", chunk_size: int = 128
+) -> tuple[list[Span], list[str]]:
+    """Segment spans of several files read as one text (character offsets into ``"".join(texts)``)
+    and warnings: each file parsed on its own; ordinals continue across files; a file in which the
+    parse finds no definition is one ``other`` segment."""
     spans: list[Span] = []
     warnings: list[str] = []
     start = units = 0
@@ -214,11 +228,7 @@ def extract_files(
         spans += [Span(s.kind, s.name, s.start + start, s.end + start, s.unit + units) for s in found]
         units += max((s.unit for s in found), default=-1) + 1
         start = end
-    text = "".join(texts)
-    encoding = load_tokenizer(tokenizer).encode_with_offsets(text)
-    return align(
-        text, encoding.ids, encoding.offsets, spans or None, language, granularity, levels, chunk_size, warnings
-    )
+    return spans, warnings
 
 
 def segment_text(

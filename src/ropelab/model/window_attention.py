@@ -3,9 +3,10 @@
 For query ``m`` and key ``n <= m`` (sequence indices) the logit is ``q_near[m] . k_near[n]`` when
 ``m - n < window`` and ``q_far[m] . k_far[n]`` otherwise.
 
-Without padding or sinks (the common case: one unpadded sequence) both parts run in PyTorch's
-fused CPU kernel (:func:`_fused_cpu`): the far part for all queries in one causal call shifted by
-the window, the near band in query chunks under an additive distance mask. Otherwise:
+Without padding (the common case: one unpadded sequence) the near band runs in PyTorch's fused
+CPU kernel in query chunks under an additive distance mask, and the far part for all queries in one
+causal call shifted by the window, or with sinks one small masked block over the sink keys
+(:func:`_fused_cpu`). Otherwise:
 
 Queries are processed in chunks ``[s, e)``. Keys before ``s - window + 1`` are far from every
 query of the chunk and fully visible: that block is plain unmasked attention with the far
@@ -235,12 +236,21 @@ def _merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor
 
 
 def _fused_cpu(
-    q_near: Tensor, q_far: Tensor, k_near: Tensor, k_far: Tensor, value: Tensor, window: int, past: int, chunk: int
+    q_near: Tensor,
+    q_far: Tensor,
+    k_near: Tensor,
+    k_far: Tensor,
+    value: Tensor,
+    window: int,
+    past: int,
+    chunk: int,
+    sinks: int | None = None,
 ) -> Tensor | None:
-    """Windowed attention without padding or sinks, both parts in PyTorch's fused CPU kernel:
-    the far part (``distance >= window``) for all queries at once -- it is causal attention of
-    query ``m`` over keys ``n <= m - window``, i.e. a causal kernel call on the queries from index
-    ``window`` against the keys shifted by ``window`` -- and the near band (``0 <= distance <
+    """Windowed attention without padding, the near band in PyTorch's fused CPU kernel: the far
+    part (``distance >= window``) for all queries at once -- it is causal attention of query ``m``
+    over keys ``n <= m - window``, i.e. a causal kernel call on the queries from index ``window``
+    against the keys shifted by ``window``; with ``sinks`` (only the first ``sinks`` keys visible
+    beyond the window) a small masked block over those keys -- and the near band (``0 <= distance <
     window``) chunk by chunk with an additive mask of ``chunk x (chunk + window)``. ``None`` when
     the far part is not a plain causal block (a multi-query step on a cache longer than the window)."""
     B, H, Tq, d = q_near.shape
@@ -248,10 +258,19 @@ def _fused_cpu(
     scale = 1.0 / math.sqrt(d)
     start = max(0, window - past)  # the first query index that sees any far key
     far_keys = Tk - window
-    if start < Tq and Tq - start not in (far_keys, 1):
+    if sinks is None and start < Tq and Tq - start not in (far_keys, 1):
         return None
     far_out = far_lse = None
-    if start < Tq:
+    if start < Tq and sinks is not None:
+        count = min(sinks, far_keys)
+        if count > 0:  # query m sees sink n beyond the window when n <= m - window
+            queries = torch.arange(past + start, past + Tq, device=q_far.device)[:, None]
+            visible = torch.arange(count, device=q_far.device)[None] <= queries - window
+            scores = torch.matmul(q_far[:, :, start:], k_far[:, :, :count].transpose(-1, -2)).float().mul_(scale)
+            far_lse = scores.masked_fill_(~visible, float("-inf")).logsumexp(dim=-1, keepdim=True)
+            weights = (scores - torch.where(torch.isfinite(far_lse), far_lse, 0.0)).exp()  # 0 where none is seen
+            far_out = torch.matmul(weights.to(value.dtype), value[:, :, :count])
+    elif start < Tq:
         queries = q_far[:, :, start:]
         causal = queries.shape[2] > 1
         far_out, far_lse = _FLASH_CPU(queries, k_far[:, :, :far_keys], value[:, :, :far_keys], 0.0, causal, scale=scale)
@@ -350,8 +369,9 @@ def windowed_attention(
     if groups > 1:  # grouped-query attention: give every query head its key/value head
         k_near, k_far, value = (t.repeat_interleave(groups, dim=1) for t in (k_near, k_far, value))
     chunk_size = chunk_size or CHUNK
-    if far_visible is None and window >= 1 and _flash_cpu_ok(q_near, k_near, value):
-        fused = _fused_cpu(q_near, q_far, k_near, k_far, value, window, past, chunk_size)
+    plain = far_visible is None or (key_mask is None and far_keys is not None)  # no padding: sinks at most
+    if plain and window >= 1 and _flash_cpu_ok(q_near, k_near, value):
+        fused = _fused_cpu(q_near, q_far, k_near, k_far, value, window, past, chunk_size, far_keys)
         if fused is not None:
             return fused
     scale = 1.0 / math.sqrt(d)

@@ -1,157 +1,146 @@
-"""Long-context use, three views from one long code document per sample (the default of
-``ropelab compare``).
+"""Long-context use: does a method use context beyond the train length ``L``, and what does it
+cost inside it? (The task of ``ropelab compare``; docs/evaluation.md.)
 
-Does a method use context beyond the train length ``L``, and what does it cost inside it? A
-sample is one long source document (a Python sample: whole stdlib files; a Java sample: whole JDK
-``java.util`` files; samples alternate between the two when JDK sources are installed) of
-``length`` tokens with needle lines inserted. One forward pass per method over it gives:
+A sample is one **project** (:mod:`ropelab.eval.projects`: the source files of one package
+concatenated in a fixed order; the document is the statistical unit of every verdict) cut to
+``length`` tokens, with needle comment lines inserted. One forward pass per method over it, and
+its KV cache, give four views:
 
-1. **Loss by position** -- the next-token loss of every token of the document (needle tokens
-   not scored). The report averages them per position bucket. The ``window`` reference is the
-   model's own method with attention limited to the previous ``L`` tokens plus four sink tokens,
-   in one pass (:mod:`ropelab.pe.sliding`): a method whose loss beyond ``L`` is below it uses
-   context a window cannot reach.
-2. **Fixed targets, growing context** -- the last :data:`TARGETS` tokens of the document scored
-   with only the previous ``c`` tokens as context (a separate pass over ``c + TARGETS`` tokens)
-   for each ``c`` in :func:`contexts`, and with the whole document (from the main pass). The
-   targets are the same in every column, so the loss must fall as ``c`` grows for a method that
-   uses the context.
-3. **Needle grid** -- needle comment lines ``# The pass key of amber is amber60494.`` (distinct
-   names and 5-digit keys) sit at depths 0.1, 0.5 and 0.9 of each of three cut lengths
-   (``length/3``, ``2 length/3``, ``length``): nine needles in one document. At each cut the
-   question ``# The pass key of amber is amber`` is asked about every needle before the cut,
-   answered teacher-forced (exact match = greedy decoding gives the five digits). The document's
-   KV cache serves every cut: questions are asked from the cached prefix (cut-points descending,
-   the cache truncated in place), so the grid costs one prefill per method. This is exact for
-   methods whose angles do not depend on the input length (tested against a separate pass);
-   ``dynamic-ntk`` says so (``rotation_depends_on_length``) and gets a separate pass per
-   question. The name directly before the digits makes the needle retrievable by a small model:
-   with ``... of amber is 60494`` SmolLM2-135M confused the first digit between needles.
+1. **Loss by position** -- the next-token loss of every token (needle tokens not scored),
+   averaged inside ``L`` and beyond it. The ``window`` reference is the model's own method with
+   attention limited to the previous ``L`` tokens plus four sink tokens, in one pass
+   (:mod:`ropelab.pe.sliding`): a method whose loss beyond ``L`` is below it uses context a
+   window cannot reach; one whose loss inside ``L`` is above it pays for its extension.
+2. **Far-dependent tokens** (:func:`ropelab.eval.far.far_tokens`) -- the tokens of identifiers
+   whose only earlier mentions lie more than ``L`` back: the window cannot see their evidence.
+3. **Needles** -- comment lines ``# The pass key of amber is amber60494. Remember it.`` (``//``
+   in Java and JavaScript). *Far* needles lie more than ``L`` tokens before the end of the
+   document (one per 100 tokens of that region, at most :data:`FAR_NEEDLES`); *near* needles lie
+   in its last ``L/2`` tokens (a positive control: the window must find them). After the
+   document, the question ``# The pass key of amber is amber`` is asked about every needle and
+   answered teacher-forced from the document's KV cache, truncated back after each question
+   (exact match: greedy decoding gives the five digits).
+4. **Symbols** (:func:`ropelab.eval.far.call_sites`) -- at use sites of a function or class the
+   project defined, the gold name ranked by likelihood against distractor names the project
+   also defined (a RepoBench-style task). *Far* sites: nothing in the window mentions the gold or
+   any distractor, so the window reference sits at chance; *near* sites are its positive control.
 
-HiRoPE reads the hierarchy of the document's own text (tree-sitter); its question tokens extend
-the last segment, exactly as cached generation does, and its fixed-target passes read the
-document's positions for their slice (HiRoPE's scores depend on position differences only).
+The needles and symbols cost no extra pass: the cache is truncated to each question or site,
+longest first. That is exact for methods whose angles do not depend on the input length; for
+``dynamic-ntk`` (``rotation_depends_on_length``) each needle question gets its own pass over the
+document, and the symbol view is not measured (a pass per site would cost more than the run).
+
+HiRoPE reads the hierarchy of each file of the project parsed on its own (tree-sitter); its
+question and candidate tokens extend the segment of the token before them, as cached
+generation does.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import json
 import random
 
 import torch
 
 from ropelab.core.errors import RopelabError
+from ropelab.eval import far, projects
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import first_tokens, jdk_sources, long_java
-from ropelab.eval.tasks.ppl import code_document
 
-#: target tokens of the fixed-target view (the last ones of the document; at most a quarter of it)
-TARGETS = 512
-#: needle depths (fraction of the cut's prefix)
-DEPTHS = (0.1, 0.5, 0.9)
-#: distinct one-token-ish names; a document uses nine of them
+#: at most this many far needles per document (one per 128 tokens of the far region)
+FAR_NEEDLES = 16
+#: near needles per document (in its last L/2 tokens)
+NEAR_NEEDLES = 3
+#: tokens of the far region per far needle
+NEEDLE_SPACING = 100
+#: at most this many far symbol sites per document (at most two per gold name)
+FAR_SITES = 32
+#: sink tokens the window reference keeps (``ropelab.pe.sliding``): targets must not be visible there
+SINKS = 4
+#: distinct names, one per needle of a document
 NAMES = (
     "amber", "cobalt", "falcon", "juniper", "marble", "orchid", "saffron", "walnut", "copper",
-    "lagoon", "meadow", "harbor", "violet", "granite", "willow", "ember",
+    "lagoon", "meadow", "harbor", "violet", "granite", "willow", "ember", "thistle", "quartz",
+    "heron", "pepper", "canyon", "maple", "indigo", "sparrow",
 )  # fmt: skip
 
 
-def needle_text(name: str, key: str) -> str:
-    return f"# The pass key of {name} is {name}{key}. Remember it.\n"
+def comment(language: str) -> str:
+    return "#" if language == "python" else "//"
 
 
-def question_text(name: str) -> str:
-    return f"\n# The pass key of {name} is {name}"
+def needle_text(name: str, key: str, language: str = "python") -> str:
+    return f"{comment(language)} The pass key of {name} is {name}{key}. Remember it.\n"
 
 
-def targets(tokens: int) -> int:
-    """Target tokens of the fixed-target view for a document of ``tokens`` tokens."""
-    return min(TARGETS, tokens // 4)
-
-
-def cuts(length: int) -> list[int]:
-    """The three cut lengths of the needle grid: a third, two thirds and all of ``length``."""
-    return sorted({round(length / 3), round(2 * length / 3), length})
-
-
-def contexts(train_len: int, available: int) -> list[int]:
-    """Context lengths of the fixed-target view besides the whole document: ``L/4`` and ``L/2``
-    (each a separate pass; ``L`` itself is left out for time -- the ``window`` row is the
-    reference at ``L``), capped below what the document holds."""
-    return [c for c in (train_len // 4, train_len // 2) if 0 < c < available]
-
-
-def document(language: str, length: int, index: int, seed: int) -> tuple[str, list[str], str]:
-    """Text of ``language`` long enough for ``length`` tokens, its files, its name."""
-    skip = 3 * index + seed % 7
-    if language == "java":
-        source = long_java(min_chars=length * 6, skip=skip)
-        if source is None:
-            raise RopelabError("context: no JDK sources installed (apt install openjdk-17-source)")
-        text, files = source
-        return text, files, f"jdk:{skip}"
-    return code_document(length, index, seed)
-
-
-def languages(n: int) -> list[tuple[str, int]]:
-    """(language, document index) of each sample: Python and Java alternate when JDK sources are
-    installed (``ropelab.eval.documents.jdk_sources``), else every sample is Python."""
-    if jdk_sources() is None:
-        return [("python", i) for i in range(n)]
-    return [("python" if i % 2 == 0 else "java", i // 2) for i in range(n)]
+def question_text(name: str, language: str = "python") -> str:
+    return f"\n{comment(language)} The pass key of {name} is {name}"
 
 
 class LongContext(Task):
     name = "context"
     description = (
-        "loss by position (vs the one-pass sliding-window reference), fixed targets with growing context, "
-        "and a needle grid (3 depths x 3 lengths) from one pass over a long code document"
+        "long-context use on code projects (test split): loss inside/beyond L and on far-dependent tokens, "
+        "needles and symbol use sites beyond L, each against the one-pass sliding-window reference"
     )
     mode = "session"
     metric = "loss_beyond"
     higher_is_better = False
     min_length = 256
     report_kind = "context"
+    #: the projects' split (:mod:`ropelab.eval.projects`)
+    split = "test"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
-        samples = []
-        for index, (language, doc_index) in enumerate(languages(n)):
-            samples.append(self._sample(tokenizer, length, index, language, doc_index, seed, train_len))
-        return samples
+        candidates = projects.projects(split=self.split, min_tokens=length)
+        samples: list[Sample] = []
+        for project in candidates:
+            sample = self._sample(tokenizer, project, length, len(samples), seed, train_len)
+            if sample is not None:
+                samples.append(sample)
+            if len(samples) == n:
+                return samples
+        raise RopelabError(
+            f"{self.name}: only {len(samples)} {self.split} project(s) hold {length} tokens; "
+            f"ask for --samples {len(samples)} or a shorter length" if samples else
+            f"{self.name}: no {self.split} project holds {length} tokens; use a shorter length"
+        )
 
-    def _sample(self, tokenizer, length, index, language, doc_index, seed, train_len) -> Sample:
-        text, files, name = document(language, length, doc_index, seed)
-        rng = random.Random(f"context:{seed}:{length}:{index}")
-        grid = [(cut, depth) for cut in cuts(length) for depth in DEPTHS]
-        names = rng.sample(NAMES, len(grid))
-        keys = [str(k) for k in rng.sample(range(10000, 100000), len(grid))]
-        room = max(len(tokenizer.encode(question_text(n))) + len(tokenizer.encode(k)) for n, k in zip(names, keys))
-        if len(first_tokens(tokenizer, text, length)) < length:
-            raise RopelabError(f"context: {name} has fewer than {length} tokens")
-        # needles in order of their place: needle j goes to the line start nearest token
-        # depth x (cut - room) of the text with the earlier needles already in it
-        order = sorted(zip(grid, names, keys), key=lambda item: item[0][1] * (item[0][0] - room))
-        full, floor = text, 0
-        for (cut, depth), needle_name, key in order:
-            size = len(tokenizer.encode(needle_text(needle_name, key)))
-            target = min(round(depth * (cut - room)), cut - room - size)  # deep needles must end before the cut
-            char = len(tokenizer.decode(first_tokens(tokenizer, full, target)))
-            before = full.rfind("\n", 0, char) + 1
-            after = full.find("\n", char) + 1
-            closer = after and after - char < char - before
-            place = after if closer and len(tokenizer.encode(full[:after])) + size <= cut - room else before
-            place = max(place, floor)  # never before (or inside) a needle already placed
-            full = full[:place] + needle_text(needle_name, key) + full[place:]
-            floor = place + len(needle_text(needle_name, key))
-        ids = first_tokens(tokenizer, full, length - room)
-        needles = []
-        for (cut, depth), needle_name, key in order:
-            char = full.index(needle_text(needle_name, key))
-            start = len(tokenizer.encode(full[:char]))
-            end = len(tokenizer.encode(full[: char + len(needle_text(needle_name, key))]))
-            if end > cut - room:
-                raise RopelabError(f"context: needle {needle_name} does not fit before its cut {cut}")
-            needles.append({"name": needle_name, "key": key, "cut": cut, "depth": depth, "start": start, "end": end})
+    def _sample(self, tokenizer, project, length: int, index: int, seed: int, train_len: int) -> Sample | None:
+        texts, names = projects.load(project)
+        language = project.language
+        rng = random.Random(f"context:{seed}:{length}:{project.name}")
+        labels = rng.sample(NAMES, len(NAMES))
+        keys = [str(k) for k in rng.sample(range(10000, 100000), len(NAMES))]
+        room = max(len(tokenizer.encode(question_text(a, language) + b)) for a, b in zip(labels, keys))
+        end = length - room  # the document's tokens; the questions follow them
+        texts, names = _enough(tokenizer, texts, names, end)
+        if texts is None:
+            return None
+        size = max(len(tokenizer.encode(needle_text(a, b, language))) for a, b in zip(labels, keys))
+        plan = _needle_targets(end, train_len, size, rng)
+        texts, inserted = _insert(tokenizer, texts, plan, labels, keys, language)
+        text = "".join(texts)
+        encoding = tokenizer.encode_with_offsets(text)
+        if len(encoding.ids) < end:
+            return None
+        ids, offsets = encoding.ids[:end], encoding.offsets[:end]
+        starts = [o[0] for o in offsets]
+        needles, skip = [], set()
+        for char, label, key in inserted:
+            first = bisect.bisect_right(starts, char) - 1
+            last = bisect.bisect_left(starts, char + len(needle_text(label, key, language)))
+            if last > end:
+                raise RopelabError(f"context: needle {label} does not fit in {project.name}")
+            needles.append({"name": label, "key": key, "start": first, "end": last, "far": last <= end - train_len})
+            skip.update(range(first, last))
+        far_ids = [t for t in far.far_tokens(texts, offsets, train_len, language, sinks=SINKS) if t not in skip]
+        sites = far.call_sites(
+            tokenizer, texts, ids, offsets, train_len, language, sinks=SINKS, seed=seed, far_limit=FAR_SITES, per_gold=2
+        )
+        sites = [s for s in sites if not skip.intersection(range(s.start - 1, s.start + 1))]
         return Sample(
             task=self.name,
             length=length,
@@ -162,12 +151,27 @@ class LongContext(Task):
             answer="",
             language=language,
             extra={
-                "document": name,
-                "files": files,
+                "document": project.name,
+                "era": project.era,
+                "sha256": projects.text_sha256(project),
+                "files": names,
+                "file_chars": [len(t) for t in texts],
                 "needles": needles,
                 "room": room,
-                "targets": targets(len(ids)),
-                "contexts": contexts(train_len, len(ids) - targets(len(ids))),
+                "far_tokens": far_ids,
+                "sites": [
+                    {
+                        "name": s.name,
+                        "start": s.start,
+                        "candidates": [list(c) for c in s.candidates],
+                        "gold": s.gold,
+                        "distance": s.distance,
+                        "far": s.far,
+                        "kind": getattr(s, "kind", "call"),
+                        "symbol": getattr(s, "symbol", "function"),
+                    }
+                    for s in sites
+                ],
             },
         )
 
@@ -178,92 +182,190 @@ class LongContext(Task):
         raise RopelabError("the context task is scored by its session (LongContext.run)")
 
 
-def _answer(model, cache, question: list[int], answer: list[int]) -> tuple[list[int], list[float]]:
-    """Argmax and loss at each answer token after ``question`` over the cached prefix."""
-    logits = model(torch.tensor([question + answer[:-1]]), cache=cache)[0, len(question) - 1 :].float()
-    losses = torch.nn.functional.cross_entropy(logits, torch.tensor(answer, device=logits.device), reduction="none")
-    return logits.argmax(-1).tolist(), losses.tolist()
+class DevelopmentContext(LongContext):
+    """The same views on the development projects: for choosing a setting (a window, a split),
+    never for reporting it."""
+
+    name = "context-dev"
+    description = "the context task on the development projects (for choosing settings; report on `context`)"
+    split = "dev"
+
+
+def _enough(tokenizer, texts: list[str], names: list[str], tokens: int) -> tuple[list[str] | None, list[str]]:
+    """The first files of the project holding about ``tokens`` tokens plus a margin for the cut
+    (whole files; the last one is cut by the token count later), or (None, names) if it has fewer."""
+    kept, chars = [], 0
+    for text in texts:
+        kept.append(text)
+        chars += len(text)
+        if chars > 6 * tokens + 4096 and len(tokenizer.encode("".join(kept))) > tokens + 512:
+            return kept, names[: len(kept)]
+    return (kept if len(tokenizer.encode("".join(kept))) >= tokens + 512 else None), names[: len(kept)]
+
+
+def _needle_targets(end: int, train_len: int, size: int, rng: random.Random) -> list[tuple[int, bool]]:
+    """(target token index in the text before insertion, far?) of each needle of a document of
+    ``end`` tokens. Every needle pushes the text after it right by at most ``size`` tokens, so the
+    far ones are spread over ``[32, end - L - margin)`` and the near ones over the last ``L/2``
+    tokens before ``end - margin``, ``margin`` being all needles' tokens: far needles end more
+    than ``L`` tokens before the questions, near ones within ``L/2``."""
+    near = NEAR_NEEDLES if min(train_len, end) // 2 >= 2 * NEAR_NEEDLES * size else 0
+    count = FAR_NEEDLES
+    while count and (end - train_len - (count + near) * size - 32) // NEEDLE_SPACING < count:
+        count -= 1
+    margin = (count + near) * size
+    plan = []
+    far_end = end - train_len - margin
+    for j in range(count):
+        width = (far_end - 32) / count
+        plan.append((int(32 + width * (j + 0.25 + 0.5 * rng.random())), True))
+    near_start, near_end = end - min(train_len, end) // 2, end - margin - 16
+    for j in range(near):
+        width = (near_end - near_start) / near
+        plan.append((int(near_start + width * (j + 0.25 + 0.5 * rng.random())), False))
+    return plan
+
+
+def _insert(tokenizer, texts, plan, labels, keys, language) -> tuple[list[str], list[tuple[int, str, str]]]:
+    """Insert one needle line per planned target at the line start nearest it (in the file that
+    holds it, so each file still parses on its own); returns the new file texts and, per needle
+    in the order of the text, (its character offset in the joined text, name, key)."""
+    text = "".join(texts)
+    offsets = tokenizer.encode_with_offsets(text[: 8 * max(t for t, _ in plan) + 8192] if plan else "").offsets
+    points = []
+    for (target, _), label, key in zip(plan, labels, keys):
+        char = offsets[min(target, len(offsets) - 1)][0]
+        before = text.rfind("\n", 0, char) + 1
+        points.append((before, label, key))
+    points.sort(key=lambda p: p[0])
+    bounds = [0]
+    for t in texts:
+        bounds.append(bounds[-1] + len(t))
+    texts = list(texts)
+    for char, label, key in reversed(points):  # from the end, so earlier offsets stay valid
+        f = min(bisect.bisect_right(bounds, char) - 1, len(texts) - 1)
+        local = char - bounds[f]
+        texts[f] = texts[f][:local] + needle_text(label, key, language) + texts[f][local:]
+    shift, inserted = 0, []
+    for char, label, key in points:
+        inserted.append((char + shift, label, key))
+        shift += len(needle_text(label, key, language))
+    return texts, inserted
+
+
+def fingerprint(sample: Sample) -> str:
+    """sha256 of everything a record of ``sample`` is measured on (tokens, needles, targets, sites):
+    records of two methods pair only when it is equal (a resumed run rebuilds its samples)."""
+    extra = sample.extra
+    content = [sample.prompt_ids, extra["needles"], extra["far_tokens"], extra["sites"]]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _continue(model, cache, prefix: int, tokens: list[int]) -> torch.Tensor:
+    """Log-probabilities ``[len(tokens) - 1, vocab]`` of ``tokens[1:]`` after the cached prefix of
+    ``prefix`` tokens followed by ``tokens[:-1]`` (the cache is truncated back first)."""
+    cache.truncate(prefix)
+    logits = model(torch.tensor([tokens[:-1]], device=model.embed_tokens.weight.device), cache=cache)[0]
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 def run(evaluator, sample: Sample) -> dict:
     """Everything the record of one (method, document) holds; see the module docstring."""
     model, tokenizer = evaluator.model, evaluator.tokenizer
-    extra = sample.extra
+    extra, language = sample.extra, sample.language
     ids = list(sample.prompt_ids)
-    length, room = sample.length, extra["room"]
+    end, train_len = len(ids), evaluator.train_len
     positions, note = evaluator.positions(sample, ids)
-    record: dict = {"document": extra["document"], "language": sample.language, "files": extra["files"]}
+    record: dict = {key: extra[key] for key in ("document", "era", "sha256", "files")}
+    record["language"] = language
+    record["sample_sha256"] = fingerprint(sample)
     if note:
         record["hierarchy"] = note
     separate = model.pe.rotation_depends_on_length
     cache = model.new_cache()
     hidden = evaluator.prefill(ids, positions, cache)
-    losses = model.losses_from_hidden(hidden[None, :-1], torch.tensor([ids[1:]]))[0].tolist()
+    losses = model.losses_from_hidden(hidden[None, :-1], torch.tensor([ids[1:]], device=hidden.device))[0].tolist()
+    sites = [] if separate else sorted(extra["sites"], key=lambda s: -s["start"])
+    first = {}  # log-probabilities of each site's first candidate tokens, from the prefill
+    if sites:
+        rows = torch.log_softmax(model.lm_head(hidden[[s["start"] - 1 for s in sites]]).float(), dim=-1)
+        first = {s["start"]: rows[i] for i, s in enumerate(sites)}
     del hidden
     skip = {t for n in extra["needles"] for t in range(n["start"], n["end"])}
     token_losses = [None] + [None if t in skip else round(v, 4) for t, v in enumerate(losses, 1)]
     record["token_losses"] = token_losses
-    record["metrics"] = _loss_metrics(token_losses, evaluator.train_len)
+    far_losses = [token_losses[t] for t in extra["far_tokens"] if t < end and token_losses[t] is not None]
+    record["far_tokens"] = len(far_losses)
+    record["metrics"] = _loss_metrics(token_losses, train_len, far_losses)
 
-    # needle grid: every needle before each cut, longest cut first so truncation keeps what is needed
-    questions = []
-    for cut in sorted(cuts(length), reverse=True):
-        prefix = cut - room
-        for needle in extra["needles"]:
-            if needle["end"] <= prefix:
-                questions.append((cut, prefix, needle))
-    results = []
-    for cut, prefix, needle in questions:
-        question = tokenizer.encode(question_text(needle["name"]))
+    needles = []
+    for needle in extra["needles"]:
+        question = tokenizer.encode(question_text(needle["name"], language))
         answer = tokenizer.encode(needle["key"])
         if separate:
-            fresh = model.new_cache()
-            evaluator.prefill(ids[:prefix], None if positions is None else positions[:, :prefix], fresh)
-            predicted, answer_losses = _answer(model, fresh, question, answer)
-        else:
-            cache.truncate(prefix)
-            predicted, answer_losses = _answer(model, cache, question, answer)
-        correct = [int(p == g) for p, g in zip(predicted, answer)]
-        results.append(
+            cache = model.new_cache()
+            evaluator.prefill(ids, positions, cache)
+        logp = _continue(model, cache, end, question + answer)[len(question) - 1 :]
+        gold = torch.tensor(answer, device=logp.device)
+        correct = (logp.argmax(-1) == gold).tolist()
+        needles.append(
             {
                 "name": needle["name"],
-                "cut": cut,
-                "grid_depth": needle["depth"] if needle["cut"] == cut else None,
-                "depth": round(needle["start"] / prefix, 4),
-                "distance": prefix - needle["start"],
+                "far": needle["far"],
+                "distance": end - needle["start"],
                 "exact": int(all(correct)),
                 "digits": sum(correct) / len(correct),
-                "loss": sum(answer_losses) / len(answer_losses),
+                "loss": -float(logp.gather(1, gold[:, None]).mean()),
+            }
+        )
+    record["needles"] = needles
+
+    symbols = []
+    for site in sites:
+        scores = []
+        for candidate in site["candidates"]:
+            score = float(first[site["start"]][candidate[0]])
+            if len(candidate) > 1:
+                logp = _continue(model, cache, site["start"], candidate)
+                score += float(logp.gather(1, torch.tensor(candidate[1:], device=logp.device)[:, None]).sum())
+            scores.append(round(score, 4))
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        symbols.append(
+            {
+                "name": site["name"],
+                "far": site["far"],
+                "distance": site["distance"],
+                "kind": site["kind"],
+                "symbol": site["symbol"],
+                "correct": int(best == site["gold"]),
+                "candidates": len(scores),
+                "scores": scores,
             }
         )
     del cache
-    record["needles"] = results
-    record["metrics"]["needle_exact"] = sum(r["exact"] for r in results) / len(results)
-
-    # fixed targets: the last TARGETS tokens with context c (separate passes), and the whole document
-    end = len(ids)
-    first = end - extra["targets"]
-    fixed = {"targets": [first, end], "contexts": [], "losses": []}
-    for c in extra["contexts"]:
-        if evaluator.window:
-            continue  # within L the window reference is the model's own method: nothing to measure
-        start = first - c
-        piece = ids[start:end]
-        piece_positions = None if positions is None else positions[:, start:end]
-        hidden = evaluator.prefill(piece, piece_positions, None)
-        target_losses = model.losses_from_hidden(hidden[None, c - 1 : -1], torch.tensor([piece[c:]]))[0].tolist()
-        fixed["contexts"].append(c)
-        fixed["losses"].append([None if t in skip else round(v, 4) for t, v in enumerate(target_losses, first)])
-    fixed["contexts"].append(first)
-    fixed["losses"].append(token_losses[first:end])
-    record["fixed"] = fixed
+    record["symbols"] = symbols
+    if separate:
+        record["symbols_note"] = "not measured: the method's angles depend on the input length"
+    for key, items, field in (
+        ("needle_far", needles, "exact"),
+        ("needle_near", needles, "exact"),
+        ("symbol_far", symbols, "correct"),
+        ("symbol_near", symbols, "correct"),
+    ):
+        want = key.endswith("far")
+        values = [x[field] for x in items if x["far"] == want]
+        if values:
+            record["metrics"][key] = sum(values) / len(values)
+            record["metrics"][key + "_n"] = len(values)
     return record
 
 
-def _loss_metrics(token_losses: list[float | None], train_len: int) -> dict[str, float]:
+def _loss_metrics(token_losses: list[float | None], train_len: int, far_losses: list[float]) -> dict[str, float]:
     inside = [v for v in token_losses[:train_len] if v is not None]
     beyond = [v for v in token_losses[train_len:] if v is not None]
     metrics = {"loss_inside": sum(inside) / len(inside)}
     if beyond:
         metrics["loss_beyond"] = sum(beyond) / len(beyond)
+    if far_losses:
+        metrics["loss_far"] = sum(far_losses) / len(far_losses)
     return metrics

@@ -1,0 +1,46 @@
+"""What every report shares: method order, labels for lengths and token counts, plot styles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from ropelab.eval.runner import WINDOW
+
+
+def methods_order(config: dict, present: Iterable[str]) -> list[str]:
+    """The run's methods in its order, the ``window`` reference last, then any others by name."""
+    present = set(present)
+    order = [m for m in config["methods"] if m in present]
+    if WINDOW in present:
+        order.append(WINDOW)
+    return order + sorted(m for m in present if m not in order)
+
+
+def length_label(length: int, train_len: int) -> str:
+    ratio = length / train_len
+    return f"{length // 1024}K ({ratio:g}x)" if length % 1024 == 0 else f"{length} ({ratio:.2g}x)"
+
+
+def tokens_text(n: int) -> str:
+    """Token counts as people write them: 8K, 1.5K, 640."""
+    n = int(n)
+    if n >= 1024 and n % 256 == 0:
+        return f"{n / 1024:g}K"
+    return str(n)
+
+
+def method_style(method: str, index: int) -> dict:
+    markers = "osD^vP*Xh<>"
+    if method == WINDOW:
+        return dict(color="black", linestyle="--", linewidth=1.8, marker="x", markersize=6)
+    return dict(marker=markers[index % len(markers)], markersize=5, linewidth=1.4, alpha=0.9)
+
+
+def save_figure(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
