@@ -40,10 +40,7 @@ STEPS: dict[str, list[list[str]]] = {
         for n in (1024, 4096, 16384)
     ],
     "hf-speed": [[*PY, "hf-speed"]],
-    "long-context": [
-        [*PY, "long-context"],
-        [*PY, "long-context", "--language", "java", "--scaling-lengths", "", "--out", R + "long_context_java.json"],
-    ],
+    "long-context": [[*PY, "long-context"]],
     "hierarchy-speed": [[*PY, "hierarchy-speed"]],
     "train-speed": [[*PY, "train-speed"]],
     "window-sinks": [[*PY, "window-sinks"]],

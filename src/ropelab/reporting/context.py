@@ -400,16 +400,18 @@ def _overview_figure(path: Path, config: dict, length: int, s: dict) -> str:
         xs = [j + (i - (len(s["methods"]) - 1) / 2) * width for j in range(len(metrics))]
         cells = [s["rows"][m][metric] for metric in metrics]
         ys = [100 * c["mean"] if c["n"] else 0.0 for c in cells]
-        err = [[100 * (c["mean"] - c["lo"]) if c["n"] > 1 else 0.0 for c in cells],
-               [100 * (c["hi"] - c["mean"]) if c["n"] > 1 else 0.0 for c in cells]]  # fmt: skip
+        err = [[100 * (c["mean"] - max(c["lo"], 0.0)) if c["n"] > 1 else 0.0 for c in cells],
+               [100 * (min(c["hi"], 1.0) - c["mean"]) if c["n"] > 1 else 0.0 for c in cells]]  # fmt: skip
         style = method_style(m, i)
         right.bar(xs, ys, width, yerr=err, capsize=2, label=m, color=style.get("color"),
                   hatch="//" if m == WINDOW else None, alpha=0.85)  # fmt: skip
-    right.set_xticks(range(len(metrics)), [METRICS[m][0].replace(" (%)", "") for m in metrics], fontsize=7)
-    right.set_ylim(0, 105)
+    labels = [METRICS[m][0].replace(" (%)", "").replace(" (control", "\n(control") for m in metrics]
+    right.set_xticks(range(len(metrics)), labels, fontsize=7)
+    right.set_ylim(0, 122)  # room above 100 % for the legend
+    right.set_yticks(range(0, 101, 20))
     right.set_ylabel("% correct (mean over documents)")
-    right.set_title("retrieval beyond L and its within-L controls", fontsize=9)
-    right.legend(fontsize=7, loc="upper right")
+    right.set_title("found beyond L, and within-L controls (95 % t interval, clipped)", fontsize=9)
+    right.legend(fontsize=7, loc="upper center", ncol=len(s["methods"]))
     fig.suptitle(f"{config['model']} at {tokens_text(length)} tokens ({length / train_len:g}x L): "
                  f"{len(s['documents'])} documents", fontsize=10)  # fmt: skip
     return save_figure(fig, path)

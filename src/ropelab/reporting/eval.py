@@ -221,7 +221,9 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
 
 
 def _preamble(config: dict) -> list[str]:
-    """The report's title and the paragraphs on the run and on how to read a cell."""
+    """The report's title and the paragraphs on the run and on how to read a cell (of a table task:
+    the context task's sections explain their own)."""
+    tables = any(_task_class(name).report_kind == "table" for name in config["tasks"])
     return [
         f"# ropelab evaluation: {config['model']}",
         "",
@@ -240,7 +242,7 @@ def _preamble(config: dict) -> list[str]:
         "difference is zero; no call below 3 samples. A value in bold is better than every other row of its column "
         "by that rule.",
         "",
-    ]
+    ][: None if tables else 4]
 
 
 def _render_task(config: dict, name: str, task: dict) -> list[str]:
