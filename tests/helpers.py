@@ -237,3 +237,20 @@ def gguf_tensors(
         elif target.endswith("attn_k.weight"):
             array = llamacpp_permute(array, n_kv_heads)
         yield target, array
+
+
+def corpus_or_skip() -> None:
+    """Skip unless the project corpus is complete here: the JDK sources (Java projects) and the
+    pinned wheels that ``./dev`` downloads (projects of code newer than the models)."""
+    import pytest
+
+    from ropelab.core.errors import RopelabError
+    from ropelab.eval import projects
+    from ropelab.eval.documents import jdk_sources
+
+    if jdk_sources() is None:
+        pytest.skip("no JDK sources (apt install openjdk-17-source): the Java projects cannot be read")
+    try:
+        projects.verify()
+    except RopelabError as error:
+        pytest.skip(f"the corpus wheels are not in place (./dev test downloads them): {error}")

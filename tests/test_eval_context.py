@@ -18,6 +18,7 @@ from ropelab.eval.stats import block_means, mcnemar, wilson
 from ropelab.eval.tasks.context import fingerprint, question_text
 from ropelab.pe.sliding import SlidingWindow
 from ropelab.reporting.eval import compare_runs, write_report
+from tests.helpers import corpus_or_skip
 
 from .test_eval_runner import tokenizer  # noqa: F401  (module fixture)
 
@@ -118,6 +119,7 @@ def test_sliding_window_refuses_what_it_cannot_wrap(model):
 
 
 def _samples(tokenizer, length=1500, n=2):  # noqa: F811
+    corpus_or_skip()
     return get_task("context").build(tokenizer, length, n, 0, TRAIN)
 
 
@@ -187,6 +189,7 @@ def test_cached_answers_equal_separate_passes(model, tokenizer, method):  # noqa
 
 
 def test_context_task_runs_and_reports(tmp_path, model, tokenizer):  # noqa: F811
+    corpus_or_skip()
     out = evaluate(
         model, tokenizer, "tiny", ["rope", "rerope:window=32"], ["context"], ["1500"], 3, tmp_path / "run",
         progress=False, order="sample",

@@ -17,7 +17,7 @@ from ropelab.eval.documents import long_code
 from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
 from ropelab.eval.tasks.passkey import QUESTION
 from ropelab.reporting.eval import compare_runs, write_report
-from tests.helpers import long_code_bpe
+from tests.helpers import corpus_or_skip, long_code_bpe
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,8 @@ def test_bad_run_arguments(tmp_path, tokenizer, model):
 
 def test_every_task_runs_through_the_runner(tmp_path, tokenizer, model):
     from ropelab.eval import TASKS
+
+    corpus_or_skip()  # the context tasks read the project corpus
 
     out = evaluate(
         model,
