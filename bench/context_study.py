@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from bench.common import at_least, items
@@ -163,8 +164,8 @@ def section() -> list[str]:
     for stage, part in data["stages"].items():
         config = part["config"]
         planned = STAGES[stage][1] if stage in STAGES else config["samples"]
-        measured = {r["index"] for r in part["documents"]}
-        complete = {i for i in measured if sum(r["index"] == i for r in part["documents"]) == len(config["methods"]) + 1}
+        rows_per_document = Counter(r["index"] for r in part["documents"])
+        complete = {i for i, count in rows_per_document.items() if count == len(config["methods"]) + 1}
         summary = summarise_rows(config, [r for r in part["documents"] if r["index"] in complete])
         lines += [f"### Stage {stage}", ""]
         if len(complete) < planned:

@@ -1,4 +1,4 @@
-"""``python -m bench import-run {compare,hope-experiment,hirope-experiment,code-tasks} RUN_DIR``: publish a finished run's
+"""``python -m bench import-run {compare,hope-experiment,hirope-experiment} RUN_DIR``: publish a finished run's
 summary and plots into ``bench/results`` / ``docs/results`` for ``docs/results.md``."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=("compare", "hope-experiment", "hirope-experiment", "code-tasks"))
+    parser.add_argument("kind", choices=("compare", "hope-experiment", "hirope-experiment"))
     parser.add_argument("run_dir", type=Path)
 
 

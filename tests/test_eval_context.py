@@ -118,13 +118,14 @@ def test_sliding_window_refuses_what_it_cannot_wrap(model):
             SlidingWindow(build(spec, model.pe_context()), 64)
 
 
-def _samples(tokenizer, length=1500, n=2):  # noqa: F811
+def _samples(tokenizer, length=1500, n=2, train_len=TRAIN):  # noqa: F811
     corpus_or_skip()
-    return get_task("context").build(tokenizer, length, n, 0, TRAIN)
+    return get_task("context").build(tokenizer, length, n, 0, train_len)
 
 
 def test_context_samples_place_needles_far_and_near(tokenizer):  # noqa: F811
-    samples = _samples(tokenizer, n=4)
+    train = 1600  # room for near needles of this tiny tokenizer (~45 tokens each) in the last L/2
+    samples = _samples(tokenizer, length=4000, n=4, train_len=train)
     assert [s.language for s in samples] == ["python", "java", "python", "java"]  # the projects' fixed order
     for sample in samples:
         extra = sample.extra
@@ -137,8 +138,8 @@ def test_context_samples_place_needles_far_and_near(tokenizer):  # noqa: F811
         for needle in extra["needles"]:
             text = tokenizer.decode(sample.prompt_ids[needle["start"] : needle["end"]])
             assert f"{mark} The pass key of {needle['name']} is {needle['name']}{needle['key']}" in text
-        assert all(n["end"] <= end - TRAIN for n in far)  # the window cannot see them from the question
-        assert all(n["start"] >= end - TRAIN // 2 for n in near)  # it must see these
+        assert all(n["end"] <= end - train for n in far)  # the window cannot see them from the question
+        assert all(n["start"] >= end - train // 2 for n in near)  # it must see these
         skip = {t for n in extra["needles"] for t in range(n["start"], n["end"])}
         assert not skip & set(extra["far_tokens"])
         for site in extra["sites"]:
@@ -148,8 +149,22 @@ def test_context_samples_place_needles_far_and_near(tokenizer):  # noqa: F811
                 "candidates"
             ][site["gold"]]
     assert samples[0].prompt_ids != samples[2].prompt_ids
-    again = _samples(tokenizer, n=4)
+    again = _samples(tokenizer, length=4000, n=4, train_len=train)
     assert [fingerprint(s) for s in again] == [fingerprint(s) for s in samples]
+
+
+def test_context_probes_are_lines_after_the_document_using_symbols_defined_far_back(tokenizer):  # noqa: F811
+    samples = _samples(tokenizer, length=6000, n=4)
+    for sample in samples:
+        end = len(sample.prompt_ids)
+        assert not [n for n in sample.extra["needles"] if not n["far"]]  # no room for near needles at this L
+        for probe in sample.extra["probes"]:
+            gold = probe["candidates"][probe["gold"]]
+            line = tokenizer.decode(probe["context"] + gold)
+            assert line.startswith("\n") and line.strip().endswith(probe["name"])
+            assert line[1:] not in sample.prompt  # text after the document
+            assert probe["distance"] > TRAIN and probe["distance"] <= end
+    assert sum(len(s.extra["probes"]) for s in samples) >= 4
 
 
 def test_context_refuses_more_documents_than_the_split_holds(tokenizer):  # noqa: F811
@@ -202,7 +217,7 @@ def test_context_task_runs_and_reports(tmp_path, model, tokenizer):  # noqa: F81
     for r in records:
         assert 1400 < len(r["token_losses"]) < 1500  # the document up to the question room
         assert r["token_losses"][0] is None
-        assert {n["far"] for n in r["needles"]} == {True, False}
+        assert {n["far"] for n in r["needles"]} == {True}  # no room for near ones at L = 640 with these tokens
         assert r["metrics"]["needle_far_n"] >= 4 and 0 <= r["metrics"]["needle_far"] <= 1
         assert len({x["sample_sha256"] for x in records if x["index"] == r["index"]}) == 1
     # inside the train length the window reference is the own method (rope) exactly

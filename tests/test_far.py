@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ropelab.core.errors import RopelabError
-from ropelab.eval.far import CallSite, call_sites, far_tokens
+from ropelab.eval.far import CallSite, Probe, call_sites, far_tokens, probe_sites
 from ropelab.pretrained.tokenizer import Encoding
 from tests.helpers import byte_level_bpe
 
@@ -537,6 +537,132 @@ def test_call_sites_are_deterministic_under_the_seed():
         assert [s.start for s in sites_of(PY_CALLS, seed=seed)[0]] == [s.start for s in first]
 
 
+# -- probes: use sites after the document ----------------------------------------------------------------
+
+PROBE_DOC = [
+    "".join(f"def {name}(arg):\n    return arg\n\n" for name in PY_DEFS)
+    + "".join(f"class {name}:\n    pass\n\n" for name in CLASSES)
+    + "".join(f"{name} = {i}\n" for i, name in enumerate(VARS)),
+    FILL * 8,
+    # the window: the last 20 tokens (noisy_fn mentioned, late_fn defined there)
+    FILL + "# noisy_fn is mentioned here\ndef late_fn():\n    return 1\n",
+]
+PROBE_AFTER = [
+    "result = parse_header(text)\n",  # a probe: " parse_header" after "result ="
+    "y = noisy_fn(2)\n",  # mentioned in the window: no probe
+    "m = late_fn()\n",  # defined in the window: no probe
+    "from helpers import write_block\n",  # an import: no site
+    "def g_fn(write_block=write_block):\n    return 1\n",  # a binding; then the gold is in its own line
+    "z = obj.read_block(3)\n",  # a probe without a leading space
+    "w = parse_header(4)\n",  # parse_header again: one probe per gold
+    "parse_header(5)\n",  # an empty line prefix: no probe
+    "obj = BetaBox()\n",  # a class
+    "t = alpha_rate * 2\n",  # a variable
+    "def tail_fn(a):\n    return close_file(a) + open_file\n",  # open_file's line mentions close_file
+]
+
+
+def probes_of(doc, tail, tokenizer=None, language="python", **options) -> tuple[list[Probe], list[int], object]:
+    """Probes of the document ``doc`` (files), read as the first tokens of the project ``doc + tail``."""
+    tokenizer = tokenizer or Words()
+    files = [*doc, *tail]
+    ids, offsets = tokenize(tokenizer, files)
+    n = sum(1 for _, end in offsets if end <= len("".join(doc)))
+    probes = probe_sites(tokenizer, files, ids[:n], offsets[:n], REACH, language, **options)
+    return probes, ids[:n], tokenizer
+
+
+def test_probes_python_by_hand():
+    probes, ids, tokenizer = probes_of(PROBE_DOC, PROBE_AFTER)
+    assert [(p.name, p.kind, p.symbol, tokenizer.decode(p.context)) for p in probes] == [
+        ("parse_header", "call", "function", "\nresult ="),
+        ("read_block", "call", "function", "\nz = obj."),
+        ("BetaBox", "call", "class", "\nobj ="),
+        ("alpha_rate", "reference", "variable", "\nt ="),
+        ("close_file", "call", "function", "\n    return"),
+    ]
+    window = tokenizer.decode(ids[-REACH:])
+    assert "noisy_fn" in window and "late_fn" in window and "read_block" not in window
+    pools = {"function": set(PY_DEFS) - {"noisy_fn"}, "class": set(CLASSES), "variable": set(VARS)}
+    for probe in probes:
+        names = names_of(probe, tokenizer)
+        assert len(names) == 5 and len(set(probe.candidates)) == 5 and names[probe.gold] == probe.name
+        assert set(names) == pools[probe.symbol]  # same kind, defined before the window, unseen in it
+        assert tokenizer.pieces[ids[probe.definition]].strip() == probe.name and probe.definition < len(ids) - REACH
+        gold = probe.candidates[probe.gold]
+        assert tokenizer.encode(tokenizer.decode(probe.context + gold)) == [*probe.context, *gold]
+        leading = tokenizer.decode(gold).startswith(" ")
+        assert leading == (probe.name != "read_block")  # the leading space goes with the candidates
+        assert all(tokenizer.decode(c).startswith(" ") == leading for c in probe.candidates)
+    # open_file's line mentions close_file: only 3 distractors left; with 3 asked it is a probe,
+    # and close_file is none of its candidates
+    probes3, _, tokenizer = probes_of(PROBE_DOC, PROBE_AFTER, distractors=3)
+    (last,) = [p for p in probes3 if p.name == "open_file"]
+    assert tokenizer.decode(last.context) == "\n    return close_file(a) +"
+    assert set(names_of(last, tokenizer)) == {"open_file", "parse_header", "read_block", "write_block"}
+    # write_block's only source has the gold in its own line ("def g_fn(write_block="): never a probe
+    assert "write_block" not in {p.name for p in probes3}
+
+
+def test_probes_need_a_far_definition_and_an_unseen_gold():
+    # the gold mentioned in the window: no probe of it, and no distractor either
+    mentioned = [*PROBE_DOC[:2], PROBE_DOC[2].replace("noisy_fn", "read_block")]
+    probes, _, tokenizer = probes_of(mentioned, PROBE_AFTER)
+    assert "read_block" not in {p.name for p in probes}
+    assert all("read_block" not in names_of(p, tokenizer) for p in probes)
+    assert "noisy_fn" in {name for p in probes for name in names_of(p, tokenizer)}
+    # the first `sinks` tokens ("def", " parse_header") are visible too
+    probes, _, tokenizer = probes_of(PROBE_DOC, PROBE_AFTER, sinks=2)
+    assert [p.name for p in probes] == ["BetaBox", "alpha_rate"]  # 4 functions left: 3 distractors each
+    probes, _, tokenizer = probes_of(PROBE_DOC, PROBE_AFTER, sinks=2, distractors=3)
+    assert [p.name for p in probes] == ["read_block", "BetaBox", "alpha_rate", "close_file"]
+    assert all("parse_header" not in names_of(p, tokenizer) for p in probes)
+    # a cut inside the line of a use: that line gives no probe (its start lies in the document)
+    cut = [*PROBE_DOC, "result = "]
+    probes, _, tokenizer = probes_of(cut, ["parse_header(text)\n", *PROBE_AFTER[1:]])
+    assert [(p.name, tokenizer.decode(p.context)) for p in probes][:2] == [
+        ("read_block", "\nz = obj."),
+        ("parse_header", "\nw ="),  # its next use
+    ]
+    # a document no longer than the reach, and a project that ends at the cut, give none
+    assert probes_of(PROBE_DOC[2:], PROBE_AFTER)[0] == []
+    assert probes_of(PROBE_DOC, [])[0] == []
+    assert probe_sites(Words(), [], [], [], REACH, "python") == []
+
+
+def test_probes_limit_and_seed():
+    first = probes_of(PROBE_DOC, PROBE_AFTER, seed=3)[0]
+    assert first == probes_of(PROBE_DOC, PROBE_AFTER, seed=3)[0]
+    runs = [probes_of(PROBE_DOC, PROBE_AFTER, seed=seed)[0] for seed in range(10)]
+    assert len({tuple(p.candidates for p in probes) for probes in runs}) > 1
+    assert len({p.gold for probes in runs for p in probes}) > 1
+    assert all([p.name for p in probes] == [p.name for p in first] for probes in runs)
+    two = probes_of(PROBE_DOC, PROBE_AFTER, limit=2)[0]
+    assert len(two) == 2 and {p.name for p in two} < {p.name for p in first}
+    assert probes_of(PROBE_DOC, PROBE_AFTER, limit=0)[0] == []
+    # sources only within `after` characters of the cut: "result = parse_header" is 28 characters
+    assert [p.name for p in probes_of(PROBE_DOC, PROBE_AFTER, after=28)[0]] == ["parse_header"]
+    assert probes_of(PROBE_DOC, PROBE_AFTER, after=8)[0] == []
+
+
+def test_probes_java():
+    after = [JAVA[2], "class Tail {\n  int go() {\n    return readBlock(1) + Util.closeFile(2);\n  }\n}\n"]
+    probes, ids, tokenizer = probes_of(JAVA[:2], after, language="java")
+    assert [(p.name, p.kind, p.symbol, tokenizer.decode(p.context)) for p in probes] == [
+        ("parseHeader", "call", "function", "\n    Util."),
+        ("readBlock", "call", "function", "\n    return"),
+    ]  # Util: no other class before the window; closeFile: readBlock is in its line
+    methods = {"parseHeader", "readBlock", "writeBlock", "closeFile", "openFile"}
+    for probe in probes:
+        assert set(names_of(probe, tokenizer)) == methods and names_of(probe, tokenizer)[probe.gold] == probe.name
+        assert tokenizer.pieces[ids[probe.definition]] == " " + probe.name
+    assert [p.name for p in probes_of(JAVA[:2], after, language="java", distractors=3)[0]] == [
+        "parseHeader",
+        "readBlock",
+        "closeFile",
+    ]
+
+
 # -- real code -------------------------------------------------------------------------------------------
 
 
@@ -573,6 +699,35 @@ def test_far_sites_are_unseen_in_the_window(stdlib_files):
                 assert not re.search(rf"\b{re.escape(name.strip())}\b", window), (site, name)
         else:
             assert site.distance <= reach // 2
+
+
+def test_probes_on_stdlib_are_unseen_in_the_window(stdlib_files):
+    """Property: no probe candidate is a whole word of the decoded window or the context; the gold
+    is defined before the window and used, after that context, in the text after the cut."""
+    text = "".join(stdlib_files)
+    tokenizer = byte_level_bpe([text[i : i + 2000] for i in range(0, len(text), 2000)], 400)
+    ids, offsets = tokenize(tokenizer, stdlib_files)
+    n, reach = len(ids) // 2, 3000  # the cut lies inside typing.py
+    assert len(stdlib_files[0]) < offsets[n][0] < len(text)
+    began = time.perf_counter()
+    probes = probe_sites(tokenizer, stdlib_files, ids[:n], offsets[:n], reach, "python", limit=12)
+    assert time.perf_counter() - began < 2.0
+    assert len(probes) >= 8 and len({p.name for p in probes}) == len(probes)
+    assert {p.kind for p in probes} == {"call", "reference"}
+    window, after = tokenizer.decode(ids[n - reach : n]), text[offsets[n - 1][1] - 1 :]
+    defined = set(re.findall(r"^\s*def (\w+)", text, re.M))
+    for probe in probes:
+        context = tokenizer.decode(probe.context)
+        names = [tokenizer.decode(c) for c in probe.candidates]
+        assert names[probe.gold].strip() == probe.name and context + names[probe.gold] in after
+        assert context.startswith("\n") and "\n" not in context[1:] and context.strip()
+        assert tokenizer.encode(context + names[probe.gold]) == [*probe.context, *probe.candidates[probe.gold]]
+        assert probe.definition < n - reach
+        assert probe.name in tokenizer.decode(ids[probe.definition :][: len(probe.name) + 1])
+        if probe.symbol == "function":
+            assert {name.strip() for name in names} <= defined
+        for name in names:
+            assert not re.search(rf"\b{re.escape(name.strip())}\b", window + context), (probe, name)
 
 
 def test_far_tokens_on_stdlib_are_unseen_in_the_window(stdlib_files):
@@ -635,6 +790,14 @@ def test_documents_without_targets():
         lambda: call_sites(Words(), [], [], [], REACH, "python", distractors=-1),
         lambda: call_sites(Words(), [], [], [], REACH, "python", far_limit=1.5),
         lambda: call_sites(Words(), [], [], [], REACH, "python", per_gold=0),
+        lambda: probe_sites(object(), [], [], [], REACH, "python"),
+        lambda: probe_sites(Words(), [], [None], [], REACH, "python"),
+        lambda: probe_sites(Words(), [], [], [], REACH, "python", distractors=-1),
+        lambda: probe_sites(Words(), [], [], [], REACH, "python", limit=1.5),
+        lambda: probe_sites(Words(), [], [], [], REACH, "python", after=-1),
+        lambda: probe_sites(Words(), [], [], [], 0, "python"),
+        lambda: probe_sites(Words(), [], [], [], REACH, "cobol"),
+        lambda: probe_sites(Words(), ["x = 1\n"], [0], [(0,)], REACH, "python"),
     ],
 )
 def test_bad_input_is_one_clear_error(call):

@@ -31,10 +31,11 @@ METRICS = {
     "loss_far": ("loss on far-dependent tokens", True, 2e-4, True),
     "needle_far": ("needles beyond L (%)", False, 0.0, True),
     "symbol_far": ("symbols beyond L (%)", False, 0.0, True),
+    "probe_far": ("symbol probes beyond L (%)", False, 0.0, True),
     "needle_near": ("needles within L/2 (control, %)", False, 0.0, False),
     "symbol_near": ("symbols within L/2 (control, %)", False, 0.0, False),
 }
-RATE_METRICS = ("needle_far", "symbol_far", "needle_near", "symbol_near")
+RATE_METRICS = ("needle_far", "symbol_far", "probe_far", "needle_near", "symbol_near")
 #: position buckets per train length
 BUCKETS_PER_L = 4
 
@@ -299,7 +300,8 @@ def _verdicts(config: dict, length: int, s: dict) -> list[str]:
     return [
         f"- Uses context beyond L (lower loss beyond L than the window): {named('loss_beyond', 'better')}; "
         f"on far-dependent tokens: {named('loss_far', 'better')}; finds more needles beyond L: "
-        f"{named('needle_far', 'better')}; picks more symbols beyond L: {named('symbol_far', 'better')}.",
+        f"{named('needle_far', 'better')}; picks more symbols beyond L: {named('symbol_far', 'better')} "
+        f"(probes: {named('probe_far', 'better')}).",
         f"- Worse than the window beyond L: {named('loss_beyond', 'worse')}.",
         f"- Costs inside L (higher loss inside L than the window): {named('loss_inside', 'worse')}.",
         "",
@@ -308,7 +310,7 @@ def _verdicts(config: dict, length: int, s: dict) -> list[str]:
 
 def _detectable(s: dict) -> list[str]:
     """The smallest difference each comparison could detect (80 % power, two-sided 0.05, unadjusted)."""
-    metrics = [m for m in ("loss_beyond", "loss_far", "needle_far", "symbol_far") if any(
+    metrics = [m for m in ("loss_beyond", "loss_far", "needle_far", "symbol_far", "probe_far") if any(
         (cells.get(m) or {}).get("detectable") for cells in s["diffs"].values())]  # fmt: skip
     if not metrics:
         return []
@@ -393,7 +395,7 @@ def _overview_figure(path: Path, config: dict, length: int, s: dict) -> str:
     left.set_ylabel("loss minus window (nats)")
     left.set_title("loss per position bucket minus the window (95 % t interval over documents)", fontsize=9)
     left.legend(fontsize=8)
-    metrics = [m for m in ("needle_far", "symbol_far", "needle_near", "symbol_near")
+    metrics = [m for m in ("needle_far", "symbol_far", "probe_far", "needle_near", "symbol_near")
                if any(s["rows"][k][m]["n"] for k in s["methods"])]  # fmt: skip
     width = 0.8 / max(1, len(s["methods"]))
     for i, m in enumerate(s["methods"]):

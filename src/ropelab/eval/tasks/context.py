@@ -24,11 +24,16 @@ its KV cache, give four views:
    project defined, the gold name ranked by likelihood against distractor names the project
    also defined (a RepoBench-style task). *Far* sites: nothing in the window mentions the gold or
    any distractor, so the window reference sits at chance; *near* sites are its positive control.
+   **Probes** (:func:`ropelab.eval.far.probe_sites`) add far samples from the project's own
+   continuation, text the model never reads: the line of a later use site, up to the symbol, is
+   appended after the document and the gold (defined more than ``L`` back, unseen in the window)
+   ranked the same way.
 
-The needles and symbols cost no extra pass: the cache is truncated to each question or site,
-longest first. That is exact for methods whose angles do not depend on the input length; for
+The needles, probes and symbols cost no extra pass: the cache is truncated to each question,
+probe or site, longest first. That is exact for methods whose angles do not depend on the input length; for
 ``dynamic-ntk`` (``rotation_depends_on_length``) each needle question gets its own pass over the
-document, and the symbol view is not measured (a pass per site would cost more than the run).
+document, and the symbol and probe views are not measured (a pass per site would cost more than
+the run).
 
 HiRoPE reads the hierarchy of each file of the project parsed on its own (tree-sitter); its
 question and candidate tokens extend the segment of the token before them, as cached
@@ -56,6 +61,11 @@ NEAR_NEEDLES = 3
 NEEDLE_SPACING = 100
 #: at most this many far symbol sites per document (at most two per gold name)
 FAR_SITES = 32
+#: at most this many probes per document (use sites from the project's unseen continuation), one per
+#: PROBE_SPACING tokens of the far region (each costs a continuation per candidate)
+PROBES, PROBE_SPACING = 12, 640
+#: characters of the project after the document searched for probe lines
+PROBE_TEXT = 1_000_000
 #: sink tokens the window reference keeps (``ropelab.pe.sliding``): targets must not be visible there
 SINKS = 4
 #: distinct names, one per needle of a document
@@ -109,16 +119,17 @@ class LongContext(Task):
         )
 
     def _sample(self, tokenizer, project, length: int, index: int, seed: int, train_len: int) -> Sample | None:
-        texts, names = projects.load(project)
+        project_texts, names = projects.load(project)
         language = project.language
         rng = random.Random(f"context:{seed}:{length}:{project.name}")
         labels = rng.sample(NAMES, len(NAMES))
         keys = [str(k) for k in rng.sample(range(10000, 100000), len(NAMES))]
         room = max(len(tokenizer.encode(question_text(a, language) + b)) for a, b in zip(labels, keys))
         end = length - room  # the document's tokens; the questions follow them
-        texts, names = _enough(tokenizer, texts, names, end)
+        texts, names = _enough(tokenizer, list(project_texts), names, end)
         if texts is None:
             return None
+        rest = list(project_texts[len(texts) :])  # the project after the document's files: probe lines
         size = max(len(tokenizer.encode(needle_text(a, b, language))) for a, b in zip(labels, keys))
         plan = _needle_targets(end, train_len, size, rng)
         texts, inserted = _insert(tokenizer, texts, plan, labels, keys, language)
@@ -141,6 +152,11 @@ class LongContext(Task):
             tokenizer, texts, ids, offsets, train_len, language, sinks=SINKS, seed=seed, far_limit=FAR_SITES, per_gold=2
         )
         sites = [s for s in sites if not skip.intersection(range(s.start - 1, s.start + 1))]
+        limit = min(PROBES, max(0, end - train_len) // PROBE_SPACING)  # one per 640 tokens of the far region
+        probes = far.probe_sites(
+            tokenizer, texts + rest, ids, offsets, train_len, language, sinks=SINKS, seed=seed, limit=limit,
+            after=PROBE_TEXT,
+        )
         return Sample(
             task=self.name,
             length=length,
@@ -171,6 +187,18 @@ class LongContext(Task):
                         "symbol": getattr(s, "symbol", "function"),
                     }
                     for s in sites
+                ],
+                "probes": [
+                    {
+                        "name": p.name,
+                        "context": list(p.context),
+                        "candidates": [list(c) for c in p.candidates],
+                        "gold": p.gold,
+                        "distance": len(ids) - p.definition,
+                        "kind": p.kind,
+                        "symbol": p.symbol,
+                    }
+                    for p in probes
                 ],
             },
         )
@@ -209,10 +237,21 @@ def _needle_targets(end: int, train_len: int, size: int, rng: random.Random) -> 
     far ones are spread over ``[32, end - L - margin)`` and the near ones over the last ``L/2``
     tokens before ``end - margin``, ``margin`` being all needles' tokens: far needles end more
     than ``L`` tokens before the questions, near ones within ``L/2``."""
-    near = NEAR_NEEDLES if min(train_len, end) // 2 >= 2 * NEAR_NEEDLES * size else 0
+
+    def fits(count: int, near: int) -> bool:
+        margin = (count + near) * size
+        far_room = count == 0 or (end - train_len - margin - 32) // NEEDLE_SPACING >= count
+        near_room = near == 0 or min(train_len, end) // 2 - margin - 16 >= 2 * near * size
+        return far_room and near_room
+
+    near = NEAR_NEEDLES
     count = FAR_NEEDLES
-    while count and (end - train_len - (count + near) * size - 32) // NEEDLE_SPACING < count:
+    while count and not fits(count, near):
         count -= 1
+    if not fits(count, near):  # no room for near needles in the last L/2 tokens: far ones only
+        near, count = 0, FAR_NEEDLES
+        while count and not fits(count, 0):
+            count -= 1
     margin = (count + near) * size
     plan = []
     far_end = end - train_len - margin
@@ -257,7 +296,7 @@ def fingerprint(sample: Sample) -> str:
     """sha256 of everything a record of ``sample`` is measured on (tokens, needles, targets, sites):
     records of two methods pair only when it is equal (a resumed run rebuilds its samples)."""
     extra = sample.extra
-    content = [sample.prompt_ids, extra["needles"], extra["far_tokens"], extra["sites"]]
+    content = [sample.prompt_ids, extra["needles"], extra["far_tokens"], extra["sites"], extra.get("probes", [])]
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -320,6 +359,29 @@ def run(evaluator, sample: Sample) -> dict:
         )
     record["needles"] = needles
 
+    probes = []
+    for probe in [] if separate else extra.get("probes", []):
+        context = probe["context"]
+        scores = []
+        for candidate in probe["candidates"]:
+            logp = _continue(model, cache, end, context + candidate)[len(context) - 1 :]
+            gold = torch.tensor(candidate, device=logp.device)[:, None]
+            scores.append(round(float(logp.gather(1, gold).sum()), 4))
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        probes.append(
+            {
+                "name": probe["name"],
+                "far": True,
+                "distance": probe["distance"],
+                "kind": probe["kind"],
+                "symbol": probe["symbol"],
+                "correct": int(best == probe["gold"]),
+                "candidates": len(scores),
+                "scores": scores,
+            }
+        )
+    record["probes"] = probes
+
     symbols = []
     for site in sites:
         scores = []
@@ -345,12 +407,13 @@ def run(evaluator, sample: Sample) -> dict:
     del cache
     record["symbols"] = symbols
     if separate:
-        record["symbols_note"] = "not measured: the method's angles depend on the input length"
+        record["symbols_note"] = "symbols and probes not measured: the method's angles depend on the input length"
     for key, items, field in (
         ("needle_far", needles, "exact"),
         ("needle_near", needles, "exact"),
         ("symbol_far", symbols, "correct"),
         ("symbol_near", symbols, "correct"),
+        ("probe_far", probes, "correct"),
     ):
         want = key.endswith("far")
         values = [x[field] for x in items if x["far"] == want]
