@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from ropelab.core.errors import RopelabError
-from ropelab.eval.far import CallSite, Probe, call_sites, far_tokens, probe_sites
+from ropelab.eval.far import far_tokens
+from ropelab.eval.symbol_sites import CallSite, Probe, call_sites, probe_sites
 from ropelab.pretrained.tokenizer import Encoding
 from tests.helpers import byte_level_bpe
 

@@ -20,11 +20,11 @@ its KV cache, give four views:
    document, the question ``# The pass key of amber is amber`` is asked about every needle and
    answered teacher-forced from the document's KV cache, truncated back after each question
    (exact match: greedy decoding gives the five digits).
-4. **Symbols** (:func:`ropelab.eval.far.call_sites`) -- at use sites of a function or class the
+4. **Symbols** (:func:`ropelab.eval.symbol_sites.call_sites`) -- at use sites of a function or class the
    project defined, the gold name ranked by likelihood against distractor names the project
    also defined (a RepoBench-style task). *Far* sites: nothing in the window mentions the gold or
    any distractor, so the window reference sits at chance; *near* sites are its positive control.
-   **Probes** (:func:`ropelab.eval.far.probe_sites`) add far samples from the project's own
+   **Probes** (:func:`ropelab.eval.symbol_sites.probe_sites`) add far samples from the project's own
    continuation, text the model never reads: the line of a later use site, up to the symbol, is
    appended after the document and the gold (defined more than ``L`` back, unseen in the window)
    ranked the same way.
@@ -50,7 +50,7 @@ import random
 import torch
 
 from ropelab.core.errors import RopelabError
-from ropelab.eval import far, projects
+from ropelab.eval import far, projects, symbol_sites
 from ropelab.eval.base import Outputs, Sample, Task
 
 #: at most this many far needles per document (one per 128 tokens of the far region)
@@ -148,12 +148,12 @@ class LongContext(Task):
             needles.append({"name": label, "key": key, "start": first, "end": last, "far": last <= end - train_len})
             skip.update(range(first, last))
         far_ids = [t for t in far.far_tokens(texts, offsets, train_len, language, sinks=SINKS) if t not in skip]
-        sites = far.call_sites(
+        sites = symbol_sites.call_sites(
             tokenizer, texts, ids, offsets, train_len, language, sinks=SINKS, seed=seed, far_limit=FAR_SITES, per_gold=2
         )
         sites = [s for s in sites if not skip.intersection(range(s.start - 1, s.start + 1))]
         limit = min(PROBES, max(0, end - train_len) // PROBE_SPACING)  # one per 640 tokens of the far region
-        probes = far.probe_sites(
+        probes = symbol_sites.probe_sites(
             tokenizer, texts + rest, ids, offsets, train_len, language, sinks=SINKS, seed=seed, limit=limit,
             after=PROBE_TEXT,
         )
