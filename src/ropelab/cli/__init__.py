@@ -1,6 +1,6 @@
 """The ``ropelab`` command line: one table of commands, one module per command group.
 
-    ropelab compare                      the main job (SmolLM2-135M, long-context use, two documents)
+    ropelab compare                      the main job (SmolLM2-135M, long-context use, three projects)
     ropelab eval | report                :mod:`ropelab.cli.evaluate`
     ropelab train | experiment           :mod:`ropelab.cli.train`
     ropelab analyze                      :mod:`ropelab.cli.analyse`
@@ -74,7 +74,7 @@ COMMANDS = (
     ),
     Command(
         name="compare",
-        help="the main job: SmolLM2-135M, long-context use (loss by position, fixed targets, needle grid)",
+        help="the main job: does HiRoPE use context beyond SmolLM2-135M's train length (3 projects, window reference)",
         options=evaluate.compare_options,
         run=evaluate.cmd_compare,
     ),
