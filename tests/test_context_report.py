@@ -99,3 +99,16 @@ def test_study_run_is_saved_and_restored_from_its_archive(tmp_path):
     (fresh / "results.jsonl").write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n')
     context_study.restore(fresh, archive)  # a run that holds more is never overwritten
     assert (fresh / "results.jsonl").read_text().count("\n") == 3
+
+
+def test_a_model_no_better_than_a_unigram_one_gets_no_call():
+    rows = [_row("a", i, b) for i, b in enumerate([1.0, 1.1, 0.9, 1.2])]
+    rows += [_row(WINDOW, i, b) for i, b in enumerate([1.5, 1.6, 1.4, 1.6])]
+    for row in rows:
+        row["unigram_loss"] = 0.9  # every loss inside L (1.0) is above it
+    summary = summarise_rows(CONFIG, rows)
+    assert summary["lengths"]["2048"]["diffs"]["a"]["loss_beyond"]["call"] == "model at floor"
+    assert "**The model is at floor:**" in "\n".join(render_context(CONFIG, "context", summary))
+    for row in rows:
+        row["unigram_loss"] = 2.0
+    assert summarise_rows(CONFIG, rows)["lengths"]["2048"]["diffs"]["a"]["loss_beyond"]["call"] == "better"

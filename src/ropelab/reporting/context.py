@@ -64,6 +64,7 @@ def document_rows(records: list[dict], train_len: int) -> list[dict]:
                     **{f"{k}_hits": round(metrics.get(k, 0) * metrics.get(f"{k}_n", 0)) for k in RATE_METRICS},
                 },
                 "buckets": block_means(losses, 0, len(losses), size),
+                "unigram_loss": r.get("unigram_loss"),
             }
         )
     return rows
@@ -95,6 +96,8 @@ def summarise_rows(config: dict, rows: list[dict]) -> dict:
     for (length, m, metric), verdict in verdicts.items():
         cell = lengths[length]["diffs"][m][metric]
         cell["p_holm"], cell["call"] = verdict.adjusted_p, verdict.call
+        if lengths[length]["floor"] and verdict.call in ("better", "worse"):
+            cell["call"] = "model at floor"  # a model no better than a unigram one: its differences are not about context
     for s in lengths.values():
         for cells in s["diffs"].values():
             for cell in cells.values():
@@ -142,7 +145,19 @@ def _length_summary(config: dict, items: list[dict]) -> dict:
         "buckets": _buckets(config, per, methods),
         "seconds": {m: sum(r["seconds"] for r in per[m].values()) for m in methods},
         "eras": _eras(per.get(WINDOW) or per[methods[0]]),
+        "floor": _floor(per.get(WINDOW) or per[methods[0]]),
     }
+
+
+def _floor(rows: dict) -> dict | None:
+    """The reference's loss inside L against a unigram model fitted to each document: a model that
+    does no better uses no context, and no difference between methods is about context then."""
+    pairs = [(r["metrics"].get("loss_inside"), r.get("unigram_loss")) for r in rows.values()]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None and not math.isnan(b)]
+    if not pairs:
+        return None
+    loss, unigram = (sum(x) / len(pairs) for x in zip(*pairs))
+    return {"loss_inside": loss, "unigram": unigram} if loss >= unigram else None
 
 
 def _pooled(rows, metric: str) -> dict:
@@ -233,7 +248,7 @@ def _diff_cell(metric: str, cell: dict | None) -> str:
     called = cell.get("call")
     if called in ("better", "worse"):
         return f"**{text} {called}**"
-    return f"{text} {called}" if called in ("identical", "n too small") else text
+    return f"{text} {called}" if called in ("identical", "n too small", "model at floor") else text
 
 
 def render_context(config: dict, name: str, task: dict) -> list[str]:
@@ -272,6 +287,13 @@ def _overview(config: dict, length: int, s: dict, family_size: int, split: str =
     ]
     if not beyond:
         lines += ["Every position lies within the train length: no row can differ from the reference beyond it.", ""]
+    if s.get("floor"):
+        lines += [
+            f"**The model is at floor:** the reference's loss inside L ({s['floor']['loss_inside']:.3f}) is no lower "
+            f"than a unigram model fitted to each document ({s['floor']['unigram']:.3f}), so it uses no context and "
+            "no difference below is about context: no call is made (*model at floor*).",
+            "",
+        ]
     if s["mismatched"]:
         lines += [f"Left out of the pairs (measured on different samples): {', '.join(s['mismatched'])}.", ""]
     header = "| method | " + " | ".join(METRICS[m][0] for m in shown) + " | seconds |"

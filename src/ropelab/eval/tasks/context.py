@@ -45,7 +45,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 import random
+from collections import Counter
 
 import torch
 
@@ -333,6 +335,7 @@ def run(evaluator, sample: Sample) -> dict:
     skip = {t for n in extra["needles"] for t in range(n["start"], n["end"])}
     token_losses = [None] + [None if t in skip else round(v, 4) for t, v in enumerate(losses, 1)]
     record["token_losses"] = token_losses
+    record["unigram_loss"] = _unigram_loss(ids, token_losses)
     far_losses = [token_losses[t] for t in extra["far_tokens"] if t < end and token_losses[t] is not None]
     record["far_tokens"] = len(far_losses)
     record["metrics"] = _loss_metrics(token_losses, train_len, far_losses)
@@ -421,6 +424,14 @@ def run(evaluator, sample: Sample) -> dict:
             record["metrics"][key] = sum(values) / len(values)
             record["metrics"][key + "_n"] = len(values)
     return record
+
+
+def _unigram_loss(ids: list[int], token_losses: list[float | None]) -> float:
+    """The loss of the best unigram model fitted to the document's own scored tokens (their
+    entropy, nats): a model no better than this uses no context at all."""
+    counts = Counter(t for t, v in zip(ids, token_losses) if v is not None)
+    total = sum(counts.values())
+    return round(-sum(c / total * math.log(c / total) for c in counts.values()), 4) if total else math.nan
 
 
 def _loss_metrics(token_losses: list[float | None], train_len: int, far_losses: list[float]) -> dict[str, float]:
