@@ -169,9 +169,11 @@ def section() -> list[str]:
         summary = summarise_rows(config, [r for r in part["documents"] if r["index"] in complete])
         lines += [f"### Stage {stage}", ""]
         if len(complete) < planned:
+            done = Counter(r["method"] for r in part["documents"])
             lines += [
                 f"**Partial: {len(complete)} of {planned} documents measured so far** (every method on each); the "
-                "tables below use those documents only and will be regenerated when the stage finishes.",
+                "tables below use those documents only and will be regenerated when the stage finishes. Records so "
+                "far: " + ", ".join(f"`{m}` {done.get(m, 0)}" for m in [*config["methods"], "window"]) + ".",
                 "",
             ]
         body = render_context(config, "context", summary)

@@ -300,7 +300,7 @@ def _overview(config: dict, length: int, s: dict, family_size: int, split: str =
     lines += [header, "|---|" + "---:|" * (len(shown) + 1)]
     for m in s["methods"]:
         label = f"*{m}* (reference)" if m == WINDOW else f"`{m}`"
-        cells = [_row_cell(metric, s["rows"][m][metric]) for metric in shown]
+        cells = [_row_cell(metric, s["rows"][m].get(metric, {})) for metric in shown]  # an older summary may lack one
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {s['seconds'].get(m, 0):.0f} |")
     lines += ["", "Paired difference to the window reference (method minus window):", ""]
     lines += ["| method | " + " | ".join(f"Δ {METRICS[m][0]}" for m in tested) + " |", "|---|" + "---:|" * len(tested)]
@@ -418,7 +418,7 @@ def _overview_figure(path: Path, config: dict, length: int, s: dict) -> str:
     left.set_title("loss per position bucket minus the window (95 % t interval over documents)", fontsize=9)
     left.legend(fontsize=8)
     metrics = [m for m in ("needle_far", "symbol_far", "probe_far", "needle_near", "symbol_near")
-               if any(s["rows"][k][m]["n"] for k in s["methods"])]  # fmt: skip
+               if any(s["rows"][k].get(m, {}).get("n") for k in s["methods"])]  # fmt: skip
     width = 0.8 / max(1, len(s["methods"]))
     for i, m in enumerate(s["methods"]):
         xs = [j + (i - (len(s["methods"]) - 1) / 2) * width for j in range(len(metrics))]
