@@ -31,6 +31,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import at_least, items
@@ -144,13 +145,12 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def section() -> list[str]:
-    """docs/results.md: the study's tables, from ``bench/results/context_study.json``."""
-    from bench.render import load
+def section(data: dict | None, machine: Callable[[dict], str]) -> list[str]:
+    """docs/results.md: the study's tables from ``data`` (``bench/results/context_study.json``, or
+    None); ``machine`` says where it was measured."""
     from ropelab.reporting.context import render_context, summarise_rows
 
     lines = ["## 9. The long-context study: SmolLM2-135M on test projects at 2x and 4x its train length", ""]
-    data = load(OUT.name)
     command = "python -m bench context-study && python -m bench context-study --publish"
     if not data:
         return [*lines, f"Not measured yet. Run `{command}` (resumable; about 11 CPU hours on 2 cores).", ""]
@@ -158,7 +158,7 @@ def section() -> list[str]:
         "Every method on the same test projects (`src/ropelab/eval/projects.json`, chosen and split before any "
         "was evaluated), the `context` task: loss inside and beyond L, loss on far-dependent tokens, far needles "
         "and far symbol sites, each against the one-pass window reference (docs/evaluation.md). The document is "
-        f"the unit of every interval and test. Machine: {_machine(data)}. Regenerate: `{command}`.",
+        f"the unit of every interval and test. Machine: {machine(data)}. Regenerate: `{command}`.",
         "",
     ]
     for stage, part in data["stages"].items():
@@ -179,9 +179,3 @@ def section() -> list[str]:
         body = render_context(config, "context", summary)
         lines += [("####" + line[2:]) if line.startswith("## ") else line for line in body]
     return lines
-
-
-def _machine(data: dict) -> str:
-    from bench.render import _machine as machine
-
-    return machine(data)

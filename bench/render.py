@@ -449,6 +449,10 @@ SWEEPS = (
 )  # fmt: skip
 
 
+def section_study() -> list[str]:
+    return context_study.section(load(context_study.OUT.name), _machine)
+
+
 def section_sweep() -> list[str]:
     lines = [
         "## 10. HiRoPE's settings: chosen on development files, reported on held-out files",
@@ -570,7 +574,7 @@ def render() -> str:
         section_hirope,
         section_hope,
         section_shortllm,
-        context_study.section,
+        section_study,
         section_sweep,
     ):
         lines += section()

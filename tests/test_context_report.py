@@ -76,13 +76,13 @@ def test_within_the_train_length_only_the_inside_loss_is_tested():
 
 def test_study_section_renders_partial_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "RESULTS", tmp_path)
-    assert "Not measured yet" in "\n".join(context_study.section())
+    assert "Not measured yet" in "\n".join(render.section_study())
     config = {**CONFIG, "methods": ["a"], "samples": 20}
     rows = [_row(m, i, 1.0 + (m == WINDOW)) for i in range(4) for m in ("a", WINDOW)] + [_row("a", 4, 1.0)]
     data = {"machine": {"cpu": "C", "cores": 2, "torch_threads": 2, "torch": "t", "date": "d"},
             "stages": {"2x": {"config": config, "documents": rows}}}  # fmt: skip
     (tmp_path / "context_study.json").write_text(json.dumps(data))
-    text = "\n".join(context_study.section())
+    text = "\n".join(render.section_study())
     assert "**Partial: 4 of 20 documents measured so far**" in text and "**4 documents**" in text
 
 
