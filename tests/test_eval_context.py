@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -165,6 +166,32 @@ def test_context_probes_are_lines_after_the_document_using_symbols_defined_far_b
             assert line[1:] not in sample.prompt  # text after the document
             assert probe["distance"] > TRAIN and probe["distance"] <= end
     assert sum(len(s.extra["probes"]) for s in samples) >= 4
+    # every candidate of a far site or probe is a made-up name: no prior knowledge of real code tells them apart
+    from ropelab.eval import projects
+
+    for sample in samples:
+        original = "".join(projects.load(projects.get(sample.extra["document"]))[0])
+        far_items = [s for s in sample.extra["sites"] if s["far"]] + sample.extra["probes"]
+        for item in far_items:
+            for candidate in item["candidates"]:
+                name = tokenizer.decode(candidate).strip()
+                assert re.search(rf"\b{re.escape(name)}\b", original) is None, name
+                assert re.search(rf"\b{re.escape(name)}\b", sample.prompt), name  # defined in the document
+        assert sample.extra.get("renamed", 0) >= len({item["name"] for item in far_items})
+
+
+def test_renaming_keeps_style_and_whole_words():
+    import random as r
+
+    from ropelab.eval.tasks.context import _random_names, _rename
+
+    mapping = _random_names(["Parser", "_helper", "MAX_SIZE", "get"], "get = Parser()", set(), r.Random(0))
+    assert mapping["Parser"][0].isupper() and mapping["_helper"].startswith("_") and mapping["MAX_SIZE"].isupper()
+    assert len(set(mapping.values())) == 4 and not set(mapping.values()) & {"get", "Parser"}
+    text = "x = Parser(); y = Parsers; obj.get(1); forget(); MAX_SIZE"
+    out = _rename(text, mapping)
+    assert f"x = {mapping['Parser']}()" in out and "Parsers" in out and "forget()" in out
+    assert f"obj.{mapping['get']}(1)" in out and out.endswith(mapping["MAX_SIZE"])
 
 
 def test_context_refuses_more_documents_than_the_split_holds(tokenizer):  # noqa: F811

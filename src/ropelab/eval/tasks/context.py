@@ -47,6 +47,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections import Counter
 
 import torch
@@ -68,6 +69,8 @@ FAR_SITES = 32
 PROBES, PROBE_SPACING = 12, 640
 #: characters of the project after the document searched for probe lines
 PROBE_TEXT = 1_000_000
+#: rounds of renaming the candidates of far sites and probes (each rebuild may draw new distractors)
+RENAME_ROUNDS = 8
 #: sink tokens the window reference keeps (``ropelab.pe.sliding``): targets must not be visible there
 SINKS = 4
 #: distinct names, one per needle of a document
@@ -121,14 +124,48 @@ class LongContext(Task):
         )
 
     def _sample(self, tokenizer, project, length: int, index: int, seed: int, train_len: int) -> Sample | None:
+        """The project's sample; the names a far symbol site or probe asks about are renamed first.
+
+        A model guesses many real names from the code around their use (``raise ...Error(``), so
+        with real names the window reference would find far symbols it cannot see. Every name that
+        is a candidate of a far site or probe (gold or distractor) is replaced by a random
+        pronounceable one throughout the project (its definition, every use, comments included),
+        and the sample is built again on the renamed text: only the far context tells the
+        candidates apart. Far sites and probes of the rebuilt sample whose candidates are not all
+        renamed are dropped; needles, near sites and the losses use the renamed text too."""
         project_texts, names = projects.load(project)
+        sample = self._build(tokenizer, project, list(project_texts), names, length, index, seed, train_len)
+        rng = random.Random(f"rename:{seed}:{project.name}")
+        mapping: dict[str, str] = {}
+        for _ in range(RENAME_ROUNDS):  # a rebuilt sample may draw other distractors: rename those too
+            if sample is None:
+                return None
+            fresh = set(mapping.values())
+            hidden = {n for item in _far_items(sample.extra) for n in _candidate_names(tokenizer, item)} - fresh
+            if not hidden:
+                break
+            mapping.update(_random_names(sorted(hidden), "".join(project_texts), fresh, rng))
+            renamed = [_rename(text, mapping) for text in project_texts]
+            sample = self._build(tokenizer, project, renamed, names, length, index, seed, train_len)
+        if sample is None or not mapping:
+            return sample
+        fresh = set(mapping.values())
+        extra = sample.extra
+        extra["sites"] = [s for s in extra["sites"] if not s["far"] or _candidate_names(tokenizer, s) <= fresh]
+        extra["probes"] = [p for p in extra["probes"] if _candidate_names(tokenizer, p) <= fresh]
+        extra["renamed"] = len(mapping)
+        return sample
+
+    def _build(
+        self, tokenizer, project, project_texts: list[str], names: list[str], length, index, seed, train_len
+    ) -> Sample | None:
         language = project.language
         rng = random.Random(f"context:{seed}:{length}:{project.name}")
         labels = rng.sample(NAMES, len(NAMES))
         keys = [str(k) for k in rng.sample(range(10000, 100000), len(NAMES))]
         room = max(len(tokenizer.encode(question_text(a, language) + b)) for a, b in zip(labels, keys))
         end = length - room  # the document's tokens; the questions follow them
-        texts, names = _enough(tokenizer, list(project_texts), names, end)
+        texts, names = _enough(tokenizer, project_texts, names, end)
         if texts is None:
             return None
         rest = list(project_texts[len(texts) :])  # the project after the document's files: probe lines
@@ -219,6 +256,40 @@ class DevelopmentContext(LongContext):
     name = "context-dev"
     description = "the context task on the development projects (for choosing settings; report on `context`)"
     split = "dev"
+
+
+def _far_items(extra: dict) -> list[dict]:
+    return [s for s in extra["sites"] if s["far"]] + extra["probes"]
+
+
+def _candidate_names(tokenizer, item: dict) -> set[str]:
+    return {tokenizer.decode(c).strip() for c in item["candidates"]}
+
+
+def _random_names(names: list[str], text: str, used: set[str], rng: random.Random) -> dict[str, str]:
+    """A new pronounceable name per name (consonant-vowel syllables), in the name's style (a
+    leading underscore, a capital or ALL CAPS), unique, absent from ``text`` and from ``used``."""
+    taken = set(re.findall(r"\w+", text)) | used
+    mapping: dict[str, str] = {}
+    for name in names:
+        while True:
+            word = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3))
+            core = name.lstrip("_")
+            if core.isupper():
+                word = word.upper()
+            elif core[:1].isupper():
+                word = word.capitalize()
+            word = "_" * (len(name) - len(core)) + word
+            if word not in taken:
+                taken.add(word)
+                mapping[name] = word
+                break
+    return mapping
+
+
+def _rename(text: str, mapping: dict[str, str]) -> str:
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(mapping, key=len, reverse=True))) + r")\b")
+    return pattern.sub(lambda m: mapping[m.group(0)], text)
 
 
 def _enough(tokenizer, texts: list[str], names: list[str], tokens: int) -> tuple[list[str] | None, list[str]]:
