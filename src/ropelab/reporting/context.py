@@ -275,7 +275,8 @@ def _overview(config: dict, length: int, s: dict, family_size: int, split: str =
     lines = [
         f"## Long-context use at {tokens_text(length)} tokens ({length / train_len:.3g}x the train length){split}",
         "",
-        f"**{len(docs)} documents** ({', '.join(f'{n} {lang}' for lang, n in sorted(languages.items()))}): "
+        f"**{len(docs)} document{'s' if len(docs) != 1 else ''}** "
+        f"({', '.join(f'{n} {lang}' for lang, n in sorted(languages.items()))}): "
         + ", ".join(f"`{d['document']}`" for d in docs)
         + ". Each cell: the mean over documents [95 % t interval, n - 1 df]; rates also pooled (hits/asked). "
         f"Δ: the paired difference to the `{WINDOW}` reference per document (the model's own method with attention "
