@@ -510,12 +510,6 @@ def region(methods: list[str], blocks: dict, lo: int, hi: int) -> dict:
     return result
 
 
-def _rate(values: list[int], wilson) -> dict:
-    k, n = int(sum(values)), len(values)
-    lo, hi = wilson(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else None, "lo": lo, "hi": hi}
-
-
 def estimate_text(cell: dict | None, digits: int = 3) -> str:
     if not cell or not cell.get("n") or math.isnan(cell["mean"]):
         return "-"
