@@ -1,28 +1,29 @@
-"""HiRoPE's settings chosen on development files, then reported on held-out files.
+"""HiRoPE's settings for a pretrained model, chosen on development projects by the pre-stated rule,
+then reported on test projects.
 
-    python -m bench hirope-sweep [--model smollm2-135m] [--length 1.125x] [--splits 0.25,0.5,auto]
-        [--windows 1/16,1/4,1/2] [--token-indices global] [--extra SPECS]
-        [--dev 4] [--test 0] [--work runs/hirope-sweep] [--out bench/results/hirope_sweep.json]
+    python -m bench hirope-sweep [--model smollm2-135m] [--length 1.5x] [--windows 1/16,1/4,1/2,1]
+        [--splits 0.25,0.5,auto] [--languages python,java] [--dev 3] [--test 3]
+        [--work runs/hirope-sweep] [--out bench/results/hirope_sweep.json] [--threads N]
 
-Every ``split x window x token_index`` setting (windows as fractions of the model's train length
-``L``, so one grid serves every model) runs over the *development* documents: runs of whole code
-files (Python stdlib, JDK ``java.util``; document ``i`` starts at the ``3 i``-th largest file, the
-documents of ``ropelab experiment hirope``), each ``--length`` tokens. The score of a setting is
-its next-token loss beyond ``L``, pooled over the documents' 128-token blocks (64 for short
-models), paired with the ``window`` reference on the same blocks.
+The grid (``split x window``, windows as fractions of the model's train length ``L``) and the window
+reference run on the first ``--dev`` development projects per language of ropelab's corpus, each
+its first ``--length`` tokens (1.5x-4x ``L``: every scored token lies beyond ``L``). The rule of
+:mod:`ropelab.experiments.hirope.selection` (written before any test project was read) picks one
+setting; ``selection.json`` in ``--work`` keeps it, and it is never recomputed. The chosen setting,
+the best setting with a window below ``L/2`` when the chosen one is ``L/2`` or more, the library
+default and the window reference then run on the first ``--test`` test projects per language; the
+report gives each minus the window on the loss beyond ``L`` and on far-dependent tokens, with
+documents as units (t, n - 1 df, Holm). ``ropelab experiment hirope`` does the same for the
+ShortLLM model with several seeds.
 
-The rule: the setting with the lowest development loss beyond ``L`` is chosen. The chosen
-setting, the library default and the window reference are then run on the *test* documents
-(other files) and reported there; the development numbers are never reported as the result.
-
-Each pass is appended to ``--work``/results.jsonl as it finishes, so an interrupted sweep resumes.
+Each pass is appended to ``--work``/``dev.jsonl`` or ``test.jsonl`` as it finishes, so an
+interrupted sweep resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -30,32 +31,26 @@ from pathlib import Path
 from bench.common import items
 
 NAME = "hirope-sweep"
-DESCRIPTION = "HiRoPE split/window/token_index sweep on development files, chosen setting on held-out files"
+DESCRIPTION = "HiRoPE settings chosen on development projects by the pre-stated rule, reported on test projects"
+OUT = Path("bench/results/hirope_sweep.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint (default: smollm2-135m)")
-    parser.add_argument(
-        "--length", default="1.125x", help="document length: tokens or a train-length multiple (default: 1.125x)"
-    )
+    parser.add_argument("--length", default="1.5x", help="tokens or a train-length multiple (default: 1.5x)")
     parser.add_argument("--splits", default="0.25,0.5,auto")
-    parser.add_argument(
-        "--windows",
-        type=_fractions,
-        default="1/16,1/4,1/2",
-        help="fractions of the train length (default: 1/16,1/4,1/2)",
-    )
-    parser.add_argument("--token-indices", default="global", help="global, segment or both")
-    parser.add_argument("--extra", default="", help="more hirope specs for the development grid")
-    parser.add_argument("--languages", default="python,java", help="languages of the held-out documents")
-    parser.add_argument(
-        "--dev-languages", default=None, help="languages of the development documents (default: the same)"
-    )
-    parser.add_argument("--dev", type=_indices, default="4", help="development document indices (default: 4)")
-    parser.add_argument("--test", type=_indices, default="0", help="held-out document indices (default: 0)")
+    parser.add_argument("--windows", type=_fractions, default="1/16,1/4,1/2,1",
+                        help="fractions of the train length (default: 1/16,1/4,1/2,1)")  # fmt: skip
+    parser.add_argument("--languages", default="python,java")
+    parser.add_argument("--dev", type=int, default=3, help="development projects per language (default: 3)")
+    parser.add_argument("--test", type=int, default=3, help="test projects per language (default: 3)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work", default="runs/hirope-sweep", help="resumable per-pass records")
-    parser.add_argument("--out", default="bench/results/hirope_sweep.json")
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument(
+        "--ablations", action="store_true", help="also run the chosen setting's ablations on the test projects"
+    )
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def _fractions(text: str) -> list[Fraction]:
@@ -69,88 +64,71 @@ def _fractions(text: str) -> list[Fraction]:
     return values
 
 
-def _indices(text: str) -> list[int]:
-    """An argparse ``type``: comma-separated document indices >= 0."""
-    try:
-        values = [int(x) for x in items(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected indices such as 0,1,2, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected indices >= 0, got {text!r}")
-    return values
-
-
-def grid(args: argparse.Namespace, train_len: int) -> list[str]:
-    from ropelab.pe import canonical_spec, split_specs
-
-    specs = []
-    for split in items(args.splits):
-        for fraction in args.windows:
-            window = max(1, round(train_len * fraction))
-            for index in items(args.token_indices):
-                specs.append(canonical_spec(f"hirope:split={split},window={window},token_index={index}"))
-    specs += [canonical_spec(s) for s in split_specs(args.extra)] if args.extra.strip() else []
-    return list(dict.fromkeys(specs))
-
-
 def explicit_default(model) -> str:
-    """The library's ``hirope`` default for this model with its resolved numbers written out
-    (``window=auto`` -> the tokens it means), so records stay true if the default changes."""
+    """The library's ``hirope`` default for this model with its numbers written out (``window=auto``
+    -> tokens), so records stay true if the default changes."""
     from ropelab.pe import build, canonical_spec
 
     pe = build("hirope", model.pe_context())
-    # the window default is the word "auto", so a window in tokens is never dropped as a default
     return canonical_spec(f"hirope:split={pe.split:g},window={pe.window},token_index={pe.token_index}")
 
 
-def _pairs(by: dict, spec: str, reference: str, docs: list, first: int) -> tuple[list[float], list[float]]:
-    """Block losses beyond ``L`` of ``spec`` and ``reference`` on the same blocks of ``docs``."""
-    mine, ref = [], []
-    for doc in docs:
-        a, w = by.get((spec, *doc)), by.get((reference, *doc))
-        if a is None or w is None:
-            continue
-        for i in range(first, min(len(a), len(w))):
-            if a[i] is not None and w[i] is not None:
-                mine.append(a[i])
-                ref.append(w[i])
-    return mine, ref
+def held_out(records: list[dict], specs: list[str], reference: str = "window") -> list[dict]:
+    """Each spec minus ``reference`` per test document (loss beyond L, far-dependent tokens), one
+    Holm family; the reference's own row last."""
+    from ropelab.eval.stats import family, paired
 
+    def per_doc(spec: str, metric: str) -> dict:
+        return {r["document"]: r[metric] for r in records if r["method"] == spec and r.get(metric) is not None}
 
-def summarise(
-    records: list[dict], specs: list[str], indices: list[int], train_len: int, block: int, best: str | None = None
-) -> list[dict]:
-    """Per spec: loss beyond ``L`` over the documents' blocks, its paired difference to the window
-    and, given ``best``, to that setting (a setting within 2 SE of the best is not worse)."""
-    from ropelab.eval.runner import WINDOW
-    from ropelab.eval.stats import estimate, paired
-
-    first = -(-train_len // block)  # the first block wholly beyond L
-    by = {(r["spec"], r["language"], r["document"]): r["blocks"] for r in records}
-    docs = sorted({(lang, d) for (_, lang, d) in by if d in indices})
+    diffs = {(s, m): paired(per_doc(s, m), per_doc(reference, m)) for s in specs for m in ("beyond", "far")}
+    calls = family(diffs, lower_is_better=True)
     rows = []
-    for spec in [*specs, WINDOW]:
-        mine, ref = _pairs(by, spec, WINDOW, docs, first)
-        if not mine:
-            continue
-        est, diff = estimate(mine), paired(mine, ref)
-        row = {"spec": spec, "loss_beyond": est.mean, "se": est.se, "n_blocks": est.n,
-               "diff_window": diff.mean, "diff_se": diff.se}  # fmt: skip
-        if best is not None:
-            to_best = paired(*_pairs(by, spec, best, docs, first))
-            row.update(diff_best=to_best.mean, diff_best_se=to_best.se)
+    for spec in [*specs, reference]:
+        row = {
+            "spec": spec,
+            "beyond": _mean(per_doc(spec, "beyond").values()),
+            "far": _mean(per_doc(spec, "far").values()),
+        }
+        for metric in ("beyond", "far"):
+            if spec != reference:
+                v = calls[(spec, metric)]
+                row[f"{metric}_minus_{'window' if reference == 'window' else 'chosen'}"] = {
+                    **_iv(v.diff),
+                    "adjusted_p": v.adjusted_p,
+                    "call": v.call,
+                }
         rows.append(row)
     return rows
 
 
+def out_of_range(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Per HiRoPE setting and document: the share of far pairs beyond the trained distances."""
+    found: dict[str, dict[str, float]] = {}
+    for r in records:
+        if r.get("out_of_range") is not None:
+            found.setdefault(r["method"], {})[r["document"]] = r["out_of_range"]
+    return found
+
+
+def _iv(iv) -> dict:
+    return {"mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n, "p": iv.p}
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from bench.common import machine_info, write_json
     from ropelab.core.lengths import parse_length
-    from ropelab.eval.runner import WINDOW, read_results
-    from ropelab.experiments.hirope.run import ShortConfig, block_size, documents, evaluate_document
+    from ropelab.eval.runner import WINDOW
+    from ropelab.experiments.hirope import data, selection
+    from ropelab.experiments.hirope.config import ablations
+    from ropelab.experiments.hirope.run import measure
     from ropelab.pretrained.registry import load_model
 
     if args.threads:
@@ -160,77 +138,144 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     L = model.config.train_len
     length = parse_length(args.length, L)
-    block = 128 if L >= 256 else block_size(L)
     languages = items(args.languages)
-    config = ShortConfig(length=length, languages=languages, train_len=L)
-    dev, test = args.dev, args.test
-    if set(dev) & set(test):
-        raise SystemExit("development and test documents must differ")
-    dev_languages = items(args.dev_languages or args.languages)
-    dev_config = ShortConfig(length=length, languages=dev_languages, train_len=L)
-    docs = {(phase, d["language"], d["index"]): d for phase, ids, cfg in (("dev", dev, dev_config), ("test", test, config))
-            for d in documents(cfg, tokenizer, ids)}  # fmt: skip
-    used = {
-        phase: sorted({f for key, d in docs.items() if key[0] == phase for f in d["files"]})
-        for phase in ("dev", "test")
-    }
-    if set(used["dev"]) & set(used["test"]):
-        raise SystemExit(f"development and test documents share files: {sorted(set(used['dev']) & set(used['test']))}")
+    dev_docs = data.documents("dev", languages, args.dev, tokenizer, length)
+    test_docs = data.documents("test", languages, args.test, tokenizer, length)
+    selection.check_disjoint([d["name"] for d in dev_docs], [d["name"] for d in test_docs], "projects")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = work / "results.jsonl"
-    setting = {"model": args.model, "length": length, "block": block}
+    setting = {"model": args.model, "length": length, "splits": args.splits, "windows": [str(w) for w in args.windows],
+               "dev": [d["name"] for d in dev_docs]}  # fmt: skip
     settings_file = work / "setting.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != setting:
-        raise SystemExit(f"{work} holds a sweep with other settings; pass another --work")
+        raise SystemExit(f"error: {work} holds a sweep with other settings; pass another --work")
     settings_file.write_text(json.dumps(setting))
-    records = read_results(results) if results.exists() else []
-    done = {(r["spec"], r["language"], r["document"]) for r in records}
-
-    def measure(specs: list[str], phase: str) -> None:
-        units = [(s, d) for s in specs for key, d in docs.items() if key[0] == phase]
-        with open(results, "a") as handle:
-            for spec, doc in tqdm(units, desc=f"hirope-sweep {phase}", unit="pass", file=sys.stderr):
-                if (spec, doc["language"], doc["index"]) in done:
-                    continue
-                record = evaluate_document(model, tokenizer, doc, spec, spec, True, block)
-                records.append(record)
-                done.add((spec, doc["language"], doc["index"]))
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-
-    specs = grid(args, L)
-    measure([*specs, WINDOW], "dev")
-    development = sorted(summarise(records, specs, dev, L, block), key=lambda r: r["loss_beyond"])
-    chosen = next(r["spec"] for r in development if r["spec"] != WINDOW)
-    development = sorted(summarise(records, specs, dev, L, block, best=chosen), key=lambda r: r["loss_beyond"])
+    progress = not args.no_progress
+    grid = selection.grid(L, args.windows, items(args.splits))
+    models = {0: model}
+    units = [(0, spec, d) for d in dev_docs for spec in [*grid, WINDOW]]
+    dev_records = measure(work / "dev.jsonl", units, models, tokenizer, progress, "hirope-sweep dev")
+    found = selection.choose(work / "selection.json", dev_records, [d["name"] for d in dev_docs], grid, L, [0])
     default = explicit_default(model)
-    reported = list(dict.fromkeys([chosen, default]))
-    measure([*reported, WINDOW], "test")
-    held_out = summarise(records, reported, test, L, block)
+    reported = list(dict.fromkeys([found["chosen"], *([found["smaller_window"]] if found["smaller_window"] else []),
+                                   default]))  # fmt: skip
+    units = [(0, spec, d) for d in test_docs for spec in [*reported, WINDOW]]
+    changed = [(name, value, spec) for name, value, spec in ablations(found["chosen"])] if args.ablations else []
+    units += [(0, spec, d) for d in test_docs for _, _, spec in changed]
+    test_records = measure(work / "test.jsonl", units, models, tokenizer, progress, "hirope-sweep test")
     report = {
         "benchmark": "hirope_sweep",
         "model": args.model,
         "train_len": L,
         "length": length,
-        "block": block,
         "languages": languages,
-        "dev_languages": dev_languages,
-        "files": used,
-        "rule": "lowest development loss beyond L",
-        "development": development,
-        "chosen": chosen,
+        "dev": [d["name"] for d in dev_docs],
+        "test": [d["name"] for d in test_docs],
+        "selection": found,
         "default": default,
-        "held_out": held_out,
+        "held_out": held_out(test_records, reported),
+        "ablations": [
+            {"changed": f"{n}={v}", **row}
+            for (n, v, _), row in zip(
+                changed, held_out(test_records, [spec for _, _, spec in changed], found["chosen"])
+            )
+        ],
+        "out_of_range": out_of_range(dev_records + test_records),
         "seconds": time.perf_counter() - started,
         "machine": machine_info(),
     }
     write_json(args.out, report)
-    for name, rows in (("development", development), ("held-out", held_out)):
-        print(f"\n{name} (loss beyond L={L}; difference to the window, paired by block)")
-        for r in rows:
-            print(
-                f"  {r['spec']:<50} {r['loss_beyond']:.3f} ± {r['se']:.3f}   Δ {r['diff_window']:+.3f} ± {r['diff_se']:.3f}"
-            )
-    print(f"\nchosen: {chosen}; written to {args.out}")
+    print(f"chosen: {found['chosen']} (rule: {found['rule']}); written to {args.out}")
     return 0
+
+
+COMMAND = "python -m bench hirope-sweep --ablations --work runs/hirope-sweep-smollm2"
+
+
+def section(data: dict | None, machine) -> list[str]:
+    """docs/results.md: the SmolLM2 sweep from ``data`` (``bench/results/hirope_sweep.json``, or None)."""
+    lines = [
+        "## 10. HiRoPE's settings for a pretrained model: chosen on development projects, reported on test projects",
+        "",
+    ]
+    if not data or "selection" not in data:
+        return [*lines, f"*Being re-measured with the pre-stated rule.* Run `{COMMAND}`.", ""]
+    found, L = data["selection"], data["train_len"]
+    lines += [
+        f"Model: `{data['model']}`. Development: {', '.join(f'`{d}`' for d in data['dev'])}, each its first {data['length']} tokens "
+        f"({data['length'] / L:g}x L = {L}; every scored token lies beyond L). Rule, fixed before any test project was "
+        f"evaluated: {found['rule']}. Units: documents (t interval, n - 1 df). *out of range*: share of far pairs whose "
+        f"segment distance, shift included, exceeds {L - 1}, mean over the documents.",
+        "",
+        "| setting | loss beyond L | minus the leader | minus window | tied | out of range |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    shares = data.get("out_of_range", {})
+    for r in found["rows"]:
+        mark = " **(chosen)**" if r["spec"] == found["chosen"] else ""
+        share = _share(shares.get(r["spec"], {}), data["dev"])
+        lines.append(
+            f"| `{r['spec']}`{mark} | {r['mean']:.3f} | {_interval(r['to_leader'])} | {_interval(r['to_reference'])} "
+            f"| {'yes' if r['tied'] else ''} | {share} |"
+        )
+    if found.get("smaller_window"):
+        lines += ["", f"The chosen window is at least L/2 = {L // 2}: close to the window reference in disguise; the "
+                  f"best setting with a smaller window, `{found['smaller_window']}`, is reported beside it."]  # fmt: skip
+    n = len(data["test"])
+    lines += [
+        "",
+        f"**Test** ({n} projects: {', '.join(f'`{d}`' for d in data['test'])}): each setting minus the window reference, "
+        "95 % t interval over the documents, Holm-adjusted over the table; bold = better/worse. The library default is "
+        f"`{data['default']}`.",
+        "",
+        "| setting | loss beyond L | minus window | far-dependent tokens | minus window |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in data["held_out"]:
+        mark = (
+            " **(chosen)**"
+            if r["spec"] == found["chosen"]
+            else " (library default)"
+            if r["spec"] == data["default"]
+            else ""
+        )
+        cells = [_value(r["beyond"]), _call(r.get("beyond_minus_window")), _value(r["far"])]
+        lines.append(f"| `{r['spec']}`{mark} | " + " | ".join([*cells, _call(r.get("far_minus_window"))]) + " |")
+    if data.get("ablations"):
+        lines += [
+            "",
+            "**Ablations** on the same test projects: one design choice of the chosen setting changed, each minus the "
+            "chosen setting (Holm over this table); *out of range* as above, on the test projects.",
+            "",
+            "| changed | setting | out of range | loss beyond L | minus chosen | far-dependent tokens | minus chosen |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in data["ablations"]:
+            share = _share(shares.get(r["spec"], {}), data["test"])
+            cells = [share, _value(r["beyond"]), _call(r.get("beyond_minus_chosen")), _value(r["far"])]
+            lines.append(
+                f"| {r['changed']} | `{r['spec']}` | " + " | ".join([*cells, _call(r.get("far_minus_chosen"))]) + " |"
+            )
+    return [*lines, "", f"Machine: {machine(data)}. Regenerate: `{COMMAND}`.", ""]
+
+
+def _value(x: float) -> str:
+    return "-" if x != x else f"{x:.3f}"
+
+
+def _interval(d: dict | None) -> str:
+    if d is None or not d["n"]:
+        return "-"
+    return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d["n"] > 1 else f"{d['mean']:+.3f}"
+
+
+def _call(d: dict | None) -> str:
+    if d is None or not d["n"]:
+        return "-"
+    text = f"{_interval(d)} {d['call']}"
+    return f"**{text}**" if d["call"] in ("better", "worse") else text
+
+
+def _share(by_doc: dict, documents: list[str]) -> str:
+    values = [by_doc[d] for d in documents if d in by_doc]
+    return f"{100 * sum(values) / len(values):.1f} %" if values else "-"

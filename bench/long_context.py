@@ -50,11 +50,13 @@ def worker(args: argparse.Namespace) -> dict:
     ids = tokenizer.encode("".join(parts))[: args.tokens]
     positions = None
     hierarchy_seconds = 0.0
-    if model.pe.uses_hierarchy:
+    granularity = getattr(model.pe, "granularity", "function")
+    if model.pe.uses_hierarchy and granularity != "chunk":  # chunk: the encoding's own fixed chunks
         from ropelab.hierarchy import extract_files
 
         start = time.perf_counter()
-        hierarchy = extract_files(parts, tokenizer, language=args.language)  # each file parsed on its own
+        # each file parsed on its own
+        hierarchy = extract_files(parts, tokenizer, language=args.language, granularity=granularity)
         hierarchy_seconds = time.perf_counter() - start
         if list(hierarchy.ids[: args.tokens]) != ids:
             raise SystemExit("hierarchy tokens differ from the tokenizer's")

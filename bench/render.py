@@ -18,7 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench import context_study
+from bench import context_study, hirope_sweep
 
 NAME = "render"
 DESCRIPTION = "render docs/results.md from bench/results/*.json (no measuring)"
@@ -342,27 +342,31 @@ WITHDRAWN = [
     "### Withdrawn claims",
     "",
     "Until 2026-12-07 this page made the verdicts below with 128-token blocks of one or two documents as the "
-    "units and \"beyond 2 SE\" as the rule. Blocks of one document are correlated (lag-1 autocorrelation of the "
+    'units and "beyond 2 SE" as the rule. Blocks of one document are correlated (lag-1 autocorrelation of the '
     "paired block differences 0.24-0.95 in the 32K runs; Newey-West standard errors 1.3-2.9x the published "
     "ones), there were no degrees of freedom and no correction for the dozens of cells of a table. Each claim "
     "is withdrawn; the study in section 9 (documents as units, Holm within each table) replaces them:",
     "",
-    "- *Main job at 12K (2 documents): \"uses context beyond the train length: `hirope`\"* (-0.010 ± 0.005 "
+    '- *Main job at 12K (2 documents): "uses context beyond the train length: `hirope`"* (-0.010 ± 0.005 '
     "over 64 blocks; t = 2.2 with blocks as units). Two documents cannot carry a call. Its needle calls "
-    "(self-extend 14/18 and hirope 15/18 \"better than window\" by McNemar) counted needles of one document as "
+    '(self-extend 14/18 and hirope 15/18 "better than window" by McNemar) counted needles of one document as '
     "independent.",
     "- *Loss per position bucket at 16K, one document each (`_pydecimal.py`, `Arrays.java`)*: the bold "
     "minima per bucket (self-extend best in 5 of 8 buckets) had no uncertainty at all.",
     "- *Beside the paper*: the perplexity ordering over 8K-16K (self-extend 4.23 < ntk 4.46 < rerope 4.80 < "
     "hirope 5.57) came from one document, and its `hirope` column was the superseded `window=512` setting.",
-    "- *32K, one document per language*: \"`hirope` +0.020 ± 0.007 (worse)\" (Python; t = 1.40 with batch "
-    "means), and the \"worse\" calls for rerope:logn=true, yarn:factor=4, ntk:factor=4 and rerope beyond L.",
-    "- *Code tasks at 12K, 3 samples*: \"completion: worse than the window: `rope`\" (p = 0.18 with t on 2 "
+    '- *32K, one document per language*: "`hirope` +0.020 ± 0.007 (worse)" (Python; t = 1.40 with batch '
+    'means), and the "worse" calls for rerope:logn=true, yarn:factor=4, ntk:factor=4 and rerope beyond L.',
+    '- *Code tasks at 12K, 3 samples*: "completion: worse than the window: `rope`" (p = 0.18 with t on 2 '
     "degrees of freedom). `symbols` was at floor for every row, the window included, so it ranked nothing; "
     "`completion` was solvable from nearby code (the window was the best row). The study's symbol view, with "
     "the window at chance by construction, replaces both.",
-    "- Section 10's SmolLM2 development choice (`window` = L/2) rests on one development file of 8 blocks; "
-    "it is kept as the library default until the HiRoPE settings are re-chosen on the development projects.",
+    "- *HiRoPE's settings (2026-11-30)*: SmolLM2's window L/2 was chosen on one development file of 8 blocks at "
+    "1.125x L (only 1,024 tokens beyond L, so the sweep mostly measured HiRoPE imitating RoPE inside L), at the "
+    "edge of its grid, tied with the window reference, and the default moved 512 -> L/4 -> L/2 after held-out "
+    "results were read. The ShortLLM choice (`split=0.25,window=32`) pooled blocks of four files of one training "
+    "run. Both are withdrawn; `window=auto` stays the library default until section 10 and section 8 re-choose "
+    "it on development projects by the rule fixed in `ropelab.experiments.hirope.selection`.",
     "",
 ]
 
@@ -389,114 +393,12 @@ def _save(fig, name: str) -> str:
     return name
 
 
-def _sweep_table(rows: list[dict], chosen: str | None = None, default: str | None = None) -> list[str]:
-    best = any("diff_best" in r for r in rows)
-    lines = [
-        "| setting | loss beyond L | minus window |" + (" minus chosen |" if best else "") + " blocks |",
-        "|---|---:|---:|" + ("---:|" if best else "") + "---:|",
-    ]
-    for r in rows:
-        mark = " **(chosen)**" if r["spec"] == chosen else " (library default)" if r["spec"] == default else ""
-        diff = "-" if r["spec"] == "window" else f"{r['diff_window']:+.3f} ± {r['diff_se']:.3f}"
-        to_best = ""
-        if best:
-            se = r.get("diff_best_se")
-            to_best = " - |" if r["spec"] == chosen or se is None else f" {r['diff_best']:+.3f} ± {se:.3f} |"
-        lines.append(
-            f"| `{r['spec']}`{mark} | {r['loss_beyond']:.3f} ± {r['se']:.3f} | {diff} |{to_best} {r['n_blocks']} |"
-        )
-    return lines
-
-
-def _sweep_plot(datasets: list[tuple[str, dict]], name: str) -> str:
-    """Development loss beyond L minus the window reference's (paired by block, ± its SE) against the
-    window (as a fraction of L), one line per split: the unpaired SEs are dominated by how hard the
-    file is and would hide differences the pairing resolves."""
-    from ropelab.pe import parse_spec
-
-    fig, axes = _panels(len(datasets), 6, 4)
-    for ax, (title, data) in zip(axes[0], datasets):
-        lines: dict[tuple, list] = {}
-        for r in data["development"]:
-            if r["spec"] == "window":
-                ax.axhline(0.0, color="black", linestyle="--", label="window reference")
-                continue
-            params = parse_spec(r["spec"])[0].params
-            key = (params["split"], params["token_index"])
-            point = (params["window"] / data["train_len"], r["diff_window"], r["diff_se"])
-            lines.setdefault(key, []).append(point)
-        for (split, index), points in sorted(lines.items(), key=str):
-            points.sort()
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                        marker="o", capsize=2, label=f"split={split}, {index}")  # fmt: skip
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("window / train length")
-        ax.set_ylabel("dev. loss beyond L minus the window's (± paired SE)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, name)
-
-
-SWEEPS = (
-    ("hirope_sweep.json", "SmolLM2-135M (L = 8192)", "python -m bench hirope-sweep --dev-languages python "
-     "--extra hirope:split=0.5,window=512,token_index=segment --work runs/hirope-sweep-smollm2-9k"),
-    ("hirope_sweep_short.json", "The ShortLLM model (L = 128)", "ropelab experiment hirope --out runs/experiment-hirope "
-     "&& python -m bench hirope-sweep --model runs/experiment-hirope/model/checkpoints/step-002190 --length 16384 "
-     "--windows 1/16,1/8,1/4,1/2 --extra hirope:split=0.5,window=8,token_index=segment,hirope:split=0.5,window=16,"
-     "token_index=segment,hirope:split=0.5,window=32,token_index=segment,hirope:split=0.5,window=64,token_index=segment "
-     "--dev 4 --test 0,1,2 --work runs/hirope-sweep-short --out bench/results/hirope_sweep_short.json"),
-)  # fmt: skip
-
-
 def section_study() -> list[str]:
     return context_study.section(load(context_study.OUT.name), _machine)
 
 
 def section_sweep() -> list[str]:
-    lines = [
-        "## 10. HiRoPE's settings: chosen on development files, reported on held-out files",
-        "",
-        "Each model's development grid (split 0.25 / 0.5 / auto x window as a fraction of the train length, token "
-        "index global, plus the segment reading) is scored on development files only; the rule picks the setting "
-        "with the lowest development loss beyond L, and only the held-out table reports it. The library default "
-        "`window=auto` (half the train length) is read off both development tables at the paper's split 0.5, where "
-        "the loss beyond L falls as the window grows on both models; the default's held-out row is shown beside the "
-        "chosen one. Windows are in tokens: L/16, L/4, L/2 are 512, 2048, 4096 for SmolLM2 and 8, 32, 64 for the "
-        "ShortLLM model.",
-        "",
-        "*These tables still pool 128-token blocks of a few documents as units (the statistics section 9 "
-        "replaced): read their ± as descriptions, not tests, until the settings are re-chosen on the development "
-        "projects with documents as units.*",
-        "",
-    ]
-    found = []
-    for name, title, command in SWEEPS:
-        data = load(name)
-        lines += [f"### {title}", ""]
-        if not data:
-            lines += _missing(command)
-            continue
-        found.append((title, data))
-        files = data["files"]
-        lines += [
-            f"**Development** ({', '.join(f'`{f}`' for f in files['dev'])}; {data['length']} tokens each): next-token "
-            "loss beyond the train length, mean ± SE over the development documents' blocks, and the paired difference to the "
-            "window reference. Sorted; the rule picks the first HiRoPE row.",
-            "",
-            *_sweep_table(data["development"], data["chosen"]),
-            "",
-            f"**Held-out** ({', '.join(f'`{f}`' for f in files['test'])}): the chosen setting, the library default "
-            f"(`{data['default']}`) and the window reference.",
-            "",
-            *_sweep_table(data["held_out"], data["chosen"], data["default"]),
-            "",
-            f"Machine: {_machine(data)}. Regenerate: `{command}`.",
-            "",
-        ]
-    if found:
-        lines += [f"![HiRoPE sweep](results/{_sweep_plot(found, 'hirope_sweep.png')})", ""]
-    return lines
+    return hirope_sweep.section(load(hirope_sweep.OUT.name), _machine)
 
 
 def _embedded_report(data: dict) -> list[str]:
@@ -517,11 +419,20 @@ def section_shortllm() -> list[str]:
     if not data or not data.get("report_md"):
         return lines + _missing(command)
     note = [
-        "*One trained model, six held-out documents, and 128-token blocks pooled as units (the statistics section "
-        "9 replaced): the differences below describe this one model; they are not verdicts.*",
+        "*Superseded, kept until the seed study replaces it: one trained model, six held-out documents, and 64-token "
+        "blocks pooled as units. The differences below describe this one model; they are not verdicts. "
+        "`ropelab experiment hirope` now trains 3 seeds with every corpus project held out, chooses HiRoPE's "
+        "setting on 10 development projects by a pre-stated rule and reports on 28 test projects.*",
         "",
     ]
-    return [*lines, *note, *_embedded_report(data), "", f"Measured {data.get('imported', '?')}; regenerate: `{command}`.", ""]
+    return [
+        *lines,
+        *note,
+        *_embedded_report(data),
+        "",
+        f"Measured {data.get('imported', '?')}; regenerate: `{command}`.",
+        "",
+    ]
 
 
 def section_hope() -> list[str]:

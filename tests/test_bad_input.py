@@ -345,7 +345,10 @@ BAD_RESULT_LINES = [
     (json.dumps({**GOOD_RECORD, "metrics": [1.0]}), "metrics must be an object of numbers"),
     (json.dumps({**GOOD_RECORD, "metrics": {"loss": "low"}}), "metrics must be an object of numbers"),
     (json.dumps({**GOOD_RECORD, "seconds": None}), "seconds must be a number"),
-    (json.dumps({"document": 0, "method": "rope", "language": "python", "blocks": "x"}), "blocks must be"),
+    (json.dumps({"document": "py:email", "seed": 0, "method": "rope", "language": "python", "blocks": "x"}),
+     "blocks must be"),
+    (json.dumps({"document": 0, "seed": 0, "method": "rope", "language": "python", "blocks": []}),
+     "document must be a project name"),
     ("{broken", "not valid JSON"),
     ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
     ('{"task": ' + "1" * 5000 + "}", "not valid JSON"),
@@ -389,7 +392,7 @@ def test_a_half_written_last_line_is_skipped_and_cut_on_resume(tmp_path):
     with pytest.raises(RopelabError, match=r"results\.jsonl:2: not valid JSON"):
         read_results(results)
     # the experiment runners' records (hirope) are records too; an index is optional for reading
-    document = {"method": "rope", "spec": "rope", "language": "python", "document": 0, "blocks": [1.0], "seconds": 1}
+    document = {"method": "rope", "seed": 0, "language": "python", "document": "py:email", "blocks": [1.0], "seconds": 1}
     results.write_text(json.dumps(document) + "\n" + json.dumps({**GOOD_RECORD, "index": None} | {"index": 0}) + "\n")
     assert len(read_results(results)) == 2
     results.write_text(json.dumps({k: v for k, v in GOOD_RECORD.items() if k != "index"}) + "\n")

@@ -148,39 +148,57 @@ def test_long_context_resumes_only_a_run_with_the_same_setting(tmp_path):
     assert long_context._finished(str(path), setting, 16, 64) == {}
 
 
-def test_hirope_sweep_grid_and_development_score():
+def test_hirope_sweep_grid_choice_and_held_out_table(tmp_path):
     import argparse
+    import math
 
     from bench import hirope_sweep
+    from ropelab.experiments.hirope import selection
 
     windows = hirope_sweep._fractions("1/16, 1/2")
-    args = argparse.Namespace(splits="0.5,auto", windows=windows, token_indices="global", extra="hirope:window=3")
-    specs = hirope_sweep.grid(args, 128)
-    assert specs == [
+    assert selection.grid(128, windows, ["0.5", "auto"]) == [
         "hirope:window=8",
         "hirope:window=64",
         "hirope:split=auto,window=8",
         "hirope:split=auto,window=64",
-        "hirope:window=3",
     ]
-    # two documents, block 64, L = 128: blocks 2 and 3 of each are beyond L
-    records = [
-        {"spec": "hirope:window=8", "language": "python", "document": 4, "blocks": [9.0, 9.0, 3.0, 5.0]},
-        {"spec": "window", "language": "python", "document": 4, "blocks": [9.0, 9.0, 2.0, 2.0]},
-        {"spec": "hirope:window=8", "language": "java", "document": 4, "blocks": [9.0, 9.0, 1.0, 3.0]},
-        {"spec": "window", "language": "java", "document": 4, "blocks": [9.0, 9.0, 1.0, 1.0]},
-        {"spec": "hirope:window=8", "language": "java", "document": 0, "blocks": [0.0, 0.0, 0.0, 0.0]},  # test doc
-    ]
-    rows = {r["spec"]: r for r in hirope_sweep.summarise(records, ["hirope:window=8"], [4], 128, 64)}
-    assert rows["hirope:window=8"]["loss_beyond"] == pytest.approx(3.0)  # 3, 5, 1, 3
-    assert rows["hirope:window=8"]["n_blocks"] == 4
-    assert rows["hirope:window=8"]["diff_window"] == pytest.approx(1.5)  # 1, 3, 0, 2
-    assert rows["window"]["loss_beyond"] == pytest.approx(1.5)
     for bad in ("1/x", "1/0", "-1/2", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             hirope_sweep._fractions(bad)
-    with pytest.raises(argparse.ArgumentTypeError):
-        hirope_sweep._indices("0,x")
+    # the choice from development records (one seed): window=8 ties window=64 (mixed signs) and is smaller
+    beyond = {"hirope:window=8": [3.0, 3.3, 2.9], "hirope:window=64": [3.1, 3.1, 3.0], "window": [2.0, 2.0, 2.0]}
+    dev = [{"method": m, "document": d, "beyond": v} for m, vs in beyond.items() for d, v in zip("abc", vs)]
+    path = tmp_path / "selection.json"
+    found = selection.choose(path, dev, list("abc"), ["hirope:window=8", "hirope:window=64"], 128, [0])
+    assert found["chosen"] == "hirope:window=8" and found["smaller_window"] is None
+    rows = {r["spec"]: r for r in found["rows"]}
+    assert rows["hirope:window=8"]["to_reference"]["mean"] == pytest.approx(1.0667, abs=1e-4)  # 3.2/3 - 2
+    # saved once: other records later never change the choice
+    assert selection.choose(path, [], list("abc"), ["hirope:window=64"], 128, [0]) == found
+    # held-out: each spec minus the window per document, Holm over specs x metrics
+    test = [
+        {"method": m, "document": d, "beyond": b, "far": f}
+        for m, values in {
+            "hirope:window=8": [(3.0, 5.0), (3.2, 5.5), (2.8, 4.5)],
+            "window": [(2.0, 6.0), (2.1, 6.4), (1.9, 5.6)],
+        }.items()
+        for d, (b, f) in zip("abc", values)
+    ]
+    table = {r["spec"]: r for r in hirope_sweep.held_out(test, ["hirope:window=8"])}
+    hirope = table["hirope:window=8"]
+    assert hirope["beyond"] == pytest.approx(3.0) and table["window"]["far"] == pytest.approx(6.0)
+    assert hirope["beyond_minus_window"]["mean"] == pytest.approx(1.0) and hirope["beyond_minus_window"]["n"] == 3
+    assert hirope["far_minus_window"]["mean"] == pytest.approx(-1.0)
+    # differences 1.0, 1.1, 0.9 (and -1.0, -0.9, -1.1): t = 1.0 / (0.1 / sqrt 3), df 2 -> p = 0.00332 each;
+    # Holm over the 2: the first x 2, the second x 1 but never below the first -> both 0.00663
+    assert hirope["beyond_minus_window"]["adjusted_p"] == pytest.approx(2 * 0.003317, rel=0.01)
+    assert hirope["far_minus_window"]["adjusted_p"] == pytest.approx(2 * 0.003317, rel=0.01)
+    assert hirope["beyond_minus_window"]["call"] == "worse" and hirope["far_minus_window"]["call"] == "better"
+    assert math.isnan(hirope_sweep._mean([]))
+    found = hirope_sweep.out_of_range(
+        [{"method": "hirope", "document": "a", "out_of_range": 0.25}, {"method": "rope", "document": "a"}]
+    )
+    assert found == {"hirope": {"a": 0.25}}
 
 
 def test_long_context_without_scaling_lengths_records_no_scaling_passes(tmp_path, monkeypatch):

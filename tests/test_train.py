@@ -258,35 +258,47 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
 
 
 def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
-    """``ropelab experiment hirope`` at toy scale: trains, evaluates every method (and the window
-    reference) on held-out stdlib documents, writes the report; the same call resumes."""
-    from ropelab.data.corpus import stdlib_root
-    from ropelab.eval.documents import long_code
-    from ropelab.experiments.hirope.config import ShortConfig, default_methods
-    from ropelab.experiments.hirope.run import python_holdout, run_experiment
+    """``ropelab experiment hirope`` at toy scale: trains two seeds, runs the development grid on dev
+    projects, applies the rule once, evaluates every method (and the window reference) on test
+    projects, writes the report; the same call resumes without measuring anything again."""
+    from ropelab.eval.documents import jdk_sources
+    from ropelab.experiments.hirope import selection
+    from ropelab.experiments.hirope.config import ShortConfig, ablations, baseline_methods
+    from ropelab.experiments.hirope.run import rerender, run_experiment
+    from ropelab.pe import canonical_spec
 
+    if jdk_sources() is None:
+        pytest.skip("no JDK sources: the Java projects cannot be read")
     config = ShortConfig(
-        model_config="tiny", train_len=32, length=256, documents=2, languages=["python"], tokenizer="bpe-300",
-        batch_size=2, steps=2, data=[str(corpus)],
+        model_config="tiny", train_len=32, length=256, seeds=[0, 1], steps=2, dev_documents=3, documents=2,
+        languages=["java"], tokenizer="bpe-300", batch_size=2, data=[str(corpus)],
     )  # fmt: skip
     exp = tmp_path / "short"
     report = run_experiment(config, exp, progress=False)
     text = report.read_text()
-    assert "ShortLLM" in text and "*window* (reference)" in text and "unigram" in text
+    assert "ShortLLM" in text and "2 seeds" in text and "4 test projects" not in text and "2 test projects" in text
+    dev = [json.loads(line) for line in (exp / "dev.jsonl").read_text().splitlines()]
+    grid = selection.grid(32)
+    assert {(r["seed"], r["method"]) for r in dev} == {(s, m) for s in (0, 1) for m in [*grid, "window"]}
+    assert {r["document"] for r in dev} == {"java:java.util.stream", "java:java.text", "java:java.util.concurrent.locks"}
+    chosen = json.loads((exp / "selection.json").read_text())
+    assert chosen["chosen"] in grid and chosen["rule"] == selection.RULE
     records = [json.loads(line) for line in (exp / "results.jsonl").read_text().splitlines()]
-    methods = [label for label, _, _ in default_methods(32, 256)] + ["window"]
-    assert {(r["method"], r["document"]) for r in records} == {(m, d) for m in methods for d in (0, 1)}
-    assert all(len(r["blocks"]) == 16 for r in records)  # 255 scored tokens in 16-token blocks (L / 2)
-    # the group of self-extend follows its rule (L - W) G + W >= length
-    assert "self-extend:group=11,window=8" in methods  # (32 - 8) x 11 + 8 = 272 >= 256 > (32 - 8) x 10 + 8
-    # the evaluation documents are held out of training
-    held = {str(p.relative_to(stdlib_root())) for p in python_holdout()}
-    assert set(long_code(min_chars=256 * 8, skip=0)[1]) <= held
+    assert {r["document"] for r in records} == {"java:java.util.concurrent", "java:java.io"}  # never a dev project
+    methods = {r["method"] for r in records}
+    assert {canonical_spec(m) for m in baseline_methods(32, 256)} | {chosen["chosen"], "window"} <= methods
+    assert {spec for _, _, spec in ablations(chosen["chosen"])} <= methods
+    for r in records:
+        assert len(r["blocks"]) == 16 and r["beyond"] > 0  # 255 scored tokens in 16-token blocks (L / 2)
+        assert (r.get("out_of_range") is not None) == r["method"].startswith("hirope")
+        assert r["n_far"] >= 0 and (r["far"] is None) == (r["n_far"] == 0)
     summary = json.loads((exp / "summary.json").read_text())
-    assert summary["buckets"][0]["start"] == 0 and summary["buckets"][-1]["stop"] == 256
+    assert summary["seeds"] == [0, 1] and summary["n_documents"] == 2
     assert (exp / "loss_by_position.png").is_file()
-    run_experiment(config, exp, progress=False)  # resumes: nothing new is measured
+    run_experiment(config, exp, progress=False)  # resumes: nothing new is measured, the choice is kept
     assert len((exp / "results.jsonl").read_text().splitlines()) == len(records)
+    assert json.loads((exp / "selection.json").read_text()) == chosen
+    assert rerender(exp).read_text() == text
 
 
 def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_spread(corpus, tmp_path, capsys):

@@ -2,8 +2,9 @@
 hierarchy drawn over the attention map.
 
 For a source text the model's tokenizer turns into ``T`` tokens, :func:`ropelab.hierarchy.extract`
-gives every token its segment (function / class / other code); a hierarchical method gets those
-positions, any other method plain ones. The attention probabilities (softmax of the full
+gives every token its segment (function / class / other code, by the method's ``granularity``;
+HiRoPE's ``granularity=chunk`` gets no positions and its fixed chunks, as in the evaluator); a
+hierarchical method gets those positions, any other method plain ones. The attention probabilities (softmax of the full
 pre-softmax logits, causal) are averaged over heads and the analysed layers. Per layer,
 ``same_segment_mass`` is the attention a query puts on keys of its own segment, averaged over
 queries; ``same_segment_uniform`` is what uniform causal attention would put there (the share of
@@ -41,13 +42,20 @@ def hierarchy_analysis(
         raise RopelabError("the hierarchy analysis needs the model's tokenizer (no tokenizer.json found)")
     pe = model.pe
     levels = pe.levels
-    hierarchy = extract(text, tokenizer, language=language, levels=levels)
+    granularity = getattr(pe, "granularity", "function")
+    if granularity == "chunk":  # as the evaluator: no positions, the encoding's own fixed chunks
+        hierarchy = extract(text, tokenizer, language="text", levels=levels, chunk_size=pe.chunk)
+    else:
+        hierarchy = extract(text, tokenizer, language=language, granularity=granularity, levels=levels)
     T = min(length, hierarchy.num_tokens)
     if T < 2:
         raise RopelabError("the hierarchy analysis needs a source text of at least 2 tokens")
     ids = torch.tensor([hierarchy.ids[:T]], device=model.embed_tokens.weight.device)
-    positions = hierarchy.positions()[:T][None].to(ids.device) if uses_levels(model) else None
+    hierarchical = uses_levels(model) and granularity != "chunk"
+    positions = hierarchy.positions()[:T][None].to(ids.device) if hierarchical else None
     segment = torch.tensor(hierarchy.segment_of_token[:T])
+    if granularity == "chunk":  # the encoding's chunks (the drawn ones can start a token later at a split character)
+        segment = torch.arange(T) // pe.chunk
     same = segment[:, None] == segment[None]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     uniform = ((same & causal).sum(-1).float() / causal.sum(-1).float()).mean()

@@ -18,6 +18,7 @@ import time
 from ropelab.core.args import split_list, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.experiments.hirope.config import ShortConfig
+from ropelab.experiments.hirope.run import rerender as rerender_hirope
 from ropelab.experiments.hirope.run import run_experiment as run_hirope_experiment
 from ropelab.experiments.hope.config import ABLATIONS, DEFAULT_LENGTHS, DEFAULT_PES, DEFAULT_TASKS, ExperimentConfig
 from ropelab.experiments.hope.report import write_experiment_report
@@ -114,23 +115,35 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def _cmd_hirope(args: argparse.Namespace) -> int:
     import time
 
+    if args.budget_minutes is not None:
+        raise RopelabError("hirope trains a fixed number of --steps per seed; --budget-minutes is hope's")
     out = args.out or f"runs/experiment-hirope-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    config = ShortConfig(seed=args.seed, steps=args.steps)
-    if args.budget_minutes is not None:
-        config.budget_minutes = args.budget_minutes
+    config = ShortConfig(seeds=list(range(args.seed, args.seed + args.seeds)))
+    if args.steps is not None:
+        config.steps = args.steps
     if args.length is not None:
         config.length = args.length
     if args.documents is not None:
         config.documents = args.documents
+    if args.dev_documents is not None:
+        config.dev_documents = args.dev_documents
     if args.languages is not None:
         config.languages = split_list(args.languages)
     if args.model_config_hirope is not None:
         config.model_config = args.model_config_hirope
-    path = run_hirope_experiment(config, out, progress=not args.no_progress)
+    if args.report_only:
+        if not args.out:
+            raise RopelabError("--report-only needs --out pointing at an experiment directory")
+        path = rerender_hirope(out)
+    else:
+        path = run_hirope_experiment(config, out, progress=not args.no_progress, train_only=args.train_only)
+    if args.train_only:
+        print(f"trained: {out} (the same command without --train-only evaluates)")
+        return 0
     print(path.read_text())
     print(f"report: {path}")
     return 0
@@ -221,7 +234,7 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=e.budget_minutes,
         help="hope: size the steps and samples to fit this wall time (default: the recipe's fixed steps and "
-        "samples; 3 for a smoke run); hirope: its budget (default: 60)",
+        "samples; 3 for a smoke run)",
     )
     p.add_argument(
         "--out",
@@ -243,7 +256,8 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=None, help="samples per cell (default: the recipe's, or sized from the budget)"
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="steps per model (default: the recipe's, or sized from the budget)"
+        "--steps", type=int, default=None,
+        help="steps per model (default: the recipe's, or sized from the budget; hirope: 2000 per seed)",
     )
     p.add_argument(
         "--scale-factor",
@@ -258,7 +272,8 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
         "--seeds",
         type=int,
         default=e.seeds,
-        help=f"train the --seed-pes with this many seeds (seed, seed+1, ...) for the seed study (default: {e.seeds})",
+        help=f"hope: train the --seed-pes with this many seeds (seed, seed+1, ...) for the seed study; hirope: the "
+        f"training seeds of its model (default: {e.seeds})",
     )
     p.add_argument(
         "--seed-pes",
@@ -281,7 +296,13 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--length", type=int, default=None, help="hirope: evaluation document length (default: L^2)")
-    p.add_argument("--documents", type=int, default=None, help="hirope: documents per language (default: 3)")
+    p.add_argument(
+        "--documents", type=int, default=None, help="hirope: test projects per language (default: 14, all of them)"
+    )
+    p.add_argument(
+        "--dev-documents", type=int, default=None, help="hirope: development projects per language (default: 5)"
+    )
+    p.add_argument("--train-only", action="store_true", help="hirope: train the seeds, evaluate later")
     p.add_argument("--languages", default=None, help="hirope: python,java (default) or one of them")
     p.add_argument(
         "--hirope-model-config",

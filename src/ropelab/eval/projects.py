@@ -36,11 +36,14 @@ a margin above its length class: with CPython 3.10.13, 3.12.1 and 3.13.0 and wit
 the counts stay within 0.88x-1.10x of the listed ones and every project keeps its class. The
 wheels' texts are the same everywhere.
 
-Splits: ``dev`` (6 projects: 3 Python, 3 Java) is for choosing settings; ``test`` (the rest) is
+Splits: ``dev`` (10 projects: 5 Python, 5 Java) is for choosing settings; ``test`` (the rest) is
 for verdicts, and no setting is tuned on it. Within each split the list interleaves languages
 (python, java, python, java, ...) with the new projects spread in, so a run that takes only the
-first k test projects is still balanced. ``projects(min_tokens=N)`` filters on the stored counts:
-2 x 8192 + 256 = 16,640 tokens for SmolLM2 at twice its training length, 33,024 at four times.
+first k test projects is still balanced. The first 6 dev projects are SmolLM2's development set
+(2x and more); the 4 after them (version 2 of the list; old code, at least 1.5x) complete the
+ShortLLM model's 5 per language. ``projects(min_tokens=N)`` filters on the stored counts:
+12,288 + 256 = 12,544 tokens for SmolLM2 at 1.5 times its training length, 2 x 8192 + 256 = 16,640
+at twice, 33,024 at four times.
 
 Era: ``"old"`` projects are code whose bulk long predates the models' training data (stdlib
 packages, JDK packages that exist since JDK 8 or earlier; a newer JDK's texts carry some later
@@ -77,8 +80,8 @@ SPEC = Path(__file__).with_name("projects.json")
 SPLITS = ("dev", "test")
 LANGUAGES = ("python", "java", "javascript")
 ERAS = ("old", "new")
-#: the stored token counts' length classes for SmolLM2-135M (train length 8192): 2x and 4x plus room
-TWICE, FOUR_TIMES = 2 * 8192 + 256, 4 * 8192 + 256
+#: the stored token counts' length classes for SmolLM2-135M (train length 8192): 1.5x, 2x and 4x plus room
+ONE_AND_HALF, TWICE, FOUR_TIMES = 12288 + 256, 2 * 8192 + 256, 4 * 8192 + 256
 #: folders never read: tests and caches
 SKIP_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__"})
 #: generated tables and data modules (paths as in the headers)

@@ -112,9 +112,10 @@ class RunConfig:
 
 
 def _hierarchy_positions(
-    sample: Sample, ids: list[int], tokenizer, levels: int
+    sample: Sample, ids: list[int], tokenizer, levels: int, granularity: str = "function"
 ) -> tuple[torch.Tensor | None, str | None]:
-    """HiRoPE positions ``[1, T, levels]`` for ``ids`` (the sample's input), or (None, reason)."""
+    """HiRoPE positions ``[1, T, levels]`` for ``ids`` (the sample's input) with ``function`` or
+    ``class`` segments, or (None, reason)."""
     text = tokenizer.decode(ids)
     encoding = tokenizer.encode_with_offsets(text)
     if encoding.ids != list(ids):
@@ -123,10 +124,11 @@ def _hierarchy_positions(
     if chars:  # a project: each file parsed on its own (the last one as far as the input reaches)
         bounds = [sum(chars[:i]) for i in range(len(chars) + 1)]
         texts = [text[a:b] for a, b in itertools.pairwise(bounds) if a < len(text)]
-        spans, _ = file_spans(texts, sample.language)
+        spans, _ = file_spans(texts, sample.language, granularity)
     else:
-        spans, _ = segment_text(text, sample.language)
-    hierarchy = align(text, encoding.ids, encoding.offsets, spans, sample.language or "text", levels=levels)
+        spans, _ = segment_text(text, sample.language, granularity)
+    language = sample.language or "text"
+    hierarchy = align(text, encoding.ids, encoding.offsets, spans, language, granularity, levels=levels)
     return hierarchy.positions()[None], None
 
 
@@ -180,9 +182,10 @@ class Evaluator:
 
     def positions(self, sample: Sample, ids: list[int]) -> tuple[torch.Tensor | None, str | None]:
         pe = self.model.pe
-        if self.window or not pe.uses_hierarchy or not sample.language:
-            return None, None
-        return _hierarchy_positions(sample, ids, self.tokenizer, pe.levels)
+        granularity = getattr(pe, "granularity", "function")
+        if self.window or not pe.uses_hierarchy or not sample.language or granularity == "chunk":
+            return None, None  # no positions: a hierarchical encoding falls back to fixed chunks
+        return _hierarchy_positions(sample, ids, self.tokenizer, pe.levels, granularity)
 
     def _prefixes_shared(self) -> bool:
         return not self.model.pe.rotation_depends_on_length
@@ -695,10 +698,11 @@ RECORD_FIELDS: dict[str, dict[str, tuple]] = {
         ),
         "seconds": ("a number >= 0", lambda v: is_real(v) and v >= 0),
     },
-    "document": {
+    "document": {  # a whole-document record (ropelab experiment hirope, python -m bench hirope-sweep)
         "method": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        "seed": ("a non-negative integer", lambda v: is_int(v) and v >= 0),
         "language": ("a string", lambda v: isinstance(v, str)),
-        "document": ("a non-negative integer", lambda v: is_int(v) and v >= 0),
+        "document": ("a project name", lambda v: isinstance(v, str) and bool(v)),
         "blocks": ("a list of numbers", lambda v: isinstance(v, list) and all(x is None or is_real(x) for x in v)),
     },
 }

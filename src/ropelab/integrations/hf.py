@@ -81,7 +81,8 @@ queries and keys (and HF's KV cache) stay unrotated, and a registered attention 
 :func:`ropelab.model.window_attention.windowed_attention`; ``unpatch`` restores the model's own
 attention implementation. HiRoPE reads hierarchical positions from an extra forward keyword,
 ``ropelab_positions`` (``[B|1, T, levels]`` for the whole sequence, e.g. from
-``ropelab.hierarchy.extract(...).positions()``); without it tokens fall into HiRoPE's fixed chunks.
+``ropelab.hierarchy.extract(..., granularity=...).positions()`` with the encoding's ``granularity``);
+without it (as the evaluator does for ``granularity=chunk``) tokens fall into HiRoPE's fixed chunks.
 
 Padded batches (left or right padding, ``attention_mask`` with 1 = real token):
 
