@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import at_least, items
+from bench.common import at_least, items, restore, save
 
 NAME = "context-study"
 DESCRIPTION = "SmolLM2 on the test projects at 2x and 4x its train length: the published long-context study"
@@ -91,37 +91,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"stage {stage}: {out} ({(time.time() - start) / 3600:.2f} h this call)", file=sys.stderr)
     return 0
-
-
-def restore(run_dir: Path, archive: Path) -> None:
-    """Start ``run_dir`` from the committed archive of the stage when it holds more records (a new
-    checkout: ``runs/`` is not in git)."""
-    import gzip
-
-    saved = archive / "results.jsonl.gz"
-    if not saved.is_file():
-        return
-    here = run_dir / "results.jsonl"
-    lines = gzip.decompress(saved.read_bytes()).decode()
-    if here.is_file() and here.read_text().count("\n") >= lines.count("\n"):
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text((archive / "config.json").read_text())
-    here.write_text(lines)
-    print(f"restored {lines.count(chr(10))} records of {run_dir} from {saved}", file=sys.stderr)
-
-
-def save(run_dir: Path, archive: Path) -> None:
-    """Write the stage's run to its archive (gzip: the per-token losses compress about 3x)."""
-    import gzip
-
-    from ropelab.core.io import atomic_path
-
-    archive.mkdir(parents=True, exist_ok=True)
-    data = gzip.compress((run_dir / "results.jsonl").read_bytes(), compresslevel=9, mtime=0)
-    for name, content in (("config.json", (run_dir / "config.json").read_bytes()), ("results.jsonl.gz", data)):
-        with atomic_path(archive / name) as tmp:
-            tmp.write_bytes(content)
 
 
 def publish(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ documents as units (t, n - 1 df, Holm). ``ropelab experiment hirope`` does the s
 ShortLLM model with several seeds.
 
 Each pass is appended to ``--work``/``dev.jsonl`` or ``test.jsonl`` as it finishes, so an
-interrupted sweep resumes.
+interrupted sweep resumes; ``--publish`` copies the work folder to ``bench/results/hirope_sweep/``
+(committed), and a new checkout starts from there.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from bench.common import items
+from bench.common import items, restore, save
 
 NAME = "hirope-sweep"
 DESCRIPTION = "HiRoPE settings chosen on development projects by the pre-stated rule, reported on test projects"
 OUT = Path("bench/results/hirope_sweep.json")
+ARCHIVE = Path("bench/results/hirope_sweep")
+FILES = ("setting.json", "selection.json", "dev.jsonl", "test.jsonl")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ablations", action="store_true", help="also run the chosen setting's ablations on the test projects"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--publish", action="store_true", help=f"copy --work to {ARCHIVE} (resumable from a new checkout)"
+    )
 
 
 def _fractions(text: str) -> list[Fraction]:
@@ -131,6 +137,12 @@ def run(args: argparse.Namespace) -> int:
     from ropelab.experiments.hirope.run import measure
     from ropelab.pretrained.registry import load_model
 
+    work = Path(args.work)
+    if args.publish:
+        save(work, ARCHIVE, FILES)
+        print(f"published {work} to {ARCHIVE}")
+        return 0
+    restore(work, ARCHIVE, FILES)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -142,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     dev_docs = data.documents("dev", languages, args.dev, tokenizer, length)
     test_docs = data.documents("test", languages, args.test, tokenizer, length)
     selection.check_disjoint([d["name"] for d in dev_docs], [d["name"] for d in test_docs], "projects")
-    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     setting = {"model": args.model, "length": length, "splits": args.splits, "windows": [str(w) for w in args.windows],
                "dev": [d["name"] for d in dev_docs]}  # fmt: skip

@@ -227,3 +227,26 @@ def test_long_context_without_scaling_lengths_records_no_scaling_passes(tmp_path
     out.write_text(json.dumps(data))
     assert long_context.run(args) == 0
     assert calls == ["rope", "hirope", "hirope"]
+
+
+def test_archive_keeps_every_file_of_a_run_and_counts_records_across_them(tmp_path):
+    from bench.common import restore, save
+
+    names = ("setting.json", "selection.json", "dev.jsonl", "test.jsonl")
+    run, archive, fresh = tmp_path / "run", tmp_path / "archive", tmp_path / "fresh"
+    run.mkdir()
+    (run / "setting.json").write_text('{"length": 12288}')
+    (run / "dev.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
+    (run / "test.jsonl").write_text('{"b": 1}\n')
+    save(run, archive, names)  # no selection yet: that file is simply absent
+    assert sorted(p.name for p in archive.iterdir()) == ["dev.jsonl.gz", "setting.json", "test.jsonl.gz"]
+    restore(fresh, archive, names)
+    assert [(fresh / n).read_text() for n in ("setting.json", "dev.jsonl", "test.jsonl")] == [
+        '{"length": 12288}',
+        '{"a": 1}\n{"a": 2}\n',
+        '{"b": 1}\n',
+    ]
+    assert not (fresh / "selection.json").exists()
+    (fresh / "test.jsonl").write_text('{"b": 1}\n{"b": 2}\n')  # more records here than archived: kept
+    restore(fresh, archive, names)
+    assert (fresh / "test.jsonl").read_text().count("\n") == 2
