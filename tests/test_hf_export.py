@@ -86,6 +86,7 @@ def test_export_loads_in_plain_transformers_with_ropelab_logits(tmp_path, capsys
         ("rope", "rerope:window=24", "attention function"),
         ("rope", "hirope", "attention function"),
         ("rope", "pi:factor=2+yarn:factor=2", "one rope type"),
+        ("rope", "pi:factor=auto", "changes with the input length"),
         ("alibi", None, "RoPE-family methods only"),
         ("learned", None, "RoPE-family methods only"),
         ("fire", None, "RoPE-family methods only"),

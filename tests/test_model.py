@@ -235,3 +235,22 @@ def test_switching_to_the_own_method_keeps_trained_parameters(spec):
     assert all(torch.equal(a, b) for a, b in zip(trained, model.pe.parameters(), strict=True))
     model.with_method("rope").with_method(spec)  # another method and back: fresh parameters
     assert not all(torch.equal(a, b) for a, b in zip(trained, model.pe.parameters(), strict=True))
+
+
+def test_pi_factor_auto_is_pi_at_each_input_length():
+    """``pi:factor=auto``: RoPE up to the train length, ``pi:factor=n/L`` beyond it, per input length;
+    with a KV cache the cached keys follow the growing factor (cached decoding equals a recompute)."""
+    auto, rope = tiny("rope+pi:factor=auto"), tiny("rope")
+    train_len = auto.config.train_len
+    ids = torch.randint(0, 61, (1, 3 * train_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(auto(ids[:, :train_len]), rope(ids[:, :train_len]), atol=0, rtol=0)
+        for n, factor in ((2 * train_len, "2"), (3 * train_len, "3")):
+            fixed = tiny(f"rope+pi:factor={factor}")
+            torch.testing.assert_close(auto(ids[:, :n]), fixed(ids[:, :n]), atol=1e-6, rtol=1e-6)
+        prefix = ids[:, : train_len + 3]
+        cached = auto.generate(prefix, 4)  # greedy (temperature 0), through the KV cache
+        steps = prefix
+        for _ in range(4):
+            steps = torch.cat((steps, auto(steps)[:, -1:].argmax(-1)), dim=1)
+    assert torch.equal(cached, steps[:, prefix.shape[1] :])

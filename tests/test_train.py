@@ -226,7 +226,7 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "## Copy (the paper's Table 1)" in out and "## HoPE vs RoPE beyond the train length" in out
-    for row in ("`rope`", "`rope+pi:factor=4`", "`rope+yarn:factor=4`", "`hope+yarn:factor=4`", "`alibi`"):
+    for row in ("`rope`", "`rope+pi:factor=auto`", "`rope+yarn:factor=4`", "`hope+yarn:factor=4`", "`alibi`"):
         assert row in out
     assert "did `hope` beat `rope`?" in out
     assert sorted(p.name for p in (exp / "models").iterdir()) == ["alibi", "hope", "rope"]
@@ -234,10 +234,10 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     cells = summary["tasks"]["ppl"]["cells"]
     assert set(cells) == {
         "rope",
-        "rope+pi:factor=4",
+        "rope+pi:factor=auto",
         "rope+yarn:factor=4",
         "hope",
-        "hope+pi:factor=4",
+        "hope+pi:factor=auto",
         "hope+yarn:factor=4",
         "alibi",
     }
@@ -320,10 +320,10 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
     cells = study["tasks"]["copy"]["cells"]
     assert set(cells) == {
         "rope",
-        "rope+pi:factor=2",
+        "rope+pi:factor=auto",
         "rope+yarn:factor=2",
         "hope",
-        "hope+pi:factor=2",
+        "hope+pi:factor=auto",
         "hope+yarn:factor=2",
     }
     assert set(cells["rope"]["128"]) == {"0", "1"}  # one value per seed

@@ -132,6 +132,8 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
                 f"{encoding.spec!r} applies {transform!r} after {scaled['rope_type']!r}; a transformers config holds "
                 "one rope type (optionally after ntk's base change)"
             )
+        if params["factor"] == "auto":
+            return None, f"{encoding.spec!r}: pi with factor=auto changes with the input length; no transformers rope type does"
         factor = float(params["factor"])
         if transform == "ntk":
             theta *= factor ** (d / (d - 2))

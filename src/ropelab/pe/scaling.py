@@ -2,7 +2,10 @@
 
 * ``pi`` -- Position Interpolation, Chen et al. 2023 (arXiv 2306.15595), Eq. (3): positions are
   divided by ``factor``, i.e. every angle is ``theta_j / factor``. Hugging Face rope type
-  ``linear``.
+  ``linear``. ``factor=auto`` is PI as users apply it at each length: for an input of ``n``
+  tokens the factor is ``max(1, n / L)`` (RoPE unchanged at ``n <= L``), so the positions always
+  fit in ``[0, L)``; like ``dynamic-ntk`` its angles depend on the input length (no Hugging Face
+  rope type expresses it).
 * ``ntk`` -- NTK-aware scaling (bloc97, 2023; Peng et al. 2023, YaRN paper Section 3.1):
   the base becomes ``base * factor^(d/(d-2))``, which leaves the highest frequency unchanged and
   interpolates the lowest one by ``factor``. Static: the same angles at every input length.
@@ -58,11 +61,17 @@ def _ntk_rebase(plan: FrequencyPlan, head_dim: int, scale: float, method: str, w
     return rebase(plan, head_dim, new_base)
 
 
-def pi(factor: float):
-    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
-        return replace(plan, theta=plan.theta / factor)
+PI_FACTOR = replace(
+    FACTOR, specials=("auto",), help="context extension factor (new length / train length); auto: max(1, n / L)"
+)
 
-    return transform, False
+
+def pi(factor: float | str):
+    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
+        scale = max(1.0, (seq_len or ctx.train_len) / ctx.train_len) if factor == "auto" else factor
+        return plan if scale == 1.0 else replace(plan, theta=plan.theta / scale)
+
+    return transform, factor == "auto"
 
 
 def ntk(factor: float):
@@ -88,9 +97,10 @@ METHODS = [
         name="pi",
         family="scaling",
         kind="transform",
-        description="Position Interpolation: divide every RoPE angle by factor (HF rope type 'linear').",
+        description="Position Interpolation: divide every RoPE angle by factor (HF rope type 'linear'); "
+        "factor=auto: max(1, n / L) for an input of n tokens.",
         paper="Chen et al. 2023, Extending Context Window of Large Language Models via Positional Interpolation (arXiv 2306.15595)",
-        params=(FACTOR,),
+        params=(PI_FACTOR,),
         factory=pi,
     ),
     MethodInfo(

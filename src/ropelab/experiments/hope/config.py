@@ -54,7 +54,7 @@ class ExperimentConfig:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     lengths: list[str] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
     samples: int | None = None  # per task x length x method; default: RECIPE_SAMPLES (or sized from the budget)
-    scale_factor: float | None = None  # +pi / +yarn factor; default: longest length / train length
+    scale_factor: float | None = None  # +yarn factor; default: longest length / train length (+pi: per length)
     train_fraction: float = 0.75
     batch_size: int = 8
     lr: float = 3e-3
@@ -123,12 +123,15 @@ class ExperimentConfig:
         return result
 
     def methods(self, pe: str) -> list[str]:
-        """The model's own spec, plus ``+pi`` / ``+yarn`` for a RoPE-family model."""
+        """The model's own spec, plus ``+pi`` / ``+yarn`` for a RoPE-family model: PI as users apply it,
+        with factor ``max(1, n / L)`` at each input length (``pi:factor=auto``), YaRN with the
+        fixed factor of the longest length (it keeps the high frequencies, so shorter inputs lose
+        little)."""
 
         if parse_spec(pe)[0].info.kind != "rotary":
             return [pe]
         factor = format_value(float(f"{self.factor:g}"))  # 6 digits, and never "1e+06": a "+" splits a spec
-        return [pe, f"{pe}+pi:factor={factor}", f"{pe}+yarn:factor={factor}"]
+        return [pe, f"{pe}+pi:factor=auto", f"{pe}+yarn:factor={factor}"]
 
 
 def run_dir_name(spec: str, seed: int | None = None) -> str:

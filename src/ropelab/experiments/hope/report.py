@@ -390,7 +390,8 @@ def render(merged: dict, plots: list[str], verdicts: list[dict], study: dict | N
         )
         + (f" Budget {exp_config['budget_minutes']:g} min." if exp_config.get("budget_minutes") else "")
         + f" {plan['samples']} sample(s) per cell; "
-        f"`+pi` / `+yarn` use factor {_factor(exp_config):g} at inference.",
+        f"At inference `+pi` uses factor max(1, n / L) at each input length n and `+yarn` factor "
+        f"{_factor(exp_config):g}.",
         "",
         "## Training",
         "",
