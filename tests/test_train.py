@@ -225,10 +225,12 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     argv += ["--steps", "2", "--samples", "1", "--batch-size", "2", "--seeds", "1", "--out", str(exp), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "## Copy (the paper's Table 1)" in out and "## HoPE vs RoPE beyond the train length" in out
+    assert "## Copy (the paper's Table 1)" in out and "## Primary comparisons (stated before the runs)" in out
+    assert (
+        "a description, not a finding (no bold)" in out and "**" not in out.split("## Copy")[1].split("## Primary")[0]
+    )
     for row in ("`rope`", "`rope+pi:factor=auto`", "`rope+yarn:factor=4`", "`hope+yarn:factor=4`", "`alibi`"):
         assert row in out
-    assert "did `hope` beat `rope`?" in out
     assert sorted(p.name for p in (exp / "models").iterdir()) == ["alibi", "hope", "rope"]
     summary = json.loads((exp / "summary.json").read_text())
     cells = summary["tasks"]["ppl"]["cells"]
@@ -244,7 +246,12 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     assert set(cells["rope"]) == {"512"}  # ppl scores 256 tokens after a context: 128 and 256 are dropped
     assert summary["experiment"]["plan"]["dropped_lengths"]["ppl"].keys() == {"1x", "2x"}
     assert set(summary["tasks"]["copy"]["cells"]["alibi"]) == {"128", "256", "512"}
-    assert {v["task"] for v in summary["hope_vs_rope"]} == {"copy", "ppl"}
+    # one seed each: the comparisons exist but make no call (n too small)
+    assert {(r["against"], r["task"]) for r in summary["comparisons"]["secondary"]} == {
+        ("rope", "copy"),
+        ("rope", "ppl"),
+    }
+    assert {r["call"] for r in summary["comparisons"]["secondary"]} <= {"n too small", "identical"}
     assert all(summary["training"][pe]["steps"] == 2 for pe in ("rope", "hope", "alibi"))
     assert (exp / "ppl_loss.png").is_file() and (exp / "training_val_loss.png").is_file()
     # the models were analysed side by side (pattern, VAF, OOD) and the report shows it
@@ -280,7 +287,11 @@ def test_hirope_shortllm_experiment_end_to_end_at_toy_scale(corpus, tmp_path):
     dev = [json.loads(line) for line in (exp / "dev.jsonl").read_text().splitlines()]
     grid = selection.grid(32)
     assert {(r["seed"], r["method"]) for r in dev} == {(s, m) for s in (0, 1) for m in [*grid, "window"]}
-    assert {r["document"] for r in dev} == {"java:java.util.stream", "java:java.text", "java:java.util.concurrent.locks"}
+    assert {r["document"] for r in dev} == {
+        "java:java.util.stream",
+        "java:java.text",
+        "java:java.util.concurrent.locks",
+    }
     chosen = json.loads((exp / "selection.json").read_text())
     assert chosen["chosen"] in grid and chosen["rule"] == selection.RULE
     records = [json.loads(line) for line in (exp / "results.jsonl").read_text().splitlines()]
@@ -316,7 +327,7 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
     assert records[0]["data_dir"] == records[1]["data_dir"]
     summary = json.loads((exp / "summary.json").read_text())
     study = summary["seed_study"]
-    assert study["seeds"] == 2 and study["pes"] == ["rope", "hope"]
+    assert study["seeds"] == {"rope": 2, "hope": 2} and study["pes"] == ["rope", "hope"]
     cells = study["tasks"]["copy"]["cells"]
     assert set(cells) == {
         "rope",
@@ -327,14 +338,10 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
         "hope+yarn:factor=2",
     }
     assert set(cells["rope"]["128"]) == {"0", "1"}  # one value per seed
-    pairs = {(d["a"], d["region"]) for d in study["differences"]}
-    assert pairs == {
-        ("hope", "within"),
-        ("hope", "beyond"),
-        ("hope+yarn:factor=2", "within"),
-        ("hope+yarn:factor=2", "beyond"),
-    }
-    assert "## Seed study: `rope`, `hope` trained with 2 seeds" in out
+    secondary = {(r["task"], r["region"]): r for r in summary["comparisons"]["secondary"]}
+    assert set(secondary) == {("copy", "within"), ("copy", "beyond")}
+    assert all(r["seeds"] == [0, 1] and r["call"] in ("n too small", "identical") for r in secondary.values())
+    assert "## Seed study: `rope` (2 seeds), `hope` (2 seeds)" in out
     # copying over training: one point per checkpoint of every model, steps from the checkpoint names
     curve = json.loads((exp / "models" / "rope.seed1" / "copy_curve.json").read_text())
     assert [p["step"] for p in curve] == [1, 2] and all(0 <= p["exact_match"] <= 1 and p["n"] == 100 for p in curve)
@@ -343,17 +350,33 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
     assert "rope.seed1" not in json.dumps(summary["tasks"]) and "rope.seed1" in summary["training"]
 
 
-def test_seed_differences_use_a_t_interval_over_seeds():
-    from ropelab.experiments.hope.report import _over_seeds
+def test_primary_comparisons_pair_seeds_with_a_t_interval_and_holm(tmp_path):
+    """Hand-worked: hope minus rope+yarn on copy beyond L over 3 paired seeds, Holm over the family."""
+    from ropelab.experiments.hope import primary
 
-    wide = _over_seeds([1.0, 2.0, 3.0], ["0", "1", "2"])
-    assert wide["mean"] == 2.0 and wide["sd"] == 1.0
-    half = 4.303 / 3**0.5  # t(0.975, 2 df) * sd / sqrt(k)
-    assert wide["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
-    assert not wide["exceeds_seed_spread"]
-    narrow = _over_seeds([1.0, 1.1, 0.9], ["0", "1", "2"])
-    assert narrow["exceeds_seed_spread"] and narrow["sd"] == pytest.approx(0.1)
-    assert _over_seeds([0.5], ["0"])["ci95"] is None  # one seed has no spread
+    values = {
+        # copy exact match beyond L (512) per seed: hope 0.8, 0.9, 0.7; rope+yarn 0.5, 0.6, 0.5
+        ("hope", "copy", "exact_match", 512): {0: 0.8, 1: 0.9, 2: 0.7},
+        ("rope+yarn", "copy", "exact_match", 512): {0: 0.5, 1: 0.6, 2: 0.5},
+        # loss within L: hope 3.0, 3.1, 2.9 vs 3.05, 3.05, 3.05 (mixed signs); a 4th seed only for hope
+        ("hope", "ppl", "loss", 256): {0: 3.0, 1: 3.1, 2: 2.9, 3: 9.0},
+        ("rope+yarn", "ppl", "loss", 256): {0: 3.05, 1: 3.05, 2: 3.05},
+    }
+    rows = primary.comparisons(values, 256, {"copy": [512], "ppl": [256]}, ("rope+yarn",))
+    by = {(r["task"], r["region"]): r for r in rows}
+    assert set(by) == {("copy", "beyond"), ("ppl", "within")}
+    copy = by[("copy", "beyond")]
+    # differences 0.3, 0.3, 0.2: mean 0.2667, sd 0.0577, t = 8.0 on 2 df -> p = 0.0153; Holm x 2 -> 0.0305
+    assert copy["diff"]["mean"] == pytest.approx(0.26667, abs=1e-5) and copy["seeds"] == [0, 1, 2]
+    assert copy["diff"]["p"] == pytest.approx(0.01527, rel=1e-3)
+    assert copy["adjusted_p"] == pytest.approx(2 * 0.01527, rel=1e-3) and copy["call"] == "better"
+    half = 4.3027 * 0.057735 / 3**0.5
+    assert copy["diff"]["lo"] == pytest.approx(0.26667 - half, abs=1e-4)
+    loss = by[("ppl", "within")]
+    assert loss["diff"]["n"] == 3 and loss["call"] == "within noise"  # seed 3 has no rope+yarn partner
+    assert loss["detectable"] is not None and loss["detectable"] > abs(loss["diff"]["mean"])
+    text = "\n".join(primary.section(rows, []))
+    assert "**better**" in text and "| `rope+yarn` | copy (exact_match) | beyond L | 3 |" in text
 
 
 def test_experiment_never_evaluates_an_interrupted_model(monkeypatch, tmp_path):

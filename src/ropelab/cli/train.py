@@ -101,8 +101,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             steps=args.steps,
             synthetic=args.synthetic,
             synthetic_repeat=args.synthetic_repeat,
-            seeds=args.seeds,
+            seeds=ExperimentConfig().seeds if args.seeds is None else args.seeds,
             seed_pes=split_specs(args.seed_pes),
+            other_seeds=args.other_seeds,
+            other_seed_pes=split_specs(args.other_seed_pes) if args.other_seed_pes.strip() else [],
         )
         path = run_hope_experiment(
             config, out, progress=not args.no_progress, analysis=not args.no_analysis, jobs=args.jobs
@@ -122,7 +124,8 @@ def _cmd_hirope(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    config = ShortConfig(seeds=list(range(args.seed, args.seed + args.seeds)))
+    count = len(ShortConfig().seeds) if args.seeds is None else args.seeds
+    config = ShortConfig(seeds=list(range(args.seed, args.seed + count)))
     if args.steps is not None:
         config.steps = args.steps
     if args.length is not None:
@@ -271,14 +274,25 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seeds",
         type=int,
-        default=e.seeds,
-        help=f"hope: train the --seed-pes with this many seeds (seed, seed+1, ...) for the seed study; hirope: the "
-        f"training seeds of its model (default: {e.seeds})",
+        default=None,
+        help=f"hope: train the --seed-pes with this many seeds (seed, seed+1, ...; default: {e.seeds}); hirope: "
+        f"the training seeds of its model (default: {len(ShortConfig().seeds)})",
     )
     p.add_argument(
         "--seed-pes",
         default=",".join(e.seed_pes),
-        help=f"encodings that get the extra seeds (default: {','.join(e.seed_pes)})",
+        help=f"encodings that get --seeds seeds (default: {','.join(e.seed_pes)})",
+    )
+    p.add_argument(
+        "--other-seeds",
+        type=int,
+        default=e.other_seeds,
+        help=f"hope: seeds of the --other-seed-pes (default: {e.other_seeds})",
+    )
+    p.add_argument(
+        "--other-seed-pes",
+        default=",".join(e.other_seed_pes),
+        help=f"hope: encodings that get --other-seeds seeds, where trained (default: {','.join(e.other_seed_pes)})",
     )
     synthetic_options(p, e.synthetic, e.synthetic_repeat)
     p.add_argument("--window", action="store_true", help="also score every model with its context truncated")

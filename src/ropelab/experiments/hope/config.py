@@ -18,8 +18,10 @@ DEFAULT_PES = ("rope", "hope", "nope", "alibi", "kerple-log", "fire")
 ABLATIONS = ("hope-ab1", "hope-ab2", "hope-ab3")
 DEFAULT_TASKS = ("ppl", "copy", "fewshot", "passkey")
 DEFAULT_LENGTHS = ("0.5x", "1x", "2x", "4x")
-#: the encodings that get the extra training seeds of ``--seeds`` (the headline comparison)
+#: the encodings that get the extra training seeds of ``--seeds`` (the headline pair) and of
+#: ``--other-seeds`` (HoPE's primary alternatives that are trained, not applied at inference)
 SEED_PES = ("rope", "hope")
+OTHER_SEED_PES = ("kerple-log", "fire")
 #: the number of largest stdlib files held out of training (the evaluation tasks read from them)
 HOLDOUT_FILES = 160
 #: at most this many samples per cell when they are sized from a budget (the ppl / passkey
@@ -61,8 +63,10 @@ class ExperimentConfig:
     seed: int = 0
     window: bool = False  # also the truncated-context reference row of every model
     steps: int | None = None  # default: RECIPE_STEPS (or sized from the budget)
-    seeds: int = 3  # models per encoding of ``seed_pes``, trained with seeds seed, seed + 1, ...
+    seeds: int = 5  # models per encoding of ``seed_pes``, trained with seeds seed, seed + 1, ...
     seed_pes: list[str] = field(default_factory=lambda: list(SEED_PES))
+    other_seeds: int = 3  # models per encoding of ``other_seed_pes``
+    other_seed_pes: list[str] = field(default_factory=lambda: list(OTHER_SEED_PES))
 
     def validate(self) -> None:
 
@@ -89,11 +93,14 @@ class ExperimentConfig:
         for value, name in ((self.samples, "samples"), (self.steps, "steps")):
             if value is not None and value <= 0:
                 raise RopelabError(f"{name} must be a positive integer, got {value}")
-        if not (is_int(self.seeds) and self.seeds >= 1):
-            raise RopelabError(f"seeds must be a positive integer, got {self.seeds!r}")
-        if not int_between(self.seed, 0, 2**63 - 1 - self.seeds):
+        for name in ("seeds", "other_seeds"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                raise RopelabError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not int_between(self.seed, 0, 2**63 - 1 - max(self.seeds, self.other_seeds)):
             raise RopelabError(f"seed must be an integer from 0 to 2**63 - 1 - seeds, got {self.seed!r}")
         self.seed_pes = [canonical_spec(p) for p in self.seed_pes]
+        # the alternatives get their seeds where they are trained (a run of fewer encodings drops them)
+        self.other_seed_pes = [p for p in map(canonical_spec, self.other_seed_pes) if p in self.pes]
         missing = [p for p in self.seed_pes if p not in self.pes]
         if self.seeds > 1 and missing:
             raise RopelabError(f"--seed-pes names encodings that are not trained: {', '.join(missing)}")
@@ -150,9 +157,20 @@ class Run:
     name: str  # its directory under models/ and eval/
 
 
+def seed_counts(config: ExperimentConfig) -> dict[str, int]:
+    """Models per encoding: ``seeds`` for ``seed_pes``, ``other_seeds`` for ``other_seed_pes``, else 1."""
+    counts = {pe: 1 for pe in config.pes}
+    counts.update({pe: config.other_seeds for pe in config.other_seed_pes if pe in counts})
+    counts.update({pe: config.seeds for pe in config.seed_pes if pe in counts})
+    return counts
+
+
 def runs(config: ExperimentConfig) -> list[Run]:
-    """Every model to train: each encoding with the base seed, then the extra seeds of ``seed_pes``."""
+    """Every model to train: each encoding with the base seed, then the extra seeds (seed + 1, ...)
+    of the encodings that get them (:func:`seed_counts`), seed by seed."""
+    counts = seed_counts(config)
     out = [Run(pe, config.seed, run_dir_name(pe)) for pe in config.pes]
-    for seed in range(config.seed + 1, config.seed + config.seeds):
-        out += [Run(pe, seed, run_dir_name(pe, seed)) for pe in config.seed_pes]
+    for extra in range(1, max(counts.values())):
+        seed = config.seed + extra
+        out += [Run(pe, seed, run_dir_name(pe, seed)) for pe in config.pes if counts[pe] > extra]
     return out

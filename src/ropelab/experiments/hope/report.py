@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
 from pathlib import Path
 
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.eval.runner import WINDOW, read_results
+from ropelab.experiments.hope import primary
 from ropelab.experiments.hope.config import (
     ANALYSIS_DIR,
     CURVE_FILE,
@@ -28,8 +28,10 @@ from ropelab.experiments.hope.config import (
     PAPER_ORDER,
     ExperimentConfig,
     runs,
+    seed_counts,
 )
-from ropelab.reporting.eval import cell_text, compare_cells, length_label, make_plots, value_text
+from ropelab.pe import format_value
+from ropelab.reporting.eval import cell_text, length_label, make_plots, value_text
 from ropelab.train.trainer import read_log
 
 #: the tasks of the paper's tables, in the report's order, with their headings
@@ -131,68 +133,18 @@ def collect(exp: Path) -> dict:
     }
 
 
-def _per_sample(records: list[dict], task: str, metric: str) -> dict[tuple[str, int], dict[int, float]]:
-    values: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
-    for r in records:
-        if r["task"] == task and metric in r["metrics"]:
-            values[(r["method"], r["length"])][r["index"]] = r["metrics"][metric]
-    return values
-
-
-def compare(records: list[dict], task: str, metric: str, higher: bool, a: str, b: str, lengths: list[int]) -> dict:
-    """``a`` vs ``b`` on ``task`` over ``lengths``: means, the paired difference and its standard
-    error (samples are the same inputs for every method), and a plain verdict."""
-    values = _per_sample(records, task, metric)
-    diffs, mean_a, mean_b = [], [], []
-    for n in lengths:
-        va, vb = values.get((a, n), {}), values.get((b, n), {})
-        for index in sorted(set(va) & set(vb)):
-            diffs.append(va[index] - vb[index])
-            mean_a.append(va[index])
-            mean_b.append(vb[index])
-    if not diffs:
-        return {"n": 0, "verdict": "not measured"}
-    count = len(diffs)
-    mean = sum(diffs) / count
-    var = sum((d - mean) ** 2 for d in diffs) / (count - 1) if count > 1 else 0.0
-    se = math.sqrt(var / count)
-    better = mean > 0 if higher else mean < 0
-    if mean == 0:
-        verdict = "tie"
-    elif abs(mean) <= 2 * se:
-        verdict = f"{a if better else b} ahead, within noise (|difference| <= 2 standard errors)"
-    else:
-        verdict = f"{a if better else b} better"
-    return {
-        "n": count,
-        "a": a,
-        "b": b,
-        "mean_a": sum(mean_a) / count,
-        "mean_b": sum(mean_b) / count,
-        "difference": mean,
-        "standard_error": se,
-        "a_beats_b": bool(better and mean != 0),
-        "verdict": verdict,
-    }
-
-
-#: two-sided 95% Student t quantiles by degrees of freedom (a seed study has few seeds)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def seed_study(exp: Path, experiment: dict) -> dict | None:
-    """The models of ``--seeds``: per task, method and length, each seed's cell mean; and the
-    headline differences (``hope`` - ``rope`` and their ``+yarn`` rows), averaged over the lengths
-    within and beyond the train length, per seed, with a 95% t interval over seeds. A difference
-    *exceeds the seed spread* when that interval excludes 0. None without extra seeds."""
-
+    """Every encoding trained with several seeds: per task, method and length, each seed's cell
+    mean (the verdicts over seeds are :mod:`~ropelab.experiments.hope.primary`'s). None without
+    extra seeds."""
     config = ExperimentConfig(**experiment["config"])
-    if config.seeds < 2:
+    counts = seed_counts(config)
+    several = [pe for pe in config.pes if counts[pe] > 1]
+    if not several:
         return None
-    train_len = config.train_len
     tasks: dict[str, dict] = {}
     for run in runs(config):
-        if run.pe not in config.seed_pes:
+        if run.pe not in several:
             continue
         path = exp / "eval" / run.name / "summary.json"
         if not path.is_file():
@@ -206,49 +158,13 @@ def seed_study(exp: Path, experiment: dict) -> dict | None:
                     continue
                 for n, cell in cells.items():
                     entry["cells"].setdefault(method, {}).setdefault(n, {})[str(run.seed)] = cell[data["metric"]]
-    differences = []
-    for task, entry in tasks.items():
-        cells = entry["cells"]
-        for a in sorted(cells):
-            b = a.replace("hope", "rope", 1)
-            if not a.startswith("hope") or "+pi" in a or b not in cells:
-                continue
-            for region, keep in (("within", lambda n: n <= train_len), ("beyond", lambda n: n > train_len)):
-                lengths = [n for n in cells[a] if keep(int(n)) and n in cells[b]]
-                seeds = (
-                    sorted(set.intersection(*(set(cells[a][n]) & set(cells[b][n]) for n in lengths))) if lengths else []
-                )
-                if not seeds:
-                    continue
-                per_seed = [sum(cells[a][n][s] - cells[b][n][s] for n in lengths) / len(lengths) for s in seeds]
-                differences.append(
-                    {
-                        "task": task,
-                        "metric": entry["metric"],
-                        "a": a,
-                        "b": b,
-                        "region": region,
-                        "lengths": sorted(int(n) for n in lengths),
-                        "higher_is_better": entry["higher_is_better"],
-                        **_over_seeds(per_seed, seeds),
-                    }
-                )
-    return {"seeds": config.seeds, "pes": config.seed_pes, "tasks": tasks, "differences": differences}
+    return {"seeds": {pe: counts[pe] for pe in several}, "pes": several, "tasks": tasks}
 
 
-def _over_seeds(values: list[float], seeds: list[str]) -> dict:
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
     k = len(values)
     mean = sum(values) / k
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else None
-    half = None if sd is None else _T95.get(k - 1, 1.96) * sd / math.sqrt(k)
-    return {
-        "seeds": seeds,
-        "per_seed": values,
-        "mean": mean,
-        "sd": sd,
-        "ci95": None if half is None else [mean - half, mean + half],
-        "exceeds_seed_spread": half is not None and abs(mean) > half,
-    }
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else None)
 
 
 def seed_section(study: dict | None, train_len: int) -> list[str]:
@@ -256,7 +172,7 @@ def seed_section(study: dict | None, train_len: int) -> list[str]:
     if not study:
         return []
     lines = [
-        f"## Seed study: {', '.join(f'`{p}`' for p in study['pes'])} trained with {study['seeds']} seeds",
+        "## Seed study: " + ", ".join(f"`{p}` ({k} seeds)" for p, k in study["seeds"].items()),
         "",
         "Each cell: mean over seeds of the cell's mean, ± the standard deviation between seeds (k = seeds "
         "measured); every seed is evaluated on the same samples.",
@@ -281,61 +197,18 @@ def seed_section(study: dict | None, train_len: int) -> list[str]:
                 if not values:
                     row.append("-")
                     continue
-                stats = _over_seeds(values, [])
-                spread = "" if stats["sd"] is None else f" ± {value_text(stats['sd'], metric)}"
-                row.append(f"{value_text(stats['mean'], metric)}{spread} (k={len(values)})")
+                mean, sd = _mean_sd(values)
+                spread = "" if sd is None else f" ± {value_text(sd, metric)}"
+                row.append(f"{value_text(mean, metric)}{spread} (k={len(values)})")
             lines.append(f"| `{method}` | " + " | ".join(row) + " |")
         lines.append("")
-    if study["differences"]:
-        lines += [
-            "**Differences over seeds** (mean over the region's lengths, per seed; 95% t interval over seeds):",
-            "",
-            "| task | comparison | region | per seed | mean | 95% interval | exceeds the seed spread? |",
-            "|---|---|---|---|---:|---|---|",
-        ]
-        for d in study["differences"]:
-            metric = d["metric"]
-            scale = 100 if metric in AVERAGED else 1
-            digits = 1 if metric in AVERAGED else 4
-            interval = (
-                "-"
-                if d["ci95"] is None
-                else f"[{scale * d['ci95'][0]:+.{digits}f}, {scale * d['ci95'][1]:+.{digits}f}]"
-            )
-            lines.append(
-                f"| {d['task']} | `{d['a']}` - `{d['b']}` | {d['region']} L ({', '.join(map(str, d['lengths']))}) "
-                f"| {', '.join(f'{scale * v:+.{digits}f}' for v in d['per_seed'])} | {scale * d['mean']:+.{digits}f} "
-                f"| {interval} | {'yes' if d['exceeds_seed_spread'] else 'no'} |"
-            )
-        lines += ["", "Rates in points (higher is better); loss in nats (lower is better).", ""]
     return lines
 
 
-def _verdicts(merged: dict) -> list[dict]:
-    train_len = merged["config"]["train_len"]
-    pes = merged["experiment"]["config"]["pes"]
-    if "rope" not in pes or "hope" not in pes:
-        return []
-    out = []
-    pairs = [("hope", "rope")]
-    for method in merged["config"]["methods"]:
-        if method.startswith("hope+yarn"):
-            pairs.append((method, method.replace("hope+", "rope+", 1)))
-    for task in ("copy", "ppl", "fewshot", "passkey"):
-        if task not in merged["tasks"]:
-            continue
-        data = merged["tasks"][task]
-        metric = data["metric"]
-        beyond = [n for n in merged["config"]["task_lengths"].get(task, []) if n > train_len]
-        for a, b in pairs:
-            result = compare(merged["records"], task, metric, data["higher_is_better"], a, b, beyond)
-            out.append({"task": task, "metric": metric, "lengths": beyond, **result})
-    return out
-
-
-def _table(task: str, data: dict, merged: dict) -> list[str]:
+def _table(task: str, data: dict, merged: dict, metric: str | None = None) -> list[str]:
+    """One task's cells of the base seed's models (one checkpoint each: a description, never bold)."""
     config = merged["config"]
-    metric, higher, cells = data["metric"], data["higher_is_better"], data["cells"]
+    metric, cells = metric or data["metric"], data["cells"]
     lengths = config["task_lengths"].get(task, [])
     train_len = config["train_len"]
     average = metric in AVERAGED
@@ -352,12 +225,8 @@ def _table(task: str, data: dict, merged: dict) -> list[str]:
         row = []
         for c in range(columns):
             value = values[m][c]
-            if c < len(lengths):  # a measured cell: its uncertainty, bold only when better than every other row
-                cell = cells[m].get(str(lengths[c]))
-                text = cell_text(cell, metric)
-                others = [cells[o][str(lengths[c])] for o in rows if o != m and str(lengths[c]) in cells[o]]
-                if cell and others and all(compare_cells(cell, other, higher) == "better" for other in others):
-                    text = f"**{text}**"
+            if c < len(lengths):  # a measured cell with its sampling interval (this checkpoint only)
+                text = cell_text(cells[m].get(str(lengths[c])), metric)
             else:  # the average over lengths
                 text = value_text(value, metric)
             row.append(text)
@@ -366,7 +235,7 @@ def _table(task: str, data: dict, merged: dict) -> list[str]:
     return lines
 
 
-def render(merged: dict, plots: list[str], verdicts: list[dict], study: dict | None = None) -> str:
+def render(merged: dict, plots: list[str], comparisons: dict, study: dict | None = None) -> str:
     config, experiment = merged["config"], merged["experiment"]
     exp_config, plan = experiment["config"], experiment["plan"]
     train_len = config["train_len"]
@@ -412,27 +281,16 @@ def render(merged: dict, plots: list[str], verdicts: list[dict], study: dict | N
         if task not in merged["tasks"]:
             continue
         data_task = merged["tasks"][task]
-        lines += [f"## {HEADINGS.get(task, task)}", ""]
+        lines += [f"## {HEADINGS.get(task, task)}", "", BASE_SEED_NOTE.format(seed=exp_config["seed"]), ""]
         lines += _table(task, data_task, merged)
+        if task == "fewshot":  # the follow rate measures format; accuracy whether the label is right
+            lines += ["", "Few-shot **accuracy** (%): the answer is the query's own label.", ""]
+            lines += _table(task, data_task, merged, "accuracy")
         dropped = plan.get("dropped_lengths", {}).get(task)
         if dropped:
             lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in dropped.items())]
         lines.append("")
-    if verdicts:
-        lines += ["## HoPE vs RoPE beyond the train length", ""]
-        for v in verdicts:
-            if v["n"] == 0:
-                continue
-            higher = merged["tasks"][v["task"]]["higher_is_better"]
-            beat = "yes" if v["a_beats_b"] and "within noise" not in v["verdict"] else "no"
-            lengths = ", ".join(str(n) for n in v["lengths"])
-            lines.append(
-                f"- **{v['task']}** ({v['metric']}, {'higher' if higher else 'lower'} is better; lengths {lengths}; "
-                f"{v['n']} paired samples): did `{v['a']}` beat `{v['b']}`? **{beat}** -- "
-                f"{value_text(v['mean_a'], v['metric'])} vs {value_text(v['mean_b'], v['metric'])} "
-                f"(difference {_diff(v, v['metric'])}); {v['verdict']}."
-            )
-        lines.append("")
+    lines += primary.section(comparisons["primary"], comparisons["secondary"])
     lines += seed_section(study, train_len)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -586,6 +444,23 @@ def _training_plot(exp: Path, merged: dict) -> str | None:
     )
 
 
+BASE_SEED_NOTE = (
+    "*Seed {seed}'s models, one checkpoint per encoding, with intervals over this checkpoint's samples: a "
+    "description, not a finding (no bold). The verdicts are the seed-level primary comparisons below.*"
+)
+
+
+def primary_comparisons(exp: Path, merged: dict) -> dict:
+    """The primary and secondary comparisons (:mod:`~ropelab.experiments.hope.primary`) over seeds."""
+    config = ExperimentConfig(**merged["experiment"]["config"])
+    values = primary.seed_values(exp, runs(config), format_value(float(f"{config.factor:g}")))
+    lengths = {task: [int(n) for n in ns] for task, ns in merged["config"]["task_lengths"].items()}
+    return {
+        "primary": primary.comparisons(values, config.train_len, lengths, primary.PRIMARY),
+        "secondary": primary.comparisons(values, config.train_len, lengths, primary.SECONDARY),
+    }
+
+
 def write_experiment_report(exp: str | os.PathLike) -> Path:
     exp = Path(exp)
     merged = collect(exp)
@@ -597,16 +472,16 @@ def write_experiment_report(exp: str | os.PathLike) -> Path:
     if merged["tasks"]:
         plots += make_plots(exp, summary_for_plots, merged["records"])
     _curve_plot(exp, merged)  # shown in its own section, not with the other plots
-    verdicts = _verdicts(merged)
+    comparisons = primary_comparisons(exp, merged)
     study = seed_study(exp, merged["experiment"])
     summary = {
         "config": merged["config"],
         "experiment": merged["experiment"],
         "training": merged["training"],
         "tasks": merged["tasks"],
-        "hope_vs_rope": verdicts,
+        "comparisons": comparisons,
         "seed_study": study,
     }
     atomic_write_text(exp / "summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(exp / "report.md", render(merged, plots, verdicts, study))
+    atomic_write_text(exp / "report.md", render(merged, plots, comparisons, study))
     return exp / "report.md"
