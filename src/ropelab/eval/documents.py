@@ -6,6 +6,8 @@ undecodable files are skipped and counted, never a crash.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,11 +32,42 @@ def stdlib_python_files(min_bytes: int = 0) -> tuple[Path, ...]:
     return tuple(sorted(files, key=lambda p: (-p.stat().st_size, str(p))))
 
 
+#: the sets :func:`recorded_reads` fills, and the caches of functions that read through :func:`read_text`
+_RECORDERS: list[set[str]] = []
+_CACHES: list = []
+
+
 def read_text(path: Path) -> str | None:
+    """A file's text (None when unreadable or not UTF-8); every evaluation document is read here,
+    so :func:`recorded_reads` sees it."""
+    for seen in _RECORDERS:
+        seen.add(str(Path(path).resolve()))
     try:
         return path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError):
         return None
+
+
+def caches_reads(cache):
+    """Register a cache (anything with ``cache_clear()``) that keeps what was read through
+    :func:`read_text`, so :func:`recorded_reads` can empty it and see every read again."""
+    _CACHES.append(cache)
+    return cache
+
+
+@contextmanager
+def recorded_reads() -> Iterator[set[str]]:
+    """The resolved paths of every file read through :func:`read_text` inside the block (the
+    registered caches are emptied first, so cached documents are read, and seen, again): a run
+    checks that its evaluation read only files held out of training."""
+    for cache in _CACHES:
+        cache.cache_clear()
+    seen: set[str] = set()
+    _RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDERS.remove(seen)
 
 
 def long_code(min_chars: int, skip: int = 0) -> tuple[str, list[str]]:

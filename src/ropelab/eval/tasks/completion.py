@@ -44,7 +44,7 @@ from pathlib import Path
 from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import read_text, stdlib_python_files
+from ropelab.eval.documents import caches_reads, read_text, stdlib_python_files
 
 MIN_FILE_BYTES = 8000
 MIN_ANSWER_CHARS = 8
@@ -204,6 +204,7 @@ def _target_files() -> tuple[Path, ...]:
     return tuple(p for p in _context_files() if p.stat().st_size >= MIN_FILE_BYTES)
 
 
+@caches_reads
 @lru_cache(maxsize=256)
 def _answer_lines(path: Path) -> tuple[int, ...]:
     """1-based numbers of qualifying answer lines in the second half of ``path``."""

@@ -46,7 +46,7 @@ import random
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import read_text, stdlib_python_files
+from ropelab.eval.documents import caches_reads, read_text, stdlib_python_files
 
 PREFIX_TOKENS = 8
 SUFFIX_TOKENS = 4
@@ -234,7 +234,13 @@ class _WindowPool:
                 self.prefixes.add(window[:PREFIX_TOKENS])
 
 
-_POOLS: dict[int, _WindowPool] = {}
+class _Pools(dict):
+    """Window pools by tokenizer id; ``cache_clear`` empties them (``documents.caches_reads``)."""
+
+    cache_clear = dict.clear
+
+
+_POOLS: dict[int, _WindowPool] = caches_reads(_Pools())
 
 
 def _corpus_windows(tokenizer, size: int) -> list[tuple[int, ...]]:

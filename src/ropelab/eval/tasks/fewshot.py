@@ -59,7 +59,7 @@ from functools import lru_cache
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import read_text, stdlib_python_files
+from ropelab.eval.documents import caches_reads, read_text, stdlib_python_files
 
 SUBTASKS = ("language", "returns")
 FILLERS = ("paper", "varied")
@@ -233,6 +233,7 @@ def _own_nodes(function):
                 stack.append(child)
 
 
+@caches_reads
 @lru_cache(maxsize=1)
 def _function_pools() -> dict[str, list[str]]:
     pools: dict[str, list[str]] = {"yes": [], "no": []}

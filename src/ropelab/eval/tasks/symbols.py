@@ -44,7 +44,7 @@ from pathlib import Path
 from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import read_text, stdlib_python_files
+from ropelab.eval.documents import caches_reads, read_text, stdlib_python_files
 
 QUESTION = "\n# Question: list all functions and classes defined above, one per line.\n# Answer:\n"
 SCOPES = ("all", "top")
@@ -204,6 +204,7 @@ def _header(path: Path) -> str:
     return f"# file: {_name(path)}\n"
 
 
+@caches_reads
 @cache
 def _file(path: Path) -> tuple[str, list[int]]:
     """A file's text (newline-terminated) and the character offsets where top-level definitions start."""

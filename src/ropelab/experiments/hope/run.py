@@ -51,7 +51,7 @@ from ropelab.data import ChunkSampler
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs
-from ropelab.eval.documents import long_code, stdlib_python_files
+from ropelab.eval.documents import long_code, recorded_reads, stdlib_python_files
 from ropelab.eval.runner import evaluate
 from ropelab.eval.stats import wilson
 from ropelab.eval.tasks.copy import Copy
@@ -105,6 +105,18 @@ def _holdout(longest: int, samples: int, seed: int) -> tuple[str, ...]:
             # reads an earlier sample's document instead, whose files are listed too)
             files += [str(stdlib_root() / name) for name in long_code(longest * 6, 3 * index + seed % 7)[1]]
     return tuple(dict.fromkeys(files))
+
+
+def check_reads(name: str, read: set[str], holdout: list[str]) -> None:
+    """Raise when the evaluation of model ``name`` read a file (``read``: resolved paths, from
+    :func:`ropelab.eval.documents.recorded_reads`) that is not held out of its training."""
+    held = {str(Path(p).resolve()) for p in holdout}
+    outside = sorted(read - held)
+    if outside:
+        raise RopelabError(
+            f"{name}: the evaluation read {len(outside)} file(s) the model may have trained on (not in the "
+            f"holdout), e.g. {outside[0]}; its results would not be held out"
+        )
 
 
 def train_config(config: ExperimentConfig, pe: str, steps: int, seed: int | None = None):
@@ -308,23 +320,26 @@ def run_model(
     if checkpoint is None:
         raise RopelabError(f"{run.name}: training left no checkpoint")
     model, tokenizer = load_model(checkpoint)
-    evaluate(
-        model,
-        tokenizer,
-        run.pe,
-        config.methods(run.pe),
-        list(the_plan["task_lengths"]),
-        config.lengths,
-        the_plan["samples"],
-        out / "eval" / run.name,
-        seed=config.seed,
-        include_window=config.window,
-        progress=progress,
-        task_lengths=the_plan["task_lengths"],
-    )
+    with recorded_reads() as read:
+        evaluate(
+            model,
+            tokenizer,
+            run.pe,
+            config.methods(run.pe),
+            list(the_plan["task_lengths"]),
+            config.lengths,
+            the_plan["samples"],
+            out / "eval" / run.name,
+            seed=config.seed,
+            include_window=config.window,
+            progress=progress,
+            task_lengths=the_plan["task_lengths"],
+        )
+        if "copy" in config.tasks:
+            copy_curve(out / "models" / run.name, seed=config.seed)
+    if config.holdout_eval and config.data == ["stdlib"]:
+        check_reads(run.name, read, eval_holdout(config))
     write_report(out / "eval" / run.name)
-    if "copy" in config.tasks:
-        copy_curve(out / "models" / run.name, seed=config.seed)
     return f"{run.name}: {describe_result(result)}"
 
 
