@@ -442,6 +442,15 @@ def section_hope() -> list[str]:
         return lines + _missing(
             "ropelab experiment hope --out runs/hope && python -m bench import-run hope-experiment runs/hope"
         )
+    if data.get("report_md") and "Primary comparisons" not in data["report_md"]:
+        lines += [
+            "*Superseded, kept until the new run replaces it: measured before the primary comparisons were "
+            "stated. Its verdicts came from seed 0's models alone, `+pi` used a fixed factor 4 (0 % even at "
+            "0.5x), the learning rate was tuned on `rope` pilots only, and `kerple-log` / `fire` had one seed. "
+            "`ropelab experiment hope` now tunes each encoding's learning rate, trains 5 seeds of `rope` and "
+            "`hope` and 3 of `kerple-log` and `fire`, and makes every verdict over seeds.*",
+            "",
+        ]
     if data.get("report_md"):
         lines += _embedded_report(data)
     paper = json.loads(PAPER.read_text()) if PAPER.is_file() else {}

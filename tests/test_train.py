@@ -33,6 +33,16 @@ def corpus(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def wide_corpus(tmp_path_factory):
+    """60 files: enough for a validation split of several files (the learning-rate tuning's
+    development files)."""
+    root = tmp_path_factory.mktemp("wide")
+    for i in range(60):
+        (root / f"part{i}.py").write_text(TEXT[i * 97 : i * 97 + 3000])
+    return root
+
+
 @pytest.fixture(scope="module", autouse=True)
 def home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
@@ -219,13 +229,25 @@ def test_cli_train_and_its_errors(corpus, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "no such file or directory" in err[0]
 
 
-def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
+def test_hope_experiment_end_to_end_at_toy_scale(wide_corpus, tmp_path, capsys):
+    from ropelab.experiments.hope import tuning
+
     exp = tmp_path / "exp"
     argv = ["experiment", "hope", "--pes", "hope,alibi,rope", "--model-config", "tiny", "--train-len", "128"]
-    argv += ["--data", str(corpus), "--tokenizer", "bpe-300", "--tasks", "copy,ppl", "--lengths", "1x,2x,4x"]
+    argv += ["--data", str(wide_corpus), "--tokenizer", "bpe-300", "--tasks", "copy,ppl", "--lengths", "1x,2x,4x"]
     argv += ["--steps", "2", "--samples", "1", "--batch-size", "2", "--seeds", "1", "--out", str(exp), "--no-progress"]
+    argv += ["--tune-steps", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
+    # the learning rate of every encoding, tuned first on development files (the lowest loss)
+    found = json.loads((exp / "tuning.json").read_text())
+    assert set(found["scores"]) == {"hope", "alibi", "rope"} and found["development_files"] >= 2
+    assert all(set(by_lr) == {f"{lr:g}" for lr in tuning.LR_GRID} for by_lr in found["scores"].values())
+    for pe, by_lr in found["scores"].items():
+        assert found["chosen"][pe] == float(min(by_lr, key=by_lr.get))
+        trained = json.loads((exp / "models" / pe / "train_config.json").read_text())
+        assert trained["requested"]["lr"] == found["chosen"][pe]
+    assert "## Learning rate, tuned per encoding" in out and "| copy plateau | learned |" in out
     assert "## Copy (the paper's Table 1)" in out and "## Primary comparisons (stated before the runs)" in out
     assert (
         "a description, not a finding (no bold)" in out and "**" not in out.split("## Copy")[1].split("## Primary")[0]
@@ -247,12 +269,9 @@ def test_hope_experiment_end_to_end_at_toy_scale(corpus, tmp_path, capsys):
     assert set(cells["rope"]) == {"512"}  # ppl scores 256 tokens after a context: 128 and 256 are dropped
     assert summary["experiment"]["plan"]["dropped_lengths"]["ppl"].keys() == {"1x", "2x"}
     assert set(summary["tasks"]["copy"]["cells"]["alibi"]) == {"128", "256", "512"}
-    # one seed each: the comparisons exist but make no call (n too small)
-    assert {(r["against"], r["task"]) for r in summary["comparisons"]["secondary"]} == {
-        ("rope", "copy"),
-        ("rope", "ppl"),
-    }
-    assert {r["call"] for r in summary["comparisons"]["secondary"]} <= {"n too small", "identical"}
+    # 2 steps teach no copying: the encodings are left out of the comparisons, with the reason
+    assert summary["comparisons"]["left_out"] == ["hope", "rope"] and not summary["comparisons"]["secondary"]
+    assert "Left out of the comparisons: `hope`, `rope`" in out
     assert all(summary["training"][pe]["steps"] == 2 for pe in ("rope", "hope", "alibi"))
     assert (exp / "ppl_loss.png").is_file() and (exp / "training_val_loss.png").is_file()
     # the models were analysed side by side (pattern, VAF, OOD) and the report shows it
@@ -318,7 +337,7 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
     argv = ["experiment", "hope", "--pes", "rope,hope,alibi", "--model-config", "tiny", "--train-len", "128"]
     argv += ["--data", str(corpus), "--tokenizer", "bpe-300", "--tasks", "copy", "--lengths", "1x,2x"]
     argv += ["--steps", "2", "--samples", "2", "--batch-size", "2", "--seeds", "2", "--synthetic", "0.5"]
-    argv += ["--out", str(exp), "--no-progress", "--no-analysis", "--jobs", "2"]
+    argv += ["--out", str(exp), "--no-progress", "--no-analysis", "--jobs", "2", "--no-tune"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert sorted(p.name for p in (exp / "models").iterdir()) == ["alibi", "hope", "hope.seed1", "rope", "rope.seed1"]
@@ -339,9 +358,7 @@ def test_seed_study_trains_extra_seeds_of_the_headline_pair_and_reports_their_sp
         "hope+yarn:factor=2",
     }
     assert set(cells["rope"]["128"]) == {"0", "1"}  # one value per seed
-    secondary = {(r["task"], r["region"]): r for r in summary["comparisons"]["secondary"]}
-    assert set(secondary) == {("copy", "within"), ("copy", "beyond")}
-    assert all(r["seeds"] == [0, 1] and r["call"] in ("n too small", "identical") for r in secondary.values())
+    assert summary["comparisons"]["left_out"] == ["hope", "rope"]  # 2 steps: no model learned to copy
     assert "## Seed study: `rope` (2 seeds), `hope` (2 seeds)" in out
     # copying over training: one point per checkpoint of every model, steps from the checkpoint names
     curve = json.loads((exp / "models" / "rope.seed1" / "copy_curve.json").read_text())
@@ -432,3 +449,22 @@ def test_the_hope_evaluation_reads_only_held_out_files():
     dropped = sorted(again)[0]  # one file the evaluation read, taken out of the holdout
     with pytest.raises(RopelabError, match=r"rope: the evaluation read 1 file\(s\) the model may have trained on"):
         check_reads("rope", again, [p for p in holdout if str(Path(p).resolve()) != dropped])
+
+
+def test_tuning_picks_the_lowest_development_loss_on_files_no_evaluation_reads(wide_corpus):
+    from ropelab.data.corpus import Corpus
+    from ropelab.experiments.hope import tuning
+    from ropelab.experiments.hope.report import copy_status
+
+    assert tuning.choose({"rope": {"0.001": 3.2, "0.003": 3.1, "0.01": 3.4}}) == {"rope": 0.003}
+    assert tuning.choose({"fire": {"0.001": 3.0, "0.003": 3.0}}) == {"fire": 0.001}  # a tie: the lower rate
+    val = [f.path for f in Corpus.from_sources([str(wide_corpus)], val_fraction=0.05, seed=0).split("val")]
+    held = [str(wide_corpus / "part0.py"), str(wide_corpus / "part1.py")]
+    files = tuning.development_files([str(wide_corpus)], 0.05, 0, held)
+    # the holdout goes to validation but never to development; the content-split files stay
+    assert {str(p) for p in files} == {str(p) for p in val} - set(held) and files
+    # copy curve: a plateau is the last 3 checkpoints within 3 points; learned: >= 20 % at the last one
+    assert copy_status([(1, 0.0), (2, 0.90), (3, 0.92), (4, 0.91)]) == ("yes", "yes")
+    assert copy_status([(1, 0.0), (2, 0.21), (3, 0.43), (4, 0.53)]) == ("no", "yes")
+    assert copy_status([(1, 0.0), (2, 0.0), (3, 0.0)]) == ("yes", "no")
+    assert copy_status([(1, 0.5)]) == ("-", "yes") and copy_status([]) == ("-", "-")

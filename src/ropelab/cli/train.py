@@ -105,6 +105,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             seed_pes=split_specs(args.seed_pes),
             other_seeds=args.other_seeds,
             other_seed_pes=split_specs(args.other_seed_pes) if args.other_seed_pes.strip() else [],
+            tune_lr=not args.no_tune,
+            tune_steps=args.tune_steps,
         )
         path = run_hope_experiment(
             config, out, progress=not args.no_progress, analysis=not args.no_analysis, jobs=args.jobs
@@ -259,7 +261,9 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=None, help="samples per cell (default: the recipe's, or sized from the budget)"
     )
     p.add_argument(
-        "--steps", type=int, default=None,
+        "--steps",
+        type=int,
+        default=None,
         help="steps per model (default: the recipe's, or sized from the budget; hirope: 2000 per seed)",
     )
     p.add_argument(
@@ -294,6 +298,10 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
         default=",".join(e.other_seed_pes),
         help=f"hope: encodings that get --other-seeds seeds, where trained (default: {','.join(e.other_seed_pes)})",
     )
+    p.add_argument(
+        "--no-tune", action="store_true", help="hope: train every encoding at --lr (no learning-rate sweep first)"
+    )
+    p.add_argument("--tune-steps", type=int, default=None, help="hope: steps of each learning-rate tuning run")
     synthetic_options(p, e.synthetic, e.synthetic_repeat)
     p.add_argument("--window", action="store_true", help="also score every model with its context truncated")
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")

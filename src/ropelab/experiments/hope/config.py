@@ -30,7 +30,7 @@ MAX_SAMPLES = 200
 #: the recipe's samples per evaluation cell (the accuracy tasks need about 200 for a +/- 3-point
 #: standard error) and steps per model (chosen by measurement, see docs/training.md)
 RECIPE_SAMPLES = 200
-RECIPE_STEPS = 3000
+RECIPE_STEPS = 5000
 #: the paper's row order in Tables 1-2 (anything else follows)
 PAPER_ORDER = ("alibi", "kerple-log", "kerple-power", "fire", "nope", "rope", "hope", *ABLATIONS)
 
@@ -66,6 +66,8 @@ class ExperimentConfig:
     seeds: int = 5  # models per encoding of ``seed_pes``, trained with seeds seed, seed + 1, ...
     seed_pes: list[str] = field(default_factory=lambda: list(SEED_PES))
     other_seeds: int = 3  # models per encoding of ``other_seed_pes``
+    tune_lr: bool = True  # each encoding's learning rate from a short sweep on development files (tuning.py)
+    tune_steps: int | None = None  # steps of each tuning run; default: tuning.TUNE_STEPS
     other_seed_pes: list[str] = field(default_factory=lambda: list(OTHER_SEED_PES))
 
     def validate(self) -> None:
@@ -90,7 +92,7 @@ class ExperimentConfig:
             get_task(name)
         for length in self.lengths:
             parse_length(length, self.train_len)
-        for value, name in ((self.samples, "samples"), (self.steps, "steps")):
+        for value, name in ((self.samples, "samples"), (self.steps, "steps"), (self.tune_steps, "tune steps")):
             if value is not None and value <= 0:
                 raise RopelabError(f"{name} must be a positive integer, got {value}")
         for name in ("seeds", "other_seeds"):

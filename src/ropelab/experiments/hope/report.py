@@ -20,7 +20,7 @@ from pathlib import Path
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.eval.runner import WINDOW, read_results
-from ropelab.experiments.hope import primary
+from ropelab.experiments.hope import primary, tuning
 from ropelab.experiments.hope.config import (
     ANALYSIS_DIR,
     CURVE_FILE,
@@ -80,6 +80,7 @@ def collect(exp: Path) -> dict:
         training[pe if base else name] = {
             "copy_curve": [(p["step"], p["exact_match"]) for p in curve],
             "parameters": train_config.get("parameters"),
+            "lr": train_config.get("requested", {}).get("lr"),
             "steps": final.get("step", 0),
             "planned_steps": train_config.get("resolved", {}).get("steps"),
             "tokens": final.get("tokens", 0),
@@ -130,6 +131,7 @@ def collect(exp: Path) -> dict:
         "tasks": tasks,
         "records": records,
         "analysis": analysis,
+        "tuning": tuning.load(exp),
     }
 
 
@@ -264,18 +266,26 @@ def render(merged: dict, plots: list[str], comparisons: dict, study: dict | None
         "",
         "## Training",
         "",
-        "| model | parameters | steps | tokens | train loss | val loss | minutes |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"*Copy plateau*: copy exact match at the train length over the last {PLATEAU[0]} checkpoints within "
+        f"{100 * PLATEAU[1]:g} points (the criterion for a schedule long enough); *learned*: copy at the train length "
+        f"at least {100 * LEARNED:g} % at the last checkpoint -- an encoding that did not learn to copy inside L is "
+        "left out of the comparisons with that reason.",
+        "",
+        "| model | parameters | lr | steps | tokens | train loss | val loss | minutes | copy plateau | learned |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for pe, t in merged["training"].items():
         steps = f"{t['steps']}" + (
             f" of {t['planned_steps']}" if t["planned_steps"] and t["steps"] != t["planned_steps"] else ""
         )
+        plateau, learned = copy_status(t["copy_curve"])
+        lr = "-" if t.get("lr") is None else f"{t['lr']:g}"
         lines.append(
-            f"| `{pe}` | {t['parameters'] or 0:,} | {steps} | {t['tokens']:,} | {_num(t['train_loss'])} | "
-            f"{_num(t['val_loss'])} | {t['minutes']:.1f} |"
+            f"| `{pe}` | {t['parameters'] or 0:,} | {lr} | {steps} | {t['tokens']:,} | {_num(t['train_loss'])} | "
+            f"{_num(t['val_loss'])} | {t['minutes']:.1f} | {plateau} | {learned} |"
         )
     lines.append("")
+    lines += tuning_section(merged.get("tuning"))
     lines += curve_section(merged["training"], train_len)
     for task in ("copy", "fewshot", "ppl", "passkey", *sorted(set(merged["tasks"]) - set(HEADINGS))):
         if task not in merged["tasks"]:
@@ -291,6 +301,14 @@ def render(merged: dict, plots: list[str], comparisons: dict, study: dict | None
             lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in dropped.items())]
         lines.append("")
     lines += primary.section(comparisons["primary"], comparisons["secondary"])
+    if comparisons.get("left_out"):
+        lines += [
+            "Left out of the comparisons: "
+            + ", ".join(f"`{pe}`" for pe in comparisons["left_out"])
+            + f" (the base seed's model copies under {100 * LEARNED:g} % at the train length: it did not learn "
+            "what these tasks measure, so ranking it would measure the recipe, not the encoding).",
+            "",
+        ]
     lines += seed_section(study, train_len)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -444,6 +462,42 @@ def _training_plot(exp: Path, merged: dict) -> str | None:
     )
 
 
+#: the copy curve has plateaued when its last PLATEAU[0] checkpoints lie within PLATEAU[1]
+PLATEAU = (3, 0.03)
+#: an encoding learned to copy inside L when its last checkpoint copies at least this often
+LEARNED = 0.2
+
+
+def copy_status(curve: list) -> tuple[str, str]:
+    """("yes"/"no"/"-", "yes"/"no"/"-"): has the copy curve plateaued, and did the model learn to copy."""
+    values = [v for _, v in curve]
+    if not values:
+        return "-", "-"
+    tail = values[-PLATEAU[0] :]
+    plateau = "-" if len(tail) < PLATEAU[0] else ("yes" if max(tail) - min(tail) <= PLATEAU[1] else "no")
+    return plateau, "yes" if values[-1] >= LEARNED else "no"
+
+
+def tuning_section(found: dict | None) -> list[str]:
+    """The learning-rate sweep's development losses and choices."""
+    if not found:
+        return []
+    grid = [f"{lr:g}" for lr in found["grid"]]
+    lines = [
+        "## Learning rate, tuned per encoding",
+        "",
+        f"Development loss (nats) after {found['steps']} steps at each learning rate, on {found['development_files']} "
+        "validation files no evaluation reads; the lowest picks the rate every seed of the encoding trains with.",
+        "",
+        "| encoding | " + " | ".join(grid) + " | chosen |",
+        "|---|" + "---:|" * len(grid) + "---:|",
+    ]
+    for pe, scores in found["scores"].items():
+        cells = [f"{scores[lr]:.3f}" if lr in scores else "-" for lr in grid]
+        lines.append(f"| `{pe}` | " + " | ".join(cells) + f" | {found['chosen'][pe]:g} |")
+    return [*lines, ""]
+
+
 BASE_SEED_NOTE = (
     "*Seed {seed}'s models, one checkpoint per encoding, with intervals over this checkpoint's samples: a "
     "description, not a finding (no bold). The verdicts are the seed-level primary comparisons below.*"
@@ -455,9 +509,15 @@ def primary_comparisons(exp: Path, merged: dict) -> dict:
     config = ExperimentConfig(**merged["experiment"]["config"])
     values = primary.seed_values(exp, runs(config), format_value(float(f"{config.factor:g}")))
     lengths = {task: [int(n) for n in ns] for task, ns in merged["config"]["task_lengths"].items()}
+    # an encoding whose base-seed model never learned to copy inside L is not ranked
+    failed = {pe for pe in config.pes if copy_status(merged["training"].get(pe, {}).get("copy_curve", []))[1] == "no"}
+    kept = {}
+    for name, against in (("primary", primary.PRIMARY), ("secondary", primary.SECONDARY)):
+        kept[name] = tuple(a for a in against if "hope" not in failed and a.split("+")[0] not in failed)
     return {
-        "primary": primary.comparisons(values, config.train_len, lengths, primary.PRIMARY),
-        "secondary": primary.comparisons(values, config.train_len, lengths, primary.SECONDARY),
+        "primary": primary.comparisons(values, config.train_len, lengths, kept["primary"]),
+        "secondary": primary.comparisons(values, config.train_len, lengths, kept["secondary"]),
+        "left_out": sorted(failed & {"hope", *(a.split("+")[0] for a in primary.PRIMARY + primary.SECONDARY)}),
     }
 
 

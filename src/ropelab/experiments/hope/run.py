@@ -55,6 +55,7 @@ from ropelab.eval.documents import long_code, recorded_reads, stdlib_python_file
 from ropelab.eval.runner import evaluate
 from ropelab.eval.stats import wilson
 from ropelab.eval.tasks.copy import Copy
+from ropelab.experiments.hope import tuning
 from ropelab.experiments.hope.config import (
     ABLATIONS,
     ANALYSIS_DIR,
@@ -67,6 +68,7 @@ from ropelab.experiments.hope.config import (
     RECIPE_STEPS,
     ExperimentConfig,
     Run,
+    run_dir_name,
     runs,
 )
 from ropelab.experiments.hope.report import write_experiment_report
@@ -119,7 +121,7 @@ def check_reads(name: str, read: set[str], holdout: list[str]) -> None:
         )
 
 
-def train_config(config: ExperimentConfig, pe: str, steps: int, seed: int | None = None):
+def train_config(config: ExperimentConfig, pe: str, steps: int, seed: int | None = None, lr: float | None = None):
 
     return TrainConfig(
         pe=pe,
@@ -134,7 +136,7 @@ def train_config(config: ExperimentConfig, pe: str, steps: int, seed: int | None
         split_seed=config.seed,  # every seed trains on the same files with the same tokenizer
         steps=steps,
         batch_size=config.batch_size,
-        lr=config.lr,
+        lr=config.lr if lr is None else lr,
         log_every=max(1, min(10, steps // 20)),
         val_sequences=32,
     )
@@ -309,7 +311,7 @@ def run_model(
         torch.set_num_threads(threads)
     limit = 2.0 * the_plan["expected_train_seconds"][run.pe] + 30
     result = train(
-        train_config(config, run.pe, the_plan["steps"], run.seed),
+        train_config(config, run.pe, the_plan["steps"], run.seed, the_plan.get("lr", {}).get(run.pe)),
         out / "models" / run.name,
         progress=progress,
         max_seconds=limit,
@@ -341,6 +343,50 @@ def run_model(
         check_reads(run.name, read, eval_holdout(config))
     write_report(out / "eval" / run.name)
     return f"{run.name}: {describe_result(result)}"
+
+
+def tune_one(config: ExperimentConfig, pe: str, lr: float, out: Path, threads: int | None = None) -> tuple:
+    """One tuning run (trained or resumed) and its development loss: ``(pe, lr, loss)``."""
+    if threads:
+        torch.set_num_threads(threads)
+    steps = config.tune_steps or tuning.TUNE_STEPS
+    directory = out / "tuning" / tuning.run_name(run_dir_name(pe), lr)
+    result = train(train_config(config, pe, steps, config.seed, lr), directory, progress=False)
+    if result.status == "interrupted":
+        raise RopelabError(f"tuning {pe} at lr {lr:g} was interrupted at step {result.step}; run again to resume")
+    model, tokenizer = load_model(latest_checkpoint(directory / CHECKPOINTS))
+    holdout = eval_holdout(config) if config.holdout_eval and config.data == ["stdlib"] else []
+    files = tuning.development_files(list(config.data), 0.05, config.seed, holdout)
+    windows = tuning.development_windows(files, tokenizer, config.train_len)
+    return pe, lr, tuning.development_loss(model, windows), len(files)
+
+
+def tune(config: ExperimentConfig, out: Path, jobs: int) -> dict[str, float]:
+    """Each encoding's learning rate (:mod:`~ropelab.experiments.hope.tuning`), from ``tuning.json``
+    when it is there, else measured and saved."""
+    found = tuning.load(out)
+    if found is None:
+        units = [(pe, lr) for pe in config.pes for lr in tuning.LR_GRID]
+        results = _parallel(tune_one, [(config, pe, lr, out) for pe, lr in units], jobs)
+        scores: dict[str, dict[str, float]] = {}
+        for pe, lr, loss, _ in results:
+            scores.setdefault(pe, {})[f"{lr:g}"] = loss
+        found = tuning.save(out, scores, config.tune_steps or tuning.TUNE_STEPS, results[0][3])
+    log("learning rates: " + ", ".join(f"{pe} {lr:g}" for pe, lr in found["chosen"].items()))
+    return found["chosen"]
+
+
+def _parallel(function, arguments: list[tuple], jobs: int) -> list:
+    """``function(*args, threads)`` for each of ``arguments``, ``jobs`` at a time in spawned worker
+    processes (each with an equal share of the cores), in order; in this process when ``jobs`` is 1."""
+    if jobs <= 1 or len(arguments) == 1:
+        return [function(*args) for args in arguments]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(function, *zip(*[(*args, threads) for args in arguments])))
 
 
 def _run_models(config: ExperimentConfig, the_plan: dict, out: Path, progress: bool, jobs: int) -> None:
@@ -387,6 +433,8 @@ def run_experiment(
             f"plan: {len(runs(config))} models x {the_plan['steps']} steps ({the_plan['tokens_per_model']:,} tokens "
             f"each), {the_plan['samples']} samples per evaluation cell"
         )
+    if config.tune_lr:
+        the_plan["lr"] = tune(config, out, jobs)
     _run_models(config, the_plan, out, progress, jobs)
     if analysis:
         analyze_experiment(out)
