@@ -45,6 +45,7 @@ def _leftovers(parent, name: str) -> list[str]:
         ("rope", "pi:factor=2", "linear"),
         ("rope", "ntk:factor=4", "default"),
         ("rope", "dynamic-ntk:factor=2", "dynamic"),
+        ("rope", "llama3:factor=8,high_freq_factor=2", "llama3"),
         ("hope", "rope", "default"),  # --method replaces the checkpoint's own
     ],
 )

@@ -8,6 +8,7 @@ are meant to reproduce HF's rope types:
     default        rope
     linear         pi:factor=F
     dynamic        dynamic-ntk:factor=F
+    llama3         llama3:factor=F,low_freq_factor=A,high_freq_factor=B (L = original_max_position_embeddings)
     yarn           yarn:factor=F[,beta_fast,beta_slow,attention_factor,mscale,mscale_all_dim,truncate]
 
 Checked here: logits of a randomly initialised ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` and
@@ -55,6 +56,27 @@ ROPE_CASES: dict[str, tuple[dict, str]] = {
     "linear": ({"rope_type": "linear", "factor": 2.0}, "pi:factor=2"),
     "dynamic": ({"rope_type": "dynamic", "factor": 2.0}, "dynamic-ntk:factor=2"),
     "yarn": ({"rope_type": "yarn", "factor": 2.0}, "yarn:factor=2"),
+    # MAX_POS = 64 with head_dim 16: wavelengths 6, 20, 63, 199, ... -> kept, smoothed (2), divided (5)
+    "llama3": (
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": MAX_POS,
+        },
+        "llama3:factor=8",
+    ),
+    "llama3-custom": (
+        {
+            "rope_type": "llama3",
+            "factor": 4.0,
+            "low_freq_factor": 0.5,
+            "high_freq_factor": 2.0,
+            "original_max_position_embeddings": MAX_POS,
+        },
+        "llama3:factor=4,low_freq_factor=0.5,high_freq_factor=2",
+    ),
     "yarn-mscale": (
         {"rope_type": "yarn", "factor": 2.0, "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0, "mscale_all_dim": 0.5},
         "yarn:factor=2,beta_fast=16,beta_slow=2,mscale=1,mscale_all_dim=0.5",
@@ -220,6 +242,8 @@ FREQ_TYPES = [
     pytest.param(
         "yarn", {"attention_factor": 1.25, "beta_fast": 40.0, "beta_slow": 1.5}, "yarn", id="yarn-attention-factor"
     ),
+    pytest.param("llama3", {"low_freq_factor": 1.0, "high_freq_factor": 4.0}, "llama3", id="llama3"),
+    pytest.param("llama3", {"low_freq_factor": 2.0, "high_freq_factor": 8.0}, "llama3", id="llama3-narrow"),
 ]
 
 
@@ -254,6 +278,8 @@ def test_frequency_plan_matches_rope_init_functions(
             "rope_theta": base,
             **({} if rope_type == "default" else {"factor": factor}),
             **extra,
+            # llama3's original context is ropelab's train length
+            **({"original_max_position_embeddings": train_len} if rope_type == "llama3" else {}),
         },
     )
     ctx = PEContext(head_dim=head_dim, n_heads=n_heads, train_len=train_len, rope_base=base)

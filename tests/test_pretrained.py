@@ -149,12 +149,20 @@ def test_hf_directory_rope_scaling_maps_to_a_method(tmp_path):
     hf.config.rope_scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
     hf.save_pretrained(tmp_path, safe_serialization=True)
     config = json.loads((tmp_path / "config.json").read_text())
+    from ropelab.pe import canonical_spec
     from ropelab.pretrained.hf_dir import hf_config_to_ropelab
 
     mapped = hf_config_to_ropelab(config)
     assert mapped.pe.startswith("yarn:") and "factor=4" in mapped.pe and mapped.train_len == 64
-    config["rope_scaling"] = {"rope_type": "longrope", "factor": 2.0}
+    # a Llama-3.1-style config: llama3 scaling, the original context is ropelab's train length
+    config["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
     config.pop("rope_parameters", None)
+    mapped = hf_config_to_ropelab(config)
+    assert canonical_spec(mapped.pe) == "rope+llama3:factor=8" and mapped.train_len == 32
+    config["rope_scaling"]["high_freq_factor"] = 2.0
+    assert canonical_spec(hf_config_to_ropelab(config).pe) == "rope+llama3:factor=8,high_freq_factor=2"
+    config["rope_scaling"] = {"rope_type": "longrope", "factor": 2.0}
     with pytest.raises(RopelabError, match="rope type 'longrope' is not supported"):
         hf_config_to_ropelab(config)
 

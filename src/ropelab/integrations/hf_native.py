@@ -9,6 +9,8 @@ exact twin there, so a directory saved with them runs correctly in plain ``trans
     ntk:factor=F              {"rope_type": "default", "rope_theta": base * F^(d/(d-2))}   (a base change)
     pi:factor=F               {"rope_type": "linear", "factor": F}
     dynamic-ntk:factor=F      {"rope_type": "dynamic", "factor": F}
+    llama3:factor=F,...       {"rope_type": "llama3", "factor": F, "low_freq_factor", "high_freq_factor",
+                               "original_max_position_embeddings": L}
     yarn:factor=F,...         {"rope_type": "yarn", "factor": F, "original_max_position_embeddings": L,
                                "beta_fast", "beta_slow", "truncate"[, "attention_factor", "mscale",
                                "mscale_all_dim"]}
@@ -141,6 +143,14 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
             scaled = {"rope_type": "linear", "factor": factor}
         elif transform == "dynamic-ntk":
             scaled = {"rope_type": "dynamic", "factor": factor}
+        elif transform == "llama3":
+            scaled = {
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": float(params["low_freq_factor"]),
+                "high_freq_factor": float(params["high_freq_factor"]),
+                "original_max_position_embeddings": ctx.train_len,
+            }
         elif transform == "yarn":
             scaled = {
                 "rope_type": "yarn",

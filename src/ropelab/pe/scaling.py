@@ -15,7 +15,13 @@
   With a KV cache, ropelab re-rotates cached keys when ``n`` grows, so cached decoding equals a
   full recompute (Hugging Face keeps the stale rotation of cached keys).
 
-All three are transforms of a :class:`~ropelab.pe.base.FrequencyPlan`: they compose with any
+* ``llama3`` -- Llama 3.1's frequency scaling (Meta 2024, "The Llama 3 Herd of Models", arXiv
+  2407.21783; Hugging Face rope type ``llama3``): with ``L`` the original context, frequencies
+  whose wavelength is below ``L / high_freq_factor`` are kept, those above ``L / low_freq_factor``
+  are divided by ``factor``, and those between are interpolated smoothly:
+  ``theta' = (1 - s) theta / factor + s theta`` with ``s = (L / wavelength - low) / (high - low)``.
+
+All four are transforms of a :class:`~ropelab.pe.base.FrequencyPlan`: they compose with any
 RoPE-family base (``hope+pi:factor=4``); a position-independent frequency (theta 0) stays 0.
 A head of 2 channels (one frequency, the highest) is left unchanged by ``ntk`` and ``dynamic-ntk``.
 A base change is applied as the multiplier ``(base/base')^(2j/d)`` computed in float64.
@@ -92,6 +98,25 @@ def dynamic_ntk(factor: float):
     return transform, True
 
 
+def llama3(factor: float, low_freq_factor: float, high_freq_factor: float):
+    if not high_freq_factor > low_freq_factor:
+        raise SpecError(
+            f"llama3: high_freq_factor ({high_freq_factor:g}) must exceed low_freq_factor ({low_freq_factor:g})"
+        )
+
+    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
+        theta = plan.theta.to(torch.float64)
+        wavelength = 2 * math.pi / theta  # inf for a position-independent frequency: divided, stays 0
+        original = float(ctx.train_len)
+        scaled = torch.where(wavelength > original / low_freq_factor, theta / factor, theta)
+        smooth = (original / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelength >= original / high_freq_factor) & (wavelength <= original / low_freq_factor)
+        return replace(plan, theta=torch.where(medium, smoothed, scaled).to(torch.float32))
+
+    return transform, False
+
+
 METHODS = [
     MethodInfo(
         name="pi",
@@ -120,5 +145,33 @@ METHODS = [
         paper="emozilla 2023, Dynamically Scaled RoPE; Peng et al. 2023, YaRN (arXiv 2309.00071) Sec. 3.3",
         params=(FACTOR,),
         factory=dynamic_ntk,
+    ),
+    MethodInfo(
+        name="llama3",
+        family="scaling",
+        kind="transform",
+        description="Llama 3.1 scaling: keep short wavelengths, divide long ones by factor, interpolate between "
+        "(HF rope type 'llama3'; L = the original context).",
+        paper="Meta 2024, The Llama 3 Herd of Models (arXiv 2407.21783); HF transformers rope type 'llama3'",
+        params=(
+            replace(FACTOR, default=8.0),
+            Param(
+                "low_freq_factor",
+                float,
+                1.0,
+                "wavelengths above L / this are divided by factor",
+                minimum=0.0,
+                exclusive_minimum=True,
+            ),
+            Param(
+                "high_freq_factor",
+                float,
+                4.0,
+                "wavelengths below L / this are kept",
+                minimum=0.0,
+                exclusive_minimum=True,
+            ),
+        ),
+        factory=llama3,
     ),
 ]

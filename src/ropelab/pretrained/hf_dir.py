@@ -33,7 +33,12 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "qwen2": "Qwen2 (Qwen2ForCausalLM)",
 }
 #: Hugging Face rope types that map onto ropelab methods.
-ROPE_TYPES = {"default": None, "linear": "pi", "dynamic": "dynamic-ntk", "yarn": "yarn"}
+ROPE_TYPES = {"default": None, "linear": "pi", "dynamic": "dynamic-ntk", "yarn": "yarn", "llama3": "llama3"}
+#: the rope parameters each method reads (besides its factor)
+ROPE_KEYS = {
+    "yarn": {"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"},
+    "llama3": {"low_freq_factor", "high_freq_factor"},
+}
 
 
 @dataclass(frozen=True)
@@ -181,9 +186,7 @@ def _base_config(hf: Mapping, source: str) -> ModelConfig:
     if method is None:
         pe = "rope"
     else:
-        keys = {"factor"} | (
-            {"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"} if method == "yarn" else set()
-        )
+        keys = {"factor"} | ROPE_KEYS.get(method, set())
         args = ",".join(f"{k}={rope.parameters[k]}" for k in sorted(keys) if rope.parameters.get(k) is not None)
         if args:
             pe = f"{method}:{args}"
