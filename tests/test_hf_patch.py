@@ -325,3 +325,24 @@ def test_hirope_reads_hierarchical_positions_from_a_forward_keyword(models, ids)
         expected = twin.with_method(spec)(ids, positions=positions)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
     assert max_diff(got, chunked) > 1e-3  # the positions were used, not the default chunks
+
+
+def test_a_llama3_scaled_model_keeps_its_frequencies_under_a_windowed_patch(capsys) -> None:
+    """Llama 3.1 rope (transformers' ``llama3``): ``self-extend`` runs over the llama3 frequencies
+    (a window covering the input gives the unpatched logits), a lone ``yarn`` is refused, and a
+    spec naming its base replaces the rope type with a log line."""
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": MAX_POS, "rope_theta": THETA, "max_position_embeddings": 8 * MAX_POS}  # fmt: skip
+    model = tiny_hf_model("llama", **rope)
+    ids = torch.randint(0, VOCAB, (1, 3 * MAX_POS), generator=torch.Generator().manual_seed(0))
+    own = hf_logits(model, ids)
+    encoding = hf.patch(model, f"self-extend:window={4 * MAX_POS},group=2")
+    assert encoding.spec == f"self-extend:group=2,window={4 * MAX_POS}+llama3:factor=8"
+    assert max_diff(hf_logits(model, ids), own) < 1e-5
+    plain = copy.deepcopy(model)
+    hf.unpatch(plain)
+    hf.patch(plain, "rope+pi:factor=1")  # names its base: replaces llama3, and says so
+    assert max_diff(hf_logits(plain, ids), own) > 1e-3
+    assert "replaces the model's own rope+llama3:factor=8" in capsys.readouterr().err
+    with pytest.raises(SpecError, match="would replace the model's own llama3:factor=8"):
+        hf.patch(model, "yarn:factor=2")

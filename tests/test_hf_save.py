@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 
+from ropelab.core.errors import RopelabError
 from ropelab.core.version import __version__
 from ropelab.integrations import hf
 from ropelab.model.transformer import Transformer
@@ -146,7 +147,9 @@ def test_dynamic_is_not_native_when_transformers_would_rescale_by_another_length
         rope_theta=THETA,
         max_position_embeddings=64,
     )
-    hf.patch(model, "dynamic-ntk:factor=2")
+    with pytest.raises(RopelabError, match="would replace the model's own yarn:factor=2"):
+        hf.patch(model, "dynamic-ntk:factor=2")  # a lone transform would drop the config's YaRN silently
+    hf.patch(model, "rope+dynamic-ntk:factor=2")  # named: replaces it
     entry = hf.config_entry(model.config)
     assert entry["hf_rope_type"] is None and entry["train_len"] == 32
     assert "max_position_embeddings=64" in entry["hf_unsupported"]

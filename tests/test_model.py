@@ -254,3 +254,37 @@ def test_pi_factor_auto_is_pi_at_each_input_length():
         for _ in range(4):
             steps = torch.cat((steps, auto(steps)[:, -1:].argmax(-1)), dim=1)
     assert torch.equal(cached, steps[:, prefix.shape[1] :])
+
+
+def test_a_model_keeps_its_own_frequency_scaling_under_other_methods(capsys):
+    """A llama3-scaled model (its checkpoint's rope type): a windowed method runs over the llama3
+    frequencies (its angles equal transformers' llama3 inv_freq), a spec naming a base replaces
+    it with a log line, a lone transform is refused."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    model = tiny("rope+llama3:factor=8")
+    c = model.config
+    hf = transformers.LlamaConfig(
+        hidden_size=c.n_heads * c.head_dim, num_attention_heads=c.n_heads, head_dim=c.head_dim,
+        rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": c.train_len, "rope_theta": c.rope_base},
+    )  # fmt: skip
+    inv_freq = ROPE_INIT_FUNCTIONS["llama3"](hf, None)[0]
+    ids = torch.randint(0, 61, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        own = model(ids)
+        model.with_method("self-extend:window=64,group=2")  # the window covers the input: plain llama3 RoPE
+        assert model.pe.spec == "self-extend:group=2,window=64+llama3:factor=8"
+        torch.testing.assert_close(model.pe.theta, inv_freq, rtol=1e-6, atol=0)
+        torch.testing.assert_close(model(ids), own, atol=1e-5, rtol=0)
+        model.with_method("rope")  # named: plain RoPE replaces the llama3 scaling (and the log says so)
+        assert model.pe.spec == "rope"
+        model.with_method("rope+yarn:factor=2")
+        assert model.pe.spec == "rope+yarn:factor=2"
+    err = capsys.readouterr().err
+    assert "runs over the model's own llama3:factor=8" in err and "replaces the model's own rope+llama3" in err
+    with pytest.raises(RopelabError, match="would replace the model's own llama3:factor=8"):
+        model.with_method("yarn:factor=2")
+    # an unscaled model is unaffected
+    assert tiny("rope").with_method("self-extend").pe.spec == "self-extend"

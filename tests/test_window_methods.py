@@ -262,13 +262,24 @@ def test_describe_reports_hirope_levels():
         ("hirope:levels=4", "levels must be one of 2, 3"),
         ("hirope:token_index=local", "token_index must be one of global, segment"),
         ("rerope:window=0", "window must be an integer >= 1"),
-        ("hirope+yarn:factor=2", "'yarn' rescales RoPE frequencies, but 'hirope' has none"),
+        ("hirope+dynamic-ntk:factor=2", "a windowed method ('hirope') takes static frequency transforms only"),
+        ("rerope+pi:factor=auto", "'pi' changes the angles with the input length"),
+        ("alibi+yarn:factor=2", "'yarn' rescales RoPE frequencies, but 'alibi' has none"),
     ],
 )
 def test_bad_window_specs(spec, message):
     with pytest.raises(ValueError) as error:
         pe.parse_spec(spec)
     assert message in str(error.value)
+
+
+def test_windowed_methods_take_static_frequency_scaling_but_not_attention_scaling():
+    ctx = pe.PEContext(head_dim=16, n_heads=2, train_len=64)
+    scaled = pe.build("self-extend+llama3:factor=8", ctx)
+    torch.testing.assert_close(scaled.theta, pe.build("rope+llama3:factor=8", ctx).plan().theta, atol=0, rtol=0)
+    torch.testing.assert_close(pe.build("rerope+pi:factor=2", ctx).theta, pe.build("rope", ctx).plan().theta / 2)
+    with pytest.raises(ValueError, match="cannot take a transform that scales attention"):
+        pe.build("hirope+yarn:factor=2", ctx)
 
 
 def test_hierarchy_level_count_mismatch_is_a_clear_error():

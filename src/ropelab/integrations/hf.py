@@ -134,13 +134,21 @@ from torch import Tensor, nn
 from ropelab import pe as pe_registry
 from ropelab.core.checks import int_between
 from ropelab.core.errors import RopelabError
+from ropelab.core.log import log
 from ropelab.core.version import __version__
 from ropelab.integrations.hf_native import native_rope, rope_fields, set_rope_fields
 from ropelab.model.config import LIMITS
 from ropelab.model.device import resolve_placement
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe import PEContext, PositionEncoding, RotaryEncoding
-from ropelab.pretrained.hf_dir import ROPELAB_ENTRY, SUPPORTED_MODEL_TYPES, hf_rope, ropelab_to_hf_config, unpatched
+from ropelab.pretrained.hf_dir import (
+    ROPELAB_ENTRY,
+    SUPPORTED_MODEL_TYPES,
+    hf_rope,
+    native_method,
+    ropelab_to_hf_config,
+    unpatched,
+)
 from ropelab.pretrained.registry import load_model, resolve
 
 #: the ``config.json`` key of the entry :func:`patch` writes
@@ -524,7 +532,12 @@ def patch(model: nn.Module, spec: str, train_len: int | None = None) -> Position
     config = model.config
     entry = config_entry(config)
     base_fields = entry["original"] if entry and isinstance(entry.get("original"), dict) else rope_fields(config)
+    # the model's own rope type is kept under a windowed method, or replaced only when said (pe.compose)
+    native = native_method(hf_rope(unpatched(config.to_dict())[0], "hf.patch"), "hf.patch")
+    spec, note = pe_registry.compose(native, spec)
     encoding = _build(spec, hf_pe_context(config, train_len))
+    if note:
+        log(f"hf.patch: {note}")
     first = getattr(*slots[0])
     original_class = type(first.original if isinstance(first, RopelabRotaryEmbedding) else first)
     device = next((t.device for t in (*first.parameters(), *first.buffers())), None)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ropelab import pe as pe_registry
 from ropelab.core.errors import CheckpointError, RopelabError
+from ropelab.core.log import log
 from ropelab.model.bias_attention import bias_attention, has_bias
 from ropelab.model.config import ModelConfig
 from ropelab.model.generate import generate
@@ -304,6 +305,9 @@ class Transformer(nn.Module):
         if init_weights:
             self._init_weights()
         self.pe = self._build_pe(config.pe)
+        #: the method the model was built (or trained, or loaded) with: :meth:`with_method` keeps its
+        #: frequency scaling (``ropelab.pe.compose``)
+        self.native_spec = self.pe.spec
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor]) -> Transformer:
@@ -385,10 +389,20 @@ class Transformer(nn.Module):
         switched to, so switching makes sense between parameter-free methods (the RoPE family,
         NoPE, ALiBi) or onto a model trained with that method. Switching to the method the model
         already runs changes nothing (a trained KERPLE or FIRE keeps its parameters).
+
+        The model's own frequency scaling (a checkpoint's rope type, e.g. ``rope+llama3:factor=8``)
+        is kept or replaced only as :func:`ropelab.pe.compose` says: a windowed method runs over it,
+        a spec naming another base replaces it with a log line, a lone transform that would drop it
+        is refused.
         """
-        if self.pe.spec == pe_registry.canonical_spec(spec):
+        composed, note = pe_registry.compose(self.native_spec, spec)
+        if self.pe.spec == composed:
             return self
-        self.pe = self._build_pe(spec)
+        said = self.__dict__.setdefault("_notes_said", set())
+        if note and note not in said:  # once per model: the runner switches methods often
+            said.add(note)
+            log(note)
+        self.pe = self._build_pe(composed)
         self.config.pe = self.pe.spec
         return self
 

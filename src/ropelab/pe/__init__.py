@@ -39,6 +39,7 @@ __all__ = [
     "Rotation",
     "apply_rotary",
     "build",
+    "compose",
     "format_value",
     "get_method",
     "methods",
@@ -126,10 +127,16 @@ def parse_spec(spec: str) -> list[SpecPart]:
                 f"{part.info.name!r} cannot be composed after {base.info.name!r}: only one base encoding per spec, "
                 "followed by RoPE transforms (pi, ntk, dynamic-ntk, llama3, yarn)"
             )
-        if base.info.kind != "rotary":
+        if base.info.kind == "window" and (part.info.name == "dynamic-ntk" or part.params.get("factor") == "auto"):
+            raise SpecError(
+                f"{part.info.name!r} changes the angles with the input length; a windowed method "
+                f"({base.info.name!r}) takes static frequency transforms only (pi, ntk, llama3)"
+            )
+        if base.info.kind not in ("rotary", "window"):
             raise SpecError(
                 f"{part.info.name!r} rescales RoPE frequencies, but {base.info.name!r} has none; "
-                "compose it with a RoPE-family method (rope, hope, hope-ab1, hope-ab2, hope-ab3)"
+                "compose it with a RoPE-family method (rope, hope, hope-ab1, hope-ab2, hope-ab3) or a windowed "
+                "one (rerope, self-extend, hirope)"
             )
     return parts
 
@@ -188,5 +195,40 @@ def build(spec: str, ctx: PEContext) -> PositionEncoding:
         encoding = RotaryEncoding(ctx, canonical, plan, transforms)
     else:
         encoding = base.info.factory(ctx, canonical, **base.params)
+        if len(parts) > 1:  # a windowed method over the model's scaled frequencies (e.g. llama3)
+            encoding.transform_frequencies([part.info.factory(**part.params)[0] for part in parts[1:]])
     encoding.info = base.info
     return encoding
+
+
+def compose(native: str, requested: str) -> tuple[str, str | None]:
+    """The spec to run when ``requested`` is applied to a model whose own method is ``native``,
+    and a note saying what happened (None: nothing to say). A model's own frequency scaling (its
+    rope type, e.g. ``rope+llama3:factor=8``) is never dropped silently:
+
+    * a windowed method written without transforms (``self-extend``) runs over the model's scaled
+      frequencies: ``self-extend+llama3:factor=8``;
+    * transforms written as a continuation of the model's own (``rope+llama3:factor=8+pi:factor=2``)
+      compose as written; a spec that names its base (``rope``, ``rope+yarn:factor=2``, ``hope``,
+      ``alibi``) replaces the model's method, and the note says so;
+    * a lone transform (``yarn:factor=2``, which means ``rope+yarn``) on a model with its own
+      scaling is refused: it would replace that scaling without saying so.
+    """
+    own, wanted = parse_spec(native), parse_spec(requested)
+    own_text = "+".join(part.canonical() for part in own)
+    wanted_text = "+".join(part.canonical() for part in wanted)
+    scaling = own[1:]
+    if not scaling or wanted_text == own_text or own[0].info.kind != "rotary":
+        return wanted_text, None
+    scaling_text = "+".join(part.canonical() for part in scaling)
+    extra = wanted[1:]
+    if not extra and wanted[0].info.kind == "window":
+        return f"{wanted[0].canonical()}+{scaling_text}", f"{wanted_text} runs over the model's own {scaling_text}"
+    if [p.canonical() for p in extra[: len(scaling)]] == [p.canonical() for p in scaling]:
+        return wanted_text, None
+    if requested.strip().split("+")[0].split(":")[0].strip().lower() in ("pi", "ntk", "dynamic-ntk", "llama3", "yarn"):
+        raise SpecError(
+            f"{requested.strip()} would replace the model's own {scaling_text} ({own_text}); write "
+            f"{own_text}+{requested.strip()} to compose, or {wanted_text} to replace it"
+        )
+    return wanted_text, f"{wanted_text} replaces the model's own {own_text}"

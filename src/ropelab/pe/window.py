@@ -9,9 +9,12 @@ position of each token (the caller's positions, or the sequence index for hierar
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
+from ropelab.core.errors import SpecError
 from ropelab.pe.base import FrequencyPlan, PEContext, PositionEncoding, Rotation
 from ropelab.pe.rope import rope_plan, rotation_tables
 
@@ -28,6 +31,18 @@ class WindowedEncoding(PositionEncoding):
     def plan(self, seq_len: int | None = None) -> FrequencyPlan:
         """The far-region frequency plan (for ``ropelab describe``)."""
         return self.base_plan
+
+    def transform_frequencies(self, transforms: list) -> None:
+        """Run over transformed RoPE frequencies (a model's own static scaling, e.g. ``llama3``):
+        near and far angles both use them. A transform that rescales attention (YaRN) is refused:
+        the windowed attention paths apply no attention factor."""
+        plan = self.base_plan
+        for transform in transforms:
+            plan = transform(plan, self.ctx, self.ctx.train_len)
+        if plan.attention_factor != 1.0:
+            raise SpecError(f"{self.spec}: a windowed method cannot take a transform that scales attention (YaRN)")
+        self.base_plan = replace(plan, theta=plan.theta.to(torch.float32))
+        self.theta = self.base_plan.theta
 
     @staticmethod
     def linear_positions(positions: Tensor, index: Tensor) -> Tensor:

@@ -171,13 +171,9 @@ def hf_config_to_ropelab(hf: Mapping, source: str = "config.json") -> ModelConfi
     return dataclasses.replace(config, pe=canonical_spec(entry["method"]), train_len=train_len)
 
 
-def _base_config(hf: Mapping, source: str) -> ModelConfig:
-    model_type = hf.get("model_type")
-    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise RopelabError(
-            f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    rope = hf_rope(hf, source)
+def native_method(rope: HFRope, source: str = "config.json") -> str:
+    """The ropelab spec of an HF config's own rope (its rope type and parameters), e.g.
+    ``llama3:factor=8.0,...`` for Llama 3.1; one error for an unsupported type or a bad parameter."""
     if rope.rope_type not in ROPE_TYPES:
         raise RopelabError(
             f"{source}: rope type {rope.rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}"
@@ -194,6 +190,17 @@ def _base_config(hf: Mapping, source: str) -> ModelConfig:
         canonical_spec(pe)
     except RopelabError as error:
         raise RopelabError(f"{source}: rope parameters give no valid method ({error})") from None
+    return pe
+
+
+def _base_config(hf: Mapping, source: str) -> ModelConfig:
+    model_type = hf.get("model_type")
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
+        raise RopelabError(
+            f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    rope = hf_rope(hf, source)
+    pe = native_method(rope, source)
     n_kv_heads = _int(hf, "num_key_value_heads", source, default=rope.n_heads)
     if rope.n_heads % n_kv_heads:
         raise RopelabError(f"{source}: num_attention_heads {rope.n_heads} is not a multiple of num_key_value_heads")
