@@ -46,6 +46,8 @@ def _leftovers(parent, name: str) -> list[str]:
         ("rope", "ntk:factor=4", "default"),
         ("rope", "dynamic-ntk:factor=2", "dynamic"),
         ("rope", "llama3:factor=8,high_freq_factor=2", "llama3"),
+        ("rope", "proportional:fraction=0.5", "proportional"),
+        ("hope", None, "proportional"),  # HoPE's kept frequencies are a prefix: p-RoPE, checked angle by angle
         ("hope", "rope", "default"),  # --method replaces the checkpoint's own
     ],
 )
@@ -81,7 +83,7 @@ def test_export_loads_in_plain_transformers_with_ropelab_logits(tmp_path, capsys
 @pytest.mark.parametrize(
     ("pe", "method", "why"),
     [
-        ("hope", None, "position-independent"),
+        ("hope-ab2", None, "position-independent"),
         ("hope+yarn:factor=2", None, "position-independent"),
         ("nope", None, "NoPE"),
         ("rope", "rerope:window=24", "attention function"),

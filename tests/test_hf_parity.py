@@ -9,6 +9,7 @@ are meant to reproduce HF's rope types:
     linear         pi:factor=F
     dynamic        dynamic-ntk:factor=F
     llama3         llama3:factor=F,low_freq_factor=A,high_freq_factor=B (L = original_max_position_embeddings)
+    proportional   proportional:fraction=P[,factor=F] (P = partial_rotary_factor)
     yarn           yarn:factor=F[,beta_fast,beta_slow,attention_factor,mscale,mscale_all_dim,truncate]
 
 Checked here: logits of a randomly initialised ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` and
@@ -66,6 +67,12 @@ ROPE_CASES: dict[str, tuple[dict, str]] = {
             "original_max_position_embeddings": MAX_POS,
         },
         "llama3:factor=8",
+    ),
+    # p-RoPE: a quarter / half of the head rotates (head_dim 16: 2 / 4 of 8 frequencies)
+    "proportional": ({"rope_type": "proportional", "partial_rotary_factor": 0.25}, "proportional:fraction=0.25"),
+    "proportional-factor": (
+        {"rope_type": "proportional", "partial_rotary_factor": 0.5, "factor": 2.0},
+        "proportional:fraction=0.5,factor=2",
     ),
     "llama3-custom": (
         {
@@ -352,3 +359,20 @@ def test_to_hf_model_refuses_methods_hf_cannot_express():
 
     with pytest.raises(RopelabError, match="only rope"):
         to_hf_model(Transformer(ModelConfig.from_name("tiny", pe="hope")))
+
+
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("factor", [1.0, 4.0])
+def test_proportional_plan_matches_rope_init_functions(head_dim: int, fraction: float, factor: float) -> None:
+    config = transformers.LlamaConfig(
+        hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
+        rope_parameters={"rope_type": "proportional", "partial_rotary_factor": fraction, "factor": factor,
+                         "rope_theta": 50000.0},
+    )  # fmt: skip
+    inv_freq, scaling = rope_utils.ROPE_INIT_FUNCTIONS["proportional"](config, None)
+    ctx = PEContext(head_dim=head_dim, n_heads=2, train_len=128, rope_base=50000.0)
+    plan = build(f"proportional:fraction={fraction},factor={factor}", ctx).plan()
+    torch.testing.assert_close(plan.theta, inv_freq.to(torch.float32), rtol=1e-6, atol=0)
+    assert plan.attention_factor == scaling == 1.0
+    assert int((plan.theta > 0).sum()) == int(fraction * head_dim // 2)

@@ -41,9 +41,12 @@ NATIVE = {
     "yarn:factor=2": "yarn",
     "yarn:factor=4,beta_fast=16,beta_slow=2,mscale=1,mscale_all_dim=0.5": "yarn",
     "ntk:factor=2+yarn:factor=2": "yarn",
+    "llama3:factor=8": "llama3",
+    "proportional:fraction=0.5": "proportional",
+    "hope": "proportional",  # HoPE's kept frequencies are a prefix: p-RoPE (checked angle by angle)
 }
 NOT_NATIVE = {
-    "hope": "position-independent",
+    "hope-ab2": "position-independent",
     "hope+yarn:factor=2": "position-independent",
     "nope": "NoPE",
     "pi:factor=2+yarn:factor=2": "one rope type",

@@ -111,7 +111,7 @@ COMMANDS = (
     ),
     Command(
         name="export",
-        help="write a checkpoint as a Hugging Face transformers directory (rope, pi, ntk, dynamic-ntk, llama3, yarn)",
+        help="write a checkpoint as a Hugging Face transformers directory (rope, pi, ntk, dynamic-ntk, llama3, proportional, yarn)",
         description=export.DESCRIPTION,
         options=export.export_options,
         run=export.cmd_export,

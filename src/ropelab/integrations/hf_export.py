@@ -47,7 +47,7 @@ def _refuse(source: str, spec: str, reason: str) -> RopelabError:
     return RopelabError(
         f"export --format hf: {spec!r} ({source}) cannot be written as a plain transformers model: {reason}; "
         "transformers would run these weights with plain RoPE and compute different logits "
-        "(exportable methods: rope, pi, ntk, dynamic-ntk, llama3, yarn; use ropelab.integrations.hf.load for the others)"
+        "(exportable methods: rope, pi, ntk, dynamic-ntk, llama3, proportional, yarn, hope; use ropelab.integrations.hf.load for the others)"
     )
 
 

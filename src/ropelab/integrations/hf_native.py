@@ -9,6 +9,7 @@ exact twin there, so a directory saved with them runs correctly in plain ``trans
     ntk:factor=F              {"rope_type": "default", "rope_theta": base * F^(d/(d-2))}   (a base change)
     pi:factor=F               {"rope_type": "linear", "factor": F}
     dynamic-ntk:factor=F      {"rope_type": "dynamic", "factor": F}
+    proportional:fraction=P   {"rope_type": "proportional", "partial_rotary_factor": P, "factor": F}
     llama3:factor=F,...       {"rope_type": "llama3", "factor": F, "low_freq_factor", "high_freq_factor",
                                "original_max_position_embeddings": L}
     yarn:factor=F,...         {"rope_type": "yarn", "factor": F, "original_max_position_embeddings": L,
@@ -103,7 +104,8 @@ def _fields_for(config, parameters: dict) -> dict:
 # -- candidates ---------------------------------------------------------------------------------
 
 _WHY_NOT = {
-    "hope": "HoPE makes its low frequencies position-independent (angle 0), which no transformers rope type can do",
+    "hope": "this HoPE variant (or HoPE after a transform) makes frequencies position-independent in a way no "
+    "transformers rope type expresses (plain hope exports as 'proportional')",
     "nope": "NoPE does not rotate queries and keys at all, and transformers' Llama always does",
     "window": "{name} scores near and far pairs with different rotations and merges the two score sets by "
     "distance; that is an attention function (ropelab's), not a rope type",
@@ -117,16 +119,24 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
     name = base.info.name
     if encoding.window is not None:
         return None, _WHY_NOT["window"].format(name=name)
-    if name.startswith("hope"):
-        return None, _WHY_NOT["hope"]
-    if name == "nope":
-        return None, _WHY_NOT["nope"]
-    if name != "rope" or not isinstance(encoding, RotaryEncoding):
-        return None, f"{name!r} is not a RoPE method transformers knows"
     ctx = encoding.ctx
     d = ctx.head_dim
-    theta = float(base.params.get("base") or ctx.rope_base)
     scaled: dict | None = None
+    if name == "hope" and isinstance(encoding, RotaryEncoding) and not transforms:
+        # HoPE zeroes every frequency below 2 pi / L: a prefix of the (decreasing) frequencies rotates,
+        # which is transformers' "proportional" when its count int(P d / 2) is the same; the angle
+        # check in native_rope confirms it
+        kept = int((encoding.base_plan.theta > 0).sum())
+        scaled = {"rope_type": "proportional", "partial_rotary_factor": 2 * kept / d}
+        if int(scaled["partial_rotary_factor"] * d // 2) != kept:
+            return None, _WHY_NOT["hope"]
+    elif name.startswith("hope"):
+        return None, _WHY_NOT["hope"]
+    elif name == "nope":
+        return None, _WHY_NOT["nope"]
+    elif name != "rope" or not isinstance(encoding, RotaryEncoding):
+        return None, f"{name!r} is not a RoPE method transformers knows"
+    theta = float(base.params.get("base") or ctx.rope_base)
     for part in transforms:
         transform, params = part.info.name, part.params
         if scaled is not None:
@@ -134,15 +144,17 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
                 f"{encoding.spec!r} applies {transform!r} after {scaled['rope_type']!r}; a transformers config holds "
                 "one rope type (optionally after ntk's base change)"
             )
-        if params["factor"] == "auto":
+        if params.get("factor") == "auto":
             return None, f"{encoding.spec!r}: pi with factor=auto changes with the input length; no transformers rope type does"
-        factor = float(params["factor"])
+        factor = float(params.get("factor", 1.0))
         if transform == "ntk":
             theta *= factor ** (d / (d - 2))
         elif transform == "pi":
             scaled = {"rope_type": "linear", "factor": factor}
         elif transform == "dynamic-ntk":
             scaled = {"rope_type": "dynamic", "factor": factor}
+        elif transform == "proportional":
+            scaled = {"rope_type": "proportional", "partial_rotary_factor": float(params["fraction"]), "factor": factor}
         elif transform == "llama3":
             scaled = {
                 "rope_type": "llama3",

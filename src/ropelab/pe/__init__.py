@@ -95,7 +95,7 @@ def format_value(value) -> str:
 def parse_spec(spec: str) -> list[SpecPart]:
     """Parse and validate ``NAME[:k=v,...]+NAME...``; a lone transform is prefixed with ``rope``.
 
-    Rules: at most one base encoding, and it comes first; transforms (pi, ntk, dynamic-ntk, llama3, yarn)
+    Rules: at most one base encoding, and it comes first; transforms (pi, ntk, dynamic-ntk, llama3, proportional, yarn)
     only follow a RoPE-family base.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -125,7 +125,7 @@ def parse_spec(spec: str) -> list[SpecPart]:
         if part.info.kind != "transform":
             raise SpecError(
                 f"{part.info.name!r} cannot be composed after {base.info.name!r}: only one base encoding per spec, "
-                "followed by RoPE transforms (pi, ntk, dynamic-ntk, llama3, yarn)"
+                "followed by RoPE transforms (pi, ntk, dynamic-ntk, llama3, proportional, yarn)"
             )
         if base.info.kind == "window" and (part.info.name == "dynamic-ntk" or part.params.get("factor") == "auto"):
             raise SpecError(

@@ -21,7 +21,12 @@
   are divided by ``factor``, and those between are interpolated smoothly:
   ``theta' = (1 - s) theta / factor + s theta`` with ``s = (L / wavelength - low) / (high - low)``.
 
-All four are transforms of a :class:`~ropelab.pe.base.FrequencyPlan`: they compose with any
+* ``proportional`` -- partial rotation as Hugging Face's rope type ``proportional`` writes it
+  (Gemma-style p-RoPE): the first ``int(fraction * d / 2)`` frequencies (the highest) rotate, the
+  rest become position-independent (angle 0), and the rotated ones are divided by ``factor``.
+  This is HoPE's shape (low frequencies removed) with the cut set by a fraction instead of ``L``.
+
+All five are transforms of a :class:`~ropelab.pe.base.FrequencyPlan`: they compose with any
 RoPE-family base (``hope+pi:factor=4``); a position-independent frequency (theta 0) stays 0.
 A head of 2 channels (one frequency, the highest) is left unchanged by ``ntk`` and ``dynamic-ntk``.
 A base change is applied as the multiplier ``(base/base')^(2j/d)`` computed in float64.
@@ -117,6 +122,16 @@ def llama3(factor: float, low_freq_factor: float, high_freq_factor: float):
     return transform, False
 
 
+def proportional(fraction: float, factor: float):
+    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
+        kept = int(fraction * ctx.head_dim // 2)  # transformers' count, float arithmetic included
+        theta = plan.theta.clone()
+        theta[kept:] = 0.0
+        return replace(plan, theta=theta / factor)
+
+    return transform, False
+
+
 METHODS = [
     MethodInfo(
         name="pi",
@@ -173,5 +188,20 @@ METHODS = [
             ),
         ),
         factory=llama3,
+    ),
+    MethodInfo(
+        name="proportional",
+        family="scaling",
+        kind="transform",
+        description="Partial rotation (HF rope type 'proportional', Gemma-style p-RoPE): the highest "
+        "int(fraction * d/2) frequencies rotate, divided by factor; the rest are position-independent.",
+        paper="HF transformers rope type 'proportional'; Barbero et al. 2024, Round and Round We Go! "
+        "What makes Rotary Positional Encodings useful? (arXiv 2410.06205)",
+        params=(
+            Param("fraction", float, 1.0, "share of the head's channels that rotate (partial_rotary_factor)",
+                  minimum=0.0, maximum=1.0, always_show=True),
+            replace(FACTOR, default=1.0, always_show=False),
+        ),
+        factory=proportional,
     ),
 ]

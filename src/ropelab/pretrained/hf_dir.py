@@ -33,12 +33,22 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "qwen2": "Qwen2 (Qwen2ForCausalLM)",
 }
 #: Hugging Face rope types that map onto ropelab methods.
-ROPE_TYPES = {"default": None, "linear": "pi", "dynamic": "dynamic-ntk", "yarn": "yarn", "llama3": "llama3"}
+ROPE_TYPES = {
+    "default": None,
+    "linear": "pi",
+    "dynamic": "dynamic-ntk",
+    "yarn": "yarn",
+    "llama3": "llama3",
+    "proportional": "proportional",
+}
 #: the rope parameters each method reads (besides its factor)
 ROPE_KEYS = {
     "yarn": {"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"},
     "llama3": {"low_freq_factor", "high_freq_factor"},
+    "proportional": {"partial_rotary_factor"},
 }
+#: HF rope parameter -> ropelab parameter, where the names differ
+ROPE_NAMES = {"partial_rotary_factor": "fraction"}
 
 
 @dataclass(frozen=True)
@@ -111,12 +121,16 @@ def hf_rope(hf: Mapping, source: str = "config.json") -> HFRope:
     The base is ``rope_parameters["rope_theta"]`` (transformers 5.x) or ``rope_theta`` (4.x),
     default 10000; the rope type and its arguments come from ``rope_parameters`` / ``rope_scaling``;
     ``head_dim`` is the config's or ``hidden_size // num_attention_heads``. A
-    ``partial_rotary_factor`` other than 1 is refused (ropelab rotates the whole head); so is any
+    ``partial_rotary_factor`` other than 1 is refused (ropelab rotates the whole head) except for
+    rope type ``proportional``, which zeroes the unrotated frequencies of a whole head; so is any
     field of the wrong type or out of range (:data:`LIMITS`). Errors start with ``source``.
     """
     rope = {**_mapping(hf, "rope_scaling", source), **_mapping(hf, "rope_parameters", source)}
     partial = _float(rope, "partial_rotary_factor", source, _float(hf, "partial_rotary_factor", source, 1.0))
-    if partial != 1.0:
+    proportional = rope.get("rope_type", rope.get("type")) == "proportional"  # p-RoPE: zeros, whole head
+    if proportional:
+        rope = {**rope, "partial_rotary_factor": partial}
+    if partial != 1.0 and not proportional:
         raise RopelabError(
             f"{source}: partial_rotary_factor={partial:g} is not supported (ropelab rotates the whole head)"
         )
@@ -183,7 +197,8 @@ def native_method(rope: HFRope, source: str = "config.json") -> str:
         pe = "rope"
     else:
         keys = {"factor"} | ROPE_KEYS.get(method, set())
-        args = ",".join(f"{k}={rope.parameters[k]}" for k in sorted(keys) if rope.parameters.get(k) is not None)
+        given = sorted(k for k in keys if rope.parameters.get(k) is not None)
+        args = ",".join(f"{ROPE_NAMES.get(k, k)}={rope.parameters[k]}" for k in given)
         if args:
             pe = f"{method}:{args}"
     try:  # a bad rope parameter is one error here, before any weight is read
