@@ -114,7 +114,7 @@ def _hf_config(cls, rope_parameters: dict, tie: bool, attn: str, **extra):
     )
 
 
-def _ropelab_twin(hf_model, spec: str, tie: bool, qkv_bias: bool = False) -> Transformer:
+def _ropelab_twin(hf_model, spec: str, tie: bool, qkv_bias: bool = False, qk_norm: bool = False) -> Transformer:
     config = ModelConfig(
         vocab_size=VOCAB,
         dim=DIM,
@@ -126,6 +126,7 @@ def _ropelab_twin(hf_model, spec: str, tie: bool, qkv_bias: bool = False) -> Tra
         rope_base=THETA,
         train_len=MAX_POS,
         qkv_bias=qkv_bias,
+        qk_norm=qk_norm,
         tie_embeddings=tie,
         pe=spec,
     )
@@ -334,20 +335,23 @@ def test_greedy_generation_matches_hf(prompt_len: int) -> None:
     assert model.generate(ids, 20, use_cache=False).tolist() == hf_new.tolist()
 
 
-@pytest.mark.parametrize("qkv_bias,tie", [(False, True), (True, False)])
-def test_to_hf_model_is_the_same_network(qkv_bias, tie):
+@pytest.mark.parametrize("qkv_bias,tie,qk_norm", [(False, True, False), (True, False, False), (False, False, True)])
+def test_to_hf_model_is_the_same_network(qkv_bias, tie, qk_norm):
     """ropelab -> transformers export: same logits, and the config maps back to itself."""
     from ropelab.pretrained.hf_dir import hf_config_to_ropelab, ropelab_to_hf_config, to_hf_model
 
     torch.manual_seed(0)
-    config = ModelConfig.from_name("tiny", qkv_bias=qkv_bias, tie_embeddings=tie, train_len=64)
+    config = ModelConfig.from_name("tiny", qkv_bias=qkv_bias, tie_embeddings=tie, train_len=64, qk_norm=qk_norm)
     model = Transformer(config).eval()
-    with torch.no_grad():  # non-zero biases, so a dropped bias would show
+    with torch.no_grad():  # non-zero biases and non-unit norms, so a dropped one would show
         for name, param in model.named_parameters():
             if name.endswith(".bias"):
                 param.normal_(0, 0.5)
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.uniform_(0.5, 1.5)
     hf = to_hf_model(model)
-    assert type(hf).__name__ == ("Qwen2ForCausalLM" if qkv_bias else "LlamaForCausalLM")
+    expected = "Qwen3ForCausalLM" if qk_norm else "Qwen2ForCausalLM" if qkv_bias else "LlamaForCausalLM"
+    assert type(hf).__name__ == expected
     ids = torch.randint(0, config.vocab_size, (2, 100))  # beyond max_position_embeddings: plain RoPE either way
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
@@ -376,3 +380,31 @@ def test_proportional_plan_matches_rope_init_functions(head_dim: int, fraction: 
     torch.testing.assert_close(plan.theta, inv_freq.to(torch.float32), rtol=1e-6, atol=0)
     assert plan.attention_factor == scaling == 1.0
     assert int((plan.theta > 0).sum()) == int(fraction * head_dim // 2)
+
+
+# -- Qwen3 (per-head query/key RMSNorm) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [48, 200])
+@pytest.mark.parametrize("spec", ["rope", "yarn:factor=2", "self-extend:window=24,group=3", "hirope:window=24"])
+def test_qwen3_logits_match_hf_and_hf_patch(spec: str, length: int) -> None:
+    """A tiny random Qwen3 (q_norm / k_norm before the rotation): ropelab's model with the same
+    weights equals transformers' logits, and so does the HF model patched with the same method."""
+    from ropelab.integrations import hf as hf_integration
+    from tests.helpers import tiny_hf_model
+
+    hf = tiny_hf_model("qwen3", seed=4)
+    norms = [p for name, p in hf.named_parameters() if name.endswith(("q_norm.weight", "k_norm.weight"))]
+    assert len(norms) == 2 * LAYERS and all(float((n - 1).abs().max()) > 1e-3 for n in norms)  # randomised
+    model = _ropelab_twin(hf, "rope", tie=False, qk_norm=True)
+    ids = _tokens(2, length, seed=6)
+    expected = hf_logits(hf, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), expected, atol=ATOL, rtol=0)
+        if spec != "rope":
+            hf_integration.patch(hf, spec)
+            torch.testing.assert_close(hf_logits(hf, ids), model.with_method(spec)(ids), atol=ATOL, rtol=0)
+        # the norms matter: without them the logits move far
+        for layer in model.layers:
+            layer.self_attn.q_norm.weight.data.mul_(1.5)
+        assert max_diff(model(ids), hf_logits(hf, ids)) > 1e-3

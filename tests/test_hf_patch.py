@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LENGTH = 150  # > 2 * max_position_embeddings
 ATOL = 1e-5
 
-ARCHS = ["llama", "qwen2", "mistral"]
+ARCHS = ["llama", "qwen2", "mistral", "qwen3"]
 SPECS = [
     "rope",
     "pi:factor=2",

@@ -54,7 +54,7 @@ NOT_NATIVE = {
     "self-extend:window=24,group=3": "attention function",
     "hirope:window=24,chunk=10": "attention function",
 }
-ARCHS = ["llama", "qwen2", "mistral"]
+ARCHS = ["llama", "qwen2", "mistral", "qwen3"]
 
 
 @pytest.fixture(scope="module")

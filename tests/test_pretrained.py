@@ -128,16 +128,20 @@ def _save_hf_dir(model, directory: Path) -> None:
     tokenizer.save(str(directory / "tokenizer.json"))
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_hf_directory_loads_with_equal_logits(tmp_path, arch):
     if arch == "llama":
         hf = tiny_hf_llama(False)
+    elif arch == "qwen3":
+        from tests.helpers import tiny_hf_model
+
+        hf = tiny_hf_model("qwen3", seed=2)
     else:
         config = transformers.Qwen2Config(**HF_SIZES, max_position_embeddings=64, tie_word_embeddings=True)
         hf = _random_hf(transformers.Qwen2ForCausalLM, config)
     _save_hf_dir(hf, tmp_path)
     model, tokenizer = load_model(tmp_path)
-    assert model.config.qkv_bias == (arch == "qwen2")
+    assert model.config.qkv_bias == (arch == "qwen2") and model.config.qk_norm == (arch == "qwen3")
     assert tokenizer.encode("w5 w7") == [5, 7]
     ids = torch.randint(0, 97, (1, 90))
     with torch.no_grad():

@@ -47,12 +47,15 @@ How the encoding is built: ``ropelab.pe.build(spec, hf_pe_context(config, train_
 ``head_dim`` = ``config.head_dim`` (or ``hidden_size // num_attention_heads``), the rope base from
 ``config.rope_parameters["rope_theta"]`` (transformers 5.x) or ``config.rope_theta`` (4.x), and
 ``train_len`` = ``original_max_position_embeddings`` from the rope parameters / ``rope_scaling``
-when present, else ``config.max_position_embeddings`` (override with ``train_len=``). The spec
-*replaces* whatever rope type the config declares: a checkpoint shipped with YaRN needs the
-equivalent ropelab spec (``yarn:factor=F,...``) to keep it.
+when present, else ``config.max_position_embeddings`` (override with ``train_len=``). The config's
+own rope type is kept or replaced as :func:`ropelab.pe.compose` says: a windowed method runs over
+the model's own static scaling (``self-extend`` on a Llama 3.1 model is
+``self-extend+llama3:factor=8``), a spec naming its base replaces it with a log line, and a lone
+transform that would drop it is refused.
 
-Supported: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` (``model_type``
-``llama``, ``mistral``, ``qwen2``) and their bare ``*Model`` bodies, in the two layouts
+Supported: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
+``Qwen3ForCausalLM`` (``model_type`` ``llama``, ``mistral``, ``qwen2``, ``qwen3``) and their bare
+``*Model`` bodies, in the two layouts
 transformers has used:
 
 * transformers >= 4.45 and 5.x: one ``model.model.rotary_emb`` called once per forward as

@@ -35,7 +35,7 @@ LIMITS: dict[str, int] = {
 }
 _INTS = tuple(LIMITS)
 _OPTIONAL = ("n_kv_heads", "head_dim", "hidden_dim")  # None: derived from the others
-_BOOLS = ("qkv_bias", "tie_embeddings")
+_BOOLS = ("qkv_bias", "qk_norm", "tie_embeddings")
 _STRINGS = ("rope_layout", "pe", "name")
 #: bytes of one parameter as ropelab builds a model: float32, whatever dtype it is cast to later
 PARAMETER_BYTES = 4
@@ -73,6 +73,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     train_len: int = 512
     qkv_bias: bool = False
+    qk_norm: bool = False  # RMSNorm over each head's query and key before the rotation (Qwen3, OLMo-2 style)
     tie_embeddings: bool = True
     rope_layout: str = "half"
     pe: str = "rope"
@@ -141,6 +142,7 @@ class ModelConfig:
         """The number of weights of the model (without a position method's own, e.g. a learned table)."""
         q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         attention = self.dim * (q + 2 * kv) + q * self.dim + (q + 2 * kv if self.qkv_bias else 0)
+        attention += 2 * self.head_dim if self.qk_norm else 0
         layer = attention + 3 * self.dim * self.hidden_dim + 2 * self.dim
         embeddings = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
         return self.n_layers * layer + embeddings + self.dim

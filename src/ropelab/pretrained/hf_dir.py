@@ -31,6 +31,7 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "llama": "Llama (LlamaForCausalLM)",
     "mistral": "Mistral (MistralForCausalLM)",
     "qwen2": "Qwen2 (Qwen2ForCausalLM)",
+    "qwen3": "Qwen3 (Qwen3ForCausalLM: per-head query/key RMSNorm)",
 }
 #: Hugging Face rope types that map onto ropelab methods.
 ROPE_TYPES = {
@@ -231,6 +232,7 @@ def _base_config(hf: Mapping, source: str) -> ModelConfig:
         rope_base=rope.base,
         train_len=rope.train_len,
         qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
+        qk_norm=model_type == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         pe=pe,
         name=str(hf.get("_name_or_path") or model_type),
@@ -295,21 +297,25 @@ def ropelab_to_hf_config(config: ModelConfig) -> dict:
         tie_word_embeddings=config.tie_embeddings,
         hidden_act="silu",
     )
+    if config.qk_norm:
+        return {"model_type": "qwen3", "attention_bias": config.qkv_bias, **common}
     if config.qkv_bias:
         return {"model_type": "qwen2", **common}
     return {"model_type": "llama", "attention_bias": False, "mlp_bias": False, **common}
 
 
 def to_hf_model(model, attn_implementation: str = "sdpa"):
-    """A ``transformers`` ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` holding ``model``'s weights
+    """A ``transformers`` ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM`` holding ``model``'s weights
     (float32, eval mode): the same network in HF's implementation, for parity checks and
     benchmarks. The parameter names are the same in both (``model.`` prefix aside)."""
     import transformers
 
     hf = ropelab_to_hf_config(model.config)
     kind = hf.pop("model_type")
-    config_class = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
-    model_class = transformers.Qwen2ForCausalLM if kind == "qwen2" else transformers.LlamaForCausalLM
+    config_class, model_class = {
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }.get(kind, (transformers.LlamaConfig, transformers.LlamaForCausalLM))
     hf_config = config_class(**hf)
     hf_config._attn_implementation = attn_implementation
     hf_model = model_class(hf_config)
