@@ -67,8 +67,8 @@ def randomise(model: torch.nn.Module, seed: int, std: float = WEIGHT_STD) -> Non
 
 
 def tiny_hf_model(arch: str, seed: int = 0, **rope):
-    """A tiny random HF ``llama``, ``qwen2`` (tied embeddings), ``qwen3`` (per-head q/k norms) or
-    ``mistral`` in eval mode.
+    """A tiny random HF ``llama``, ``qwen2`` (tied embeddings), ``qwen3`` (per-head q/k norms),
+    ``phi3`` (fused projections) or ``mistral`` in eval mode.
 
     ``rope``: the ``rope_parameters`` (default rope, theta ``THETA``), and optionally
     ``max_position_embeddings`` (default ``MAX_POS``)."""
@@ -90,6 +90,12 @@ def tiny_hf_model(arch: str, seed: int = 0, **rope):
         model = transformers.LlamaForCausalLM(config(transformers.LlamaConfig))
     elif arch == "qwen2":
         model = transformers.Qwen2ForCausalLM(config(transformers.Qwen2Config, use_sliding_window=False))
+    elif arch == "phi3":  # fused qkv and gate/up projections
+        model = transformers.Phi3ForCausalLM(
+            config(
+                transformers.Phi3Config, sliding_window=None, original_max_position_embeddings=max_position_embeddings
+            )
+        )
     elif arch == "qwen3":
         model = transformers.Qwen3ForCausalLM(
             config(transformers.Qwen3Config, use_sliding_window=False, head_dim=DIM // HEADS)  # its default is 128

@@ -17,7 +17,7 @@ from ropelab.integrations import hf
 from ropelab.model.transformer import Transformer
 from ropelab.pe import RotaryEncoding
 from ropelab.pe import canonical_spec as _canonical
-from ropelab.pretrained.hf_dir import hf_config_to_ropelab
+from ropelab.pretrained.hf_dir import hf_config_to_ropelab, unfused
 from tests.helpers import DIM, HEADS, MAX_POS, THETA, VOCAB, hf_logits, max_diff, tiny_hf_model
 
 transformers = pytest.importorskip("transformers")
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LENGTH = 150  # > 2 * max_position_embeddings
 ATOL = 1e-5
 
-ARCHS = ["llama", "qwen2", "mistral", "qwen3"]
+ARCHS = ["llama", "qwen2", "mistral", "qwen3", "phi3"]
 SPECS = [
     "rope",
     "pi:factor=2",
@@ -58,7 +58,7 @@ def _twin(hf_model, spec: str) -> Transformer:
     assert (config.rope_base, config.train_len) == (THETA, MAX_POS)
     config.pe = spec
     model = Transformer(config)
-    state = {key.removeprefix("model."): value for key, value in hf_model.state_dict().items()}
+    state = unfused({key.removeprefix("model."): value for key, value in hf_model.state_dict().items()}, config)
     model.load_state_dict(state, strict=True)
     return model.eval()
 

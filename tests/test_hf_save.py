@@ -21,7 +21,7 @@ from ropelab.core.version import __version__
 from ropelab.integrations import hf
 from ropelab.model.transformer import Transformer
 from ropelab.pe import canonical_spec
-from ropelab.pretrained.hf_dir import hf_config_to_ropelab
+from ropelab.pretrained.hf_dir import hf_config_to_ropelab, unfused
 from tests.helpers import DIM, HEADS, MAX_POS, THETA, VOCAB, hf_logits, tiny_hf_model
 
 transformers = pytest.importorskip("transformers")
@@ -54,7 +54,7 @@ NOT_NATIVE = {
     "self-extend:window=24,group=3": "attention function",
     "hirope:window=24,chunk=10": "attention function",
 }
-ARCHS = ["llama", "qwen2", "mistral", "qwen3"]
+ARCHS = ["llama", "qwen2", "mistral", "qwen3", "phi3"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def _ropelab(hf_model, spec: str, ids: torch.Tensor) -> torch.Tensor:
     config = hf_config_to_ropelab(hf_model.config.to_dict())
     config.pe = spec
     model = Transformer(config).eval()
-    model.load_state_dict({k.removeprefix("model."): v for k, v in hf_model.state_dict().items()})
+    model.load_state_dict(unfused({k.removeprefix("model."): v for k, v in hf_model.state_dict().items()}, config))
     with torch.no_grad():
         return model(ids)
 
@@ -190,10 +190,16 @@ def test_save_and_from_pretrained_round_trip(models, ids, tmp_path, arch: str, s
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("spec", list(NATIVE))
 def test_plain_transformers_computes_native_methods(models, ids, tmp_path, arch: str, spec: str) -> None:
-    """No ropelab on the loading side: transformers' own rope type gives the patched logits."""
+    """No ropelab on the loading side: transformers' own rope type gives the patched logits (a
+    config class that refuses the rope type -- Phi-3 holds only default / longrope -- keeps its own
+    fields, and says why)."""
     model = models[arch]
     expected = _ropelab(model, spec, ids)
-    patched, _ = _save_patched(model, spec, tmp_path, ids)
+    patched, entry = _save_patched(model, spec, tmp_path, ids)
+    if arch == "phi3" and NATIVE[spec] != "default":
+        assert entry["hf_rope_type"] is None and "phi3 configs refuse rope type" in entry["hf_unsupported"]
+        torch.testing.assert_close(hf_logits(hf.from_pretrained(tmp_path), ids), patched, atol=0, rtol=0)
+        return
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert not hf.is_patched(plain) and plain.config.rope_parameters["rope_type"] == NATIVE[spec]
     got = hf_logits(plain, ids)

@@ -275,3 +275,29 @@ def test_smollm2_cached_load_is_fast_and_identical(smollm2):
     assert time.perf_counter() - start < 30  # generous: a cache hit must not reconvert (~20 s)
     assert torch.equal(again.layers[7].mlp.up_proj.weight, model.layers[7].mlp.up_proj.weight)
     assert registry.PRETRAINED["smollm2-135m"].installed()
+
+
+def test_phi3_directory_loads_with_its_fused_projections_split(tmp_path):
+    """Phi-3 fuses q/k/v and gate/up; ropelab splits them on load and gives transformers' logits."""
+    from tests.helpers import HF_SIZES, randomise
+
+    config = transformers.Phi3Config(**HF_SIZES, max_position_embeddings=64, original_max_position_embeddings=64,
+                                     tie_word_embeddings=False, pad_token_id=None, bos_token_id=None,
+                                     eos_token_id=None, sliding_window=None)  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.Phi3ForCausalLM(config)
+    randomise(hf, 5)
+    hf.eval()
+    _save_hf_dir(hf, tmp_path)
+    model, _ = load_model(tmp_path)
+    ids = torch.randint(0, 97, (1, 90))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-5, rtol=0)
+    # a sliding window ropelab's model would not apply is refused, with the reason
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "sliding_window": 32}))
+    with pytest.raises(RopelabError, match=r"sliding_window=32 .* is not supported"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "hidden_act": "gelu"}))
+    with pytest.raises(RopelabError, match="hidden_act 'gelu' is not supported"):
+        load_model(tmp_path)

@@ -145,7 +145,10 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
                 "one rope type (optionally after ntk's base change)"
             )
         if params.get("factor") == "auto":
-            return None, f"{encoding.spec!r}: pi with factor=auto changes with the input length; no transformers rope type does"
+            return (
+                None,
+                f"{encoding.spec!r}: pi with factor=auto changes with the input length; no transformers rope type does",
+            )
         factor = float(params.get("factor", 1.0))
         if transform == "ntk":
             theta *= factor ** (d / (d - 2))
@@ -199,9 +202,20 @@ def native_rope(config, base_fields: dict, encoding: PositionEncoding, rotary_cl
     if parameters is None:
         return NativeRope(None, None, reason)
     rope_type = parameters["rope_type"]
+    own = base_fields.get("rope_parameters") or {}
+    if "partial_rotary_factor" in own and "partial_rotary_factor" not in parameters:
+        # structural, not scaling (Phi-3 configs require it): kept from the config's own fields
+        parameters = {**parameters, "partial_rotary_factor": own["partial_rotary_factor"]}
     fields = _fields_for(config, parameters)
     trial = copy.deepcopy(config)
     set_rope_fields(trial, {**base_fields, **fields})
+    validate = getattr(trial, "validate_rope", None)
+    if validate is not None:  # a config class that refuses the rope type (Phi-3: default / longrope only)
+        try:
+            validate()
+        except Exception as error:
+            model_type = getattr(config, "model_type", "this")
+            return NativeRope(None, None, f"{model_type} configs refuse rope type {rope_type!r} ({error})")
     train_len = encoding.ctx.train_len
     lengths = (train_len, 2 * train_len + 1, 4 * train_len) if rope_type == "dynamic" else (train_len,)
     for length in lengths:

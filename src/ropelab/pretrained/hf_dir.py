@@ -32,6 +32,7 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "mistral": "Mistral (MistralForCausalLM)",
     "qwen2": "Qwen2 (Qwen2ForCausalLM)",
     "qwen3": "Qwen3 (Qwen3ForCausalLM: per-head query/key RMSNorm)",
+    "phi3": "Phi-3 (Phi3ForCausalLM: fused qkv and gate/up projections, split on load)",
 }
 #: Hugging Face rope types that map onto ropelab methods.
 ROPE_TYPES = {
@@ -217,6 +218,16 @@ def _base_config(hf: Mapping, source: str) -> ModelConfig:
         )
     rope = hf_rope(hf, source)
     pe = native_method(rope, source)
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise RopelabError(f"{source}: hidden_act {act!r} is not supported (ropelab's MLP is SwiGLU with silu)")
+    window = hf.get("sliding_window")
+    longest = _int(hf, "max_position_embeddings", source, default=rope.train_len)
+    if window is not None and hf.get("use_sliding_window", True) and _int(hf, "sliding_window", source) < longest:
+        raise RopelabError(
+            f"{source}: sliding_window={window} (attention limited to the last {window} tokens) is not supported: "
+            "ropelab's model attends to every earlier token, so results would differ beyond it"
+        )
     n_kv_heads = _int(hf, "num_key_value_heads", source, default=rope.n_heads)
     if rope.n_heads % n_kv_heads:
         raise RopelabError(f"{source}: num_attention_heads {rope.n_heads} is not a multiple of num_key_value_heads")
@@ -265,12 +276,34 @@ def read_hf_dir(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, to
             if key.endswith("rotary_emb.inv_freq"):
                 continue
             state[key] = tensor.to(torch.float32)
+    state = unfused(state, config)
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     metadata = {"architecture": hf["model_type"], "bos_id": hf.get("bos_token_id"), "eos_id": hf.get("eos_token_id")}
     if isinstance(metadata["eos_id"], list):
         metadata["eos_id"] = metadata["eos_id"][0]
     return config, state, metadata
+
+
+def unfused(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """``state`` (HF names minus ``model.``) with fused projections split into ropelab's: Phi-3's
+    ``self_attn.qkv_proj`` (rows: queries, keys, values) and ``mlp.gate_up_proj`` (gate, then up).
+    Other states pass through unchanged."""
+    out = {}
+    q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    for name, tensor in state.items():
+        prefix, _, last = name.rpartition(".qkv_proj.")
+        if prefix:
+            for part, rows in zip(("q_proj", "k_proj", "v_proj"), tensor.split((q, kv, kv))):
+                out[f"{prefix}.{part}.{last}"] = rows
+            continue
+        prefix, _, last = name.rpartition(".gate_up_proj.")
+        if prefix:
+            gate, up = tensor.chunk(2, dim=0)
+            out[f"{prefix}.gate_proj.{last}"], out[f"{prefix}.up_proj.{last}"] = gate, up
+            continue
+        out[name] = tensor
+    return out
 
 
 def ropelab_to_hf_config(config: ModelConfig) -> dict:
