@@ -136,3 +136,29 @@ def test_every_method_has_a_known_family_and_kind():
         assert info.family in FAMILIES and info.kind in KINDS, info.name
     with pytest.raises(ValueError, match="family 'rotary'"):
         MethodInfo(name="x", family="rotary", kind="rotary", description="", paper="")
+
+
+@pytest.mark.parametrize(
+    ("requested", "composed", "note"),
+    [
+        ("self-extend", "self-extend+llama3:factor=8", "runs over the model's own llama3:factor=8"),
+        ("hirope:window=8", "hirope:window=8+llama3:factor=8", "runs over the model's own"),
+        ("rope+llama3:factor=8", "rope+llama3:factor=8", None),  # the model's own
+        ("rope+llama3:factor=8+pi:factor=2", "rope+llama3:factor=8+pi:factor=2", None),  # composed as written
+        ("rope", "rope", "rope replaces the model's own rope+llama3:factor=8"),
+        ("rope+yarn:factor=2", "rope+yarn:factor=2", "replaces the model's own"),
+        ("hope", "hope", "replaces the model's own"),
+        ("alibi", "alibi", "replaces the model's own"),
+    ],
+)
+def test_compose_keeps_or_names_the_models_own_scaling(requested, composed, note):
+    got, said = pe.compose("rope+llama3:factor=8", requested)
+    assert got == composed
+    assert (said is None) == (note is None) and (note is None or note in said)
+
+
+def test_compose_refuses_a_lone_transform_that_would_drop_the_models_scaling():
+    with pytest.raises(SpecError, match=r"write rope\+llama3:factor=8\+yarn:factor=2 to compose"):
+        pe.compose("rope+llama3:factor=8", "yarn:factor=2")
+    assert pe.compose("rope", "yarn:factor=2") == ("rope+yarn:factor=2", None)  # no scaling to keep
+    assert pe.compose("alibi", "self-extend") == ("self-extend", None)
