@@ -179,11 +179,12 @@ def test_pyproject_declares_the_plugin_and_the_wrapper_command():
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     targets = [project["entry-points"]["lm_eval.models"]["ropelab"], project["scripts"]["ropelab-lm-eval"]]
     module, _, name = targets[0].partition(":")
-    from ropelab.integrations.lm_eval_plugin import RopelabLM, main
+    from ropelab.integrations.lm_eval_cli import main
+    from ropelab.integrations.lm_eval_plugin import RopelabLM
 
     assert getattr(importlib.import_module(module), name) is RopelabLM
     module, _, name = targets[1].partition(":")
-    assert getattr(importlib.import_module(module), name) is main
+    assert getattr(importlib.import_module(module), name) is main  # checks for lm-eval, then runs the plugin
 
 
 @pytest.mark.slow
@@ -220,3 +221,17 @@ def test_lm_eval_command_line_runs_the_ropelab_model(setup, saved, tmp_path):
     got = [[float(resp[0][0]) for resp in s["resps"]] for s in sorted(samples, key=lambda s: s["doc_id"])]
     expected = _ropelab_loglikelihoods(model, "yarn:factor=2", docs)
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-4, rtol=0)
+
+
+def test_ropelab_lm_eval_without_lm_eval_is_one_error_line(monkeypatch, capsys):
+    import importlib.util
+
+    from ropelab.integrations import lm_eval_cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        lm_eval_cli.main(["--help"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "pip install 'ropelab[lm-eval]'" in err[0]

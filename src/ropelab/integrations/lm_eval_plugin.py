@@ -43,7 +43,7 @@ try:
     from lm_eval.models.huggingface import HFLM
 except ImportError as error:  # pragma: no cover - lm-eval is an optional dependency
     raise ImportError(
-        f"ropelab.integrations.lm_eval_plugin needs lm-evaluation-harness: pip install lm-eval ({error})"
+        f"ropelab.integrations.lm_eval_plugin needs lm-evaluation-harness: pip install 'ropelab[lm-eval]' ({error})"
     ) from error
 
 #: the name lm-eval knows the model by (``--model ropelab``)
