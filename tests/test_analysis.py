@@ -295,7 +295,7 @@ def test_discover(tmp_path, tokenizer):
     both = discover(str(exp), ["hope+yarn:factor=2"])
     assert [s.label for s in both] == ["rope [hope+yarn:factor=2]", "hope [hope+yarn:factor=2]"]
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(RopelabError, match="without checkpoints"):
+    with pytest.raises(RopelabError, match="a training run without a finished checkpoint"):
         discover(str(tmp_path / "empty"))
     with pytest.raises(RopelabError, match="--checkpoints all needs a training run"):
         discover("smollm2-135m", checkpoints="all")

@@ -468,3 +468,20 @@ def test_tuning_picks_the_lowest_development_loss_on_files_no_evaluation_reads(w
     assert copy_status([(1, 0.0), (2, 0.21), (3, 0.43), (4, 0.53)]) == ("no", "yes")
     assert copy_status([(1, 0.0), (2, 0.0), (3, 0.0)]) == ("yes", "no")
     assert copy_status([(1, 0.5)]) == ("-", "yes") and copy_status([]) == ("-", "-")
+
+
+def test_a_training_run_directory_is_a_model_everywhere(corpus, tmp_path, capsys):
+    """``load_model``, ``eval`` and ``export`` take a run directory for its latest finished
+    checkpoint (as ``analyze`` does); a run with no checkpoint yet is one error line."""
+    run = tmp_path / "run"
+    train(config(corpus, steps=2), run, progress=False)
+    model, _ = load_model(run)
+    assert "a training run; using its checkpoint step-000002" in capsys.readouterr().err
+    assert model.config.pe == "rope"
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
+    assert (out / "config.json").is_file()
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    with pytest.raises(RopelabError, match="a training run without a finished checkpoint"):
+        load_model(empty)

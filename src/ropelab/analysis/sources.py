@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ropelab.core.errors import RopelabError
-from ropelab.model.checkpoint import CHECKPOINTS, CONFIG, checkpoint_step, find_latest_checkpoint, list_checkpoints
+from ropelab.model.checkpoint import CHECKPOINTS, CONFIG, checkpoint_step, list_checkpoints, run_checkpoint
 
 CHECKPOINT_CHOICES = ("latest", "all")
 
@@ -65,14 +65,12 @@ def _run_label(run: Path) -> str:
 def _run_subject(run: Path, label: str, checkpoints: str) -> Subject:
     """Every ``checkpoints/step-N`` checkpoint in step order (``"all"``), or the latest one
     (:func:`~ropelab.model.checkpoint.find_latest_checkpoint`, lenient: else the highest step)."""
-    folder = run / CHECKPOINTS
     if checkpoints == "all":
-        series = list_checkpoints(folder)
+        series = list_checkpoints(run / CHECKPOINTS)
+        if not series:
+            raise RopelabError(f"{run}: a training run without checkpoints (no checkpoints/step-*/config.json)")
     else:
-        latest = find_latest_checkpoint(folder, strict=False)
-        series = [] if latest is None else [latest]
-    if not series:
-        raise RopelabError(f"{run}: a training run without checkpoints (no checkpoints/step-*/config.json)")
+        series = [run_checkpoint(run)]
     return Subject(label, str(run), "run", None, [Checkpoint(str(path), checkpoint_step(path)) for path in series])
 
 

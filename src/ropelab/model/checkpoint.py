@@ -200,6 +200,15 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+def run_checkpoint(run: str | os.PathLike) -> Path:
+    """The checkpoint a training run directory (``RUN/checkpoints/step-N``) stands for: the one
+    ``latest.json`` names, else the highest finished step; one error when it has none yet."""
+    latest = find_latest_checkpoint(Path(run) / CHECKPOINTS, strict=False)
+    if latest is None:
+        raise RopelabError(f"{run}: a training run without a finished checkpoint (no checkpoints/step-*/config.json)")
+    return latest
+
+
 def find_latest_checkpoint(root: str | os.PathLike, *, strict: bool, resume_files: tuple[str, ...] = ()) -> Path | None:
     """The checkpoint ``root/latest.json`` names, ``root`` being a run's checkpoint folder.
 

@@ -49,11 +49,13 @@ from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import current_umask, file_sha256, ropelab_home
 from ropelab.core.log import log
 from ropelab.model.checkpoint import (
+    CHECKPOINTS,
     CONFIG,
     FORMAT,
     load_checkpoint,
     read_checkpoint_config,
     read_json,
+    run_checkpoint,
     save_checkpoint,
 )
 from ropelab.model.device import resolve_placement
@@ -375,12 +377,17 @@ def resolve(name_or_path: str | os.PathLike, device="cpu") -> tuple[Path, str]:
         return _load_gguf_cached(
             lambda scratch: path, f"gguf-{path.stem}-{key}", _fingerprint(path), device
         ), "checkpoint"
+    if path.is_dir() and not (path / CONFIG).is_file() and (path / CHECKPOINTS).is_dir():
+        path = run_checkpoint(path)  # a training run: its latest finished checkpoint
+        log(f"{name_or_path}: a training run; using its checkpoint {path.name}")
     if path.is_dir() and (path / CONFIG).is_file():
         data = read_json(path / CONFIG)  # one clear error when unreadable, not JSON or nested too deeply
         kind = "checkpoint" if isinstance(data, dict) and data.get("format") == FORMAT else "hf"
         return path, kind  # an HF config.json is typed and bounded by hf_dir when it is read
     if path.exists():
-        raise RopelabError(f"{path}: not a .gguf file, a Hugging Face model directory or a ropelab checkpoint")
+        raise RopelabError(
+            f"{path}: not a .gguf file, a Hugging Face model directory, a ropelab checkpoint or a training run"
+        )
     raise RopelabError(f"unknown model {text!r}: not a file or directory; known models: {', '.join(PRETRAINED)}")
 
 
