@@ -149,3 +149,21 @@ def test_eval_bad_methods_list_is_one_error_line_before_the_model_loads(monkeypa
     code, out, err = run(capsys, "eval", "some-model", "--methods", "window=256,rope", "--tasks", "ppl")
     assert code == 2 and out == "" and "model" not in seen
     assert err.count("\n") == 1 and "parameter 'window=256' comes before any method" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "m"],
+        ["compare"],
+        ["analyze", "m"],
+        ["generate", "m", "--prompt", "x"],
+        ["train", "--steps", "1", "--out", "o"],
+        ["experiment", "hope"],
+    ],
+)
+def test_every_long_command_takes_no_progress(argv):
+    """A script or CI log can pass --no-progress to every command that runs a model."""
+    from ropelab.cli import build_parser
+
+    assert build_parser().parse_args([*argv, "--no-progress"]).no_progress is True

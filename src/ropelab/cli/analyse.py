@@ -98,4 +98,7 @@ def analyze_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default=None, help="output directory (default: runs/analyze-<time>)")
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="accepted as on every command (this one shows no progress bar)"
+    )
     device_options(p)

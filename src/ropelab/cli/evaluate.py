@@ -123,6 +123,7 @@ def _run_eval_process(args, methods: list[str], task_lengths, passkey_at_longest
         task_lengths=_task_lengths(task_lengths),
         ppl_document=args.ppl_document,
         shard=Shard(info.rank, info.world_size, info.barrier),
+        progress=not args.no_progress,
     )
     if not info.main:
         return 0
@@ -193,11 +194,12 @@ def _eval_options(
         f"per method serves both tasks) (default: {ppl_document or 'haystack when passkey runs, else code'})",
     )
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (scripts, CI logs)")
     device_options(p)
 
 
 def eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="registry name, .gguf file, HF model dir or ropelab checkpoint")
+    p.add_argument("model", help="registry name, .gguf file, HF model dir, ropelab checkpoint or training run")
     _eval_options(p, "rope,yarn:factor=2", "ppl,passkey", "0.5x,1x,1.5x", 1)
 
 

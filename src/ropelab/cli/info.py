@@ -366,6 +366,9 @@ def generate_options(p: argparse.ArgumentParser) -> None:
         help="refuse a longer prompt (default: 4 x the model's training length)",
     )
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="accepted as on every command (this one shows no progress bar)"
+    )
     device_options(p)
 
 
