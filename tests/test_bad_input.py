@@ -1218,3 +1218,22 @@ def test_kv_cache_memory_check_by_hand():
     check_cache_memory(config, rows=2, tokens=1000, element_bytes=4, memory=2 * 1000 * per_token)  # fits exactly
     with pytest.raises(RopelabError, match=r"1001 tokens \(prompt \+ max_new_tokens\) need a KV cache of"):
         check_cache_memory(config, rows=2, tokens=1001, element_bytes=4, memory=2 * 1000 * per_token)
+
+
+def test_generate_echo_and_prompt_files(tmp_path, capsys, loadable):
+    """``--prompt`` is echoed before the continuation (``--no-echo``: only the continuation); a
+    ``--prompt-file`` is never echoed, and stderr says where the continuation starts."""
+    from ropelab.cli import main
+
+    argv = ["generate", str(loadable), "--max-new-tokens", "3"]
+    assert main([*argv, "--prompt", "def f(x):"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("def f(x):")
+    continuation = out[len("def f(x):") :]
+    assert main([*argv, "--prompt", "def f(x):", "--no-echo"]) == 0
+    assert capsys.readouterr().out == continuation
+    prompt = tmp_path / "prompt.py"
+    prompt.write_text("def f(x):")
+    assert main([*argv, "--prompt-file", str(prompt)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == continuation and "prompt tokens; the continuation follows]" in captured.err

@@ -225,7 +225,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not ids:
         raise RopelabError("the prompt is empty")
     check_prompt_length(len(ids), limit)
-    print(prompt, end="", flush=True)
+    if args.prompt_file:  # a file's text is not echoed: say where the continuation starts instead
+        print(f"[{args.prompt_file}: {len(ids)} prompt tokens; the continuation follows]", file=sys.stderr, flush=True)
+    elif not args.no_echo:
+        print(prompt, end="", flush=True)
     generated: list[int] = []
     shown = ""
     for token in stream(
@@ -352,7 +355,8 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registry name (e.g. smollm2-135m), .gguf file, HF model dir or ropelab checkpoint")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
-    source.add_argument("--prompt-file", help="read the prompt from a file")
+    source.add_argument("--prompt-file", help="read the prompt from a file (not echoed: only the continuation prints)")
+    p.add_argument("--no-echo", action="store_true", help="print only the continuation, not the --prompt text")
     p.add_argument("--method", default=None, help="position method spec (default: the model's own)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
