@@ -152,6 +152,16 @@ def test_a_time_budget_calibrates_the_steps_and_stops_in_time(corpus, tmp_path):
     assert saved["requested"]["minutes"] == 0.03 and saved["resolved"]["steps"] == result.steps >= 1
     assert result.status in ("complete", "time limit") and result.seconds < 0.03 * 60 + 1.0
     assert json.loads((tmp_path / "m/checkpoints/latest.json").read_text())["step"] == result.step
+    # a run the time limit stopped says that its schedule did not finish
+    from dataclasses import replace
+
+    from ropelab.train.trainer import describe_result
+
+    cut = replace(result, status="time limit", step=59, steps=149)
+    assert "WARNING: the time ran out at step 59 of 149: the learning-rate schedule did not finish" in (
+        describe_result(cut)
+    )
+    assert "WARNING" not in describe_result(replace(result, status="complete"))
 
 
 def test_keep_prunes_old_checkpoints(corpus, tmp_path):

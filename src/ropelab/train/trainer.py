@@ -729,6 +729,12 @@ def describe_result(result: TrainResult) -> str:
         text += f", val loss {result.val_loss:.3f}"
     if result.checkpoint is not None:
         text += f"; checkpoint {result.checkpoint}"
+    if result.status == "time limit":
+        text += (
+            f". WARNING: the time ran out at step {result.step} of {result.steps}: the learning-rate schedule did not "
+            "finish, so this is not the model a finished run gives; a new run with more --minutes (or fixed --steps) "
+            "finishes its schedule"
+        )
     return text
 
 
