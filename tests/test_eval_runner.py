@@ -364,3 +364,20 @@ def test_grid_heatmap_bins_many_depths():
     assert row_of(1.0) == rows[-1] and row_of(0.0) == rows[0]
     few = [0.0, 0.5, 1.0]
     assert _grid_bins(few)[0] == few and _grid_bins(few)[1](0.5) == 0.5
+
+
+def test_a_cell_that_cannot_run_is_skipped_and_named(tmp_path, tokenizer, model, capsys):
+    """ppl needs more than its 256 scored tokens: at 1x of a short model that cell is skipped with one
+    log line and named in the report; the rest of the run goes on. Nothing runnable is one error."""
+    from ropelab.reporting.eval import write_report
+
+    L = model.config.train_len
+    common = dict(samples=1, progress=False, include_window=False)
+    run = evaluate(model, tokenizer, "m", ["rope"], ["ppl", "copy"], ["1x", "4x"], out=tmp_path / "a", **common)
+    config = json.loads((run / "config.json").read_text())
+    assert list(config["skipped"]) == ["ppl"] and str(L) in config["skipped"]["ppl"]
+    assert config["task_lengths"] == {"ppl": [4 * L], "copy": [L, 4 * L]}
+    assert f"skipped: ppl: length {L} is too short" in capsys.readouterr().err
+    assert f"Not run (the cell cannot be built at this length): ppl at {L}" in write_report(run).read_text()
+    with pytest.raises(RopelabError, match="no task can run at the lengths given: ppl: length"):
+        evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["1x"], out=tmp_path / "b", **common)

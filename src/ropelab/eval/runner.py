@@ -54,6 +54,7 @@ from ropelab.core.checks import int_between, is_int, is_real
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.core.lengths import parse_length
+from ropelab.core.log import log
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs, Sample, Task
 from ropelab.hierarchy import align, file_spans, segment_text
@@ -106,6 +107,7 @@ class RunConfig:
     include_window: bool = True
     ppl_document: str = "code"
     dtype: str = "float32"  # the model's weights and activations; angles and losses are float32 always
+    skipped: dict = field(default_factory=dict)  # task -> length -> why that cell cannot run
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -510,6 +512,10 @@ def _run_config(
     if empty:
         raise RopelabError(f"no length given for {', '.join(empty)}; e.g. --lengths 0.5x,1x")
     _derived_from(ppl_document, per_task)  # one clear error where the option cannot be honoured
+    per_task, skipped = _runnable(task_objects, per_task)
+    tasks = [name for name in tasks if name in per_task]
+    task_objects = [task for task in task_objects if task.name in per_task]
+    _derived_from(ppl_document, per_task)  # and still, with the cells that can run
     config = RunConfig(
         model=model_name,
         methods=methods,
@@ -523,8 +529,30 @@ def _run_config(
         include_window=include_window,
         ppl_document=ppl_document,
         dtype=dtype,
+        skipped=skipped,
     )
     return config, task_objects
+
+
+def _runnable(tasks: list[Task], per_task: dict[str, list[int]]) -> tuple[dict[str, list[int]], dict]:
+    """The lengths each task can be built at, and the cells it cannot, with the reason (one log line
+    each): a cell that cannot run is skipped and named in the report, never an abort of the run --
+    unless no cell is left."""
+    kept: dict[str, list[int]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    for task in tasks:
+        for length in per_task[task.name]:
+            try:
+                task.check_length(length)
+            except RopelabError as error:
+                skipped.setdefault(task.name, {})[str(length)] = str(error)
+                log(f"skipped: {error}")
+            else:
+                kept.setdefault(task.name, []).append(length)
+    if not kept:
+        reasons = "; ".join(reason for cells in skipped.values() for reason in cells.values())
+        raise RopelabError(f"no task can run at the lengths given: {reasons}")
+    return kept, skipped
 
 
 PPL_DOCUMENTS = ("code", "haystack")

@@ -224,9 +224,13 @@ def _preamble(config: dict) -> list[str]:
     """The report's title and the paragraphs on the run and on how to read a cell (of a table task:
     the context task's sections explain their own)."""
     tables = any(_task_class(name).report_kind == "table" for name in config["tasks"])
+    skipped = [f"{task} at {length}: {why}" for task, cells in config.get("skipped", {}).items()
+               for length, why in cells.items()]  # fmt: skip
+    not_run = ["Not run (the cell cannot be built at this length): " + "; ".join(skipped) + ".", ""] if skipped else []
     return [
         f"# ropelab evaluation: {config['model']}",
         "",
+        *not_run,
         f"Train length {config['train_len']}; methods {', '.join(config['methods'])}"
         + (
             f" and the `{WINDOW}` reference (attention limited to the train length)"
@@ -242,7 +246,7 @@ def _preamble(config: dict) -> list[str]:
         "difference is zero; no call below 3 samples. A value in bold is better than every other row of its column "
         "by that rule.",
         "",
-    ][: None if tables else 4]
+    ][: None if tables else 4 + len(not_run)]
 
 
 def _render_task(config: dict, name: str, task: dict) -> list[str]:
