@@ -381,3 +381,24 @@ def test_a_cell_that_cannot_run_is_skipped_and_named(tmp_path, tokenizer, model,
     assert f"Not run (the cell cannot be built at this length): ppl at {L}" in write_report(run).read_text()
     with pytest.raises(RopelabError, match="no task can run at the lengths given: ppl: length"):
         evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["1x"], out=tmp_path / "b", **common)
+
+
+def test_report_a_b_gives_intervals_and_warns_on_other_train_lengths(tmp_path, tokenizer, model):
+    """``ropelab report A B``: B - A per cell with a Welch interval over the samples and a Holm
+    call; a warning when the models were trained at different lengths; a plain sentence when
+    the runs share nothing."""
+    import copy
+
+    from ropelab.reporting.eval import compare_runs
+
+    common = dict(samples=3, progress=False, include_window=False)
+    a = evaluate(model, tokenizer, "m", ["rope"], ["copy"], ["1x"], out=tmp_path / "a", **common)
+    b = evaluate(model, tokenizer, "m", ["rope", "yarn:factor=2"], ["copy"], ["1x"], out=tmp_path / "b", **common)
+    text = compare_runs(a, b)
+    assert "| method | length | A | B | B - A [95 %] | n (A / B) | Holm p | call |" in text
+    assert "| `rope` | 128 |" in text and "3 / 3" in text and "Warning" not in text
+    other = copy.deepcopy(model)
+    other.config.train_len = 64
+    c = evaluate(other, tokenizer, "m", ["alibi"], ["copy"], ["256"], out=tmp_path / "c", **common)
+    assert "**Warning**: A's model was trained at 128 tokens and B's at 64" in compare_runs(a, c)
+    assert "share no task, method and length" in compare_runs(a, c)

@@ -26,7 +26,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.eval import TASKS, Task, get_task
 from ropelab.eval.runner import WINDOW, read_results
-from ropelab.eval.stats import call, differences, estimate, family, interval, paired, paired_blocks, verdict
+from ropelab.eval.stats import call, differences, family, holm, interval, paired
 from ropelab.reporting.common import length_label, method_style, methods_order, save_figure, tokens_text
 from ropelab.reporting.context import context_plots, render_context, summarise_context
 
@@ -468,65 +468,69 @@ def write_report(run: str | os.PathLike) -> Path:
 
 
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> str:
-    """Markdown: every task x method x length present in both runs, side by side."""
+    """Markdown: every table task x method x length present in both runs, side by side, with B - A
+    and its Welch 95 % interval over the two runs' samples (the runs may be different models, so
+    samples are not paired), Holm-adjusted over each task's table; a warning when the models were
+    trained at different lengths (the same token length is then a different multiple of L)."""
+    from scipy import stats as _st
+
     (config_a, records_a), (config_b, records_b) = _load(Path(run_a)), _load(Path(run_b))
     a, b = summarise(config_a, records_a), summarise(config_b, records_b)
-    lines = [f"# {Path(run_a).name} vs {Path(run_b).name}", ""]
+    lines = [f"# {Path(run_a).name} (A) vs {Path(run_b).name} (B)", ""]
+    if config_a.get("train_len") != config_b.get("train_len"):
+        lines += [f"**Warning**: A's model was trained at {config_a.get('train_len')} tokens and B's at "
+                  f"{config_b.get('train_len')}: a length in tokens is a different multiple of each one's train "
+                  "length, so beyond-L cells do not line up.", ""]  # fmt: skip
+    shared = 0
     for name in a["tasks"]:
         if name not in b["tasks"]:
             continue
         if "cells" not in a["tasks"][name] or "cells" not in b["tasks"][name]:
             lines += [f"## {name}", "", "Not a table task: compare the two runs' own reports.", ""]
+            shared += 1
             continue
-        metric = a["tasks"][name]["metric"]
-        lines += [f"## {name}: {metric}", "", "| method | length | A | B | B - A |", "|---|---:|---:|---:|---:|"]
-        cells_a, cells_b = a["tasks"][name]["cells"], b["tasks"][name]["cells"]
-        for method in cells_a:
-            for length, cell in sorted(cells_a[method].items(), key=lambda kv: int(kv[0])):
-                other = cells_b.get(method, {}).get(length)
-                if other is None:
-                    continue
-                lines.append(
-                    f"| `{method}` | {length} | {value_text(cell[metric], metric)} | {value_text(other[metric], metric)} | "
-                    f"{other[metric] - cell[metric]:+.4f} |"
-                )
+        metric, higher = a["tasks"][name]["metric"], a["tasks"][name]["higher_is_better"]
+        values_a, values_b = _per_cell(records_a, name, metric), _per_cell(records_b, name, metric)
+        rows = []
+        for key in sorted(set(values_a) & set(values_b), key=lambda k: (k[0], k[1])):
+            xa, xb = values_a[key], values_b[key]
+            diff = sum(xb) / len(xb) - sum(xa) / len(xa)
+            if len(xa) > 1 and len(xb) > 1:
+                test = _st.ttest_ind(xb, xa, equal_var=False)
+                ci = test.confidence_interval(0.95)
+                rows.append((key, xa, xb, diff, (float(ci.low), float(ci.high)), float(test.pvalue)))
+            else:
+                rows.append((key, xa, xb, diff, None, None))
+        if not rows:
+            continue
+        shared += 1
+        adjusted = holm([row[5] for row in rows])
+        lines += [f"## {name}: {metric}", "", "| method | length | A | B | B - A [95 %] | n (A / B) | Holm p | call |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        for ((method, length), xa, xb, diff, ci, _), p in zip(rows, adjusted):
+            interval_text = "" if ci is None or math.isnan(ci[0]) else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+            said = "n too small" if p is None or math.isnan(p) else "within noise"
+            if p is not None and p < 0.05 and diff != 0:
+                said = "B better" if (diff > 0) == higher else "B worse"
+            lines.append(
+                f"| `{method}` | {length} | {value_text(sum(xa) / len(xa), metric)} | "
+                f"{value_text(sum(xb) / len(xb), metric)} | {diff:+.4f}{interval_text} | {len(xa)} / {len(xb)} | "
+                f"{'-' if p is None or math.isnan(p) else f'{p:.2g}'} | {said} |"
+            )
         lines.append("")
+    if not shared:
+        lines += ["The two runs share no task, method and length: nothing to compare.", ""]
     return "\n".join(lines)
 
 
-# -- block-level helpers of the HiRoPE experiment report (superseded statistics; see ropelab.eval.stats) ----
-
-
-def region(methods: list[str], blocks: dict, lo: int, hi: int) -> dict:
-    """Per method: mean ± SE of the block losses whose first token is in ``[lo, hi)``, and the
-    paired difference to the window reference over the same blocks. ``blocks[method]`` maps
-    ``(document..., first token)`` keys (the last element is the block's first token) to a mean."""
-
-    result = {}
-    for m in methods:
-        keys = sorted(k for k in blocks[m] if lo <= k[-1] < hi)
-        est = estimate([blocks[m][k] for k in keys])
-        cell = {"mean": est.mean, "se": est.se, "n": est.n}
-        if WINDOW in blocks and m != WINDOW:
-            diff = paired_blocks([blocks[m][k] for k in keys], [blocks[WINDOW].get(k) for k in keys])
-            cell.update(diff=diff.mean, diff_se=diff.se, diff_n=diff.n, verdict=verdict(diff))
-        result[m] = cell
-    return result
-
-
-def estimate_text(cell: dict | None, digits: int = 3) -> str:
-    if not cell or not cell.get("n") or math.isnan(cell["mean"]):
-        return "-"
-    text = f"{cell['mean']:.{digits}f}"
-    return text if cell.get("se") is None else f"{text} ± {cell['se']:.{digits}f}"
-
-
-def diff_text(cell: dict | None) -> str:
-    if not cell or cell.get("diff") is None or math.isnan(cell["diff"]):
-        return "-"
-    se = "" if cell.get("diff_se") is None else f" ± {cell['diff_se']:.3f}"
-    mark = {"better": " (better)", "worse": " (worse)"}.get(cell.get("verdict"), "")
-    return f"{cell['diff']:+.3f}{se}{mark}"
+def _per_cell(records: list[dict], task: str, metric: str) -> dict[tuple[str, int], list[float]]:
+    """(method, length) -> the per-sample values of ``metric`` (None/NaN left out)."""
+    out: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        value = r.get("metrics", {}).get(metric) if r.get("task") == task else None
+        if value is not None and not math.isnan(value):
+            out.setdefault((r["method"], r["length"]), []).append(float(value))
+    return out
 
 
 #: report kind (``Task.report_kind``) -> its functions; the plots come kind by kind in this order
