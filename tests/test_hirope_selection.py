@@ -152,3 +152,23 @@ def test_ablations_change_one_choice_at_a_time():
     assert methods[:7] == ["rope", "rope+ntk:factor=128", "rope+yarn:factor=128", "rerope:window=64",
                            "rerope:window=64,logn=true", "self-extend:group=171,window=32", "hirope"]  # fmt: skip
     assert chosen in methods and len(methods) == len(set(methods)) == 7 + 1 + len(found)
+
+
+def test_measure_runs_each_seed_method_document_once(tmp_path, monkeypatch):
+    """A unit listed twice (a setting that is both the default and an ablation) is measured once,
+    and a resumed call measures nothing already in the file."""
+    from ropelab.experiments.hirope import run
+
+    calls = []
+
+    def fake(model, tokenizer, doc, spec, seed):
+        calls.append((seed, spec, doc["name"]))
+        return {"seed": seed, "method": spec, "document": doc["name"], "language": "python", "blocks": [1.0]}
+
+    monkeypatch.setattr(run, "evaluate_document", fake)
+    doc = {"name": "py:email"}
+    units = [(0, "hirope", doc), (0, "hirope", doc), (0, "window", doc)]
+    records = run.measure(tmp_path / "r.jsonl", units, {0: None}, None, False, "test")
+    assert calls == [(0, "hirope", "py:email"), (0, "window", "py:email")] and len(records) == 2
+    run.measure(tmp_path / "r.jsonl", units, {0: None}, None, False, "test")
+    assert len(calls) == 2

@@ -152,7 +152,8 @@ def measure(path: Path, units: list[tuple], models: dict, tokenizer, progress: b
     from tqdm.auto import tqdm
 
     done = {(r["seed"], r["method"], r["document"]) for r in read_results(path)} if path.exists() else set()
-    todo = [u for u in units if (u[0], u[1], u[2]["name"]) not in done]
+    # each (seed, method, document) once: a setting can be both the default and an ablation
+    todo = list({(u[0], u[1], u[2]["name"]): u for u in units if (u[0], u[1], u[2]["name"]) not in done}.values())
     with open(path, "a") as handle:
         for seed, spec, doc in tqdm(todo, disable=not progress, desc=desc, unit="pass", file=sys.stderr):
             record = evaluate_document(models[seed], tokenizer, doc, spec, seed)
