@@ -81,29 +81,20 @@ def explicit_default(model) -> str:
 
 def held_out(records: list[dict], specs: list[str], reference: str = "window") -> list[dict]:
     """Each spec minus ``reference`` per test document (loss beyond L, far-dependent tokens), one
-    Holm family; the reference's own row last."""
-    from ropelab.eval.stats import family, paired
+    Holm family (:func:`ropelab.experiments.hirope.report.compare_family`, one model: one seed);
+    the reference's own row last."""
+    from ropelab.experiments.hirope.report import compare_family, document_means, values_by_seed
 
-    def per_doc(spec: str, metric: str) -> dict:
-        return {r["document"]: r[metric] for r in records if r["method"] == spec and r.get(metric) is not None}
-
-    diffs = {(s, m): paired(per_doc(s, m), per_doc(reference, m)) for s in specs for m in ("beyond", "far")}
-    calls = family(diffs, lower_is_better=True)
+    metrics = ("beyond", "far")
+    values = {m: values_by_seed(records, m) for m in metrics}
+    cells = compare_family(values, {(m, s): (m, s, reference) for s in specs for m in metrics}.items())
     rows = []
     for spec in [*specs, reference]:
-        row = {
-            "spec": spec,
-            "beyond": _mean(per_doc(spec, "beyond").values()),
-            "far": _mean(per_doc(spec, "far").values()),
-        }
-        for metric in ("beyond", "far"):
-            if spec != reference:
-                v = calls[(spec, metric)]
-                row[f"{metric}_minus_{'window' if reference == 'window' else 'chosen'}"] = {
-                    **_iv(v.diff),
-                    "adjusted_p": v.adjusted_p,
-                    "call": v.call,
-                }
+        row = {"spec": spec, **{m: _mean(document_means(values[m].get(spec, {})).values()) for m in metrics}}
+        for metric in metrics if spec != reference else ():
+            cell = cells[(metric, spec)]
+            name = f"{metric}_minus_{'window' if reference == 'window' else 'chosen'}"
+            row[name] = {**_iv(cell["docs"]), "adjusted_p": cell["verdict"].adjusted_p, "call": cell["verdict"].call}
         rows.append(row)
     return rows
 

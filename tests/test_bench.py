@@ -177,7 +177,7 @@ def test_hirope_sweep_grid_choice_and_held_out_table(tmp_path):
     assert selection.choose(path, [], list("abc"), ["hirope:window=64"], 128, [0]) == found
     # held-out: each spec minus the window per document, Holm over specs x metrics
     test = [
-        {"method": m, "document": d, "beyond": b, "far": f}
+        {"seed": 0, "method": m, "document": d, "beyond": b, "far": f}
         for m, values in {
             "hirope:window=8": [(3.0, 5.0), (3.2, 5.5), (2.8, 4.5)],
             "window": [(2.0, 6.0), (2.1, 6.4), (1.9, 5.6)],

@@ -535,10 +535,10 @@ def patch(model: nn.Module, spec: str, train_len: int | None = None) -> Position
     config = model.config
     entry = config_entry(config)
     base_fields = entry["original"] if entry and isinstance(entry.get("original"), dict) else rope_fields(config)
+    own = unpatched(config.to_dict())[0]  # the rope fields the method is built from (hf_pe_context)
     # the model's own rope type is kept under a windowed method, or replaced only when said (pe.compose)
-    native = native_method(hf_rope(unpatched(config.to_dict())[0], "hf.patch"), "hf.patch")
-    spec, note = pe_registry.compose(native, spec)
-    encoding = _build(spec, hf_pe_context(config, train_len))
+    spec, note = pe_registry.compose(native_method(hf_rope(own, "hf.patch"), "hf.patch"), spec)
+    encoding = _build(spec, _pe_context(own, train_len))
     if note:
         log(f"hf.patch: {note}")
     first = getattr(*slots[0])

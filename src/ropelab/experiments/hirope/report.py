@@ -34,7 +34,7 @@ def bucket_edges(train_len: int, length: int) -> list[int]:
     return [*edges, length]
 
 
-def _values(records: list[dict], metric: str) -> dict:
+def values_by_seed(records: list[dict], metric: str) -> dict:
     """spec -> seed -> document -> value."""
     out = defaultdict(lambda: defaultdict(dict))
     for r in records:
@@ -43,7 +43,7 @@ def _values(records: list[dict], metric: str) -> dict:
     return out
 
 
-def _doc_means(by_seed: dict) -> dict:
+def document_means(by_seed: dict) -> dict:
     """document -> mean over the seeds that measured it (documents missing a seed are left out)."""
     seeds = list(by_seed)
     docs = set.intersection(*(set(by_seed[s]) for s in seeds)) if seeds else set()
@@ -53,7 +53,7 @@ def _doc_means(by_seed: dict) -> dict:
 def compare(values: dict, spec: str, reference: str) -> dict:
     """``spec - reference``: the document view (seed-averaged documents) and the seed view."""
     a, b = values.get(spec, {}), values.get(reference, {})
-    docs = paired(_doc_means(a), _doc_means(b))
+    docs = paired(document_means(a), document_means(b))
     per_seed = {}
     for seed in sorted(set(a) & set(b)):
         per_seed[seed] = paired(a[seed], b[seed])
@@ -63,7 +63,7 @@ def compare(values: dict, spec: str, reference: str) -> dict:
     return {"docs": docs, "seeds": seeds, "agree": agree, "n_seeds": len(per_seed)}
 
 
-def _table(values: dict, pairs: list[tuple[str, str, str]]) -> dict:
+def compare_family(values: dict, pairs: list[tuple[str, str, str]]) -> dict:
     """Comparisons ``(key, spec, reference)`` of one family, each with its Holm call (documents)."""
     cells = {key: compare(values[metric], spec, ref) for key, (metric, spec, ref) in pairs}
     verdicts = family({k: c["docs"] for k, c in cells.items()}, lower_is_better=True)
@@ -73,15 +73,15 @@ def _table(values: dict, pairs: list[tuple[str, str, str]]) -> dict:
 
 
 def summarise(config: dict, records: list[dict], selection: dict, methods: list[str]) -> dict:
-    values = {m: _values(records, m) for m in METRICS}
+    values = {m: values_by_seed(records, m) for m in METRICS}
     chosen = selection["chosen"]
     main = [m for m in methods if m != WINDOW and not _is_ablation(m, chosen)]
-    vs_window = _table(values, {(metric, m): (metric, m, WINDOW) for m in main for metric in METRICS}.items())
-    vs_chosen = _table(
+    vs_window = compare_family(values, {(metric, m): (metric, m, WINDOW) for m in main for metric in METRICS}.items())
+    vs_chosen = compare_family(
         values, {(metric, m): (metric, m, chosen) for m in main if m != chosen for metric in METRICS}.items()
     )
     ablation_rows = [(name, value, spec) for name, value, spec in ablations(chosen) if spec in methods]
-    vs_ablation = _table(
+    vs_ablation = compare_family(
         values, {(metric, spec): (metric, spec, chosen) for _, _, spec in ablation_rows for metric in METRICS}.items()
     )
     out_of_range = defaultdict(list)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -367,7 +368,7 @@ def tune(config: ExperimentConfig, out: Path, jobs: int) -> dict[str, float]:
     found = tuning.load(out)
     if found is None:
         units = [(pe, lr) for pe in config.pes for lr in tuning.LR_GRID]
-        results = _parallel(tune_one, [(config, pe, lr, out) for pe, lr in units], jobs)
+        results = list(_parallel(tune_one, [(config, pe, lr, out) for pe, lr in units], jobs))
         scores: dict[str, dict[str, float]] = {}
         for pe, lr, loss, _ in results:
             scores.setdefault(pe, {})[f"{lr:g}"] = loss
@@ -376,37 +377,40 @@ def tune(config: ExperimentConfig, out: Path, jobs: int) -> dict[str, float]:
     return found["chosen"]
 
 
-def _parallel(function, arguments: list[tuple], jobs: int) -> list:
-    """``function(*args, threads)`` for each of ``arguments``, ``jobs`` at a time in spawned worker
-    processes (each with an equal share of the cores), in order; in this process when ``jobs`` is 1."""
-    if jobs <= 1 or len(arguments) == 1:
-        return [function(*args) for args in arguments]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(function, *zip(*[(*args, threads) for args in arguments])))
+def _serial(jobs: int, count: int) -> bool:
+    return jobs <= 1 or count == 1
 
 
-def _run_models(config: ExperimentConfig, the_plan: dict, out: Path, progress: bool, jobs: int) -> None:
-    """Every model, one after another or ``jobs`` at a time in worker processes (spawned: a forked
-    child of a process that has used OpenMP threads can hang), each with an equal share of the cores."""
-    models = runs(config)
-    if jobs <= 1 or len(models) == 1:
-        for run in models:
-            log(run_model(config, the_plan, run, out, progress))
+def _threads(jobs: int) -> int:
+    """Torch threads of each of ``jobs`` worker processes: an equal share of the cores."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _parallel(function, arguments: list[tuple], jobs: int) -> Iterator:
+    """``function(*args)`` for each of ``arguments``, in this process when :func:`_serial`, else
+    ``function(*args, threads)`` ``jobs`` at a time in worker processes (spawned: a forked child of
+    a process that has used OpenMP threads can hang); results as they complete."""
+    if _serial(jobs, len(arguments)):
+        for args in arguments:
+            yield function(*args)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    log(f"{len(models)} models, {jobs} at a time ({threads} thread(s) each); progress is logged per model")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_model, config, the_plan, run, out, False, threads): run for run in models}
-        for future in as_completed(futures):
-            log(future.result())
+    threads = _threads(jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(function, *args, threads) for args in arguments]):
+            yield future.result()
+
+
+def _run_models(config: ExperimentConfig, the_plan: dict, out: Path, progress: bool, jobs: int) -> None:
+    """Every model, one after another or ``jobs`` at a time in worker processes (:func:`_parallel`)."""
+    models = runs(config)
+    serial = _serial(jobs, len(models))
+    if not serial:
+        log(f"{len(models)} models, {jobs} at a time ({_threads(jobs)} thread(s) each); progress is logged per model")
+    for line in _parallel(run_model, [(config, the_plan, run, out, progress and serial) for run in models], jobs):
+        log(line)
 
 
 def run_experiment(
