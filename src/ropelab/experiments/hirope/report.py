@@ -252,7 +252,7 @@ def plot(out: Path, config: dict, summary: dict) -> str:
     import matplotlib.pyplot as plt
 
     train_len = config["train_len"]
-    fig, ax = plt.subplots(figsize=(8, 4.6))
+    fig, ax = plt.subplots(figsize=(10.5, 4.6))
     for i, m in enumerate([*summary["main"], WINDOW]):
         xs, ys = [], []
         for b in summary["buckets"]:
@@ -269,7 +269,7 @@ def plot(out: Path, config: dict, summary: dict) -> str:
     ax.set_ylabel("next-token loss (mean over seeds and documents)")
     ax.set_title(f"ShortLLM at CPU scale: a RoPE model trained at L = {train_len}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the data
     fig.tight_layout()
     path = out / "loss_by_position.png"
     fig.savefig(path, dpi=110)
