@@ -351,7 +351,7 @@ def test_analyze_hierarchy_and_unextrapolatable_method(tmp_path, tokenizer):
     source.write_text(TEXT * 3)
     out = tmp_path / "out"
     args = ["analyze", str(run), "--out", str(out), "--samples", "1", "--threads", "1", "--layers", "1"]
-    args += ["--method", "rope,hirope:window=16,learned", "--hierarchy-input", str(source), "--hierarchy-length", "96"]
+    args += ["--methods", "rope,hirope:window=16,learned", "--hierarchy-input", str(source), "--hierarchy-length", "96"]
     assert main(args) == 0
     summary = json.loads((out / "analysis.json").read_text())
     rope, hirope, learned = summary["subjects"]
@@ -375,9 +375,9 @@ def test_analyze_hierarchy_and_unextrapolatable_method(tmp_path, tokenizer):
         (["--analyses", "pattern,heatmap"], "unknown analysis 'heatmap'"),
         (["--lengths", "2y"], "length '2y' is not understood"),
         (["--layers", "0-9"], "layer 2 is out of range"),
-        (["--method", "rope:factor=2"], "rope: unknown parameter 'factor'"),
-        (["--method", "rope,,hope"], "item 2 is empty"),
-        (["--input", "/no/such/file.py"], "--input '/no/such/file.py'"),
+        (["--methods", "rope:factor=2"], "rope: unknown parameter 'factor'"),
+        (["--methods", "rope,,hope"], "item 2 is empty"),
+        (["--documents", "/no/such/file.py"], "--documents '/no/such/file.py'"),
         (["--checkpoints", "all"], "--checkpoints all needs a training run"),
         (["--hierarchy-input", "/no/such.py"], "--hierarchy-input '/no/such.py'"),
     ],

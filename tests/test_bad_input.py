@@ -649,7 +649,7 @@ def test_train_cli_resume_from_damaged_state_is_one_error_line(tmp_path, capsys,
     out = tmp_path / "t"
 
     def argv(steps: str) -> list[str]:
-        return ["train", "--pe", "rope", "--train-len", "32", "--steps", steps, "--batch-size", "2", "--data",
+        return ["train", "--methods", "rope", "--train-len", "32", "--steps", steps, "--batch-size", "2", "--data",
                 str(corpus), "--tokenizer", "bpe-300", "--out", str(out), "--no-progress"]  # fmt: skip
 
     code, err = _run(capsys, *argv("2"))
@@ -1065,7 +1065,7 @@ def _corpus(tmp_path: Path) -> Path:
         (("--seed", str(10**23)), "seed must be an integer from 0 to 2**63 - 1"),
         (("--tokenizer", "bpe-99999999999"), "a byte-level BPE vocabulary is at most 4194304 tokens"),
         (("--tokenizer", "bpe-" + "9" * 5000), "a byte-level BPE vocabulary is at most"),
-        (("--pe", "learned:max_len=1"), "learned: max_len=1 is shorter than the training length 32"),
+        (("--methods", "learned:max_len=1"), "learned: max_len=1 is shorter than the training length 32"),
     ],
 )
 def test_train_refuses_bad_settings_before_writing_anything(tmp_path, capsys, home, argv, message):

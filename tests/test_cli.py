@@ -151,19 +151,110 @@ def test_eval_bad_methods_list_is_one_error_line_before_the_model_loads(monkeypa
     assert err.count("\n") == 1 and "parameter 'window=256' comes before any method" in err
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["eval", "m"],
-        ["compare"],
-        ["analyze", "m"],
-        ["generate", "m", "--prompt", "x"],
-        ["train", "--steps", "1", "--out", "o"],
-        ["experiment", "hope"],
-    ],
+#: every command that runs a model (the options they share)
+MODEL_COMMANDS = (
+    ["eval", "m"],
+    ["compare"],
+    ["analyze", "m"],
+    ["generate", "m", "--prompt", "x"],
+    ["train", "--steps", "1", "--out", "o"],
 )
+
+
+@pytest.mark.parametrize("argv", [*MODEL_COMMANDS, ["experiment", "hope"]])
 def test_every_long_command_takes_no_progress(argv):
     """A script or CI log can pass --no-progress to every command that runs a model."""
     from ropelab.cli import build_parser
 
     assert build_parser().parse_args([*argv, "--no-progress"]).no_progress is True
+
+
+# -- one name per concept ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "model"),
+    [
+        (["compare"], "smollm2-135m"),
+        (["compare", "my-model"], "my-model"),
+        (["compare", "--model", "my-model"], "my-model"),
+        (["eval", "m"], "m"),
+        (["eval", "--model", "m"], "m"),
+        (["analyze", "--model", "m"], "m"),
+        (["generate", "m", "--prompt", "x"], "m"),
+        (["export", "m", "--out", "o"], "m"),
+        (["task-sample", "passkey", "--length", "1k", "--model", "m"], "m"),
+        (["describe", "hope", "--model", "m"], "m"),
+    ],
+)
+def test_the_model_is_the_first_argument_or_model_everywhere(argv, model):
+    from ropelab.cli import build_parser
+
+    assert build_parser().parse_args(argv).model == model
+
+
+@pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "x"], ["analyze"], ["export", "--out", "o"]])
+def test_a_command_about_a_model_without_one_is_a_usage_error(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2 and "give a model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "m", "--methods", "rope,hope"],
+        ["eval", "m", "--method", "rope,hope"],
+        ["analyze", "m", "--methods", "rope,hope"],
+        ["analyze", "m", "--method", "rope,hope"],
+        ["generate", "m", "--prompt", "x", "--methods", "rope,hope"],
+        ["export", "m", "--out", "o", "--method", "rope,hope"],
+    ],
+)
+def test_methods_is_one_option_everywhere(argv):
+    from ropelab.cli import build_parser
+
+    assert build_parser().parse_args(argv).methods == "rope,hope"
+
+
+def test_train_takes_methods_and_the_old_pe_with_a_warning(capsys):
+    from ropelab.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--methods", "hope", "--steps", "1", "--out", "o"]).pe == "hope"
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args(["train", "--pe", "alibi", "--steps", "1", "--out", "o"]).pe == "alibi"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: --pe is renamed --methods")
+
+
+@pytest.mark.parametrize("command", [["generate", "m", "--prompt", "x"], ["train", "--steps", "1", "--out", "o"]])
+def test_a_one_method_command_refuses_two(capsys, command):
+    code, _out, err = run(capsys, *command, "--methods", "rope,hope")
+    assert code == 2 and err.count("\n") == 1 and "runs one method; --methods gave 2: rope, hope" in err
+
+
+@pytest.mark.parametrize("argv", MODEL_COMMANDS)
+def test_every_device_option_has_the_same_default_and_choices(argv):
+    from ropelab.cli import build_parser
+
+    assert build_parser().parse_args(argv).device == "cpu"
+    assert build_parser().parse_args([*argv, "--device", "cuda:1"]).device == "cuda:1"
+
+
+def test_train_device_names_are_checked_before_work(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--steps", "1", "--out", str(tmp_path / "o"), "--device", "tpu")
+    assert code == 2 and "device must be one of cpu, cuda, cuda:N, mps, auto" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_describe_reads_a_models_shape(tmp_path, capsys):
+    from tests.helpers import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt", pe="hope")
+    code, out, err = run(capsys, "describe", "--model", str(checkpoint))
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith("hope: head_dim ") and "train length" in first
+    code, out, _ = run(capsys, "describe", "rope", "--model", str(checkpoint), "--train-len", "64")
+    assert code == 0 and out.startswith("rope: head_dim ") and "train length 64" in out

@@ -237,7 +237,7 @@ def test_passkey_haystack_is_the_ppl_document_tokenized_naturally(tokenizer):
 
     for sample in get_task("passkey").build(tokenizer, 400, 3, seed=2, train_len=128):
         assert len(sample.prompt_ids) + len(sample.answer_ids) == 400  # exactly the requested length
-        text, _, document = code_document(400, sample.index, 2)
+        text, _, document, _ = code_document(400, sample.index, 2)
         assert sample.extra["document"] == document
         start, end = sample.extra["needle_token"], sample.extra["needle_end"]
         count = sample.extra["haystack_tokens"]

@@ -378,6 +378,8 @@ def test_no_source_text_is_a_clear_error(bpe, monkeypatch):
 def test_late_ppl_documents_reuse_an_earlier_sample_instead_of_running_out_of_text():
     from ropelab.eval.tasks.ppl import code_document
 
-    text, _files, name = code_document(1024, 199, 0)  # 3 * 199 files in, only the stdlib's small files are left
+    text, _files, name, _language = code_document(
+        1024, 199, 0
+    )  # 3 * 199 files in, only the stdlib's small files are left
     assert len(text) >= 1024 * 6 and name == code_document(1024, 99, 0)[2]
     assert code_document(1024, 10, 0)[2] == "stdlib:30"  # documents that fit keep their place

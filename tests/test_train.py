@@ -213,7 +213,7 @@ def test_cli_train_and_its_errors(corpus, tmp_path, capsys):
     def argv(steps="2", data=str(corpus), out="c"):
         return [
             "train",
-            "--pe",
+            "--methods",
             "alibi",
             "--train-len",
             "32",

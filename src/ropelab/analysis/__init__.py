@@ -2,7 +2,7 @@
 
     ropelab analyze runs/exp-hope                      # an experiment: every models/<pe>/ run side by side
     ropelab analyze runs/exp-hope/models/rope --checkpoints all   # VAF over training
-    ropelab analyze smollm2-135m --analyses vaf --lengths 4k --input stdlib --samples 1
+    ropelab analyze smollm2-135m --analyses vaf --lengths 4k --documents stdlib --samples 1
 
 * **pattern** (:mod:`~ropelab.analysis.pattern`): the probe ``[BOS] t t ... t``; pre-softmax
   logits of the last query against every key, averaged over samples, heads and layers (and per

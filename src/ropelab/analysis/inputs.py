@@ -29,7 +29,7 @@ from ropelab.core.errors import RopelabError
 
 PROBE = "probe"
 STDLIB = "stdlib"
-#: Real code for ``--input stdlib``: long, ordinary modules (no giant data literals), in this order.
+#: Real code for ``--documents stdlib``: long, ordinary modules (no giant data literals), in this order.
 STDLIB_FILES = ("argparse.py", "inspect.py", "typing.py", "dataclasses.py", "pathlib.py", "subprocess.py")
 
 
@@ -142,7 +142,7 @@ def read_input_text(source: str, min_chars: int) -> tuple[str, list[str]]:
         if not files:
             raise RopelabError(f"{path}: no .py files to read")
     else:
-        raise RopelabError(f"--input {source!r}: not 'probe', 'stdlib', a file or a directory")
+        raise RopelabError(f"--documents {source!r}: not 'probe', 'stdlib', a file or a directory")
     parts = []
     for file in files:
         parts.append(file.read_bytes().decode("utf-8", errors="replace"))
@@ -162,7 +162,7 @@ def text_inputs(source: str, tokenizer, samples: int, max_length: int) -> Inputs
     bos = first_token(tokenizer)
     body = max_length - (bos is not None)
     if stream.numel() < body:
-        raise RopelabError(f"--input {source}: has {stream.numel()} tokens, fewer than the {max_length} asked for")
+        raise RopelabError(f"--documents {source}: has {stream.numel()} tokens, fewer than the {max_length} asked for")
     # disjoint windows when the text is long enough, evenly overlapping otherwise; the same starts
     # at every length, so a shorter window is a prefix of the longer one
     stride = 0 if samples == 1 else min(body, (stream.numel() - body) // (samples - 1))

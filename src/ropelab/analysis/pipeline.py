@@ -124,7 +124,7 @@ def check_config(config: AnalyzeConfig) -> None:
     if config.batch_tokens < 1:
         raise RopelabError(f"batch_tokens must be positive, got {config.batch_tokens}")
     if config.input not in (PROBE, STDLIB) and not Path(config.input).expanduser().exists():
-        raise RopelabError(f"--input {config.input!r}: not 'probe', 'stdlib' or an existing file or directory")
+        raise RopelabError(f"--documents {config.input!r}: not 'probe', 'stdlib' or an existing file or directory")
     if config.hierarchy_input is not None and not Path(config.hierarchy_input).expanduser().exists():
         raise RopelabError(f"--hierarchy-input {config.hierarchy_input!r}: no such file or directory")
     if config.layers is not None:
@@ -171,7 +171,7 @@ HIERARCHY_FILE = "contextlib.py"
 
 def _hierarchy_text(config: AnalyzeConfig) -> tuple[str, str, str]:
     """(text, language, source name) for the hierarchy map: ``--hierarchy-input``, else the
-    ``--input`` file, else the standard library's ``contextlib.py``."""
+    ``--documents`` file, else the standard library's ``contextlib.py``."""
     import sysconfig
 
     source = config.hierarchy_input or (config.input if config.input not in (PROBE, STDLIB) else None)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ropelab.cli import analyse, evaluate, export, info, train
+from ropelab.cli.common import check_model
 from ropelab.core.errors import RopelabError
 from ropelab.core.version import __version__
 
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.description)
         command.options(p)
-        p.set_defaults(func=command.run)
+        p.set_defaults(func=command.run, subparser=p)
     return parser
 
 
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    check_model(args.subparser, args)
     try:
         return args.func(args)
     except RopelabError as error:

@@ -1,8 +1,8 @@
 """`ropelab analyze` (a command of :data:`ropelab.cli.COMMANDS`).
 
 ropelab analyze MODEL|CHECKPOINT|RUN_DIR|EXPERIMENT_DIR [--analyses pattern,vaf,ood,hierarchy]
-    [--lengths 1x,2x] [--method SPEC,...] [--checkpoints latest|all] [--samples N] [--seed S]
-    [--input probe|stdlib|FILE|DIR] [--layers 0-3,7] [--out DIR] [--device cuda] [--dtype bfloat16]
+    [--lengths 1x,2x] [--methods SPEC,...] [--checkpoints latest|all] [--samples N] [--seed S]
+    [--documents probe|stdlib|FILE|DIR] [--layers 0-3,7] [--out DIR] [--device cuda] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ropelab.analysis.pipeline import AnalyzeConfig, analyze, parse_analyses
-from ropelab.cli.evaluate import device_options
+from ropelab.cli.common import device_options, methods_argument, model_argument, renamed_option
 from ropelab.core.args import positive_int, split_list, thread_count
 from ropelab.pe import split_specs
 from ropelab.reporting.analysis import write_outputs
@@ -25,11 +25,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = AnalyzeConfig(
-        path=args.path,
+        path=args.model,
         out=args.out or f"runs/analyze-{time.strftime('%Y%m%d-%H%M%S')}",
         analyses=parse_analyses(args.analyses),
         lengths=split_list(args.lengths),
-        methods=split_specs(args.method) if args.method and args.method.strip() else None,
+        methods=split_specs(args.methods) if args.methods and args.methods.strip() else None,
         checkpoints=args.checkpoints,
         samples=args.samples,
         seed=args.seed,
@@ -58,10 +58,7 @@ DESCRIPTION = (
 
 
 def analyze_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "path",
-        help="model name (smollm2-135m), .gguf, HF dir, ropelab checkpoint dir, training run dir or experiment dir",
-    )
+    model_argument(p)  # also an experiment directory (its models)
     p.add_argument(
         "--analyses", default="pattern,vaf,ood,hierarchy", help="comma-separated subset of pattern,vaf,ood,hierarchy"
     )
@@ -71,7 +68,9 @@ def analyze_options(p: argparse.ArgumentParser) -> None:
         help="probe lengths: 1x, 2x (train length multiples), 4k, 4096 (default 1x,2x); VAF uses the longest <= 1x, "
         "OOD compares it with the longest > 1x",
     )
-    p.add_argument("--method", default=None, help="position method spec(s), comma-separated, applied to the weights")
+    methods_argument(
+        p, None, "position method spec(s), comma-separated, applied to the weights (default: the model's own)"
+    )
     p.add_argument(
         "--checkpoints",
         choices=("latest", "all"),
@@ -83,15 +82,18 @@ def analyze_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--input",
+        "--documents",
+        dest="input",
         default="probe",
+        metavar="PATH",
         help="probe (the paper's repeated random token, default), stdlib (real Python code) or a file/directory",
     )
+    renamed_option(p, "--input", "--documents", dest="input")
     p.add_argument("--layers", default=None, help="layers to analyse, e.g. 0-3,7 (default: all)")
     p.add_argument(
         "--hierarchy-input",
         default=None,
-        help="source file for the hierarchy map (default: --input's file or stdlib code)",
+        help="source file for the hierarchy map (default: --documents' file or stdlib code)",
     )
     p.add_argument(
         "--hierarchy-length", type=positive_int, default=1024, help="tokens of the hierarchy map (default 1024)"

@@ -5,7 +5,7 @@ ropelab eval MODEL --methods SPEC,... --tasks ppl,passkey,... --lengths 0.5x,1x,
 ropelab report RUN_DIR [RUN_B]
 torchrun --nproc_per_node N -m ropelab eval ...    (the same run shared out over N processes)
 
-``--device`` / ``--dtype`` (also on ``generate`` and ``analyze``, :func:`device_options`) are
+``--device`` / ``--dtype`` (also on ``generate`` and ``analyze``, :func:`ropelab.cli.common.device_options`) are
 checked before the model loads: a device that is not there, an unknown dtype or one the device
 cannot run is one ``error:`` line (exit 2).
 
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 
+from ropelab.cli.common import device_options, methods_argument, model_argument
 from ropelab.core.args import positive_int, split_list, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
-from ropelab.eval.runner import Shard, check_samples, evaluate
+from ropelab.eval.runner import Shard, check_document_tasks, check_samples, evaluate
+from ropelab.eval.user_documents import load_documents
 from ropelab.model.device import resolve_placement
 from ropelab.pe import split_specs
 from ropelab.pretrained.registry import load_model
@@ -43,23 +45,6 @@ COMPARE_METHODS = "hirope"
 COMPARE_LENGTH, COMPARE_DOCUMENTS = "1.25x", 3
 
 
-def device_options(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--dtype``, checked by :func:`ropelab.model.device.resolve_placement` inside the
-    command (so a bad value is one ``error:`` line, and ``--help`` never imports torch)."""
-    p.add_argument(
-        "--device",
-        default="cpu",
-        help="where the model runs: cpu (default), cuda, cuda:N, mps, or auto (cuda when available, else mps, "
-        "else cpu)",
-    )
-    p.add_argument(
-        "--dtype",
-        default="float32",
-        help="weights and activations: float32 (default), bfloat16 or float16; positions, RoPE angles, softmax "
-        "statistics and losses stay float32",
-    )
-
-
 def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
     result = {}
     for item in items or []:
@@ -73,18 +58,25 @@ def _task_lengths(items: list[str] | None) -> dict[str, list[str]]:
 def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_at_longest: bool = False) -> int:
 
     methods = split_specs(args.methods)  # a malformed list fails before the model loads
+    documents = load_documents(args.documents) if args.documents else None  # so do unreadable documents
+    if args.samples is None:  # every document given, else the command's default
+        args.samples = len(documents) if documents else args.default_samples
     check_samples(args.samples)
     for name in split_list(args.tasks):
         get_task(name)  # unknown task names fail before the model loads
+    if documents:
+        check_document_tasks(split_list(args.tasks))
     resolve_placement(args.device, args.dtype)  # so do a missing device and a bad dtype
     info = distributed.setup("cpu", backend="gloo", timeout_s=BARRIER_TIMEOUT_S)  # under torchrun: the group
     try:
-        return _run_eval_process(args, methods, task_lengths, passkey_at_longest, info)
+        return _run_eval_process(args, methods, task_lengths, passkey_at_longest, info, documents)
     finally:
         distributed.teardown(info)
 
 
-def _run_eval_process(args, methods: list[str], task_lengths, passkey_at_longest: bool, info) -> int:
+def _run_eval_process(
+    args, methods: list[str], task_lengths, passkey_at_longest: bool, info, documents: list | None
+) -> int:
     """One process's part of ``_run_eval`` (the only one, or one of torchrun's)."""
     import time
 
@@ -124,6 +116,7 @@ def _run_eval_process(args, methods: list[str], task_lengths, passkey_at_longest
         ppl_document=args.ppl_document,
         shard=Shard(info.rank, info.world_size, info.barrier),
         progress=not args.no_progress,
+        documents=documents,
     )
     if not info.main:
         return 0
@@ -166,7 +159,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _eval_options(
     p: argparse.ArgumentParser, methods: str, tasks: str, lengths: str, samples: int, ppl_document: str | None = "code"
 ) -> None:
-    p.add_argument("--methods", default=methods, help=f"comma-separated specs (default: {methods})")
+    methods_argument(p, methods, f"comma-separated method specs (default: {methods})")
     p.add_argument("--tasks", default=tasks, help=f"comma-separated tasks (default: {tasks})")
     p.add_argument(
         "--lengths",
@@ -177,7 +170,19 @@ def _eval_options(
         "--task-lengths", action="append", metavar="TASK=LEN,...", help="other lengths for one task (repeatable)"
     )
     p.add_argument(
-        "--samples", type=positive_int, default=samples, help=f"samples per task x length (default: {samples})"
+        "--samples",
+        type=positive_int,
+        default=None,
+        help=f"samples (documents) per task x length (default: every document given, else {samples})",
+    )
+    p.set_defaults(default_samples=samples)
+    p.add_argument(
+        "--documents",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="your code in place of the built-in documents (context, ppl, passkey): directories (one project "
+        "document each), files, globs (a document per file)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -199,12 +204,12 @@ def _eval_options(
 
 
 def eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="registry name, .gguf file, HF model dir, ropelab checkpoint or training run")
+    model_argument(p)
     _eval_options(p, "rope,yarn:factor=2", "ppl,passkey", "0.5x,1x,1.5x", 1)
 
 
 def compare_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m")
+    model_argument(p, default="smollm2-135m")
     _eval_options(p, COMPARE_METHODS, "context", COMPARE_LENGTH, COMPARE_DOCUMENTS, ppl_document=None)
 
 

@@ -1,7 +1,7 @@
 """``ropelab export``: a checkpoint as a plain Hugging Face ``transformers`` directory.
 
     ropelab export runs/hope/checkpoints/step-000500 --format hf --out exported/
-    ropelab export smollm2-135m --method yarn:factor=2 --out smollm2-yarn/
+    ropelab export smollm2-135m --methods yarn:factor=2 --out smollm2-yarn/
 
 The work is :func:`ropelab.integrations.hf_export.export_hf`; torch and transformers are imported
 inside the command.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from ropelab.cli.common import methods_argument, model_argument, one_method
 from ropelab.integrations.hf_export import export_hf
 
 DESCRIPTION = (
@@ -22,20 +23,10 @@ DESCRIPTION = (
 
 
 def export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "checkpoint",
-        metavar="CKPT",
-        help="a ropelab checkpoint directory (ropelab train output), a registry model name, a .gguf file "
-        "or a Hugging Face model directory",
-    )
+    model_argument(p)
     p.add_argument("--format", choices=("hf",), default="hf", help="output format (default: hf)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist, or be empty)")
-    p.add_argument(
-        "--method",
-        default=None,
-        metavar="SPEC",
-        help="position method to export, e.g. yarn:factor=2 (default: the checkpoint's own)",
-    )
+    methods_argument(p, None, "the position method to export, one spec, e.g. yarn:factor=2 (default: the model's own)")
     p.add_argument(
         "--train-len",
         type=int,
@@ -47,7 +38,7 @@ def export_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
 
-    result = export_hf(args.checkpoint, args.out, method=args.method, train_len=args.train_len)
+    result = export_hf(args.model, args.out, method=one_method(args.methods, "export"), train_len=args.train_len)
     rope = ", ".join(f"{k}={v}" for k, v in result.rope_parameters.items())
     print(f"wrote {result.directory} ({result.architecture}, method {result.method}; rope: {rope})")
     print(f"files: {', '.join(result.files)}")

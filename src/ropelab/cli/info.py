@@ -3,7 +3,7 @@
 ropelab methods [--format json]
 ropelab describe SPEC --head-dim D --train-len L [--base B] [--length N] [--format json]
 ropelab models [--format json]
-ropelab generate MODEL --prompt TEXT [--method SPEC] [--max-new-tokens N] [--temperature T] [--max-prompt-tokens N]
+ropelab generate MODEL --prompt TEXT [--methods SPEC] [--max-new-tokens N] [--temperature T] [--max-prompt-tokens N]
                  [--device D] [--dtype T]
 ropelab task-sample TASK --model MODEL --length LEN [--seed S] [--n N] [--format json]
 ropelab positions FILE [--language L] [--tokenizer MODEL] [--granularity function|class] [--levels 2|3]
@@ -17,7 +17,7 @@ import math
 import sys
 
 from ropelab import pe
-from ropelab.cli.evaluate import device_options
+from ropelab.cli.common import device_options, methods_argument, model_argument, one_method
 from ropelab.core.args import positive_int, thread_count
 from ropelab.core.checks import int_between, is_finite
 from ropelab.core.errors import RopelabError
@@ -133,8 +133,21 @@ def describe(spec: str, head_dim: int, train_len: int, base: float, length: int 
     return result
 
 
+def model_shape(name: str):
+    """``(config, own method spec)`` of a model (any form :func:`load_model` takes)."""
+    model, _ = load_model(name)
+    return model.config, model.pe.spec
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
-    info = describe(args.spec, args.head_dim, args.train_len, args.base, args.length)
+    spec, head_dim, train_len, base = args.spec, args.head_dim, args.train_len, args.base
+    if args.model is not None:  # its numbers, where not given
+        config, own = model_shape(args.model)
+        spec, head_dim = spec or own, head_dim or config.head_dim
+        train_len, base = train_len or config.train_len, base if base is not None else config.rope_base
+    if spec is None or head_dim is None or train_len is None:
+        raise RopelabError("describe needs a method spec, --head-dim and --train-len, or --model NAME")
+    info = describe(spec, head_dim, train_len, 10000.0 if base is None else base, args.length)
     if args.format == "json":
         print(json.dumps(info, indent=2))
         return 0
@@ -208,7 +221,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = resolve_placement(args.device, args.dtype)  # before the model loads
-    model, tokenizer = load_model(args.model, method=args.method, device=device, dtype=dtype)
+    model, tokenizer = load_model(args.model, method=one_method(args.methods, "generate"), device=device, dtype=dtype)
     if tokenizer is None:
         raise RopelabError(f"{args.model}: has no tokenizer.json, so text cannot be encoded")
     limit = args.max_prompt_tokens or default_prompt_limit(model.config.train_len)
@@ -338,10 +351,12 @@ def methods_options(p: argparse.ArgumentParser) -> None:
 
 
 def describe_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="method spec, e.g. hope or hope+yarn:factor=2")
-    p.add_argument("--head-dim", type=positive_int, required=True)
-    p.add_argument("--train-len", type=positive_int, required=True)
-    p.add_argument("--base", type=float, default=10000.0, help="rotary base (default 10000)")
+    p.add_argument("spec", nargs="?", default=None, help="method spec, e.g. hope or hope+yarn:factor=2 "
+                   "(default with --model: the model's own)")  # fmt: skip
+    model_argument(p, positional=False)
+    p.add_argument("--head-dim", type=positive_int, default=None, help="required without --model")
+    p.add_argument("--train-len", type=positive_int, default=None, help="required without --model")
+    p.add_argument("--base", type=float, default=None, help="rotary base (default: the model's, else 10000)")
     p.add_argument(
         "--length", type=positive_int, default=None, help="input length, for dynamic methods (default: train length)"
     )
@@ -352,12 +367,12 @@ models_options = methods_options
 
 
 def generate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="registry name (e.g. smollm2-135m), .gguf file, HF model dir or ropelab checkpoint")
+    model_argument(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", help="read the prompt from a file (not echoed: only the continuation prints)")
     p.add_argument("--no-echo", action="store_true", help="print only the continuation, not the --prompt text")
-    p.add_argument("--method", default=None, help="position method spec (default: the model's own)")
+    methods_argument(p, None, "the position method, one spec (default: the model's own)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=positive_int, default=None)
@@ -391,7 +406,7 @@ def positions_options(p: argparse.ArgumentParser) -> None:
 
 def task_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("task")
-    p.add_argument("--model", default="smollm2-135m")
+    model_argument(p, default="smollm2-135m", positional=False)
     p.add_argument("--length", required=True, help="e.g. 2x, 4k, 4096")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=positive_int, default=1)

@@ -1,7 +1,7 @@
 """`ropelab train` and `ropelab experiment` (commands of :data:`ropelab.cli.COMMANDS`).
 
-    ropelab train --pe hope --model-config tiny --train-len 256 --steps 500 --out runs/hope [--data PATHS]
-    ropelab train --pe rope --minutes 10 --out runs/rope            # steps calibrated to the budget
+    ropelab train --methods hope --model-config tiny --train-len 256 --steps 500 --out runs/hope [--data PATHS]
+    ropelab train --methods rope --minutes 10 --out runs/rope            # steps calibrated to the budget
     torchrun --nproc_per_node 2 -m ropelab train ...             # the same, data parallel
     torchrun --nproc_per_node 2 -m ropelab train --parallel fsdp ...  # the same, sharded (FSDP2)
     ropelab experiment hope --budget-minutes 60 --out runs/hope-exp  # the paper's comparison
@@ -15,6 +15,7 @@ import argparse
 import os
 import time
 
+from ropelab.cli.common import device_options, one_method, renamed_option
 from ropelab.core.args import split_list, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.experiments.hirope.config import ShortConfig
@@ -24,14 +25,14 @@ from ropelab.experiments.hope.config import ABLATIONS, DEFAULT_LENGTHS, DEFAULT_
 from ropelab.experiments.hope.report import write_experiment_report
 from ropelab.experiments.hope.run import run_experiment as run_hope_experiment
 from ropelab.pe import split_specs
-from ropelab.train.config import DEVICES, PARALLEL, SCHEDULES, TrainConfig
+from ropelab.train.config import PARALLEL, SCHEDULES, TrainConfig
 from ropelab.train.trainer import describe_result, train
 
 
 def cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
-        pe=args.pe,
+        pe=one_method(args.pe, "train") or "rope",
         model_config=args.model_config,
         train_len=args.train_len,
         data=args.data or ["stdlib"],
@@ -174,7 +175,11 @@ def synthetic_options(p: argparse.ArgumentParser, share: float, repeat: float) -
 def train_options(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
-    p.add_argument("--pe", default=d.pe, help="position encoding spec (default: rope), e.g. hope, alibi, fire")
+    p.add_argument(
+        "--methods", "--method", dest="pe", default=d.pe, metavar="SPEC",
+        help="the position method to train with, one spec (default: rope), e.g. hope, alibi, fire",
+    )  # fmt: skip
+    renamed_option(p, "--pe", "--methods", dest="pe")
     p.add_argument("--model-config", default=d.model_config, help="named model config (default: tiny)")
     p.add_argument("--train-len", type=int, default=None, help="training sequence length (default: the config's)")
     budget = p.add_mutually_exclusive_group(required=True)
@@ -213,7 +218,7 @@ def train_options(p: argparse.ArgumentParser) -> None:
         help="checkpoint every N steps (default: a tenth of the run) and at the end",
     )
     p.add_argument("--keep", type=int, default=d.keep, help="keep the newest N checkpoints (default 0: all)")
-    p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda when available")
+    device_options(p, dtype=False)  # under torchrun with cuda (or auto), process r uses GPU r
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
     p.add_argument(
         "--parallel",

@@ -74,12 +74,12 @@ class Corpus:
         seen: set[str] = set()
         found: list[tuple[Path, str, bytes]] = []
         for source in sources:
-            for path, name in _expand(source):
+            for path, name in expand_source(source):
                 key = str(path.resolve())
                 if key in seen:
                     continue
                 seen.add(key)
-                data, reason = _read_bytes(path)
+                data, reason = read_source_file(path)
                 if reason:
                     skipped[reason] += 1
                     continue
@@ -126,7 +126,7 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _expand(source: str) -> list[tuple[Path, str]]:
+def expand_source(source: str) -> list[tuple[Path, str]]:
     """(path, name relative to the source) for every candidate file of one source, sorted."""
     if source == STDLIB:
         root = stdlib_root()
@@ -159,7 +159,8 @@ def _walk(root: Path) -> list[Path]:
     return [p for p in files if p.is_file()]
 
 
-def _read_bytes(path: Path) -> tuple[bytes, str | None]:
+def read_source_file(path: Path) -> tuple[bytes, str | None]:
+    """A file's UTF-8 bytes, or ``(b"", reason)`` for one to skip: unreadable, empty, binary, undecodable."""
     try:
         data = path.read_bytes()
     except OSError:

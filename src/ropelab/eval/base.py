@@ -74,6 +74,11 @@ class Task:
     #: True when sample sizes vary with the draw, so one built sample does not tell whether
     #: every sample fits a length
     variable_size: ClassVar[bool] = False
+    #: True for the tasks that read long documents, which ``--documents`` replaces by the user's
+    reads_documents: ClassVar[bool] = False
+    #: the user's documents (:class:`ropelab.eval.user_documents.Document`, set by the runner before
+    #: ``build``), or None for the task's built-in ones
+    documents: list | None = None
 
     # -- how the report (:mod:`ropelab.reporting.eval`) shows the task --------------------------
     #: the report's layout: ``"table"`` (methods x lengths of the headline metric, a curve per

@@ -136,6 +136,10 @@ def _grammar(language: str):
     return parser, tree_sitter.Query(parser.language, " ".join((source, *queries)))
 
 
+#: the languages whose far-dependent tokens and symbol sites are found
+LANGUAGES = tuple(_SYNTAX)
+
+
 def _parse(files: list[str], language: str, end: int) -> dict[str, list[tuple[int, int, str]]]:
     """``kind -> [(start, end, name)]`` in the whole text's characters, sorted, for the files that
     begin before character ``end``; each file parsed on its own (``skip`` spans have no name).

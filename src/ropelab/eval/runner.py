@@ -55,7 +55,7 @@ from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.core.lengths import parse_length
 from ropelab.core.log import log
-from ropelab.eval import get_task
+from ropelab.eval import TASKS, get_task
 from ropelab.eval.base import Outputs, Sample, Task
 from ropelab.hierarchy import align, file_spans, segment_text
 from ropelab.model.config import shown
@@ -107,6 +107,7 @@ class RunConfig:
     include_window: bool = True
     ppl_document: str = "code"
     dtype: str = "float32"  # the model's weights and activations; angles and losses are float32 always
+    documents: list | None = None  # the user's documents (Document.describe()), or None: the built-in ones
     skipped: dict = field(default_factory=dict)  # task -> length -> why that cell cannot run
 
     def to_json(self) -> dict:
@@ -339,6 +340,7 @@ def evaluate(
     ppl_document: str = "code",
     shard: Shard | None = None,
     order: str = "method",
+    documents: list | None = None,
 ) -> Path:
     """Run every task x method x length x sample into ``out``; returns the run directory.
 
@@ -349,6 +351,8 @@ def evaluate(
     docstring); ``results.jsonl`` is whole when it returns, on every process. ``order``: the units
     run method by method (``"method"``), or sample by sample (``"sample"``: every method on the
     first document, then the next -- an interrupted long study then holds complete pairs).
+    ``documents``: the user's documents (:func:`ropelab.eval.user_documents.load_documents`) for
+    every task that reads documents, in place of the built-in ones.
     """
     if order not in ("method", "sample"):
         raise RopelabError(f"order must be 'method' or 'sample', got {order!r}")
@@ -364,6 +368,7 @@ def evaluate(
         task_lengths=task_lengths or {},
         ppl_document=ppl_document,
         dtype=dtype_name(model.embed_tokens.weight.dtype),
+        documents=documents,
     )
     plan = _plan(config, task_objects, tokenizer, order)  # every sample is built before anything is written
     out = Path(out)
@@ -497,6 +502,7 @@ def _run_config(
     task_lengths: dict[str, list[str]],
     ppl_document: str,
     dtype: str = "float32",
+    documents: list | None = None,
 ) -> tuple[RunConfig, list[Task]]:
     """The run's configuration and its tasks; every argument is checked here, before any work."""
     check_samples(samples)
@@ -504,6 +510,8 @@ def _run_config(
         raise RopelabError("no " + ("position method" if not methods else "task") + " given; the run would be empty")
     methods = [canonical_spec(m) for m in methods]  # validates every spec before any work
     task_objects = [get_task(name) for name in tasks]
+    if documents is not None:
+        _use_documents(task_objects, documents)
     unknown = sorted(set(task_lengths) - set(tasks))
     if unknown:
         raise RopelabError(f"lengths given for tasks that are not run: {', '.join(unknown)}")
@@ -529,9 +537,28 @@ def _run_config(
         include_window=include_window,
         ppl_document=ppl_document,
         dtype=dtype,
+        documents=None if documents is None else [d.describe() for d in documents],
         skipped=skipped,
     )
     return config, task_objects
+
+
+def check_document_tasks(tasks: list[str]) -> None:
+    """One error when a task of ``tasks`` cannot read the user's documents (``--documents``)."""
+    cannot = [name for name in tasks if not get_task(name).reads_documents]
+    if cannot:
+        readers = [name for name, task in TASKS.items() if task.reads_documents]
+        raise RopelabError(
+            f"{', '.join(cannot)}: cannot read --documents (they build their own inputs); "
+            f"tasks that read documents: {', '.join(readers)}"
+        )
+
+
+def _use_documents(tasks: list[Task], documents: list) -> None:
+    """Give the user's documents to every task (each one able to read them)."""
+    check_document_tasks([task.name for task in tasks])
+    for task in tasks:
+        task.documents = documents
 
 
 def _runnable(tasks: list[Task], per_task: dict[str, list[int]]) -> tuple[dict[str, list[int]], dict]:
@@ -673,7 +700,7 @@ def _open_run(out: Path, config: RunConfig, write: bool = True) -> None:
             atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
         return
     # runs older than an option had its default
-    previous = {"ppl_document": "code", "dtype": "float32", **json.loads(config_path.read_text())}
+    previous = {"ppl_document": "code", "dtype": "float32", "documents": None, **json.loads(config_path.read_text())}
     if previous != config.to_json():
         if previous.get("dtype") != config.dtype:
             raise RopelabError(

@@ -225,8 +225,8 @@ def _reproduce(config: dict) -> list[str]:
     return [
         f"Reproduce: `ropelab analyze {config['path']} --analyses {','.join(config['analyses'])} "
         f"--lengths {','.join(config['lengths'])} --samples {config['samples']} --seed {config['seed']}"
-        + (f" --input {config['input']}" if config["input"] != "probe" else "")
-        + (f" --method {','.join(config['methods'])}" if config.get("methods") else "")
+        + (f" --documents {config['input']}" if config["input"] != "probe" else "")
+        + (f" --methods {','.join(config['methods'])}" if config.get("methods") else "")
         + (f" --checkpoints {config['checkpoints']}" if config["checkpoints"] != "latest" else "")
         + (f" --layers {config['layers']}" if config.get("layers") else "")
         + (f" --hierarchy-input {config['hierarchy_input']}" if config.get("hierarchy_input") else "")

@@ -20,6 +20,8 @@ import math
 import re
 from pathlib import Path
 
+from ropelab.reporting.common import outside_legend
+
 BAND_COLORS = {"high": "#9a9a9a", "activated": "#d62728", "lower": "#1f77b4"}
 BAND_LABELS = {
     "high": "high (period <= L)",
@@ -319,7 +321,7 @@ def _hierarchy(out: Path, subject: dict, written: list[str]) -> None:
             ax.barh(j, 0.12, left=1.0, color=BAND_COLORS[band])
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors(i)) for i in range(max(levels) + 1)]
     handles += [plt.Rectangle((0, 0), 1, 1, color=BAND_COLORS[b]) for b in ("activated", "lower")]
-    ax.legend(handles, [*names[: max(levels) + 1], "activated band", "lower band"], fontsize=6, loc="upper right")
+    outside_legend(ax, handles=handles, labels=[*names[: max(levels) + 1], "activated band", "lower band"], fontsize=6)
     ax.set_xlim(0, 1.15)
     ax.set_ylim(len(levels) - 0.5, -0.5)
     ax.set_xticks([])

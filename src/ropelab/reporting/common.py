@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ropelab.eval.runner import WINDOW
@@ -37,10 +37,28 @@ def method_style(method: str, index: int) -> dict:
     return dict(marker=markers[index % len(markers)], markersize=5, linewidth=1.4, alpha=0.9)
 
 
+def series_labels(series: dict[str, Sequence]) -> dict[str, str]:
+    """Legend labels of plotted series: a series identical to an earlier one (same points) is
+    labelled ``name (= earlier)`` -- its line lies under the earlier one's, and the legend says so."""
+    labels, seen = {}, []
+    for name, points in series.items():
+        key = [tuple(p) if isinstance(p, (list, tuple)) else p for p in points]
+        twin = next((other for other, values in seen if values == key), None)
+        labels[name] = name if twin is None else f"{name} (= {twin})"
+        seen.append((name, key))
+    return labels
+
+
+def outside_legend(ax, **kwargs):
+    """The legend beside the axes (upper right, outside), never over the data: save the figure with
+    :func:`save_figure` (a tight bounding box keeps it)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **{"fontsize": 7, **kwargs})
+
+
 def save_figure(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return str(path)

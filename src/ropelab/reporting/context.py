@@ -22,7 +22,7 @@ from scipy import stats as _st
 
 from ropelab.eval.runner import WINDOW
 from ropelab.eval.stats import block_means, detectable_from, differences, family, interval, paired, wilson
-from ropelab.reporting.common import method_style, methods_order, save_figure, tokens_text
+from ropelab.reporting.common import method_style, methods_order, save_figure, series_labels, tokens_text
 
 #: metric -> (label, lower is better, identical below this per-document difference, tested)
 METRICS = {
@@ -406,18 +406,20 @@ def _overview_figure(path: Path, config: dict, length: int, s: dict) -> str:
     train_len = config["train_len"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.4, 1]})
     b = s["buckets"]
+    labels = series_labels({m: [c["mean"] for c in cells] for m, cells in b["diff"].items()})
     for i, (m, cells) in enumerate(b["diff"].items()):
         xs = [a + b["size"] / 2 for a in b["starts"]]
         ys = [c["mean"] for c in cells]
         lo = [c["mean"] - c["lo"] if c["n"] > 1 else 0.0 for c in cells]
         hi = [c["hi"] - c["mean"] if c["n"] > 1 else 0.0 for c in cells]
-        left.errorbar(xs, ys, yerr=[lo, hi], label=m, capsize=3, **method_style(m, i))
+        left.errorbar(xs, ys, yerr=[lo, hi], label=labels[m], capsize=3, **method_style(m, i))
     left.axhline(0, color="black", linewidth=0.8)
     left.axvline(train_len, color="grey", linestyle=":")
     left.set_xlabel("position (tokens)")
     left.set_ylabel("loss minus window (nats)")
     left.set_title("loss per position bucket minus the window (95 % t interval over documents)", fontsize=9)
-    left.legend(fontsize=8)
+    if b["diff"]:
+        left.legend(fontsize=8)
     metrics = [m for m in ("needle_far", "symbol_far", "probe_far", "needle_near", "symbol_near")
                if any(s["rows"][k].get(m, {}).get("n") for k in s["methods"])]  # fmt: skip
     width = 0.8 / max(1, len(s["methods"]))

@@ -27,7 +27,15 @@ from ropelab.core.io import atomic_write_text
 from ropelab.eval import TASKS, Task, get_task
 from ropelab.eval.runner import WINDOW, read_results
 from ropelab.eval.stats import call, differences, family, holm, interval, paired
-from ropelab.reporting.common import length_label, method_style, methods_order, save_figure, tokens_text
+from ropelab.reporting.common import (
+    length_label,
+    method_style,
+    methods_order,
+    outside_legend,
+    save_figure,
+    series_labels,
+    tokens_text,
+)
 from ropelab.reporting.context import context_plots, render_context, summarise_context
 
 
@@ -237,7 +245,8 @@ def _preamble(config: dict) -> list[str]:
             if config.get("include_window")
             else ""
         )
-        + f"; {config['samples']} sample(s) per cell, seed {config['seed']}.",
+        + f"; {config['samples']} sample(s) per cell, seed {config['seed']}."
+        + _documents_line(config.get("documents")),
         "",
         "Every cell is a mean over samples [95 % t interval, n - 1 degrees of freedom] with n; each sample is its "
         "own document or haystack, the unit of every test. A method is called better or worse than another only "
@@ -247,6 +256,14 @@ def _preamble(config: dict) -> list[str]:
         "by that rule.",
         "",
     ][: None if tables else 4 + len(not_run)]
+
+
+def _documents_line(documents: list[dict] | None) -> str:
+    """The user's documents (``--documents``), named; nothing for the built-in ones."""
+    if not documents:
+        return ""
+    names = ", ".join(f"`{d['name']}` ({d['language']}, {d['files']} file(s))" for d in documents)
+    return f" Your documents (--documents): {names}."
 
 
 def _render_task(config: dict, name: str, task: dict) -> list[str]:
@@ -340,11 +357,11 @@ def _table_plot(run: Path, config: dict, name: str, task: dict, records: list[di
         return []
     rate = metric in RATES
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    lengths = []
-    for i, method in enumerate(methods_order(config, cells)):
-        xs, ys, errors = _curve(cells[method], metric, rate)
+    lengths, curves = [], {method: _curve(cells[method], metric, rate) for method in methods_order(config, cells)}
+    labels = series_labels({method: list(zip(xs, ys)) for method, (xs, ys, _) in curves.items()})
+    for i, (method, (xs, ys, errors)) in enumerate(curves.items()):
         lengths += xs
-        ax.errorbar(xs, ys, yerr=errors, label=method, capsize=3, **method_style(method, i))
+        ax.errorbar(xs, ys, yerr=errors, label=labels[method], capsize=3, **method_style(method, i))
     _length_axis(ax, lengths, config["train_len"])
     if rate:
         ax.set_ylim(-3, 103)
@@ -353,7 +370,7 @@ def _table_plot(run: Path, config: dict, name: str, task: dict, records: list[di
     ax.set_ylabel(f"{metric} (%)" if rate else metric)
     ax.set_title(f"{name}: {metric} vs input length ({config['model']}); bars: 95 % t interval over samples", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    outside_legend(ax)
     return [save_figure(fig, run / f"{name}_{metric}.png")]
 
 

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from ropelab.core.checks import int_between, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import CONFIGS
+from ropelab.model.device import DEVICES  # checked by name here; on the machine when the run starts
 from ropelab.pe import canonical_spec
 
 SCHEDULES = ("cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
+
 #: how several processes under torchrun share the work: DistributedDataParallel (every process
 #: holds the whole model) or FSDP2 ``fully_shard`` (parameters, gradients and AdamW state sharded)
 PARALLEL = ("ddp", "fsdp")
@@ -71,7 +73,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int | None = None  # default: steps // 10 (and always the last step)
     keep: int = 0  # keep the newest N checkpoints (0: all -- analysis reads the whole series)
-    device: str = "auto"
+    device: str = "cpu"  # cpu, cuda, cuda:N, mps or auto (ropelab.model.device.resolve_device)
     threads: int | None = None
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp" (the same update; checkpoints are the same files)
 
@@ -115,7 +117,9 @@ class TrainConfig:
             raise RopelabError(f"synthetic-repeat must be a probability in [0, 1), got {self.synthetic_repeat}")
         if self.keep < 0:
             raise RopelabError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
-        if self.device not in DEVICES:
+        if not isinstance(self.device, str) or not re.fullmatch(
+            r"cpu|cuda(:\d+)?|mps|auto", self.device.strip().lower()
+        ):
             raise RopelabError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.parallel not in PARALLEL:
             raise RopelabError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")

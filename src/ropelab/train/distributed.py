@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ropelab.core.errors import RopelabError
+from ropelab.model.device import resolve_device
 
 
 @dataclass
@@ -67,14 +68,18 @@ class Dist:
         return box[0]
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RopelabError("device cuda was asked for, but torch sees no CUDA GPU")
+def pick_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device of this process (:func:`ropelab.model.device.resolve_device`: one clear error when
+    it is unknown or not on this machine); ``cuda`` (or ``auto`` on a CUDA machine) under torchrun:
+    process ``r`` of a machine uses GPU ``r``."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    if world_size > 1 and device.type == "cuda":
+        raise RopelabError(f"device {name!r} under torchrun: give cuda (process r uses GPU r), not one GPU for all")
+    if world_size > 1 and device.type == "mps":
+        raise RopelabError("device mps under torchrun: torch.distributed does not run on MPS; use cpu or cuda")
+    return device
 
 
 def setup(device: str = "auto", backend: str | None = None, timeout_s: float | None = None) -> Dist:
@@ -86,7 +91,7 @@ def setup(device: str = "auto", backend: str | None = None, timeout_s: float | N
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-    chosen = pick_device(device, local_rank)
+    chosen = pick_device(device, local_rank, world_size)
     info = Dist(rank, local_rank, world_size, local_world_size, chosen)
     if world_size > 1 and not dist.is_initialized():
         if not dist.is_available():

@@ -53,6 +53,7 @@ from collections import Counter
 import torch
 
 from ropelab.core.errors import RopelabError
+from ropelab.core.log import log
 from ropelab.eval import far, projects, symbol_sites
 from ropelab.eval.base import Outputs, Sample, Task
 
@@ -104,12 +105,16 @@ class LongContext(Task):
     higher_is_better = False
     min_length = 256
     report_kind = "context"
+    reads_documents = True
     #: the projects' split (:mod:`ropelab.eval.projects`)
     split = "test"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
-        candidates = projects.projects(split=self.split, min_tokens=length)
+        if self.documents is not None:
+            candidates, which = _readable(self.documents), "of your documents"
+        else:
+            candidates, which = projects.projects(split=self.split, min_tokens=length), f"{self.split} project(s)"
         samples: list[Sample] = []
         for project in candidates:
             sample = self._sample(tokenizer, project, length, len(samples), seed, train_len)
@@ -118,9 +123,9 @@ class LongContext(Task):
             if len(samples) == n:
                 return samples
         raise RopelabError(
-            f"{self.name}: only {len(samples)} {self.split} project(s) hold {length} tokens; "
+            f"{self.name}: only {len(samples)} {which} hold {length} tokens; "
             f"ask for --samples {len(samples)} or a shorter length" if samples else
-            f"{self.name}: no {self.split} project holds {length} tokens; use a shorter length"
+            f"{self.name}: none {which} holds {length} tokens; use a shorter length"
         )
 
     def _sample(self, tokenizer, project, length: int, index: int, seed: int, train_len: int) -> Sample | None:
@@ -133,7 +138,7 @@ class LongContext(Task):
         and the sample is built again on the renamed text: only the far context tells the
         candidates apart. Far sites and probes of the rebuilt sample whose candidates are not all
         renamed are dropped; needles, near sites and the losses use the renamed text too."""
-        project_texts, names = projects.load(project)
+        project_texts, names = _texts(project)
         sample = self._build(tokenizer, project, list(project_texts), names, length, index, seed, train_len)
         rng = random.Random(f"rename:{seed}:{project.name}")
         mapping: dict[str, str] = {}
@@ -208,7 +213,7 @@ class LongContext(Task):
             extra={
                 "document": project.name,
                 "era": project.era,
-                "sha256": projects.text_sha256(project),
+                "sha256": project.sha256 if self.documents is not None else projects.text_sha256(project),
                 "files": names,
                 "file_chars": [len(t) for t in texts],
                 "needles": needles,
@@ -256,6 +261,25 @@ class DevelopmentContext(LongContext):
     name = "context-dev"
     description = "the context task on the development projects (for choosing settings; report on `context`)"
     split = "dev"
+    reads_documents = False  # with your documents, ``context`` is the task
+
+
+def _readable(documents: list) -> list:
+    """The user's documents in a language the far views parse (:data:`ropelab.eval.far.LANGUAGES`)."""
+    usable = [d for d in documents if d.language in far.LANGUAGES]
+    left = [f"{d.name} ({d.language})" for d in documents if d.language not in far.LANGUAGES]
+    if left and not usable:
+        raise RopelabError(f"context: reads {', '.join(far.LANGUAGES)} code, not {', '.join(left)}")
+    if left:
+        log(f"skipped: context reads {', '.join(far.LANGUAGES)} code, not {', '.join(left)}")
+    return usable
+
+
+def _texts(project) -> tuple[list[str], list[str]]:
+    """A document's file texts and names: a built-in project (:mod:`ropelab.eval.projects`) or yours."""
+    if isinstance(project, projects.Project):
+        return projects.load(project)
+    return list(project.texts), list(project.files)
 
 
 def _far_items(extra: dict) -> list[dict]:

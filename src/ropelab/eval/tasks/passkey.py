@@ -35,7 +35,9 @@ def depth_of(index: int, n: int) -> float:
     return 0.25 if n == 1 else index / (n - 1)
 
 
-def insert_needle(tokenizer, text: str, count: int, depth: float, needle: str) -> tuple[list[int], int, int]:
+def insert_needle(
+    tokenizer, text: str, count: int, depth: float, needle: str, name: str = "the filler"
+) -> tuple[list[int], int, int]:
     """The first ``count`` tokens of ``text`` with ``needle`` inserted at a line start near
     fraction ``depth`` of them; returns ``(ids, needle_start, needle_end)`` (token offsets).
 
@@ -44,7 +46,7 @@ def insert_needle(tokenizer, text: str, count: int, depth: float, needle: str) -
     wholly inside them."""
     plain = first_tokens(tokenizer, text, count)
     if len(plain) < count:
-        raise RopelabError(f"passkey: the filler has fewer than {count} tokens")
+        raise RopelabError(f"passkey: {name} has fewer than {count} tokens; use a shorter length")
     size = len(tokenizer.encode(needle))
     target = max(0, round(depth * (count - size)))
     char = len(tokenizer.decode(plain[:target]))
@@ -63,26 +65,28 @@ class Passkey(Task):
     description = "retrieve a 5-digit pass key hidden at depth d of a long code filler"
     mode = "teacher_forced"
     metric = "exact_match"
-    recorded = ("depth",)
+    recorded = ("depth", "document")
     min_length = 96
+    reads_documents = True
     grid_key = "depth"
     grid_title = "passkey retrieval"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
-        question = tokenizer.encode(QUESTION)
+        question = {mark: tokenizer.encode(QUESTION.replace("#", mark, 1)) for mark in ("#", "//")}
         samples = []
         for index in range(n):
-            text, files, document = code_document(length, index, seed)
+            document = code_document(length, index, seed, self.documents)
             rng = random.Random(f"passkey:{seed}:{length}:{index}")
             key = str(rng.randint(10000, 99999))
-            needle = f"# The pass key is {key}. Remember it. {key} is the pass key.\n"
+            mark = "#" if document.language in ("python", "text") else "//"  # a comment line in the code
+            needle = f"{mark} The pass key is {key}. Remember it. {key} is the pass key.\n"
             answer = f" {key}"
             answer_ids = tokenizer.encode(answer)
             depth = depth_of(index, n)
-            count = length - len(question) - len(answer_ids)
-            haystack, start, end = insert_needle(tokenizer, text, count, depth, needle)
-            prompt_ids = haystack + question
+            count = length - len(question[mark]) - len(answer_ids)
+            haystack, start, end = insert_needle(tokenizer, document.text, count, depth, needle, document.name)
+            prompt_ids = haystack + question[mark]
             samples.append(
                 Sample(
                     task=self.name,
@@ -93,14 +97,14 @@ class Passkey(Task):
                     prompt_ids=prompt_ids,
                     answer=answer,
                     answer_ids=answer_ids,
-                    language="python",
+                    language=document.language,
                     extra={
                         "depth": depth,
                         "needle_token": start,
                         "needle_end": end,
                         "haystack_tokens": count,
-                        "files": files,
-                        "document": document,
+                        "files": document.files,
+                        "document": document.name,
                     },
                 )
             )

@@ -27,6 +27,7 @@ passkey length): a ppl length beyond it is scored at the haystack's end and its 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
@@ -35,19 +36,34 @@ from ropelab.eval.documents import first_tokens, long_code
 TAIL = 256
 
 
-def code_document(length: int, index: int, seed: int) -> tuple[str, list[str], str]:
-    """Document ``index`` of a run (text long enough for ``length`` tokens, its files, its name):
-    sample ``i`` starts ``3 i + seed mod 7`` files into the stdlib's fixed order (when the files from
-    there on hold too little text -- late samples of a long run -- it reuses the document of sample
-    ``i // 2``, repeatedly). Shared by ppl
-    and passkey, so a passkey haystack is the ppl document plus the needle."""
+class Document(NamedTuple):
+    text: str  # long enough for the length asked (the built-in corpus), or the whole document (yours)
+    files: list[str]
+    name: str
+    language: str
+
+
+def code_document(length: int, index: int, seed: int, documents: list | None = None) -> Document:
+    """Document ``index`` of a run. Built in: text long enough for ``length`` tokens, where sample
+    ``i`` starts ``3 i + seed mod 7`` files into the stdlib's fixed order (when the files from there
+    on hold too little text -- late samples of a long run -- it reuses the document of sample
+    ``i // 2``, repeatedly). With ``documents`` (``--documents``): the ``index``-th of them, whole.
+    Shared by ppl and passkey, so a passkey haystack is the ppl document plus the needle."""
+    if documents is not None:
+        if index >= len(documents):
+            raise RopelabError(
+                f"{len(documents)} document(s) given, but sample {index + 1} asked for; "
+                f"use --samples {len(documents)} or more documents"
+            )
+        chosen = documents[index]
+        return Document(chosen.text, list(chosen.files), chosen.name, chosen.language)
     skip = 3 * index + seed % 7
     text, files = long_code(min_chars=length * 6, skip=skip)
     while len(text) < length * 6 and index > 0:  # past the stdlib's long files: sample i // 2's document
         index //= 2
         skip = 3 * index + seed % 7
         text, files = long_code(min_chars=length * 6, skip=skip)
-    return text, files, f"stdlib:{skip}"
+    return Document(text, files, f"stdlib:{skip}", "python")
 
 
 class Perplexity(Task):
@@ -60,16 +76,21 @@ class Perplexity(Task):
     metric = "loss"
     higher_is_better = False
     min_length = TAIL + 1
+    reads_documents = True
+    recorded = ("document",)
     report_note = "the HoPE paper's protocol: loss of the last 256 tokens of each input"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
         samples = []
         for index in range(n):
-            text, files, document = code_document(length, index, seed)
-            ids = first_tokens(tokenizer, text, length)
+            document = code_document(length, index, seed, self.documents)
+            ids = first_tokens(tokenizer, document.text, length)
             if len(ids) < length:
-                raise RopelabError(f"ppl: the stdlib corpus has fewer than {length} tokens from {document}")
+                raise RopelabError(
+                    f"ppl: {document.name} has fewer than {length} tokens; use a shorter length"
+                    + (" or longer documents" if self.documents is not None else "")
+                )
             samples.append(
                 Sample(
                     task=self.name,
@@ -79,8 +100,8 @@ class Perplexity(Task):
                     prompt=tokenizer.decode(ids),
                     prompt_ids=ids,
                     answer="",
-                    language="python",
-                    extra={"files": files, "document": document},
+                    language=document.language,
+                    extra={"files": document.files, "document": document.name},
                 )
             )
         return samples

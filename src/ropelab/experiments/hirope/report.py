@@ -21,7 +21,7 @@ from ropelab.core.io import atomic_write_text
 from ropelab.eval.runner import WINDOW, read_results
 from ropelab.eval.stats import family, interval, paired
 from ropelab.experiments.hirope.config import ablations, block_size
-from ropelab.reporting.common import method_style, tokens_text
+from ropelab.reporting.common import method_style, outside_legend, save_figure, series_labels, tokens_text
 
 METRICS = {"beyond": "loss beyond L", "far": "far-dependent tokens"}
 
@@ -253,13 +253,13 @@ def plot(out: Path, config: dict, summary: dict) -> str:
 
     train_len = config["train_len"]
     fig, ax = plt.subplots(figsize=(10.5, 4.6))
-    for i, m in enumerate([*summary["main"], WINDOW]):
-        xs, ys = [], []
-        for b in summary["buckets"]:
-            if m in b["cells"] and not math.isnan(b["cells"][m]):
-                xs.append(math.sqrt(max(1, b["start"]) * b["stop"]))
-                ys.append(b["cells"][m])
-        ax.plot(xs, ys, label=m, **method_style(m, i))
+    curves = {}
+    for m in [*summary["main"], WINDOW]:
+        curves[m] = [(math.sqrt(max(1, b["start"]) * b["stop"]), b["cells"][m])
+                     for b in summary["buckets"] if m in b["cells"] and not math.isnan(b["cells"][m])]  # fmt: skip
+    labels = series_labels(curves)
+    for i, (m, points) in enumerate(curves.items()):
+        ax.plot([x for x, _ in points], [y for _, y in points], label=labels[m], **method_style(m, i))
     ax.set_xscale("log", base=2)
     for x, name in ((train_len, "L"), (train_len**2, "L²")):
         ax.axvline(x, color="grey", linestyle=":", linewidth=1)
@@ -269,12 +269,8 @@ def plot(out: Path, config: dict, summary: dict) -> str:
     ax.set_ylabel("next-token loss (mean over seeds and documents)")
     ax.set_title(f"ShortLLM at CPU scale: a RoPE model trained at L = {train_len}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the data
-    fig.tight_layout()
-    path = out / "loss_by_position.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    outside_legend(ax)
+    return save_figure(fig, out / "loss_by_position.png")
 
 
 def _jsonable(summary: dict) -> dict:

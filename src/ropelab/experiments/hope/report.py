@@ -31,6 +31,7 @@ from ropelab.experiments.hope.config import (
     seed_counts,
 )
 from ropelab.pe import format_value
+from ropelab.reporting.common import method_style, outside_legend, save_figure, series_labels
 from ropelab.reporting.eval import cell_text, length_label, make_plots, value_text
 from ropelab.train.trainer import read_log
 
@@ -435,17 +436,15 @@ def _line_plot(path: Path, curves: dict, xlabel: str, ylabel: str, title: str, s
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, curve in curves.items():
-        ax.plot([c[0] for c in curve], [scale * c[1] for c in curve], marker="o", markersize=3, label=name)
+    labels = series_labels(curves)
+    for i, (name, curve) in enumerate(curves.items()):
+        ax.plot([c[0] for c in curve], [scale * c[1] for c in curve], label=labels[name], **method_style(name, i))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    outside_legend(ax)
+    return save_figure(fig, path)
 
 
 def _curve_plot(exp: Path, merged: dict) -> str | None:
