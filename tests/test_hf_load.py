@@ -132,3 +132,19 @@ def test_smollm2_loads_as_transformers_llama_equal_to_ropelab() -> None:
         expected = ours(ids)
     assert expected.std() > 1
     torch.testing.assert_close(hf_logits(model, ids), expected, atol=ATOL, rtol=0)
+
+
+def test_the_tokenizer_is_ready_for_batched_generation(tmp_path) -> None:
+    """Left padding and a pad token as loaded: a batch of prompts of different lengths continues
+    each prompt exactly as it continues alone (greedy)."""
+    model, tokenizer = hf.load(tiny_checkpoint(tmp_path / "ckpt"))
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+    prompts = ["w5 w9 w17 w33 w4 w8 w12", "w40 w41"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        together = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
+        for row, prompt in enumerate(prompts):
+            alone = tokenizer(prompt, return_tensors="pt")
+            out = model.generate(**alone, max_new_tokens=6, do_sample=False)[:, alone["input_ids"].shape[1] :]
+            assert together[row].tolist() == out[0].tolist(), prompt

@@ -643,7 +643,10 @@ def load(
     a method transformers' Llama cannot run (``alibi``, ``kerple-*``, ``fire``, ``learned``) is
     refused with :class:`~ropelab.core.errors.RopelabError`. The model is in eval mode, on
     ``device``, in ``dtype`` (default float32; the rotary angles stay float32). The tokenizer is
-    ``None`` when the checkpoint has no ``tokenizer.json``.
+    ``None`` when the checkpoint has no ``tokenizer.json``; otherwise it is ready for batched
+    generation (``padding_side="left"``, a pad token: its own, else its EOS token;
+    :func:`_ready_for_batches`), so ``model.generate(**tokenizer(prompts, return_tensors="pt",
+    padding=True))`` works as loaded.
     """
 
     device, dtype = resolve_placement(device, dtype)  # one RopelabError for "tpu" or "int8", before loading
@@ -663,7 +666,20 @@ def load(
     model.config._name_or_path = str(name_or_path)
     if tokenizer is not None:
         tokenizer.name_or_path = str(name_or_path)
+        _ready_for_batches(model, tokenizer)
     return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def _ready_for_batches(model, tokenizer) -> None:
+    """Batched generation works as loaded: left padding (a decoder continues from the right end),
+    and a pad token -- the tokenizer's own, else its end-of-sequence token (padded positions are
+    masked out, so which token pads does not change the outputs) -- also set as the model's
+    ``generation_config.pad_token_id``."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is not None and getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def _checkpoint_to_transformers(directory: Path, method: str | None, train_len: int | None):
