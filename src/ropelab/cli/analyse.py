@@ -15,12 +15,16 @@ from pathlib import Path
 from ropelab.analysis.pipeline import AnalyzeConfig, analyze, parse_analyses
 from ropelab.cli.common import device_options, methods_argument, model_argument, renamed_option
 from ropelab.core.args import positive_int, split_list, thread_count
+from ropelab.core.io import check_out_dir
 from ropelab.pe import split_specs
 from ropelab.reporting.analysis import write_outputs
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     import torch
+
+    if args.out:
+        check_out_dir(args.out)  # before any model loads
 
     if args.threads:
         torch.set_num_threads(args.threads)

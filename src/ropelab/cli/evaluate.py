@@ -23,7 +23,7 @@ from ropelab.core.args import positive_int, split_list, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
-from ropelab.eval.runner import Shard, check_document_tasks, check_samples, evaluate
+from ropelab.eval.runner import Shard, check_document_tasks, check_run_dir, check_samples, evaluate
 from ropelab.eval.user_documents import load_documents
 from ropelab.model.device import resolve_placement
 from ropelab.pe import split_specs
@@ -67,6 +67,8 @@ def _run_eval(args: argparse.Namespace, task_lengths: list[str] | None, passkey_
     if documents:
         check_document_tasks(split_list(args.tasks))
     resolve_placement(args.device, args.dtype)  # so do a missing device and a bad dtype
+    if args.out:
+        check_run_dir(args.out)  # and an --out that is a file, or holds a damaged run
     info = distributed.setup("cpu", backend="gloo", timeout_s=BARRIER_TIMEOUT_S)  # under torchrun: the group
     try:
         return _run_eval_process(args, methods, task_lengths, passkey_at_longest, info, documents)

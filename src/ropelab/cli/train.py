@@ -18,6 +18,7 @@ import time
 from ropelab.cli.common import device_options, one_method, renamed_option
 from ropelab.core.args import split_list, thread_count
 from ropelab.core.errors import RopelabError
+from ropelab.core.io import check_out_dir
 from ropelab.experiments.hirope.config import ShortConfig
 from ropelab.experiments.hirope.run import rerender as rerender_hirope
 from ropelab.experiments.hirope.run import run_experiment as run_hirope_experiment
@@ -30,7 +31,7 @@ from ropelab.train.trainer import describe_result, train
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-
+    check_out_dir(args.out)  # before the data is tokenised
     config = TrainConfig(
         pe=one_method(args.pe, "train") or "rope",
         model_config=args.model_config,
@@ -70,6 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.out:
+        check_out_dir(args.out)  # before any calibration or training
     if args.name == "hirope":
         return _cmd_hirope(args)
     import torch

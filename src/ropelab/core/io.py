@@ -1,8 +1,10 @@
-"""Files and directories every part of ropelab writes: atomic writes and the home directory."""
+"""Files and directories every part of ropelab writes: atomic writes, the home directory, output
+directories checked before work, JSON files read with one clear error when damaged."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -80,3 +82,41 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
         for chunk in iter(lambda: handle.read(block), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """An output directory that can be created or reused, checked before any work: one
+    :class:`RopelabError` when it (or a folder above it) is a file, or cannot be written."""
+    path = Path(path).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == path else f"lies under {folder}, which is"
+                raise RopelabError(f"{option} {path}: {where} a file, not a directory")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise RopelabError(f"{option} {path}: {folder} is not writable")
+            break
+    return path
+
+
+def read_json_file(path: str | os.PathLike, what: str, kind: type = dict):
+    """The JSON value of ``path`` (a ``kind``), or one :class:`RopelabError` naming the damage:
+    unreadable, not UTF-8, empty, truncated or malformed JSON, or another type of value."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise RopelabError(f"{path}: {what} cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise RopelabError(f"{path}: {what} is damaged (not UTF-8 text)") from None
+    if not text.strip():
+        raise RopelabError(f"{path}: {what} is empty (damaged)")
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise RopelabError(f"{path}: {what} is damaged (not JSON: {error})") from None
+    if not isinstance(value, kind):
+        names = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+        found = "null" if value is None else names.get(type(value), type(value).__name__)
+        raise RopelabError(f"{path}: {what} is damaged (a JSON {found}, not an {names.get(kind, kind.__name__)})")
+    return value

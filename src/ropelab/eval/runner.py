@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from ropelab.core.checks import int_between, is_int, is_real
 from ropelab.core.errors import RopelabError
-from ropelab.core.io import atomic_write_text
+from ropelab.core.io import atomic_write_text, check_out_dir, read_json_file
 from ropelab.core.lengths import parse_length
 from ropelab.core.log import log
 from ropelab.eval import TASKS, get_task
@@ -689,18 +689,31 @@ def _units(
 # -- the run directory: its configuration, and what an earlier (interrupted) run already measured -----------------
 
 
+def check_run_dir(out: str | os.PathLike) -> dict | None:
+    """The configuration of the run already in ``out`` (None: a new run), checked before any work:
+    one :class:`RopelabError` when ``out`` is a file or its ``config.json`` is damaged."""
+    config_path = check_out_dir(out) / "config.json"
+    if not config_path.exists():
+        return None
+    try:
+        return read_json_file(config_path, "the run's configuration")
+    except RopelabError as error:
+        raise RopelabError(f"{error}; choose another --out directory, or remove this one") from None
+
+
 def _open_run(out: Path, config: RunConfig, write: bool = True) -> None:
     """Create ``out`` and write ``config.json`` there, or check that the run already there is this one.
 
     ``write=False`` (the other processes of a sharded run) only checks a ``config.json`` already there."""
+    found = check_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
-    if not config_path.exists():
+    if found is None:
         if write:
             atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
         return
     # runs older than an option had its default
-    previous = {"ppl_document": "code", "dtype": "float32", "documents": None, **json.loads(config_path.read_text())}
+    previous = {"ppl_document": "code", "dtype": "float32", "documents": None, **found}
     if previous != config.to_json():
         if previous.get("dtype") != config.dtype:
             raise RopelabError(

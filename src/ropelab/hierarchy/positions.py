@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ropelab.core.checks import is_int
 from ropelab.core.errors import RopelabError
 from ropelab.hierarchy.languages import LANGUAGES, TEXT, canonical_language, language_for_path
 from ropelab.hierarchy.segments import Span, find_spans
@@ -183,7 +184,7 @@ def _check_arguments(granularity: str, levels: int, chunk_size: int) -> None:
         raise RopelabError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     if levels not in (2, 3):
         raise RopelabError(f"levels must be 2 or 3, got {levels!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise RopelabError(f"chunk_size must be a positive integer, got {chunk_size!r}")
 
 

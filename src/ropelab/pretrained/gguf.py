@@ -28,6 +28,7 @@ import torch
 from ropelab.core.checks import is_int, is_real
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import ModelConfig, shown
+from ropelab.pretrained.gguf_header import check_gguf_header
 from ropelab.pretrained.tokenizer import Tokenizer
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -104,6 +105,7 @@ def _reader(path: Path):
     gguf = _gguf()
     if not path.is_file():
         raise RopelabError(f"{path}: GGUF file not found")
+    check_gguf_header(path)  # a damaged header names its field
     try:
         return gguf.GGUFReader(str(path))
     except Exception as error:  # the reader raises ValueError/struct errors on damaged files

@@ -23,7 +23,7 @@ import random
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
 from ropelab.eval.documents import first_tokens
-from ropelab.eval.tasks.ppl import code_document
+from ropelab.eval.tasks.ppl import check_stdlib_holds, code_document
 
 QUESTION = "\n# What is the pass key? The pass key is"
 
@@ -46,7 +46,7 @@ def insert_needle(
     wholly inside them."""
     plain = first_tokens(tokenizer, text, count)
     if len(plain) < count:
-        raise RopelabError(f"passkey: {name} has fewer than {count} tokens; use a shorter length")
+        raise RopelabError(f"passkey: {name} has fewer than {count:,} tokens; use a shorter length")
     size = len(tokenizer.encode(needle))
     target = max(0, round(depth * (count - size)))
     char = len(tokenizer.decode(plain[:target]))
@@ -73,6 +73,8 @@ class Passkey(Task):
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
+        if self.documents is None:
+            check_stdlib_holds(tokenizer, length)
         question = {mark: tokenizer.encode(QUESTION.replace("#", mark, 1)) for mark in ("#", "//")}
         samples = []
         for index in range(n):

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import first_tokens, long_code
+from ropelab.eval.documents import first_tokens, long_code, stdlib_python_files
 
 TAIL = 256
 
@@ -66,6 +66,21 @@ def code_document(length: int, index: int, seed: int, documents: list | None = N
     return Document(text, files, f"stdlib:{skip}", "python")
 
 
+def check_stdlib_holds(tokenizer, length: int) -> None:
+    """Refuse at once a length the standard library's code cannot fill: its size from file sizes, in
+    tokens at the tokenizer's characters per token on a 100K-character sample, with a margin of 1.25
+    (a length between the estimate and 1.25 times it is tried, and refused exactly if it does not fit)."""
+    files = stdlib_python_files()
+    size = sum(path.stat().st_size for path in files)
+    sample = long_code(min_chars=100_000)[0][:100_000]
+    estimate = int(size * len(tokenizer.encode(sample)) / max(1, len(sample)))
+    if length > 1.25 * estimate:
+        raise RopelabError(
+            f"length {length:,} tokens: the standard library's Python code ({len(files):,} files, {size:,} bytes) "
+            f"is about {estimate:,} tokens; use a shorter length (or --documents with more code)"
+        )
+
+
 class Perplexity(Task):
     name = "ppl"
     description = (
@@ -82,13 +97,15 @@ class Perplexity(Task):
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
+        if self.documents is None:
+            check_stdlib_holds(tokenizer, length)
         samples = []
         for index in range(n):
             document = code_document(length, index, seed, self.documents)
             ids = first_tokens(tokenizer, document.text, length)
             if len(ids) < length:
                 raise RopelabError(
-                    f"ppl: {document.name} has fewer than {length} tokens; use a shorter length"
+                    f"ppl: {document.name} has fewer than {length:,} tokens; use a shorter length"
                     + (" or longer documents" if self.documents is not None else "")
                 )
             samples.append(
