@@ -8,6 +8,7 @@ imported inside the functions that need it, so a module can still ``pytest.impor
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -265,3 +266,19 @@ def corpus_or_skip() -> None:
         projects.verify()
     except RopelabError as error:
         pytest.skip(f"the corpus wheels are not in place (./dev test downloads them): {error}")
+
+
+def assert_tables_well_formed(markdown: str) -> int:
+    """Every markdown table of ``markdown`` has as many cells in its separator and in every row as in
+    its header; returns the number of tables."""
+    import re
+
+    lines, tables = markdown.splitlines(), 0
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("|") and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1]):
+            tables += 1
+            cells = line.count("|")
+            assert lines[i + 1].count("|") == cells, f"separator of {line!r}"
+            for row in itertools.takewhile(lambda r: r.startswith("|"), lines[i + 2 :]):
+                assert row.count("|") == cells, f"row {row!r} of table {line!r}"
+    return tables

@@ -38,3 +38,10 @@ def test_the_table_plot_labels_twins_and_keeps_its_legend_off_the_axes(tmp_path,
     assert box.x0 >= axes.x1  # beside the axes, not over them
     common.save_figure(seen["fig"], tmp_path / "x.png")
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_length_labels_are_short():
+    from ropelab.reporting.common import length_label
+
+    assert length_label(683, 8192) == "683 (0.0834x)"  # was 683 (0.083374x)
+    assert length_label(10240, 8192) == "10K (1.25x)" and length_label(640, 512) == "640 (1.25x)"

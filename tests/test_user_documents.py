@@ -12,7 +12,7 @@ import pytest
 from ropelab.cli import main
 from ropelab.core.errors import RopelabError
 from ropelab.eval.user_documents import load_documents
-from tests.helpers import tiny_code_checkpoint
+from tests.helpers import assert_tables_well_formed, tiny_code_checkpoint
 
 
 def _write(path: Path, text: str) -> Path:
@@ -100,6 +100,7 @@ def test_eval_reads_your_documents_for_every_document_task(workspace, capsys, tm
     for task in ("context", "ppl", "passkey"):
         names = {r["document"] for r in records if r["task"] == task}
         assert names == {str(workspace / "mypkg"), str(workspace / "one.py")}, task
+    assert assert_tables_well_formed((out / "report.md").read_text()) >= 5  # a scaled-down run's tables too
     named = f"`{workspace / 'mypkg'}`, `{workspace / 'one.py'}`"  # the context section names them
     assert named in stdout and f"Your documents (--documents): `{workspace / 'mypkg'}` (python, 5 file(s))" in stdout
     changed = tmp_path / "changed"

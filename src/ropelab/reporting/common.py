@@ -19,7 +19,7 @@ def methods_order(config: dict, present: Iterable[str]) -> list[str]:
 
 def length_label(length: int, train_len: int) -> str:
     ratio = length / train_len
-    return f"{length // 1024}K ({ratio:g}x)" if length % 1024 == 0 else f"{length} ({ratio:.2g}x)"
+    return f"{length // 1024}K ({ratio:.3g}x)" if length % 1024 == 0 else f"{length} ({ratio:.3g}x)"
 
 
 def tokens_text(n: int) -> str:
