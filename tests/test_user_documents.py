@@ -117,7 +117,7 @@ def test_tasks_that_build_their_own_inputs_refuse_documents(workspace, capsys, t
         "--out", str(tmp_path / "r"),
     )  # fmt: skip
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert "copy: cannot read --documents" in err and "ppl, passkey, context" in err
+    assert "copy: cannot read --documents" in err and "ppl, passkey, completion, symbols, context" in err
 
 
 def test_more_samples_than_documents_is_refused(workspace, capsys, tmp_path):
@@ -126,3 +126,19 @@ def test_more_samples_than_documents_is_refused(workspace, capsys, tmp_path):
         "--lengths", "300", "--samples", "2", "--out", str(tmp_path / "r"),
     )  # fmt: skip
     assert code == 2 and "1 document(s) given, but sample 2 asked for" in err
+
+
+def test_completion_and_symbols_draw_from_the_python_files_of_your_documents(workspace):
+    from ropelab.eval import get_task
+    from ropelab.eval.user_documents import load_documents
+    from ropelab.pretrained import load_tokenizer
+
+    tokenizer = load_tokenizer(workspace / "ckpt")
+    documents = load_documents([str(workspace / "mypkg"), str(workspace / "one.py")])
+    yours = {str(workspace / "mypkg" / name) for name in documents[0].files} | {str(workspace / "one.py")}
+    for name in ("completion", "symbols"):
+        task = get_task(name)
+        task.documents = documents
+        for sample in task.build(tokenizer, 2000, 3, 0, 512):
+            assert set(sample.extra["files"]) <= yours, name
+            assert all(f"# file: {f}" in sample.prompt for f in sample.extra["files"][1:]), name

@@ -70,6 +70,27 @@ def recorded_reads() -> Iterator[set[str]]:
         _RECORDERS.remove(seen)
 
 
+def file_name(path: Path) -> str:
+    """A code file's name in prompts and records: relative to the stdlib for its files, else the path."""
+    try:
+        return path.relative_to(stdlib_root()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def file_header(path: Path) -> str:
+    """The comment line that starts a Python file in a prompt of several files."""
+    return f"# file: {file_name(path)}\n"
+
+
+def python_pool(documents: list | None) -> tuple[Path, ...]:
+    """The Python files a task draws from: the stdlib's (:func:`stdlib_python_files`), or those of
+    the user's documents (``--documents``)."""
+    if documents is None:
+        return stdlib_python_files()
+    return tuple(path for document in documents if document.language == "python" for path in document.paths)
+
+
 def long_code(min_chars: int, skip: int = 0) -> tuple[str, list[str]]:
     """Whole stdlib files concatenated (largest first, after ``skip`` files) to ``min_chars``."""
     parts, names = python_parts(min_chars, skip)

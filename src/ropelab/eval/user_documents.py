@@ -44,6 +44,7 @@ class Document:
     language: str  # a language of ropelab.hierarchy.languages, or "text"
     texts: tuple[str, ...]
     files: tuple[str, ...]  # each file's path relative to the argument
+    paths: tuple[Path, ...] = ()  # each file's path on disk
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> files left out
     era: str = "yours"  # the built-in projects' "old" / "new" (memorisation checks) does not apply
 
@@ -94,15 +95,16 @@ def _document(source: str, found: list[tuple[Path, str]], directory: bool) -> Do
         if text is None:
             skipped[reason or "undecodable"] += 1
             continue
-        by_language.setdefault(language, []).append((name, text))
+        by_language.setdefault(language, []).append((name, text, path))
     if not by_language:
         counts = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
         raise RopelabError(f"{source}: holds no readable code file" + (f" ({counts})" if counts else ""))
-    language = max(by_language, key=lambda lang: (sum(len(t) for _, t in by_language[lang]), lang))
+    language = max(by_language, key=lambda lang: (sum(len(t) for _, t, _ in by_language[lang]), lang))
     for other, files in by_language.items():
         if other != language:
             skipped[f"{other} (the document is {language})"] += len(files)
     mark = _HASH_COMMENT.get(language, "//")
     kept = by_language[language]
-    texts = tuple(f"{mark} file: {name}\n{text}" + ("" if text.endswith("\n") else "\n") for name, text in kept)
-    return Document(source, language, texts, tuple(name for name, _ in kept), dict(skipped))
+    texts = tuple(f"{mark} file: {name}\n{text}" + ("" if text.endswith("\n") else "\n") for name, text, _ in kept)
+    files, paths = tuple(name for name, _, _ in kept), tuple(path for _, _, path in kept)
+    return Document(source, language, texts, files, paths, dict(skipped))

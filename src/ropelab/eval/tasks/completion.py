@@ -44,7 +44,7 @@ from pathlib import Path
 from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import caches_reads, read_text, stdlib_python_files
+from ropelab.eval.documents import caches_reads, file_header, file_name, python_pool, read_text
 
 MIN_FILE_BYTES = 8000
 MIN_ANSWER_CHARS = 8
@@ -61,16 +61,17 @@ class Completion(Task):
     mode = "generate"
     metric = "edit_similarity"
     max_new_tokens = 48
+    reads_documents = True  # the Python files of --documents
     stop = ("\n",)
     min_length = 64
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
-        files = _target_files()
+        pool = python_pool(self.documents)
+        files = _target_files(pool)
         if not files:
-            raise RopelabError(
-                f"completion: no stdlib Python file of at least {MIN_FILE_BYTES} bytes in {stdlib_root()}"
-            )
+            where = "the Python files of your documents" if self.documents is not None else str(stdlib_root())
+            raise RopelabError(f"completion: no Python file of at least {MIN_FILE_BYTES} bytes in {where}")
         samples, used = [], set()
         for index in range(n):
             rng = random.Random(f"{self.name}:{seed}:{index}")  # the same sample at every length
@@ -84,15 +85,15 @@ class Completion(Task):
             else:
                 raise RopelabError("completion: could not find an unused answer line in the stdlib files")
             used.add((path, line))
-            samples.append(self._sample(tokenizer, rng, path, line, length, index, seed))
+            samples.append(self._sample(tokenizer, rng, pool, path, line, length, index, seed))
         return samples
 
-    def _sample(self, tokenizer, rng, path: Path, line: int, length: int, index: int, seed: int) -> Sample:
+    def _sample(self, tokenizer, rng, pool, path: Path, line: int, length: int, index: int, seed: int) -> Sample:
         lines = read_text(path).split("\n")  # ast numbers lines at "\n" only (str.splitlines also splits at \f)
-        target = _header(path) + "".join(f"{text}\n" for text in lines[: line - 1])
+        target = file_header(path) + "".join(f"{text}\n" for text in lines[: line - 1])
         answer_line = lines[line - 1]
-        parts, names = [target], [_name(path)]
-        others = [p for p in _context_files() if p != path]
+        parts, names = [target], [file_name(path)]
+        others = [p for p in pool if p != path]
         rng.shuffle(others)
         prefix = target
         while True:
@@ -106,8 +107,8 @@ class Completion(Task):
             source = read_text(other)
             if source is None:
                 continue
-            parts.insert(0, _header(other) + (source if source.endswith("\n") else source + "\n"))
-            names.insert(0, _name(other))
+            parts.insert(0, file_header(other) + (source if source.endswith("\n") else source + "\n"))
+            names.insert(0, file_name(other))
             prefix = "".join(parts)
         prompt = _left_truncate(tokenizer, prefix, length)
         prompt_ids = list(tokenizer.encode(prompt))
@@ -122,7 +123,7 @@ class Completion(Task):
             answer=answer_line.strip(),
             language="python",
             extra={
-                "file": _name(path),
+                "file": file_name(path),
                 "line": line,  # 1-based line number of the answer in `file`
                 "answer_line": answer_line,  # with its indentation
                 "files": kept,  # the files (or their tails) the prompt holds, in order
@@ -186,22 +187,9 @@ def _part_ends(parts: list[str]) -> list[int]:
     return ends
 
 
-def _name(path: Path) -> str:
-    return path.relative_to(stdlib_root()).as_posix()
-
-
-def _header(path: Path) -> str:
-    return f"# file: {_name(path)}\n"
-
-
-@lru_cache(maxsize=1)
-def _context_files() -> tuple[Path, ...]:
-    return stdlib_python_files()
-
-
-@lru_cache(maxsize=1)
-def _target_files() -> tuple[Path, ...]:
-    return tuple(p for p in _context_files() if p.stat().st_size >= MIN_FILE_BYTES)
+@lru_cache(maxsize=4)
+def _target_files(pool: tuple[Path, ...]) -> tuple[Path, ...]:
+    return tuple(p for p in pool if p.stat().st_size >= MIN_FILE_BYTES)
 
 
 @caches_reads

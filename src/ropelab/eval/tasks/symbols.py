@@ -44,7 +44,7 @@ from pathlib import Path
 from ropelab.core.errors import RopelabError
 from ropelab.data.corpus import stdlib_root
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.documents import caches_reads, read_text, stdlib_python_files
+from ropelab.eval.documents import caches_reads, file_header, file_name, python_pool, read_text
 
 QUESTION = "\n# Question: list all functions and classes defined above, one per line.\n# Answer:\n"
 SCOPES = ("all", "top")
@@ -63,6 +63,7 @@ class Symbols(Task):
     mode = "generate"
     metric = "recall"
     max_new_tokens = 256
+    reads_documents = True  # the Python files of --documents
     stop = ("\n\n",)
     min_length = 128
 
@@ -73,9 +74,10 @@ class Symbols(Task):
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
-        files = _source_files()
+        files = _source_files(python_pool(self.documents))
         if not files:
-            raise RopelabError(f"symbols: no usable stdlib Python file in {stdlib_root()}")
+            where = "the Python files of your documents" if self.documents is not None else str(stdlib_root())
+            raise RopelabError(f"symbols: no usable Python file (ASCII, with definitions) in {where}")
         budget = length - len(tokenizer.encode(QUESTION))
         chars_per_token = _chars_per_token(tokenizer)
         samples = []
@@ -105,7 +107,7 @@ class Symbols(Task):
                     extra={
                         "names": names,
                         "num_names": len(names),
-                        "files": [_name(path) for path, _ in parts],
+                        "files": [file_name(path) for path, _ in parts],
                         "code_chars": len(code),
                         "scope": self.scope,
                     },
@@ -165,7 +167,7 @@ def _choose_parts(tokenizer, rng: random.Random, files, budget: int, chars_per_t
             parts.append((path, head[0]))
             remaining -= head[1]
     if not parts:
-        raise RopelabError(f"symbols: no stdlib file has a definition that fits in {budget} tokens")
+        raise RopelabError(f"symbols: no file has a definition that fits in {budget} tokens")
     return parts
 
 
@@ -175,9 +177,9 @@ def _head(tokenizer, path: Path, budget: int) -> tuple[str, int] | None:
     text, boundaries = _file(path)
     if not boundaries:
         return None
-    piece = _header(path) + text
+    piece = file_header(path) + text
     starts = [start for start, _ in tokenizer.encode_with_offsets(piece).offsets]
-    shift = len(_header(path))
+    shift = len(file_header(path))
     for end in (len(text), *reversed(boundaries[1:])):  # cutting at boundaries[0] would keep no definition
         tokens = bisect.bisect_left(starts, shift + end)
         if tokens <= budget:
@@ -189,19 +191,11 @@ def _drop_last_unit(parts):
     """``parts`` with the last top-level unit of the last part cut off (the whole part if it has one)."""
     path, text = parts[-1]
     _, boundaries = _file(path)
-    shift = len(_header(path))
+    shift = len(file_header(path))
     inside = [b for b in boundaries[1:] if shift + b < len(text)]
     if inside:
         return [*parts[:-1], (path, text[: shift + inside[-1]])]
     return parts[:-1]
-
-
-def _name(path: Path) -> str:
-    return path.relative_to(stdlib_root()).as_posix()
-
-
-def _header(path: Path) -> str:
-    return f"# file: {_name(path)}\n"
 
 
 @caches_reads
@@ -225,10 +219,12 @@ def _file(path: Path) -> tuple[str, list[int]]:
     return text, boundaries
 
 
-@lru_cache(maxsize=1)
-def _source_files() -> tuple[Path, ...]:
+@lru_cache(maxsize=4)
+def _source_files(pool: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The files of ``pool`` (the stdlib's: no pydoc_data or encodings, ``documents.NOT_CODE``) whose
+    definitions are dense enough for the task."""
     usable = []
-    for path in stdlib_python_files():  # no pydoc_data or encodings (ropelab.eval.documents.NOT_CODE)
+    for path in pool:
         text = read_text(path)
         if not text or "\r" in text or not text.isascii():
             continue
@@ -246,7 +242,7 @@ def _chars_per_token(tokenizer) -> float:
     cached = _CHARS_PER_TOKEN.get(id(tokenizer))
     if cached is not None and cached[0] is tokenizer:
         return cached[1]
-    files = _source_files()
+    files = _source_files(python_pool(None))
     sample = "".join(read_text(path) or "" for path in files[:: max(1, len(files) // 8)][:8])
     ratio = len(sample) / max(1, len(tokenizer.encode(sample)))
     _CHARS_PER_TOKEN[id(tokenizer)] = (tokenizer, ratio)
