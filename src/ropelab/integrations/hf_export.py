@@ -6,7 +6,7 @@ or ``method``, and writes ``config.json`` + ``model.safetensors`` (+ ``generatio
 + the tokenizer files with ``save_pretrained``. ``transformers.AutoModelForCausalLM.from_pretrained(DIR)``
 then computes what ropelab computes -- which is only possible for the methods a transformers
 config can express (:mod:`ropelab.integrations.hf_native`): ``rope``, ``pi``, ``ntk``,
-``dynamic-ntk``, ``yarn``. Any other method is refused with a :class:`RopelabError` that says why
+``dynamic-ntk``, ``llama3``, ``proportional``, ``longrope``, ``yarn``, plain ``hope``. Any other method is refused with a :class:`RopelabError` that says why
 (transformers would silently run plain RoPE on the weights); the directory's ``config.json``
 also carries ropelab's ``ropelab`` entry, which plain transformers ignores.
 
@@ -47,7 +47,7 @@ def _refuse(source: str, spec: str, reason: str) -> RopelabError:
     return RopelabError(
         f"export --format hf: {spec!r} ({source}) cannot be written as a plain transformers model: {reason}; "
         "transformers would run these weights with plain RoPE and compute different logits "
-        "(exportable methods: rope, pi, ntk, dynamic-ntk, llama3, proportional, yarn, hope; use ropelab.integrations.hf.load for the others)"
+        "(exportable methods: rope, pi, ntk, dynamic-ntk, llama3, proportional, longrope, yarn, hope; use ropelab.integrations.hf.load for the others)"
     )
 
 

@@ -1,6 +1,6 @@
 """Which ropelab methods a ``transformers`` config can express on its own, and how.
 
-transformers' Llama / Mistral / Qwen2 compute RoPE from the config: ``rope_parameters`` (5.x,
+transformers' models compute RoPE from the config: ``rope_parameters`` (5.x,
 ``rope_theta`` inside) or ``rope_theta`` + ``rope_scaling`` (4.x). Some ropelab methods have an
 exact twin there, so a directory saved with them runs correctly in plain ``transformers``:
 
@@ -12,10 +12,16 @@ exact twin there, so a directory saved with them runs correctly in plain ``trans
     proportional:fraction=P   {"rope_type": "proportional", "partial_rotary_factor": P, "factor": F}
     llama3:factor=F,...       {"rope_type": "llama3", "factor": F, "low_freq_factor", "high_freq_factor",
                                "original_max_position_embeddings": L}
+    longrope:short_factor=..  {"rope_type": "longrope", "short_factor": [...], "long_factor": [...],
+                               "factor": F, "original_max_position_embeddings": L[, "attention_factor"]}
     yarn:factor=F,...         {"rope_type": "yarn", "factor": F, "original_max_position_embeddings": L,
                                "beta_fast", "beta_slow", "truncate"[, "attention_factor", "mscale",
                                "mscale_all_dim"]}
     ntk:...+<pi|dynamic-ntk|yarn>   the base change, then that type
+
+On a model with per-layer-type rope (Gemma 3, transformers 5.x) ``rope_parameters`` holds one such
+entry per layer type (:func:`native_rope_per_layer_type`). ``partial_rotary_factor`` (GPT-NeoX,
+Phi-3) is structural and kept from the config's own fields.
 
 ``rope``, ``pi`` and ``yarn`` give bit-identical logits in transformers and in ropelab (measured
 on tiny models and SmolLM2-135M). ``ntk`` and ``dynamic-ntk`` agree to float32 rounding: ropelab
@@ -27,7 +33,7 @@ A candidate is never claimed on its spelling alone. :func:`native_rope` builds t
 rotary module from a copy of the config holding the candidate and requires its inverse
 frequencies and attention scaling to equal ropelab's frequency plan (relative difference
 <= 1e-6, i.e. float32 rounding) at the training length ``L`` -- and, for ``dynamic``, at ``2L + 1``
-and ``4L`` as well. Where they differ the method is reported as not expressible. Known cases:
+and ``4L`` as well, for ``longrope`` at ``L + 1`` and ``4L`` (its long factors). Where they differ the method is reported as not expressible. Known cases:
 
 * ``dynamic-ntk`` when ``max_position_embeddings`` differs from ropelab's ``L`` (e.g. a config that
   declares ``original_max_position_embeddings``): transformers' ``dynamic`` rescales by
@@ -112,6 +118,11 @@ _WHY_NOT = {
 }
 
 
+def _per_frequency(values: tuple[float, ...], head_dim: int) -> list[float]:
+    """A longrope factor list with one value per frequency (a one-value list applies to all)."""
+    return [float(v) for v in values] * (head_dim // 2) if len(values) == 1 else [float(v) for v in values]
+
+
 def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
     """transformers rope parameters that may express ``encoding``, or ``(None, reason)``."""
     parts = parse_spec(encoding.spec)
@@ -166,6 +177,16 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
                 "high_freq_factor": float(params["high_freq_factor"]),
                 "original_max_position_embeddings": ctx.train_len,
             }
+        elif transform == "longrope":
+            scaled = {
+                "rope_type": "longrope",
+                "short_factor": _per_frequency(params["short_factor"], d),
+                "long_factor": _per_frequency(params["long_factor"], d),
+                "factor": factor,
+                "original_max_position_embeddings": ctx.train_len,
+            }
+            if params.get("attention_factor") is not None:
+                scaled["attention_factor"] = float(params["attention_factor"])
         elif transform == "yarn":
             scaled = {
                 "rope_type": "yarn",
@@ -183,13 +204,75 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
     return {"rope_type": "default", **(scaled or {}), "rope_theta": theta}, None
 
 
-def _hf_plan(rotary_class: type[nn.Module], config, length: int) -> tuple[torch.Tensor, float]:
+def _hf_plan(
+    rotary_class: type[nn.Module], config, length: int, layer_type: str | None = None
+) -> tuple[torch.Tensor, float]:
     """transformers' inverse frequencies and attention scaling for an input of ``length`` tokens,
-    from a fresh rotary module (dynamic types update themselves in the forward pass)."""
+    from a fresh rotary module (dynamic types update themselves in the forward pass); those of
+    ``layer_type`` for a module with per-layer-type rope (Gemma 3)."""
     module = rotary_class(config=config)  # a keyword: transformers 4.45-4.x take dim first
+    extra = () if layer_type is None else (layer_type,)
+    prefix = "" if layer_type is None else f"{layer_type}_"
     with torch.no_grad():
-        module(torch.zeros(1), torch.tensor([[length - 1]]))
-    return module.inv_freq.detach().to(torch.float32).cpu(), float(module.attention_scaling)
+        module(torch.zeros(1), torch.tensor([[length - 1]]), *extra)
+    inv_freq = getattr(module, f"{prefix}inv_freq")
+    return inv_freq.detach().to(torch.float32).cpu(), float(getattr(module, f"{prefix}attention_scaling"))
+
+
+def _lengths(rope_type: str, train_len: int) -> tuple[int, ...]:
+    """The input lengths at which transformers' angles must equal ropelab's: the training length,
+    and beyond it for the types that change with the length (``dynamic``; ``longrope`` switches to
+    its long factors)."""
+    if rope_type == "dynamic":
+        return train_len, 2 * train_len + 1, 4 * train_len
+    if rope_type == "longrope":
+        return train_len, train_len + 1, 4 * train_len
+    return (train_len,)
+
+
+def _mismatch(rotary_class, trial, config, encoding: PositionEncoding, rope_type: str, layer_type=None) -> str | None:
+    """Why transformers' ``rotary_class`` built from ``trial`` computes other angles or attention
+    scaling than ``encoding`` at :func:`_lengths`, or ``None`` when they agree (:data:`RTOL`)."""
+    train_len = encoding.ctx.train_len
+    for length in _lengths(rope_type, train_len):
+        try:
+            theirs, scaling = _hf_plan(rotary_class, trial, length, layer_type)
+        except Exception as error:  # an older transformers layout, a rejected config, ...
+            return f"transformers' {rope_type!r} rope could not be built to check it ({error})"
+        plan = encoding.plan(length)
+        ours = plan.theta.to(torch.float32).cpu()
+        same = theirs.shape == ours.shape and bool(((theirs - ours).abs() <= RTOL * ours.abs()).all())
+        if not same or abs(scaling - plan.attention_factor) > RTOL * abs(plan.attention_factor):
+            why = (
+                "transformers' 'dynamic' rescales by max_position_embeddings="
+                f"{getattr(config, 'max_position_embeddings', None)}, ropelab by the training length {train_len}"
+                if rope_type == "dynamic"
+                else f"transformers' {rope_type!r} rope computes different angles for this config"
+            )
+            return f"{why} (checked at {length} tokens)"
+    return None
+
+
+def _validated(config, fields: dict, rope_type) -> tuple[object, str | None]:
+    """A copy of ``config`` holding ``fields``, and why its config class refuses them (or None)."""
+    trial = copy.deepcopy(config)
+    set_rope_fields(trial, fields)
+    validate = getattr(trial, "validate_rope", None)
+    if validate is not None:  # a config class that refuses the rope type (Phi-3: default / longrope only)
+        try:
+            validate()
+        except Exception as error:
+            model_type = getattr(config, "model_type", "this")
+            return trial, f"{model_type} configs refuse rope type {rope_type!r} ({error})"
+    return trial, None
+
+
+def _keep_partial(parameters: dict, own: dict) -> dict:
+    """``partial_rotary_factor`` is structural, not scaling (GPT-NeoX rotates a share of each head;
+    Phi-3 configs require the key): kept from the config's own rope parameters."""
+    if "partial_rotary_factor" in own and "partial_rotary_factor" not in parameters:
+        return {**parameters, "partial_rotary_factor": own["partial_rotary_factor"]}
+    return parameters
 
 
 def native_rope(config, base_fields: dict, encoding: PositionEncoding, rotary_class: type[nn.Module]) -> NativeRope:
@@ -202,36 +285,33 @@ def native_rope(config, base_fields: dict, encoding: PositionEncoding, rotary_cl
     if parameters is None:
         return NativeRope(None, None, reason)
     rope_type = parameters["rope_type"]
-    own = base_fields.get("rope_parameters") or {}
-    if "partial_rotary_factor" in own and "partial_rotary_factor" not in parameters:
-        # structural, not scaling (Phi-3 configs require it): kept from the config's own fields
-        parameters = {**parameters, "partial_rotary_factor": own["partial_rotary_factor"]}
+    parameters = _keep_partial(parameters, base_fields.get("rope_parameters") or {})
     fields = _fields_for(config, parameters)
-    trial = copy.deepcopy(config)
-    set_rope_fields(trial, {**base_fields, **fields})
-    validate = getattr(trial, "validate_rope", None)
-    if validate is not None:  # a config class that refuses the rope type (Phi-3: default / longrope only)
-        try:
-            validate()
-        except Exception as error:
-            model_type = getattr(config, "model_type", "this")
-            return NativeRope(None, None, f"{model_type} configs refuse rope type {rope_type!r} ({error})")
-    train_len = encoding.ctx.train_len
-    lengths = (train_len, 2 * train_len + 1, 4 * train_len) if rope_type == "dynamic" else (train_len,)
-    for length in lengths:
-        try:
-            theirs, scaling = _hf_plan(rotary_class, trial, length)
-        except Exception as error:  # an older transformers layout, a rejected config, ...
-            return NativeRope(None, None, f"transformers' {rope_type!r} rope could not be built to check it ({error})")
-        plan = encoding.plan(length)
-        ours = plan.theta.to(torch.float32).cpu()
-        same = theirs.shape == ours.shape and bool(((theirs - ours).abs() <= RTOL * ours.abs()).all())
-        if not same or abs(scaling - plan.attention_factor) > RTOL * abs(plan.attention_factor):
-            why = (
-                "transformers' 'dynamic' rescales by max_position_embeddings="
-                f"{getattr(config, 'max_position_embeddings', None)}, ropelab by the training length {train_len}"
-                if rope_type == "dynamic"
-                else f"transformers' {rope_type!r} rope computes different angles for this config"
-            )
-            return NativeRope(None, None, f"{why} (checked at {length} tokens)")
-    return NativeRope(fields, rope_type)
+    trial, refused = _validated(config, {**base_fields, **fields}, rope_type)
+    reason = refused or _mismatch(rotary_class, trial, config, encoding, rope_type)
+    return NativeRope(None, None, reason) if reason else NativeRope(fields, rope_type)
+
+
+def native_rope_per_layer_type(
+    config, base_fields: dict, encodings: dict[str, PositionEncoding], rotary_class: type[nn.Module]
+) -> NativeRope:
+    """:func:`native_rope` for a model with per-layer-type rope (Gemma 3, transformers 5.x):
+    ``rope_parameters`` ``{layer type: parameters}``, each type checked against transformers' rotary
+    module called for that type; ``rope_type`` is ``{layer type: rope type}``."""
+    own = base_fields.get("rope_parameters") or {}
+    parameters = {}
+    for kind, encoding in encodings.items():
+        candidate, reason = _candidate(encoding)
+        if candidate is None:
+            return NativeRope(None, None, f"{kind} layers: {reason}")
+        parameters[kind] = _keep_partial(candidate, own.get(kind) or {})
+    types = {kind: value["rope_type"] for kind, value in parameters.items()}
+    fields = {"rope_parameters": parameters}
+    trial, refused = _validated(config, fields, types)
+    if refused:
+        return NativeRope(None, None, refused)
+    for kind, encoding in encodings.items():
+        reason = _mismatch(rotary_class, trial, config, encoding, types[kind], kind)
+        if reason:
+            return NativeRope(None, None, f"{kind} layers: {reason}")
+    return NativeRope(fields, types)

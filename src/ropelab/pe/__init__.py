@@ -5,6 +5,7 @@ A method is named by a spec string ``NAME[:key=value,...]``; methods compose wit
     rope                       plain RoPE
     hope                       HoPE (drops frequencies with period > train length)
     yarn:factor=4              RoPE + YaRN (a transform alone applies to ``rope``)
+    longrope:short_factor=1/1.5,long_factor=2/8   a list parameter: values separated by ``/``
     hope+pi:factor=4           HoPE, then Position Interpolation at inference
     alibi                      ALiBi (a bias method: no transforms allowed)
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from ropelab.core.errors import SpecError
 from ropelab.pe import alibi, fire, hirope, hope, kerple, learned, nope, rerope, rope, scaling, self_extend, yarn
 from ropelab.pe.base import (
+    LIST_SEPARATOR,
     FrequencyPlan,
     MethodInfo,
     Param,
@@ -53,6 +55,12 @@ for _module in (rope, hope, scaling, yarn, nope, learned, alibi, kerple, fire, r
         _REGISTRY[_info.name] = _info
 
 
+#: transforms whose angles change with the input length (a windowed method takes static ones only)
+LENGTH_DEPENDENT = ("dynamic-ntk", "longrope")
+#: transforms that, written alone on a model with its own scaling, would replace it (:func:`compose`)
+TRANSFORMS = ("pi", "ntk", "dynamic-ntk", "llama3", "longrope", "yarn")
+
+
 def methods() -> list[MethodInfo]:
     """Every registered method, in registry order."""
     return list(_REGISTRY.values())
@@ -83,6 +91,8 @@ def format_value(value) -> str:
     """A parameter value as a spec writes it (read back by :func:`parse_spec` as the same value)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple)):  # a list parameter (longrope's factors): "1/1.5/2"
+        return LIST_SEPARATOR.join(format_value(float(item)) for item in value)
     if isinstance(value, float):
         # the shortest text that reads back as the same number, without the "+" of an exponent
         # ("1e+06"), which would split the spec into two methods
@@ -95,8 +105,8 @@ def format_value(value) -> str:
 def parse_spec(spec: str) -> list[SpecPart]:
     """Parse and validate ``NAME[:k=v,...]+NAME...``; a lone transform is prefixed with ``rope``.
 
-    Rules: at most one base encoding, and it comes first; transforms (pi, ntk, dynamic-ntk, llama3, proportional, yarn)
-    only follow a RoPE-family base.
+    Rules: at most one base encoding, and it comes first; transforms (pi, ntk, dynamic-ntk, llama3,
+    proportional, longrope, yarn) only follow a RoPE-family base.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError("empty position method; give a spec such as 'rope' or 'hope+yarn:factor=2'")
@@ -125,9 +135,9 @@ def parse_spec(spec: str) -> list[SpecPart]:
         if part.info.kind != "transform":
             raise SpecError(
                 f"{part.info.name!r} cannot be composed after {base.info.name!r}: only one base encoding per spec, "
-                "followed by RoPE transforms (pi, ntk, dynamic-ntk, llama3, proportional, yarn)"
+                "followed by RoPE transforms (pi, ntk, dynamic-ntk, llama3, proportional, longrope, yarn)"
             )
-        if base.info.kind == "window" and (part.info.name == "dynamic-ntk" or part.params.get("factor") == "auto"):
+        if base.info.kind == "window" and (part.info.name in LENGTH_DEPENDENT or part.params.get("factor") == "auto"):
             raise SpecError(
                 f"{part.info.name!r} changes the angles with the input length; a windowed method "
                 f"({base.info.name!r}) takes static frequency transforms only (pi, ntk, llama3)"
@@ -226,7 +236,7 @@ def compose(native: str, requested: str) -> tuple[str, str | None]:
         return f"{wanted[0].canonical()}+{scaling_text}", f"{wanted_text} runs over the model's own {scaling_text}"
     if [p.canonical() for p in extra[: len(scaling)]] == [p.canonical() for p in scaling]:
         return wanted_text, None
-    if requested.strip().split("+")[0].split(":")[0].strip().lower() in ("pi", "ntk", "dynamic-ntk", "llama3", "yarn"):
+    if requested.strip().split("+")[0].split(":")[0].strip().lower() in TRANSFORMS:
         raise SpecError(
             f"{requested.strip()} would replace the model's own {scaling_text} ({own_text}); write "
             f"{own_text}+{requested.strip()} to compose, or {wanted_text} to replace it"

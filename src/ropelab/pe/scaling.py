@@ -26,7 +26,16 @@
   rest become position-independent (angle 0), and the rotated ones are divided by ``factor``.
   This is HoPE's shape (low frequencies removed) with the cut set by a fraction instead of ``L``.
 
-All five are transforms of a :class:`~ropelab.pe.base.FrequencyPlan`: they compose with any
+* ``longrope`` -- LongRoPE (Ding et al. 2024, "LongRoPE: Extending LLM Context Window Beyond 2
+  Million Tokens", arXiv 2402.13753) as Phi-3 uses it (Abdin et al. 2024, arXiv 2404.14219;
+  Hugging Face rope type ``longrope``): frequency ``j`` is divided by its own searched factor,
+  ``short_factor[j]`` for an input of ``n <= L`` tokens and ``long_factor[j]`` beyond, and cos/sin
+  are multiplied by ``attention_factor`` (default ``sqrt(1 + ln(factor) / ln(L))`` when
+  ``factor > 1``, else 1) in both regimes. The lists are written ``short_factor=1/1.02/1.5`` (one
+  value per frequency, or one for all; default 1: no rescaling), so ``longrope`` alone is plain
+  RoPE. The switch at ``L`` makes the angles depend on the input length, like ``dynamic-ntk``.
+
+All six are transforms of a :class:`~ropelab.pe.base.FrequencyPlan`: they compose with any
 RoPE-family base (``hope+pi:factor=4``); a position-independent frequency (theta 0) stays 0.
 A head of 2 channels (one frequency, the highest) is left unchanged by ``ntk`` and ``dynamic-ntk``.
 A base change is applied as the multiplier ``(base/base')^(2j/d)`` computed in float64.
@@ -132,6 +141,36 @@ def proportional(fraction: float, factor: float):
     return transform, False
 
 
+def longrope_attention_factor(factor: float, attention_factor: float | None, train_len: int) -> float:
+    """LongRoPE's cos/sin multiplier: ``attention_factor`` when given, else ``sqrt(1 + ln(factor) /
+    ln(L))`` for ``factor > 1`` and 1 otherwise (Phi-3; transformers' ``longrope``)."""
+    if attention_factor is not None:
+        return attention_factor
+    if factor <= 1.0 or train_len <= 1:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(train_len))
+
+
+def longrope(short_factor: tuple[float, ...], long_factor: tuple[float, ...], factor: float, attention_factor):
+    def transform(plan: FrequencyPlan, ctx: PEContext, seq_len: int | None) -> FrequencyPlan:
+        count = plan.num_frequencies
+        for name, values in (("short_factor", short_factor), ("long_factor", long_factor)):
+            if len(values) not in (1, count):
+                raise SpecError(
+                    f"longrope: {name} has {len(values)} values; give one per frequency (head_dim / 2 = {count}) "
+                    "or one for all"
+                )
+        n = seq_len or ctx.train_len
+        divisor = torch.tensor(long_factor if n > ctx.train_len else short_factor, dtype=torch.float64)
+        theta = (plan.theta.to(torch.float64) / divisor).to(torch.float32)
+        scale = longrope_attention_factor(factor, attention_factor, ctx.train_len)
+        return replace(plan, theta=theta, attention_factor=plan.attention_factor * scale)
+
+    return transform, True
+
+
+LONGROPE_FACTORS = "per-frequency divisors of the angles at inputs of {} (one per frequency, or one for all)"
+
 METHODS = [
     MethodInfo(
         name="pi",
@@ -203,5 +242,35 @@ METHODS = [
             replace(FACTOR, default=1.0, always_show=False),
         ),
         factory=proportional,
+    ),
+    MethodInfo(
+        name="longrope",
+        family="scaling",
+        kind="transform",
+        description="LongRoPE: divide frequency j by short_factor[j] up to L tokens, by long_factor[j] beyond, "
+        "times an attention factor (HF rope type 'longrope', Phi-3).",
+        paper="Ding et al. 2024, LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens (arXiv 2402.13753); "
+        "Abdin et al. 2024, Phi-3 Technical Report (arXiv 2404.14219)",
+        params=(
+            Param(
+                "short_factor", tuple, (1.0,), LONGROPE_FACTORS.format("n <= L"), minimum=0.0, exclusive_minimum=True
+            ),
+            Param("long_factor", tuple, (1.0,), LONGROPE_FACTORS.format("n > L"), minimum=0.0, exclusive_minimum=True),
+            replace(
+                FACTOR,
+                default=1.0,
+                always_show=False,
+                help="context extension factor (new length / L); sets the default attention factor",
+            ),
+            Param(
+                "attention_factor",
+                float,
+                None,
+                "multiplies cos and sin (default: sqrt(1 + ln(factor) / ln(L)), 1 when factor <= 1)",
+                minimum=0.0,
+                exclusive_minimum=True,
+            ),
+        ),
+        factory=longrope,
     ),
 ]

@@ -1,9 +1,12 @@
 """Read a Hugging Face model directory (``config.json`` + ``*.safetensors`` [+ ``tokenizer.json``])
-of the Llama family: Llama, Mistral, Qwen2, SmolLM (a Llama). Weights are read with
+of the Llama family: Llama, Mistral, Qwen2, Qwen3, Phi-3, SmolLM (a Llama). Weights are read with
 ``safetensors`` (never pickle) and converted to float32.
 
 :data:`SUPPORTED_MODEL_TYPES` and :func:`hf_rope` (the rotary fields of an HF config) are shared
-with :mod:`ropelab.integrations.hf`, which patches ``transformers`` models of the same family.
+with :mod:`ropelab.integrations.hf`, which patches ``transformers`` models of the same family and
+of :data:`PATCH_ONLY_MODEL_TYPES` (families ropelab's own model does not implement; refused here
+with one line). A config's rope type becomes a spec (:func:`native_method`), never silently plain
+RoPE: Phi-3's ``longrope`` is ``rope+longrope:short_factor=.../...,long_factor=...,factor=F``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ropelab.core.checks import is_finite, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import LIMITS as MODEL_LIMITS
 from ropelab.model.config import ModelConfig
-from ropelab.pe import canonical_spec
+from ropelab.pe import canonical_spec, format_value
 
 #: Hugging Face ``model_type`` -> architecture: the Llama-family models ropelab reads
 #: (:func:`read_hf_dir`) and patches (:func:`ropelab.integrations.hf.patch`).
@@ -34,6 +37,17 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "qwen3": "Qwen3 (Qwen3ForCausalLM: per-head query/key RMSNorm)",
     "phi3": "Phi-3 (Phi3ForCausalLM: fused qkv and gate/up projections, split on load)",
 }
+#: Hugging Face ``model_type`` -> architecture: families :func:`ropelab.integrations.hf.patch` runs in
+#: transformers (their rotary tables or attention function replaced) that ropelab's own model does not
+#: implement (logit soft-capping, per-layer-type rope, LayerNorm, partial rotary...): :func:`read_hf_dir`
+#: refuses them with one line naming ``hf.patch``.
+PATCH_ONLY_MODEL_TYPES: dict[str, str] = {
+    "gemma2": "Gemma 2 (Gemma2ForCausalLM)",
+    "gemma3_text": "Gemma 3 (Gemma3ForCausalLM: per-layer-type rope)",
+    "starcoder2": "StarCoder2 (Starcoder2ForCausalLM)",
+    "olmo2": "OLMo 2 (Olmo2ForCausalLM)",
+    "gpt_neox": "GPT-NeoX / Pythia (GPTNeoXForCausalLM: partial rotary)",
+}
 #: Hugging Face rope types that map onto ropelab methods.
 ROPE_TYPES = {
     "default": None,
@@ -42,12 +56,14 @@ ROPE_TYPES = {
     "yarn": "yarn",
     "llama3": "llama3",
     "proportional": "proportional",
+    "longrope": "longrope",
 }
 #: the rope parameters each method reads (besides its factor)
 ROPE_KEYS = {
     "yarn": {"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"},
     "llama3": {"low_freq_factor", "high_freq_factor"},
     "proportional": {"partial_rotary_factor"},
+    "longrope": {"short_factor", "long_factor", "attention_factor"},
 }
 #: HF rope parameter -> ropelab parameter, where the names differ
 ROPE_NAMES = {"partial_rotary_factor": "fraction"}
@@ -63,6 +79,8 @@ class HFRope:
     train_len: int  # original_max_position_embeddings when given, else max_position_embeddings
     head_dim: int
     n_heads: int
+    max_len: int = 0  # max_position_embeddings (transformers' longrope derives its factor from it)
+    rotary_dim: int = 0  # the channels that rotate: head_dim, or a partial_rotary_factor share of it
 
 
 #: the HF name of each bounded field and the ropelab field whose bound it takes
@@ -117,22 +135,26 @@ def _mapping(hf: Mapping, key: str, source: str) -> Mapping:
     return value
 
 
-def hf_rope(hf: Mapping, source: str = "config.json") -> HFRope:
+def hf_rope(hf: Mapping, source: str = "config.json", partial_rotary: bool = False) -> HFRope:
     """The rotary fields of an HF config -- a ``config.json`` or ``PretrainedConfig.to_dict()``.
 
     The base is ``rope_parameters["rope_theta"]`` (transformers 5.x) or ``rope_theta`` (4.x),
     default 10000; the rope type and its arguments come from ``rope_parameters`` / ``rope_scaling``;
     ``head_dim`` is the config's or ``hidden_size // num_attention_heads``. A
-    ``partial_rotary_factor`` other than 1 is refused (ropelab rotates the whole head) except for
-    rope type ``proportional``, which zeroes the unrotated frequencies of a whole head; so is any
-    field of the wrong type or out of range (:data:`LIMITS`). Errors start with ``source``.
+    ``partial_rotary_factor`` (GPT-NeoX's ``rotary_pct``) other than 1 is refused (ropelab rotates
+    the whole head) except for rope type ``proportional``, which zeroes the unrotated frequencies of
+    a whole head, and where ``partial_rotary`` says the caller rotates only the first
+    ``rotary_dim = int(head_dim * factor)`` channels, as transformers does (GPT-NeoX under
+    ``hf.patch``); so is any field of the wrong type or out of range (:data:`LIMITS`). Errors
+    start with ``source``.
     """
     rope = {**_mapping(hf, "rope_scaling", source), **_mapping(hf, "rope_parameters", source)}
-    partial = _float(rope, "partial_rotary_factor", source, _float(hf, "partial_rotary_factor", source, 1.0))
+    outer = _float(hf, "partial_rotary_factor", source, _float(hf, "rotary_pct", source, 1.0))
+    partial = _float(rope, "partial_rotary_factor", source, outer)
     proportional = rope.get("rope_type", rope.get("type")) == "proportional"  # p-RoPE: zeros, whole head
     if proportional:
         rope = {**rope, "partial_rotary_factor": partial}
-    if partial != 1.0 and not proportional:
+    if partial != 1.0 and not proportional and not partial_rotary:
         raise RopelabError(
             f"{source}: partial_rotary_factor={partial:g} is not supported (ropelab rotates the whole head)"
         )
@@ -143,17 +165,26 @@ def hf_rope(hf: Mapping, source: str = "config.json") -> HFRope:
         if hidden % n_heads:
             raise RopelabError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {n_heads}")
         head_dim = hidden // n_heads
+    rotary_dim = head_dim if proportional or partial == 1.0 else int(head_dim * partial)
+    if not (2 <= rotary_dim <= head_dim and rotary_dim % 2 == 0):
+        raise RopelabError(
+            f"{source}: partial_rotary_factor={partial:g} of head_dim {head_dim} rotates {rotary_dim} channels; "
+            "ropelab needs an even number from 2 to head_dim"
+        )
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if not isinstance(rope_type, str):
         raise RopelabError(f"{source}: rope_type must be a string, got {rope_type!r}")
     train_len = _int(rope, "original_max_position_embeddings", source, default=None)
+    max_len = _int(hf, "max_position_embeddings", source, default=train_len or 2048)
     return HFRope(
         base=_float(rope, "rope_theta", source, _float(hf, "rope_theta", source, 10000.0)),
         rope_type=rope_type,
         parameters=rope,
-        train_len=train_len or _int(hf, "max_position_embeddings", source, default=2048),
+        train_len=train_len or max_len,
         head_dim=head_dim,
         n_heads=n_heads,
+        max_len=max_len,
+        rotary_dim=rotary_dim,
     )
 
 
@@ -195,12 +226,15 @@ def native_method(rope: HFRope, source: str = "config.json") -> str:
             f"{source}: rope type {rope.rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}"
         )
     pe = method = ROPE_TYPES[rope.rope_type]
+    parameters = rope.parameters
+    if method == "longrope":
+        parameters = _longrope_parameters(rope, source)
     if method is None:
         pe = "rope"
     else:
         keys = {"factor"} | ROPE_KEYS.get(method, set())
-        given = sorted(k for k in keys if rope.parameters.get(k) is not None)
-        args = ",".join(f"{ROPE_NAMES.get(k, k)}={rope.parameters[k]}" for k in given)
+        given = sorted(k for k in keys if parameters.get(k) is not None)
+        args = ",".join(f"{ROPE_NAMES.get(k, k)}={format_value(parameters[k])}" for k in given)
         if args:
             pe = f"{method}:{args}"
     try:  # a bad rope parameter is one error here, before any weight is read
@@ -210,8 +244,37 @@ def native_method(rope: HFRope, source: str = "config.json") -> str:
     return pe
 
 
+def _longrope_parameters(rope: HFRope, source: str) -> dict:
+    """transformers' ``longrope`` parameters as ropelab's: both factor lists required (as lists of
+    numbers: a string would be read as a spec), and ``factor``, when the config has none,
+    transformers' ``max_position_embeddings / original_max_position_embeddings`` (1 at most: it
+    only sets the attention factor, which is 1 for any factor <= 1)."""
+    parameters = dict(rope.parameters)
+    for key in ("short_factor", "long_factor"):
+        value = parameters.get(key)
+        if not isinstance(value, (list, tuple)):
+            raise RopelabError(
+                f"{source}: rope type 'longrope' is not supported without its short_factor and long_factor lists "
+                f"({key} is {value!r})"
+            )
+        if not all(is_finite(item) for item in value):
+            raise RopelabError(f"{source}: longrope's {key} must be a list of numbers, got {value!r}"[:300])
+    factor = parameters.get("factor")
+    if factor is None:
+        factor = rope.max_len / rope.train_len
+    if is_finite(factor) and factor < 1:
+        factor = 1.0
+    parameters["factor"] = factor
+    return parameters
+
+
 def _base_config(hf: Mapping, source: str) -> ModelConfig:
     model_type = hf.get("model_type")
+    if model_type in PATCH_ONLY_MODEL_TYPES:
+        raise RopelabError(
+            f"{source}: {model_type} runs in transformers via ropelab.integrations.hf.patch; "
+            "ropelab's own model does not implement it"
+        )
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         raise RopelabError(
             f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
