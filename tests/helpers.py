@@ -8,6 +8,7 @@ imported inside the functions that need it, so a module can still ``pytest.impor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -282,3 +283,80 @@ def assert_tables_well_formed(markdown: str) -> int:
             for row in itertools.takewhile(lambda r: r.startswith("|"), lines[i + 2 :]):
                 assert row.count("|") == cells, f"row {row!r} of table {line!r}"
     return tables
+
+
+@contextlib.contextmanager
+def host_reads():
+    """Record every read of a tensor's value on the host (``.item()``, ``.tolist()``, ``bool``,
+    ``int``, ``float``, ``__index__``) that ropelab's own source makes inside the block: on a GPU each
+    one waits for the device. Yields the list of ``"what at file:line (function)"`` strings. Reads
+    inside torch itself (an optimizer's CPU step counter) are not ropelab's and are not recorded."""
+    names = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+    source = os.sep + os.path.join("src", "ropelab") + os.sep
+    reads: list[str] = []
+
+    def recording(name, original):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if source in caller.f_code.co_filename:
+                where = caller.f_code.co_filename.split(source)[1]
+                reads.append(f"{name} at {where}:{caller.f_lineno} ({caller.f_code.co_name})")
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name, original in originals.items():
+        setattr(torch.Tensor, name, recording(name, original))
+    try:
+        yield reads
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+# -- tiny random models of the families hf.patch runs in transformers only ------------------------
+
+#: ``hf.patch``'s patch-only families: ``model_type`` -> (config class, model class) names in ``transformers``
+PATCH_ONLY_CLASSES = {
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+}
+#: the sliding window of the tiny Gemma / StarCoder2 models (below MAX_POS, so it matters)
+SLIDING = 32
+
+
+def tiny_family_model(model_type: str, seed: int = 0, **config):
+    """A tiny random HF model of a patch-only family (:data:`PATCH_ONLY_CLASSES`) in eval mode.
+
+    Defaults that make the family's features matter at the tiny sizes: Gemma's head size 16 with
+    ``query_pre_attn_scalar=24`` (a softmax scale other than ``head_dim ** -0.5``) and a sliding
+    window of :data:`SLIDING`; Gemma 3 with a sliding and a full-attention layer, bases 10000 and
+    100000; StarCoder2 with a sliding window of :data:`SLIDING`; GPT-NeoX rotating half of each head
+    (``rotary_pct=0.5``). ``config`` overrides any of them (Gemma 2 keeps its logit soft-capping)."""
+    import transformers
+
+    config_name, model_name = PATCH_ONLY_CLASSES[model_type]
+    fields = dict(HF_SIZES, max_position_embeddings=MAX_POS, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if model_type in ("gemma2", "gemma3_text"):
+        fields.update(head_dim=DIM // HEADS, query_pre_attn_scalar=24, sliding_window=SLIDING)
+    if model_type == "gemma3_text":
+        fields.update(
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": THETA},
+                "full_attention": {"rope_type": "default", "rope_theta": 10 * THETA},
+            },
+        )
+    elif model_type == "starcoder2":
+        fields.update(sliding_window=SLIDING)
+    elif model_type == "gpt_neox":
+        fields.pop("num_key_value_heads")
+        fields.update(rotary_pct=0.5)
+    fields.update(config)
+    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**fields))
+    randomise(model, seed)
+    return model.eval()

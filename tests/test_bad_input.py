@@ -357,7 +357,8 @@ BAD_RESULT_LINES = [
 
 @pytest.mark.parametrize(("line", "message"), BAD_RESULT_LINES, ids=range(len(BAD_RESULT_LINES)))
 def test_a_results_line_that_is_not_a_record_is_one_error_naming_the_line(tmp_path, capsys, line, message):
-    from ropelab.eval.runner import _done_keys, read_results
+    from ropelab.eval.records import done_keys as _done_keys
+    from ropelab.eval.records import read_results
 
     run = tmp_path / "run"
     run.mkdir()
@@ -377,7 +378,9 @@ def test_a_results_line_that_is_not_a_record_is_one_error_naming_the_line(tmp_pa
 
 
 def test_a_half_written_last_line_is_skipped_and_cut_on_resume(tmp_path):
-    from ropelab.eval.runner import _done_keys, _drop_partial_line, read_results
+    from ropelab.eval.records import done_keys as _done_keys
+    from ropelab.eval.records import drop_partial_line as _drop_partial_line
+    from ropelab.eval.records import read_results
 
     results = tmp_path / "results.jsonl"
     good = json.dumps(GOOD_RECORD) + "\n"

@@ -225,8 +225,8 @@ def test_no_bias_larger_than_a_chunk_and_no_key_after_the_chunk(monkeypatch):
         return original(self, layer, q_pos, k_pos)
 
     monkeypatch.setattr(Kerple, "attention_bias", recorded)
-    with torch.no_grad():
-        model(torch.zeros(1, 300, dtype=torch.long))
+    with torch.no_grad():  # explicit positions: not known to be the default ones, so the chunked path
+        model(torch.zeros(1, 300, dtype=torch.long), positions=torch.arange(300))
     assert len(shapes) == 2 * 5  # 2 layers, 5 chunks of 64 queries (the last 44)
     assert all(last + 1 == keys for last, _, keys in shapes)  # causal: keys up to the chunk's last query
     assert max(4 * queries * keys for _, queries, keys in shapes) <= 4 * 64 * 300

@@ -131,7 +131,7 @@ def test_fsdp_refuses_a_model_with_scalar_parameters_in_one_clear_error():
     from ropelab import ModelConfig, Transformer
     from ropelab.core.errors import RopelabError
     from ropelab.train.distributed import unshardable_parameters
-    from ropelab.train.trainer import _check_shardable
+    from ropelab.train.parallel import check_shardable as _check_shardable
 
     for pe in ("rope", "hope", "learned", "alibi", "kerple-power"):
         assert unshardable_parameters(Transformer(ModelConfig.from_name("tiny", vocab_size=50, pe=pe))) == []

@@ -267,7 +267,7 @@ def test_cli_eval_and_generate_run_end_to_end_in_bf16(checkpoint, tmp_path, caps
     # resuming that run in another dtype is refused in one line
     assert main([*argv, "--dtype", "float32"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "measured in bfloat16, not float32" in err
+    assert err.count("\n") == 1 and "holds a run with other settings (dtype differ)" in err
 
     code = main(["generate", str(checkpoint), "--prompt", "def f(x):", "--max-new-tokens", "6", "--dtype", "bf16"])
     captured = capsys.readouterr()

@@ -185,7 +185,7 @@ def test_run_writes_everything_and_resumes(tmp_path, tokenizer, model):
     before = {key(r): r["metrics"] for r in records}
     assert all(before[key(r)] == pytest.approx(r["metrics"], rel=1e-4) for r in resumed)
 
-    with pytest.raises(RopelabError, match="different configuration"):
+    with pytest.raises(RopelabError, match=r"holds a run with other settings \(samples differ\)"):
         evaluate(model, tokenizer, **{**args, "samples": 3})
     assert "| `rope` |" in compare_runs(out, out)
     assert write_report(out).is_file()

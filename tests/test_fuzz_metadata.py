@@ -270,7 +270,8 @@ def test_fuzz_gguf_metadata(tmp_path, monkeypatch):
 
 
 def test_fuzz_results_lines(tmp_path):
-    from ropelab.eval.runner import _done_keys, read_results
+    from ropelab.eval.records import done_keys as _done_keys
+    from ropelab.eval.records import read_results
 
     path = tmp_path / "results.jsonl"
     good = json.dumps(GOOD_RECORD)

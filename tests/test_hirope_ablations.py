@@ -12,7 +12,8 @@ import torch
 from ropelab import ModelConfig, Transformer, pe
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Sample
-from ropelab.eval.runner import Evaluator, _hierarchy_positions
+from ropelab.eval.runner import Evaluator
+from ropelab.eval.runner import hierarchy_positions as _hierarchy_positions
 from ropelab.pe.base import PEContext
 from ropelab.pe.hirope import far_out_of_range_share, segment_shift
 from ropelab.pe.rope import rotation_tables

@@ -183,9 +183,15 @@ def test_explicit_positions_equal_default_and_shifting_all_positions_is_invisibl
     ],
 )
 def test_bad_inputs_raise_clear_errors(ids, positions, message):
+    """Checked once where inputs enter (check_inputs: generate, token_losses, the evaluator), never
+    inside the forward pass."""
+    from ropelab.model.inputs import check_inputs
+
     model = tiny("rope")
     with pytest.raises(RopelabError, match=message):
-        model(ids, positions=positions)
+        check_inputs(model, ids, positions)
+    with pytest.raises(RopelabError, match=message):
+        model.token_losses(ids, positions)
 
 
 @pytest.mark.parametrize(

@@ -293,11 +293,18 @@ def test_left_padded_generation_equals_rows_alone(tiny_models, spec: str, use_ca
 
 
 def test_all_ones_mask_is_the_unmasked_path(tiny_models):
+    """check_inputs (where inputs enter) turns an all-ones mask into none: the mask-free fast path;
+    a mask passed straight to the forward is used as given, and gives the same logits."""
+    from ropelab.model.inputs import check_inputs
+
     ids = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         for spec in ("rope", "alibi", "rerope:window=8"):
             model = tiny_models[spec]
-            assert torch.equal(model(ids, attention_mask=torch.ones_like(ids)), model(ids))
+            checked, positions, mask = check_inputs(model, ids, attention_mask=torch.ones_like(ids))
+            assert mask is None and positions is None
+            assert torch.equal(model(checked, attention_mask=mask), model(ids))
+            torch.testing.assert_close(model(ids, attention_mask=torch.ones_like(ids)), model(ids), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("spec", ["rope", "alibi", "dynamic-ntk:factor=2"])
@@ -316,21 +323,24 @@ def test_padding_inside_a_row_is_skipped_by_non_windowed_methods(tiny_models, sp
 
 
 def test_bad_masks_are_refused_with_a_clear_error(tiny_models):
+    """Where inputs enter (check_inputs; the forward pass reads no values)."""
+    from ropelab.model.inputs import check_inputs
+
     model = tiny_models["rope"]
     ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(7))
     with pytest.raises(RopelabError, match=r"attention_mask must have shape \[batch, past \+ seq\] = \[2, 6\]"):
-        model(ids, attention_mask=torch.ones(2, 5))
+        check_inputs(model, ids, attention_mask=torch.ones(2, 5))
     with pytest.raises(RopelabError, match="only 0 and 1"):
-        model(ids, attention_mask=torch.full((2, 6), 2))
+        check_inputs(model, ids, attention_mask=torch.full((2, 6), 2))
     cache = model.new_cache()
     model(ids, cache=cache, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6]))
     with pytest.raises(RopelabError, match=r"the 6 cached tokens"):
-        model(ids[:, :1], cache=cache, attention_mask=torch.ones(2, 1))
+        check_inputs(model, ids[:, :1], cache=cache, attention_mask=torch.ones(2, 1))
     with pytest.raises(RopelabError, match="must repeat the mask of the tokens already in the KV cache"):
-        model(ids[:, :1], cache=cache, attention_mask=torch.ones(2, 7))
+        check_inputs(model, ids[:, :1], cache=cache, attention_mask=torch.ones(2, 7))
     holes = torch.tensor([[1, 0, 1, 1, 1, 1], [1] * 6])
     with pytest.raises(RopelabError, match=r"contiguous .* row\(s\) \[0\]"):
-        tiny_models["self-extend:window=8,group=3"](ids, attention_mask=holes)
+        check_inputs(tiny_models["self-extend:window=8,group=3"], ids, attention_mask=holes)
 
 
 # -- Hugging Face models through ropelab.integrations.hf.patch -------------------------------------------------

@@ -101,6 +101,10 @@ def test_learned_positions_beyond_the_table_give_a_clear_error():
     model(torch.zeros(1, 16, dtype=torch.long))
     with pytest.raises(RopelabError, match="cannot extrapolate"):
         model(torch.zeros(1, 17, dtype=torch.long))
+    from ropelab.model.inputs import check_inputs  # explicit positions: where inputs enter
+
+    with pytest.raises(RopelabError, match="position 20 is outside the learned table"):
+        check_inputs(model, torch.zeros(1, 3, dtype=torch.long), torch.tensor([0, 1, 20]))
 
 
 def test_bias_methods_are_causal():

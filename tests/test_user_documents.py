@@ -108,7 +108,7 @@ def test_eval_reads_your_documents_for_every_document_task(workspace, capsys, tm
     (changed / "extra.py").write_text("x = 1\n")
     argv[3] = str(changed)
     code, _, err = run(capsys, *argv, "--out", str(out), "--threads", "1")
-    assert code == 2 and "different configuration" in err
+    assert code == 2 and "holds a run with other settings (documents differ)" in err
 
 
 def test_tasks_that_build_their_own_inputs_refuse_documents(workspace, capsys, tmp_path):

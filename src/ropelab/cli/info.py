@@ -128,7 +128,7 @@ def describe(spec: str, head_dim: int, train_len: int, base: float, length: int 
         )
     result["rotated_frequencies"] = sum(role != "position-independent" for role in roles)
     result["attention_factor"] = plan.attention_factor
-    if encoding.window is not None:  # windowed methods: plain RoPE below this distance
+    if encoding.is_windowed:  # windowed methods: plain RoPE below this distance
         result["window"] = encoding.window
     return result
 

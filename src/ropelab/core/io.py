@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,3 +120,33 @@ def read_json_file(path: str | os.PathLike, what: str, kind: type = dict):
         found = "null" if value is None else names.get(type(value), type(value).__name__)
         raise RopelabError(f"{path}: {what} is damaged (a JSON {found}, not an {names.get(kind, kind.__name__)})")
     return value
+
+
+def saved_settings(path: str | os.PathLike, what: str, differing: Callable[[dict], list[str]]) -> dict | None:
+    """The JSON record at ``path`` when it belongs to the same run (to resume it), None when there is
+    none. One :class:`RopelabError` when the record is damaged, or when ``differing(record)`` names
+    settings that differ from the run asked for (the settings are listed)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    advice = "choose another --out directory, or remove this one"
+    try:
+        saved = read_json_file(path, f"the {what}'s configuration")
+        changed = differing(saved)
+    except RopelabError as error:
+        raise RopelabError(f"{error}; {advice}") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise RopelabError(f"{path}: the {what}'s configuration is damaged ({error}); {advice}") from None
+    if changed:
+        raise RopelabError(
+            f"{path.parent} holds a {what} with other settings ({', '.join(changed)} differ); choose another --out "
+            "directory, or the same settings to resume it"
+        )
+    return saved
+
+
+def differing_keys(asked: dict, saved: object) -> list[str]:
+    """The keys whose values differ between two settings dicts (a missing key differs)."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"expected an object, got {type(saved).__name__}")
+    return sorted(key for key in asked.keys() | saved.keys() if asked.get(key) != saved.get(key))

@@ -95,6 +95,16 @@ class Task:
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         raise NotImplementedError
 
+    def sample(
+        self, length: int, index: int, seed: int, prompt: str, prompt_ids, *, answer: str = "", answer_ids=(),
+        language: str | None = None, **extra: Any,
+    ) -> Sample:  # fmt: skip
+        """A :class:`Sample` of this task; ``extra`` holds the task's own fields."""
+        return Sample(
+            task=self.name, length=length, index=index, seed=seed, prompt=prompt, prompt_ids=list(prompt_ids),
+            answer=answer, answer_ids=list(answer_ids), language=language, extra=extra,
+        )  # fmt: skip
+
     def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
         raise NotImplementedError
 

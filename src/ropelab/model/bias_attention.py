@@ -93,6 +93,7 @@ def bias_attention(
     gqa: bool = False,
     chunk: int | None = None,
     distance_bias: DistanceFn | None = None,
+    consecutive: bool = False,
 ) -> Tensor | None:
     """Attention of ``q [B, H, T, D]`` to ``k, v [B, Hkv, K, D]`` (the queries are the last ``T`` of
     the ``K`` tokens: ``past = K - T``) with the additive bias ``bias(q_pos, k_pos)``.
@@ -112,6 +113,8 @@ def bias_attention(
     table of the distances ``K - 1`` down to ``-(chunk - 1)`` (``-inf`` below 0 when causal), seen
     by each chunk as a strided view with queries in reverse order, so that the distance falls by
     one along both the (reversed) queries and the keys -- no bias tensor is built at all.
+    ``consecutive=True`` says the positions are the default ``0, 1, 2, ...`` (the caller knows it
+    without reading them: no host sync); otherwise they are checked.
     """
     B, H, T, _ = q.shape
     K = k.shape[2]
@@ -121,7 +124,8 @@ def bias_attention(
         q, k, v = q.float(), k.float(), v.float()
     extra = {"enable_gqa": True} if gqa else {}
     table = None
-    if distance_bias is not None and allowed is None and _consecutive(q_positions, k_positions, past):
+    in_order = (consecutive and K <= _EXACT) or (not consecutive and _consecutive(q_positions, k_positions, past))
+    if distance_bias is not None and allowed is None and in_order:
         table_chunk = min(T, TABLE_CHUNK) if chunk is None else chunk
         reach = table_chunk if causal else T  # how far before the first key a query of a chunk may look
         distances = torch.arange(K - 1, -reach, -1, dtype=torch.float32, device=q.device)

@@ -22,6 +22,7 @@ from torch import Tensor
 from ropelab.core.checks import int_between, is_finite, is_int, is_real
 from ropelab.core.errors import RopelabError
 from ropelab.core.machine import physical_memory
+from ropelab.model.inputs import check_inputs
 from ropelab.model.positions import extend_positions
 
 
@@ -138,10 +139,6 @@ def stream(
     if temperature > 0:
         generator = torch.Generator(device=ids.device)
         generator.manual_seed(0 if seed is None else seed)
-    if positions is not None:
-        positions = torch.as_tensor(positions, device=ids.device)
-        if positions.dim() == 1:
-            positions = positions[None]
     if attention_mask is not None:
         attention_mask = torch.as_tensor(attention_mask, device=ids.device)
         if attention_mask.dim() == 1:
@@ -149,6 +146,15 @@ def stream(
         if attention_mask.dim() == 2 and attention_mask.shape[1] and not bool((attention_mask[:, -1] != 0).all()):
             raise RopelabError(
                 "generate: every row's last prompt token must be real (attention_mask[:, -1] == 1): pad on the left"
+            )
+    ids, positions, attention_mask = check_inputs(model, ids, positions, None, attention_mask)  # once, here
+    last = model.pe.max_position  # a learned table: every position decoding feeds must be in it
+    if last is not None and max_new_tokens > 1:
+        top = (int(positions.max()) if positions is not None else ids.shape[1] - 1) + max_new_tokens - 1
+        if top > last:
+            raise RopelabError(
+                f"{model.pe.info.name}: decoding {max_new_tokens} tokens reaches position {top}, outside the learned "
+                f"table (positions 0..{last}); ask for at most {max_new_tokens - (top - last)} new tokens"
             )
     cache = model.new_cache() if use_cache else None
     logits = model(ids, positions=positions, cache=cache, attention_mask=attention_mask)[:, -1]
@@ -167,7 +173,7 @@ def stream(
             if positions is not None:
                 positions = torch.cat((positions, extend_positions(positions, 1)), dim=1)
             ids = torch.cat((ids, token[:, None]), dim=1)
-            if attention_mask is not None:
+            if attention_mask is not None:  # a bool mask from check_inputs
                 attention_mask = torch.cat((attention_mask, attention_mask.new_ones(ids.shape[0], 1)), dim=1)
             logits = model(ids, positions=positions, attention_mask=attention_mask)[:, -1]
 

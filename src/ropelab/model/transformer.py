@@ -17,8 +17,11 @@ masks padding keys on every attention path (a bool ``[B, 1, T, past + T]`` mask 
 no positions are given, places each row's real tokens at ``0, 1, 2, ...`` as HF generation does
 (``cumsum(mask) - 1``, padding at 0). A padded row then gets, at its real tokens, the logits it
 gets alone. A padding query attends only to itself (SDPA/bias paths) or to nothing (windowed
-paths, zero output), so no row is ever NaN. Without a mask, or with an all-ones mask, nothing
-changes (the mask-free fast paths).
+paths, zero output), so no row is ever NaN. Without a mask nothing changes (the mask-free fast
+paths); :func:`ropelab.model.inputs.check_inputs` turns an all-ones mask into none.
+
+The forward pass trusts its inputs and reads no tensor value on the host (no GPU stall); inputs
+are checked once where they enter (:mod:`ropelab.model.inputs`).
 
 Devices and dtypes: ``model.to(device)`` / ``model.to(torch.bfloat16)`` (or ``load_model(...,
 device=, dtype=)``) move and cast the weights; inputs on another device are moved to the model's.
@@ -33,7 +36,7 @@ float32; losses come from float32 logits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +48,8 @@ from ropelab.core.log import log
 from ropelab.model.bias_attention import bias_attention, has_bias
 from ropelab.model.config import ModelConfig
 from ropelab.model.generate import generate
+from ropelab.model.inputs import check_inputs, outside_table
+from ropelab.model.kv_cache import KVCache
 from ropelab.model.positions import extend_positions
 from ropelab.model.window_attention import windowed_attention
 from ropelab.pe.base import PEContext, PositionEncoding, Rotation, WindowedRotation, apply_rotary
@@ -78,82 +83,6 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
-@dataclass
-class KVCache:
-    """Keys/values of every layer for the tokens seen so far, and their positions.
-
-    Keys are stored rotated, except for encodings whose rotation depends on the input length
-    (dynamic NTK): those keep raw keys and rotate all of them with the current table at each
-    step, so layer 0 matches a full recompute exactly. (Deeper layers' cached keys/values were
-    computed under the earlier length's angles; no cache can avoid that for dynamic NTK.)
-
-    Each layer's keys and values live in a buffer ``[B, H, capacity, D]`` with room to spare
-    (an eighth more, at least 128 tokens): a decode step writes its token in place and the layer
-    attends to a view of the filled part, instead of copying the whole cache (``torch.cat``) at
-    every step. The buffer is reallocated, with room to spare again, only when it is full.
-
-    ``mask`` remembers which cached tokens are padding (a padded batch's ``attention_mask``), so a
-    later call may pass the mask of all tokens or none (its new tokens are then real).
-    """
-
-    n_layers: int
-    keys: list[Tensor | None] = field(default_factory=list)
-    values: list[Tensor | None] = field(default_factory=list)
-    far_keys: list[Tensor | None] = field(default_factory=list)  # windowed methods' second key set
-    positions: Tensor | None = None
-    filled: list[int] = field(default_factory=list)  # tokens held per layer (keys, values, far keys alike)
-    mask: Tensor | None = None  # bool [B, length], True = real token; None = every cached token is real
-
-    def __post_init__(self) -> None:
-        self.keys = [None] * self.n_layers
-        self.values = [None] * self.n_layers
-        self.far_keys = [None] * self.n_layers
-        self.filled = [0] * self.n_layers
-
-    @property
-    def length(self) -> int:
-        return 0 if self.positions is None else int(self.positions.shape[1])
-
-    @staticmethod
-    def _append(store: list[Tensor | None], layer: int, new: Tensor, filled: int) -> Tensor:
-        """Write ``new [B, H, t, D]`` after the first ``filled`` tokens of ``store[layer]``; returns
-        the view of all ``filled + t`` tokens."""
-        need = filled + new.shape[2]
-        buffer = store[layer]
-        if buffer is None or need > buffer.shape[2] or buffer.shape[:2] != new.shape[:2] or buffer.dtype != new.dtype:
-            grown = new.new_empty(*new.shape[:2], need + max(128, need // 8), new.shape[3])
-            if buffer is not None and filled:
-                grown[:, :, :filled] = buffer[:, :, :filled]
-            store[layer] = buffer = grown
-        buffer[:, :, filled:need] = new
-        return buffer[:, :, :need]
-
-    def update(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        filled = self.filled[layer]
-        key = self._append(self.keys, layer, key, filled)
-        value = self._append(self.values, layer, value, filled)
-        self.filled[layer] = key.shape[2]
-        return key, value
-
-    def update_far(self, layer: int, key: Tensor) -> Tensor:
-        """The windowed methods' second key set; called after :meth:`update` for the same tokens."""
-        return self._append(self.far_keys, layer, key, self.filled[layer] - key.shape[2])
-
-    def truncate(self, count: int) -> None:
-        """Keep only the first ``count`` tokens, in place: the next tokens are written over the rest
-        of the buffers (so a later, shorter prefix must be asked for after a longer one)."""
-        self.filled = [min(count, f) for f in self.filled]
-        if self.positions is not None:
-            self.positions = self.positions[:, :count]
-        if self.mask is not None:
-            self.mask = self.mask[:, :count]
-
-    def share_far_keys(self) -> None:
-        """Use the cached keys as the windowed second key set too, for an encoding whose far key
-        tables equal its near ones (``ropelab.pe.sliding``) continuing a cache filled without them."""
-        self.far_keys = list(self.keys)
-
-
 @dataclass(kw_only=True)
 class AttentionInputs:
     """What every layer needs from the position encoding for one forward pass."""
@@ -168,6 +97,7 @@ class AttentionInputs:
     windowed: WindowedRotation | None = None  # near/far tables of a windowed method
     past: int = 0
     key_mask: Tensor | None = None  # bool [B, Tk], True = real token; None = no padding
+    consecutive: bool = False  # every position (cached ones too) is the default 0, 1, 2, ...: known, not read
 
 
 class Attention(nn.Module):
@@ -222,6 +152,7 @@ class Attention(nn.Module):
                 allowed=inputs.causal_mask,
                 gqa=gqa,
                 distance_bias=lambda distance: pe.distance_bias(layer, distance),
+                consecutive=inputs.consecutive,
             )
         if out is None:
             out = F.scaled_dot_product_attention(
@@ -258,13 +189,6 @@ def _padded_causal(key_mask: Tensor, q_len: int) -> Tensor:
     keys = torch.arange(k_len, device=key_mask.device)
     own = torch.arange(past, k_len, device=key_mask.device)[:, None] == keys[None]
     return _causal(q_len, k_len, key_mask.device) & (key_mask[:, None, None, :] | own)
-
-
-def _contiguous(key_mask: Tensor) -> Tensor:
-    """Per row: whether the True entries of ``key_mask [B, T]`` form one run (or none)."""
-    valid = key_mask.long()
-    starts = valid[:, :1] + (valid[:, 1:] > valid[:, :-1]).long().sum(dim=1, keepdim=True)
-    return starts[:, 0] <= 1
 
 
 class MLP(nn.Module):
@@ -429,8 +353,15 @@ class Transformer(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def _attention_inputs(
-        self, positions: Tensor, T: int, cache: KVCache | None, key_mask: Tensor | None = None
+        self,
+        positions: Tensor,
+        T: int,
+        cache: KVCache | None,
+        key_mask: Tensor | None = None,
+        consecutive: bool = False,
     ) -> AttentionInputs:
+        """The rotation tables and masks of one forward pass; ``consecutive``: the positions are
+        known to be the default ``0, 1, 2, ...`` (cached ones too), so no method reads them."""
         past = cache.length if cache is not None else 0
         if past == 0:
             k_positions = positions
@@ -443,17 +374,22 @@ class Transformer(nn.Module):
             k_positions = torch.cat((cached, positions), dim=1)
         pe = self.pe
         rotate_cached = pe.rotation_depends_on_length
-        if pe.window is not None:
+        if pe.is_windowed:
             if key_mask is None:
                 index = torch.arange(past, past + T, device=positions.device)[None]
             else:  # each row's own sequence index: its real tokens are 0, 1, 2, ... (padding 0)
                 index = (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
             windowed = pe.windowed_rotation(positions, index)
             return AttentionInputs(
-                q_positions=positions, k_positions=k_positions, windowed=windowed, past=past, key_mask=key_mask
+                q_positions=positions,
+                k_positions=k_positions,
+                windowed=windowed,
+                past=past,
+                key_mask=key_mask,
+                consecutive=consecutive,
             )
         if rotate_cached:  # one table for all keys, queries take its tail
-            k_rot = pe.rotation(k_positions)
+            k_rot = pe.rotation(k_positions, length=past + T if consecutive else None)
             q_rot = None if k_rot is None else k_rot.rows(slice(past, None))
         else:
             q_rot = pe.rotation(positions)
@@ -476,49 +412,21 @@ class Transformer(nn.Module):
             is_causal=is_causal,
             past=past,
             key_mask=key_mask,
+            consecutive=consecutive,
         )
 
-    def _check_mask(self, attention_mask, input_ids: Tensor, cache: KVCache | None) -> Tensor | None:
-        """The key mask (bool ``[B, past + T]``, True = real token) of this call, or ``None`` when
-        every token (cached ones included) is real."""
-        B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
+    @staticmethod
+    def _key_mask(attention_mask, input_ids: Tensor, cache: KVCache | None) -> Tensor | None:
+        """The bool key mask ``[B, past + T]`` (True = real token) of this call, or ``None`` when
+        no mask was given and the cache holds none (checked at the boundary:
+        :func:`ropelab.model.inputs.check_inputs`)."""
         cached = None if cache is None else cache.mask
-        if cached is not None and cached.shape[0] != B:
-            raise RopelabError(f"the KV cache holds a padded batch of {cached.shape[0]} rows, got {B} rows")
         if attention_mask is None:
             if cached is None:
                 return None
-            return torch.cat((cached, cached.new_ones(B, T)), dim=1)  # new tokens are real
+            return torch.cat((cached, cached.new_ones(input_ids.shape[0], input_ids.shape[1])), dim=1)
         mask = torch.as_tensor(attention_mask, device=input_ids.device)
-        if mask.dim() != 2 or tuple(mask.shape) != (B, past + T):
-            covers = f" (the {past} cached tokens, then the {T} new ones)" if past else ""
-            raise RopelabError(
-                f"attention_mask must have shape [batch, past + seq] = [{B}, {past + T}]{covers}, "
-                f"1 = real token and 0 = padding; got shape {tuple(mask.shape)}"
-            )
-        if mask.dtype != torch.bool:
-            if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-                raise RopelabError("attention_mask must hold only 0 and 1 (or False/True): 1 = real token, 0 = padding")
-            mask = mask != 0
-        if past:
-            before = cached if cached is not None else mask.new_ones(B, past)
-            if not torch.equal(mask[:, :past], before):
-                raise RopelabError(
-                    "attention_mask[:, :past] must repeat the mask of the tokens already in the KV cache "
-                    f"({past} tokens); it differs"
-                )
-        if bool(mask.all()):
-            return None
-        contiguous = _contiguous(mask) if self.pe.window is not None else None
-        if contiguous is not None and not bool(contiguous.all()):
-            rows = (~contiguous).nonzero()[:, 0].tolist()
-            raise RopelabError(
-                f"{self.pe.spec}: windowed methods need each row's real tokens to be contiguous (padding only "
-                f"before and/or after them); attention_mask row(s) {rows} have padding between real tokens -- "
-                "pad on the left to continue a padded batch"
-            )
-        return mask
+        return mask if mask.dtype == torch.bool else mask != 0
 
     @staticmethod
     def _mask_positions(key_mask: Tensor, T: int, cache: KVCache | None) -> Tensor:
@@ -537,27 +445,16 @@ class Transformer(nn.Module):
             start = last + 1
         return torch.where(new, start + steps, torch.zeros_like(steps))
 
-    def _check_positions(self, input_ids: Tensor, positions: Tensor | None, cache: KVCache | None) -> Tensor:
-        B, T = input_ids.shape
+    @staticmethod
+    def _positions(input_ids: Tensor, positions: Tensor | None, cache: KVCache | None) -> Tensor:
+        T = input_ids.shape[1]
         past = cache.length if cache is not None else 0
         if positions is None:
             if cache is not None and cache.positions is not None and cache.positions.dim() == 3:
                 return extend_positions(cache.positions, T)
             return torch.arange(past, past + T, device=input_ids.device)[None]
         positions = torch.as_tensor(positions, device=input_ids.device)
-        if positions.dim() == 1:
-            positions = positions[None]
-        if positions.dim() not in (2, 3) or positions.shape[1] != T or positions.shape[0] not in (1, B):
-            raise RopelabError(
-                f"positions must have shape [batch or 1, {T}] or [batch or 1, {T}, levels], got {tuple(positions.shape)}"
-            )
-        if positions.is_floating_point() and positions.dtype not in (torch.float32, torch.float64):
-            raise RopelabError("positions must be integers or float32/float64 (never fp16/bf16)")
-        if positions.numel() and positions.min() < 0:
-            raise RopelabError("positions must be non-negative")
-        if cache is not None and cache.positions is not None and cache.positions.shape[2:] != positions.shape[2:]:
-            raise RopelabError("positions must have the same number of levels as the cached ones")
-        return positions
+        return positions[None] if positions.dim() == 1 else positions
 
     def hidden_states(
         self,
@@ -572,21 +469,23 @@ class Transformer(nn.Module):
         or right), covering the cached tokens too; a cache remembers it, so later calls may omit
         it (their tokens are real). Without ``positions`` each row's real tokens are at
         ``0, 1, 2, ...`` (continuing after the cache); padding tokens' outputs are meaningless.
+
+        The inputs are trusted: nothing here reads a tensor's value on the host (a GPU never
+        waits). Untrusted input goes through :func:`ropelab.model.inputs.check_inputs` first, as
+        ``generate``, :meth:`token_losses` and the evaluator do.
         """
         input_ids = torch.as_tensor(input_ids, device=self.device)  # inputs on any device follow the model
-        if input_ids.dim() != 2:
-            raise RopelabError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
-        if T == 0:
-            raise RopelabError("input_ids is empty")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise RopelabError(f"token ids must be in 0..{self.config.vocab_size - 1}")
-        key_mask = self._check_mask(attention_mask, input_ids, cache)
+        key_mask = self._key_mask(attention_mask, input_ids, cache)
         hierarchical_cache = cache is not None and cache.length > 0 and cache.positions.dim() == 3
+        default = positions is None and key_mask is None and (cache is None or cache.default_positions)
+        past = cache.length if cache is not None else 0
+        if default and self.pe.max_position is not None and past + T - 1 > self.pe.max_position:
+            raise outside_table(self, past + T - 1)  # known from the shapes: no value is read
         if positions is None and key_mask is not None and not hierarchical_cache:  # (those extend the last segment)
             positions = self._mask_positions(key_mask, T, cache)
-        positions = self._check_positions(input_ids, positions, cache)
-        inputs = self._attention_inputs(positions, T, cache, key_mask)
+        positions = self._positions(input_ids, positions, cache)
+        inputs = self._attention_inputs(positions, T, cache, key_mask, consecutive=default)
         x = self.embed_tokens(input_ids)
         extra = self.pe.input_embedding(positions)
         if extra is not None:
@@ -596,6 +495,7 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.positions = inputs.k_positions
             cache.mask = key_mask
+            cache.default_positions = default
         return self.norm(x)
 
     def forward(
@@ -624,6 +524,7 @@ class Transformer(nn.Module):
         """
         if chunk_size <= 0:  # checked before the forward pass
             raise RopelabError(f"chunk_size must be positive, got {chunk_size}")
+        input_ids, positions, attention_mask = check_inputs(self, input_ids, positions, None, attention_mask)
         hidden = self.hidden_states(input_ids, positions, attention_mask=attention_mask)[:, :-1]
         losses = self.losses_from_hidden(hidden, input_ids[:, 1:], chunk_size)
         if attention_mask is not None:

@@ -51,6 +51,12 @@ KINDS: tuple[str, ...] = get_args(Kind)
 
 LAYOUTS = ("half", "interleaved")
 
+#: separates the values of a list parameter in a spec (``longrope:short_factor=1/1.5/2``): a ``,``
+#: separates parameters and a ``+`` methods, and ``/`` needs no quoting in a shell
+LIST_SEPARATOR = "/"
+#: the most values a list parameter takes (one per frequency of the largest head ropelab accepts)
+MAX_LIST = 1 << 12
+
 
 @dataclass(frozen=True)
 class PEContext:
@@ -82,7 +88,7 @@ class Param:
     """One parameter of a method: its type, default and allowed range."""
 
     name: str
-    type: type
+    type: type  # int, float, bool, str, or tuple: a list of numbers (:meth:`_parse_list`)
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
@@ -104,7 +110,13 @@ class Param:
             lo = f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
         if self.maximum is not None:
             hi = f"<= {self.maximum:g}"
-        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[self.type]
+        kind = {
+            int: "an integer",
+            float: "a number",
+            bool: "true or false",
+            str: "a string",
+            tuple: f"numbers separated by {LIST_SEPARATOR!r}, each",
+        }[self.type]
         return " ".join(x for x in (kind, lo, "and" if lo and hi else None, hi) if x)
 
     def parse(self, method: str, raw: str | Any) -> Any:
@@ -112,6 +124,8 @@ class Param:
         value = raw
         if isinstance(raw, str) and raw.strip().lower() in self.specials:
             return raw.strip().lower()
+        if self.type is tuple:
+            return self._parse_list(method, raw)
         try:
             if isinstance(raw, str):
                 if self.type is bool:
@@ -147,6 +161,18 @@ class Param:
         if bad:
             raise SpecError(f"{method}: {self.name}={raw!r} is out of range; {self.name} must be {self.allowed()}")
         return value
+
+    def _parse_list(self, method: str, raw: str | Any) -> tuple[float, ...]:
+        """A list of numbers: ``"1/1.5/2"`` in a spec (:data:`LIST_SEPARATOR`; a ``,`` separates
+        parameters), or a list / tuple of numbers from Python; each value checked as a number."""
+        items = raw.split(LIST_SEPARATOR) if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)) or not items or len(items) > MAX_LIST:
+            raise SpecError(
+                f"{method}: {self.name}={raw!r} is not valid; {self.name} must be 1 to {MAX_LIST} {self.allowed()}"
+            )
+        number = Param(self.name, float, None, self.help, minimum=self.minimum, maximum=self.maximum,
+                       exclusive_minimum=self.exclusive_minimum)  # fmt: skip
+        return tuple(number.parse(method, item) for item in items)
 
 
 @dataclass(frozen=True)
@@ -290,11 +316,19 @@ class PositionEncoding(nn.Module):
     #: The position levels a hierarchical method reads (token + segment = 2; HiRoPE's ``levels=3``
     #: adds the top-level unit); the number of columns of its position vectors.
     levels: int = 2
+    #: The largest position the method can place (a learned table's last row), or None: no bound.
+    #: Checked where inputs enter (:func:`ropelab.model.inputs.check_inputs`), never in the forward.
+    max_position: int | None = None
 
     def __init__(self, ctx: PEContext, spec: str) -> None:
         super().__init__()
         self.ctx = ctx
         self.spec = spec
+
+    @property
+    def is_windowed(self) -> bool:
+        """Plain RoPE within :attr:`window`, other tables beyond it (ReRoPE, Self-Extend, HiRoPE)."""
+        return self.window is not None
 
     def _apply(self, fn, recurse=True):
         """``model.to(torch.bfloat16)`` (or ``.half()``) casts weights, never the encoding's float32
@@ -314,7 +348,7 @@ class PositionEncoding(nn.Module):
                 module._buffers[name] = buffer.to(now.device)
         return result
 
-    def rotation(self, positions: Tensor) -> Rotation | None:
+    def rotation(self, positions: Tensor, length: int | None = None) -> Rotation | None:
         return None
 
     def plan(self, seq_len: int | None = None) -> FrequencyPlan | None:

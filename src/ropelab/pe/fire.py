@@ -54,10 +54,14 @@ class FireBias(nn.Module):
         else:  # the same values, in place (|c * d| = |c| * d exactly, as d >= 0)
             normalised = distance.mul_(c.abs()).add_(1).log_().div_(denominator)
         # the MLP runs in float32 whatever the model's dtype: its input is a function of the positions
-        return scalar_mlp(normalised, self.mlp[0], self.mlp[2], self._terms)  # [B|1, H, Tq, Tk]
+        # x = log(|c| d + 1) / (log(|c| max(i, L) + 1) + eps) lies in [0, 1) for d = i - j in [0, i] (positions
+        # are non-negative, checked where they enter; future pairs are clamped to 0): the range is known, not read
+        return scalar_mlp(normalised, self.mlp[0], self.mlp[2], self._terms, bounds=(0.0, 1.0))  # [B|1, H, Tq, Tk]
 
 
-def scalar_mlp(x: Tensor, first: nn.Linear, last: nn.Linear, cache: dict | None = None) -> Tensor:
+def scalar_mlp(
+    x: Tensor, first: nn.Linear, last: nn.Linear, cache: dict | None = None, bounds: tuple[float, float] | None = None
+) -> Tensor:
     """``last(relu(first(x[..., None])))`` in float32 for ``x [B, Tq, Tk]``, heads first:
     ``[B, H, Tq, Tk]``.
 
@@ -71,8 +75,13 @@ def scalar_mlp(x: Tensor, first: nn.Linear, last: nn.Linear, cache: dict | None 
 
     ``cache`` (a dict the caller keeps): without autograd, when ``x`` lies in [0, 1], the units are
     sorted once for that whole range and reused while the weights stay the same (their version).
+    ``bounds``: a range known to hold ``x`` (then its values are never read on the host); without
+    it the range is measured.
     """
-    lo, hi = (float(v) for v in torch.aminmax(x.detach())) if x.numel() else (0.0, 0.0)
+    if bounds is not None:
+        lo, hi = bounds
+    else:
+        lo, hi = (float(v) for v in torch.aminmax(x.detach())) if x.numel() else (0.0, 0.0)
     weights = (first.weight, first.bias, last.weight, last.bias)
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         scale, shift, weight, units = _terms(first, last, lo, hi)

@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ropelab.core.errors import RopelabError
 from ropelab.pe.base import FrequencyPlan, MethodInfo, Param, PEContext, WindowedRotation
-from ropelab.pe.rope import rotation_tables
+from ropelab.pe.rope import levels_read, rotation_tables
 from ropelab.pe.window import WindowedEncoding
 
 HIROPE_PAPER = (
@@ -170,7 +170,7 @@ class HiRoPE(WindowedEncoding):
         self.granularity = granularity  # read by the evaluator when it builds the positions
         self.frequency_level = frequency_levels(self.theta.numel(), self.split, levels)
         # with no higher-level frequency, the token level must be the global index (see module doc)
-        self.token_index = "global" if int(self.frequency_level.max()) == 0 else token_index
+        self.token_index = "global" if levels_read(self) == 1 else token_index
 
     def plan(self, seq_len: int | None = None) -> FrequencyPlan:
         return FrequencyPlan(
@@ -223,8 +223,12 @@ class HiRoPE(WindowedEncoding):
         higher = torch.ones(self.levels, dtype=torch.long, device=vectors.device)
         higher[0] = 0
         shift = self._query_shift(vectors, index) * higher
-        far_k = rotation_tables(self.theta, vectors, self.frequency_level, name=self.spec)
-        far_q = rotation_tables(self.theta, vectors + shift, self.frequency_level, name=self.spec)
+        far_k = rotation_tables(
+            self.theta, vectors, self.frequency_level, name=self.spec, levels_read=levels_read(self)
+        )
+        far_q = rotation_tables(
+            self.theta, vectors + shift, self.frequency_level, name=self.spec, levels_read=levels_read(self)
+        )
         return WindowedRotation(near_q=near, near_k=near, far_q=far_q, far_k=far_k)
 
 

@@ -49,16 +49,15 @@ class LearnedAbsolute(PositionEncoding):
         self.table = nn.Embedding(self.max_len, ctx.dim)
         nn.init.normal_(self.table.weight, mean=0.0, std=0.02)
 
+    @property
+    def max_position(self) -> int:
+        return self.max_len - 1
+
     def input_embedding(self, positions: Tensor) -> Tensor:
+        """The table's rows (positions checked against :attr:`max_position` at the boundary,
+        :func:`ropelab.model.inputs.check_inputs`)."""
         if positions.dim() != 2:
             raise RopelabError("learned: positions must be one index per token ([batch, seq])")
-        top = int(positions.max().item()) if positions.numel() else 0
-        if top >= self.max_len or (positions.numel() and int(positions.min().item()) < 0):
-            raise RopelabError(
-                f"learned: position {top} is outside the learned table (positions 0..{self.max_len - 1}); "
-                "learned absolute embeddings cannot extrapolate -- use inputs of at most "
-                f"{self.max_len} tokens"
-            )
         return self.table(positions.to(torch.long))
 
 

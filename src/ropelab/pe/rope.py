@@ -61,12 +61,14 @@ def rotation_tables(
     frequency_level: Tensor | None = None,
     attention_factor: float | Tensor = 1.0,
     name: str = "rotary",
+    levels_read: int | None = None,
 ) -> Rotation:
     """cos/sin ``[B|1, T, d/2]`` (float32) for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``.
 
     ``theta`` is ``[d/2]``, or ``[B, d/2]`` for one set of angles per row (dynamic NTK).
     With a position vector per token, frequency j reads level ``frequency_level[j]``.
     ``attention_factor`` (a float, or a ``[B|1, T]`` tensor of per-token factors) scales both.
+    ``levels_read``: ``frequency_level.max() + 1`` when the caller knows it (no host read).
     """
     check_positions_dtype(positions)
     pos = positions.to(torch.float32)
@@ -77,10 +79,9 @@ def rotation_tables(
             if frequency_level is not None
             else torch.zeros(theta.numel(), dtype=torch.long, device=pos.device)
         )
-        if int(level.max()) >= levels:
-            raise RopelabError(
-                f"{name}: frequencies read {int(level.max()) + 1} position levels, but positions have {levels}"
-            )
+        needed = levels_read if levels_read is not None else int(level.max()) + 1
+        if needed > levels:
+            raise RopelabError(f"{name}: frequencies read {needed} position levels, but positions have {levels}")
         pos = pos[..., level]
     else:
         pos = pos[..., None]
@@ -93,6 +94,19 @@ def rotation_tables(
     elif attention_factor != 1.0:
         cos, sin = cos * attention_factor, sin * attention_factor
     return Rotation(cos=cos, sin=sin)
+
+
+def levels_read(owner) -> int:
+    """``owner.frequency_level.max() + 1`` (the position levels its frequencies read), read on the
+    host once and again only when the table changes (moved, or written in place): a forward pass
+    never waits for it."""
+    level = owner.frequency_level
+    key = (level.data_ptr(), level._version, level.numel())
+    cached = owner.__dict__.get("_levels_read")
+    if cached is None or cached[0] != key:
+        cached = (key, int(level.max()) + 1 if level.numel() else 1)
+        owner.__dict__["_levels_read"] = cached
+    return cached[1]
 
 
 #: A transform rescales a plan; ``seq_len`` is the current input length (only dynamic ones use it).
@@ -138,17 +152,21 @@ class RotaryEncoding(PositionEncoding):
             plan = transform(plan, self.ctx, seq_len)
         return replace(plan, theta=plan.theta.to(torch.float32))
 
-    def rotation(self, positions: Tensor) -> Rotation:
+    def rotation(self, positions: Tensor, length: int | None = None) -> Rotation:
         """cos/sin tables for ``positions`` ``[B|1, T]`` or ``[B|1, T, levels]``.
 
         A length-dependent plan (dynamic NTK) is chosen per row, for that row's length
         ``max(position) + 1``: a row of a padded batch (padding at position 0) gets the angles it
-        gets alone.
+        gets alone. ``length``: that length when the caller knows it for every row (the default
+        positions ``0 .. length - 1``), so the positions are not read on the host.
         """
         check_positions_dtype(positions)
         theta, factor = self.inv_freq, self.attention_factor
         if self.rotation_depends_on_length:
-            lengths = [int(top) + 1 for top in positions.reshape(positions.shape[0], -1).amax(dim=1).tolist()]
+            if length is not None:
+                lengths = [length] * positions.shape[0]
+            else:  # dynamic NTK's angles are a function of each row's length: read it
+                lengths = [int(top) + 1 for top in positions.reshape(positions.shape[0], -1).amax(dim=1).tolist()]
             plans = {n: self.plan(n) for n in set(lengths)}
             if len(plans) == 1:
                 plan = plans[lengths[0]]
@@ -157,7 +175,7 @@ class RotaryEncoding(PositionEncoding):
                 theta = torch.stack([plans[n].theta for n in lengths]).to(positions.device)
                 factors = [plans[n].attention_factor for n in lengths]
                 factor = torch.tensor(factors, dtype=torch.float32, device=positions.device)[:, None]
-        return rotation_tables(theta, positions, self.frequency_level, factor, self.spec)
+        return rotation_tables(theta, positions, self.frequency_level, factor, self.spec, levels_read(self))
 
 
 def _rope(ctx: PEContext, base: float | None) -> FrequencyPlan:

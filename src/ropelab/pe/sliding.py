@@ -35,7 +35,7 @@ class SlidingWindow(PositionEncoding):
     """``inner``'s rotation within ``window`` tokens, the first ``sinks`` tokens beyond it, nothing else."""
 
     def __init__(self, inner: PositionEncoding, window: int, sinks: int = DEFAULT_SINKS) -> None:
-        if not isinstance(inner, RotaryEncoding) or inner.window is not None or inner.rotation_depends_on_length:
+        if not isinstance(inner, RotaryEncoding) or inner.is_windowed or inner.rotation_depends_on_length:
             raise RopelabError(
                 f"the sliding-window reference needs a static RoPE-family method; {inner.spec!r} is not one"
             )

@@ -24,6 +24,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import torch
+
 from ropelab.core.checks import int_between, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import CONFIGS
@@ -168,3 +170,14 @@ def learning_rate(step: int, steps: int, config: TrainConfig) -> float:
     progress = min(1.0, (step - warmup) / max(1, steps - 1 - warmup))
     floor = config.lr * config.min_lr_ratio
     return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    seen, decay, no_decay = set(), [], []
+    for _, param in model.named_parameters():
+        if id(param) in seen or not param.requires_grad:
+            continue
+        seen.add(id(param))
+        (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)

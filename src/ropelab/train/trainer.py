@@ -36,49 +36,52 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.core.log import log
-from ropelab.core.version import __version__
 from ropelab.data import ChunkSampler, Corpus, TokenData, evenly_spaced_chunks, prepare_data
 from ropelab.data.synthetic import MixtureSampler
 from ropelab.model.checkpoint import CHECKPOINTS, checkpoint_name, load_checkpoint
 from ropelab.model.config import ModelConfig
 from ropelab.model.transformer import Transformer
 from ropelab.train import distributed, state
-from ropelab.train.config import RUNTIME_FIELDS, TrainConfig, learning_rate
+from ropelab.train.config import RUNTIME_FIELDS, TrainConfig, learning_rate, make_optimizer
+from ropelab.train.parallel import check_shardable, shard_fsdp, unsharded_copy, wrap_ddp
+from ropelab.train.run_files import (
+    LOG,
+    TRAIN_CONFIG,
+    Progress,
+    TrainResult,
+    check_resumable,
+    describe_result,
+    read_log,
+    run_record,
+    truncate_log,
+)
 
-TRAIN_CONFIG = "train_config.json"
-LOG = "log.jsonl"
-
-
-@dataclass(kw_only=True)
-class TrainResult:
-    out: Path
-    step: int  # optimizer steps done
-    steps: int  # steps the run was planned for
-    tokens: int
-    train_loss: float | None
-    val_loss: float | None
-    seconds: float
-    status: str  # "complete" | "interrupted" | "time limit"
-    checkpoint: Path | None
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
+__all__ = [
+    "LOG",
+    "TRAIN_CONFIG",
+    "TrainResult",
+    "Trainer",
+    "build_model",
+    "calibrate_step_seconds",
+    "describe_result",
+    "load_data",
+    "make_optimizer",
+    "read_log",
+    "train",
+    "training_sampler",
+    "validation_loss",
+]
 
 
 class _StopFlag:
@@ -111,17 +114,6 @@ def build_model(config: TrainConfig, vocab_size: int, device: torch.device) -> T
     )
     torch.manual_seed(config.seed)
     return Transformer(model_config).to(device)
-
-
-def make_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.AdamW:
-    seen, decay, no_decay = set(), [], []
-    for _, param in model.named_parameters():
-        if id(param) in seen or not param.requires_grad:
-            continue
-        seen.add(id(param))
-        (decay if param.dim() >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
 
 
 def load_data(config: TrainConfig, info: distributed.Dist, progress: bool) -> TokenData:
@@ -221,40 +213,6 @@ def calibrate_step_seconds(
     return min(times) * accum * 1.05  # + optimizer step and logging
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _check_resumable(out: Path, config: TrainConfig) -> dict | None:
-    """The saved train_config.json when ``out`` holds a run with the same settings; an error
-    when it holds another run; None when it holds none."""
-    path = out / TRAIN_CONFIG
-    if not path.exists():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        previous = TrainConfig.from_dict(saved["requested"])
-    except (OSError, ValueError, KeyError, TypeError, RopelabError):
-        raise RopelabError(f"{path}: unreadable; {out} does not hold a ropelab training run") from None
-    if previous.semantic() != config.semantic():
-        changed = sorted(k for k, v in config.semantic().items() if previous.semantic().get(k) != v)
-        raise RopelabError(
-            f"{out} holds a training run with other settings ({', '.join(changed)} differ); "
-            "choose another --out directory to start a new run"
-        )
-    return saved
-
-
 def train(
     config: TrainConfig,
     out: str | os.PathLike,
@@ -320,132 +278,6 @@ def _calibrated_steps(
     return steps
 
 
-def _wrap_ddp(model: Transformer, info: distributed.Dist) -> torch.nn.Module:
-    """What the loop runs forward and backward through: ``model`` alone in one process; under
-    torchrun ``model`` in DistributedDataParallel, which averages the gradients over processes."""
-    if not info.enabled:
-        return model
-    return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-
-
-def _check_shardable(model: Transformer, config: TrainConfig) -> None:
-    """One clear error, before any work, for a model FSDP2 cannot shard."""
-    scalars = distributed.unshardable_parameters(model)
-    if scalars:
-        raise RopelabError(
-            f"--parallel fsdp cannot train pe {config.pe}: FSDP2 (fully_shard) does not shard scalar parameters "
-            f"({', '.join(scalars[:4])}{' ...' if len(scalars) > 4 else ''}); use --parallel ddp for it"
-        )
-
-
-def _shard_fsdp(model: Transformer, optimizer: torch.optim.Optimizer, config: TrainConfig, info: distributed.Dist):
-    """``model`` sharded in place with FSDP2 and a new optimizer over its sharded parameters that
-    holds ``optimizer``'s state (a resumed run's moments and step counts), each process its shard."""
-    names = state.parameter_names(model)
-    tensors, groups = state.optimizer_tensors(optimizer, names)  # before sharding: whole tensors, by name
-    distributed.shard_model(model, info)
-    sharded = make_optimizer(model, config)
-    if tensors:
-        distributed.load_full_optimizer_state(model, sharded, _named_optimizer_state(tensors, groups))
-    return model, sharded
-
-
-def _named_optimizer_state(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
-    """:func:`ropelab.train.state.optimizer_tensors`' ``(tensors keyed "name.field", groups)`` as an
-    optimizer state dict keyed by parameter name (what ``torch.distributed.checkpoint`` reads)."""
-    named: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        name, _, field = key.rpartition(".")
-        named.setdefault(name, {})[field] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in groups]
-    return {"state": named, "param_groups": groups}
-
-
-def _unsharded_copy(
-    model: Transformer, optimizer: torch.optim.Optimizer, config: TrainConfig, info: distributed.Dist
-) -> tuple[Transformer | None, torch.optim.Optimizer | None]:
-    """A sharded model and its optimizer gathered whole onto rank 0's CPU, as an ordinary model
-    and AdamW (what a checkpoint is written from); (None, None) on the other ranks. Every process
-    must call it."""
-    weights, optimizer_state = distributed.full_state_dicts(model, optimizer)
-    if not info.main:
-        return None, None
-    whole = Transformer.from_state_dict(model.config, weights)
-    whole_optimizer = make_optimizer(whole, config)
-    tensors = {
-        f"{name}.{field}": value for name, fields in optimizer_state["state"].items() for field, value in fields.items()
-    }
-    state.load_optimizer(whole_optimizer, state.parameter_names(whole), tensors, optimizer_state["param_groups"])
-    return whole, whole_optimizer
-
-
-def _run_record(
-    config: TrainConfig, resolved: dict, model: Transformer, data: TokenData, info: distributed.Dist, saved: dict | None
-) -> dict:
-    """What ``train_config.json`` holds: the settings asked for and resolved, the model, the data,
-    device and versions. A resumed run keeps its saved record but for how the batch is split over
-    processes and micro-batches (which may differ between sessions)."""
-    if saved is not None:
-        return {
-            **saved,
-            "resolved": {
-                **saved["resolved"],
-                **{k: resolved[k] for k in ("micro_batch_size", "grad_accumulation", "world_size", "parallel")},
-            },
-        }
-    return {
-        "requested": config.to_dict(),
-        "resolved": resolved,
-        "model": model.config.to_dict(),
-        "parameters": model.num_parameters,
-        "data": {
-            k: data.meta[k]
-            for k in ("key", "corpus_hash", "sources", "files", "tokens", "tokenizer", "vocab_size", "skipped")
-            if k in data.meta
-        },
-        "data_dir": str(data.directory),
-        "device": info.device.type,
-        "precision": "bf16 autocast" if info.device.type == "cuda" else "float32",
-        "versions": {"ropelab": __version__, "torch": torch.__version__},
-    }
-
-
-class _Progress:
-    """The loop's report: a line of ``log.jsonl`` per record (main process) and the tqdm bar."""
-
-    def __init__(self, out: Path, config: TrainConfig, steps: int, step: int, info: distributed.Dist, show: bool):
-        self.bar = tqdm(
-            total=steps,
-            initial=step,
-            disable=not (show and info.main),
-            desc=f"train {config.pe}",
-            unit="step",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        self.file = open(out / LOG, "a") if info.main else None
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def write(self, record: dict, val_loss: float | None) -> None:
-        """Append ``record``; the bar shows it with the latest validation loss."""
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        self.bar.set_postfix_str(
-            f"loss {record['loss']:.3f}"
-            + (f" val {val_loss:.3f}" if val_loss is not None else "")
-            + f" lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s",
-            refresh=False,
-        )
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
-        if self.file is not None:
-            self.file.close()
-
-
 class Trainer:
     """One run of :func:`train` in ``out``, in the order :func:`train` calls its parts:
 
@@ -482,11 +314,11 @@ class Trainer:
         """Build what the run needs; the step count is the saved one when resuming."""
         config, info = self.config, self.info
         _set_threads(config, info)
-        self.saved = _check_resumable(self.out, config)
+        self.saved = check_resumable(self.out, config)
         self.data = load_data(config, info, self.progress)
         self.model = build_model(config, self.data.tokenizer.vocab_size, info.device)
         if config.parallel == "fsdp" and info.enabled:
-            _check_shardable(self.model, config)
+            check_shardable(self.model, config)
         train_len = self.model.config.train_len
         self.train_sampler = training_sampler(config, self.data, train_len)
         val = self.data.val
@@ -528,12 +360,12 @@ class Trainer:
             self.max_seconds = budget_left if self.max_seconds is None else min(self.max_seconds, budget_left)
 
     def write_run_record(self) -> None:
-        """``train_config.json`` (:func:`_run_record`); ``log.jsonl`` lines after the step are dropped."""
+        """``train_config.json`` (:func:`run_record`); ``log.jsonl`` lines after the step are dropped."""
         if self.info.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            record = _run_record(self.config, self.resolved, self.model, self.data, self.info, self.saved)
+            record = run_record(self.config, self.resolved, self.model, self.data, self.info, self.saved)
             atomic_write_text(self.out / TRAIN_CONFIG, json.dumps(record, indent=2))
-            _truncate_log(self.out / LOG, self.step)
+            truncate_log(self.out / LOG, self.step)
         self.info.barrier()
 
     def fit(self) -> TrainResult:
@@ -542,12 +374,12 @@ class Trainer:
             log(f"{self.out} is already complete ({self.step} steps)")
             return self._result("complete", self.elapsed_before)
         if self.config.parallel == "fsdp" and self.info.enabled:  # sharded in place: also what the loop runs
-            self.model, self.optimizer = _shard_fsdp(self.model, self.optimizer, self.config, self.info)
+            self.model, self.optimizer = shard_fsdp(self.model, self.optimizer, self.config, self.info)
             self.net, self.sharded = self.model, True
         else:
-            self.net = _wrap_ddp(self.model, self.info)
+            self.net = wrap_ddp(self.model, self.info)
         status = "complete"
-        with _Progress(self.out, self.config, self.steps, self.step, self.info, self.progress) as report:
+        with Progress(self.out, self.config, self.steps, self.step, self.info, self.progress) as report:
             self.loop_start = time.perf_counter()
             self.interval_start, self.interval_tokens = self.loop_start, 0
             self.net.train()
@@ -598,7 +430,7 @@ class Trainer:
         self.interval_tokens += self.resolved["tokens_per_step"]
         return lr, step_loss, grad_norm
 
-    def log_step(self, lr: float, step_loss: torch.Tensor, grad_norm: torch.Tensor, report: _Progress) -> dict | None:
+    def log_step(self, lr: float, step_loss: torch.Tensor, grad_norm: torch.Tensor, report: Progress) -> dict | None:
         """The step's record, written to ``log.jsonl``, every ``log_every`` steps, every
         ``eval_every`` (then with the validation loss) and at the last; None at other steps."""
         step, steps = self.step, self.steps
@@ -651,7 +483,7 @@ class Trainer:
         path = None
         model, optimizer = self.model, self.optimizer
         if self.sharded:  # gathered whole onto rank 0 (every process takes part)
-            model, optimizer = _unsharded_copy(self.model, self.optimizer, config, self.info)
+            model, optimizer = unsharded_copy(self.model, self.optimizer, config, self.info)
         if self.info.main:
             trainer_state = {
                 "step": step,
@@ -704,38 +536,6 @@ def _resume(directory: Path, model: Transformer, optimizer, info: distributed.Di
     )
     state.restore_rng(rng)
     return int(trainer_state["step"]), int(trainer_state["tokens"]), float(trainer_state.get("elapsed_s", 0.0))
-
-
-def read_log(out: str | os.PathLike) -> list[dict]:
-    """The records of ``OUT/log.jsonl`` (a half-written last line is skipped)."""
-    records = []
-    path = Path(out) / LOG
-    if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def describe_result(result: TrainResult) -> str:
-    minutes = result.seconds / 60
-    text = f"{result.status}: {result.step}/{result.steps} steps, {result.tokens:,} tokens in {minutes:.1f} min"
-    if result.train_loss is not None and math.isfinite(result.train_loss):
-        text += f"; train loss {result.train_loss:.3f}"
-    if result.val_loss is not None:
-        text += f", val loss {result.val_loss:.3f}"
-    if result.checkpoint is not None:
-        text += f"; checkpoint {result.checkpoint}"
-    if result.status == "time limit":
-        text += (
-            f". WARNING: the time ran out at step {result.step} of {result.steps}: the learning-rate schedule did not "
-            "finish, so this is not the model a finished run gives; a new run with more --minutes (or fixed --steps) "
-            "finishes its schedule"
-        )
-    return text
 
 
 __all__ = ["RUNTIME_FIELDS", "TrainResult", "describe_result", "read_log", "train"]

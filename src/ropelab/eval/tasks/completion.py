@@ -113,22 +113,11 @@ class Completion(Task):
         prompt = _left_truncate(tokenizer, prefix, length)
         prompt_ids = list(tokenizer.encode(prompt))
         kept = [name for name, part in zip(names, _part_ends(parts)) if part > len(prefix) - len(prompt)]
-        return Sample(
-            task=self.name,
-            length=length,
-            index=index,
-            seed=seed,
-            prompt=prompt,
-            prompt_ids=prompt_ids,
-            answer=answer_line.strip(),
-            language="python",
-            extra={
-                "file": file_name(path),
-                "line": line,  # 1-based line number of the answer in `file`
-                "answer_line": answer_line,  # with its indentation
-                "files": kept,  # the files (or their tails) the prompt holds, in order
-            },
-        )
+        return self.sample(
+            length, index, seed, prompt, prompt_ids,
+            answer=answer_line.strip(), language="python", file=file_name(path), line=line, answer_line=answer_line,
+            files=kept,
+        )  # fmt: skip
 
     def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
         if outputs.generated is None:

@@ -124,8 +124,9 @@ class LongContext(Task):
                 return samples
         raise RopelabError(
             f"{self.name}: only {len(samples)} {which} hold {length} tokens; "
-            f"ask for --samples {len(samples)} or a shorter length" if samples else
-            f"{self.name}: none {which} holds {length} tokens; use a shorter length"
+            f"ask for --samples {len(samples)} or a shorter length"
+            if samples
+            else f"{self.name}: none {which} holds {length} tokens; use a shorter length"
         )
 
     def _sample(self, tokenizer, project, length: int, index: int, seed: int, train_len: int) -> Sample | None:
@@ -198,54 +199,48 @@ class LongContext(Task):
         sites = [s for s in sites if not skip.intersection(range(s.start - 1, s.start + 1))]
         limit = min(PROBES, max(0, end - train_len) // PROBE_SPACING)  # one per 640 tokens of the far region
         probes = symbol_sites.probe_sites(
-            tokenizer, texts + rest, ids, offsets, train_len, language, sinks=SINKS, seed=seed, limit=limit,
+            tokenizer,
+            texts + rest,
+            ids,
+            offsets,
+            train_len,
+            language,
+            sinks=SINKS,
+            seed=seed,
+            limit=limit,
             after=PROBE_TEXT,
         )
-        return Sample(
-            task=self.name,
-            length=length,
-            index=index,
-            seed=seed,
-            prompt=tokenizer.decode(ids),
-            prompt_ids=ids,
-            answer="",
-            language=language,
-            extra={
-                "document": project.name,
-                "era": project.era,
-                "sha256": project.sha256 if self.documents is not None else projects.text_sha256(project),
-                "files": names,
-                "file_chars": [len(t) for t in texts],
-                "needles": needles,
-                "room": room,
-                "far_tokens": far_ids,
-                "sites": [
-                    {
-                        "name": s.name,
-                        "start": s.start,
-                        "candidates": [list(c) for c in s.candidates],
-                        "gold": s.gold,
-                        "distance": s.distance,
-                        "far": s.far,
-                        "kind": getattr(s, "kind", "call"),
-                        "symbol": getattr(s, "symbol", "function"),
-                    }
-                    for s in sites
-                ],
-                "probes": [
-                    {
-                        "name": p.name,
-                        "context": list(p.context),
-                        "candidates": [list(c) for c in p.candidates],
-                        "gold": p.gold,
-                        "distance": len(ids) - p.definition,
-                        "kind": p.kind,
-                        "symbol": p.symbol,
-                    }
-                    for p in probes
-                ],
-            },
-        )
+        return self.sample(
+            length, index, seed, tokenizer.decode(ids), ids,
+            language=language, document=project.name, era=project.era,
+            sha256=project.sha256 if self.documents is not None else projects.text_sha256(project), files=names,
+            file_chars=[len(t) for t in texts], needles=needles, room=room, far_tokens=far_ids,
+            sites=[
+                {
+                    "name": s.name,
+                    "start": s.start,
+                    "candidates": [list(c) for c in s.candidates],
+                    "gold": s.gold,
+                    "distance": s.distance,
+                    "far": s.far,
+                    "kind": getattr(s, "kind", "call"),
+                    "symbol": getattr(s, "symbol", "function"),
+                }
+                for s in sites
+            ],
+            probes=[
+                {
+                    "name": p.name,
+                    "context": list(p.context),
+                    "candidates": [list(c) for c in p.candidates],
+                    "gold": p.gold,
+                    "distance": len(ids) - p.definition,
+                    "kind": p.kind,
+                    "symbol": p.symbol,
+                }
+                for p in probes
+            ],
+        )  # fmt: skip
 
     def run(self, evaluator, sample: Sample) -> dict:
         return run(evaluator, sample)

@@ -124,23 +124,12 @@ class Copy(Task):
         prompt_ids += queried[:PREFIX_TOKENS]
         answer_ids = queried[PREFIX_TOKENS:]
         prompt = tokenizer.decode(prompt_ids)
-        return Sample(
-            task=self.name,
-            length=length,
-            index=index,
-            seed=seed,
-            prompt=prompt,
-            prompt_ids=prompt_ids,
-            answer=tokenizer.decode(answer_ids),
-            answer_ids=answer_ids,
-            extra={
-                "query": tokenizer.decode(queried[:PREFIX_TOKENS]),
-                "num_sequences": len(sequences),
-                "query_index": query_index,
-                "source": self.source,
-                "retokenizes": list(tokenizer.encode(prompt)) == prompt_ids,
-            },
-        )
+        return self.sample(
+            length, index, seed, prompt, prompt_ids,
+            answer=tokenizer.decode(answer_ids), answer_ids=answer_ids,
+            query=tokenizer.decode(queried[:PREFIX_TOKENS]), num_sequences=len(sequences), query_index=query_index,
+            source=self.source, retokenizes=list(tokenizer.encode(prompt)) == prompt_ids,
+        )  # fmt: skip
 
     def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
         if outputs.answer_argmax is None:

@@ -126,23 +126,11 @@ class FewShot(Task):
             )
         prompt = self._fill(tokenizer, filler_rng, head, tail, base, length)
         prompt_ids = list(tokenizer.encode(prompt))
-        return Sample(
-            task=self.name,
-            length=length,
-            index=index,
-            seed=seed,
-            prompt=prompt,
-            prompt_ids=prompt_ids,
-            answer=gold,
-            language=None,  # a mixed prose/code document, not a source file
-            extra={
-                "subtask": subtask,
-                "labels": labels,
-                "examples": [{"input": x, "label": label} for x, label in examples],
-                "query_input": query,
-                "filler": self.filler,
-            },
-        )
+        return self.sample(
+            length, index, seed, prompt, prompt_ids,
+            answer=gold, language=None, subtask=subtask, labels=labels,
+            examples=[{"input": x, "label": label} for x, label in examples], query_input=query, filler=self.filler,
+        )  # fmt: skip
 
     def _fill(self, tokenizer, rng: random.Random, head: str, tail: str, base: int, length: int) -> str:
         lines: list[str] = []

@@ -90,26 +90,12 @@ class Passkey(Task):
             haystack, start, end = insert_needle(tokenizer, document.text, count, depth, needle, document.name)
             prompt_ids = haystack + question[mark]
             samples.append(
-                Sample(
-                    task=self.name,
-                    length=length,
-                    index=index,
-                    seed=seed,
-                    prompt=tokenizer.decode(prompt_ids),
-                    prompt_ids=prompt_ids,
-                    answer=answer,
-                    answer_ids=answer_ids,
-                    language=document.language,
-                    extra={
-                        "depth": depth,
-                        "needle_token": start,
-                        "needle_end": end,
-                        "haystack_tokens": count,
-                        "files": document.files,
-                        "document": document.name,
-                    },
+                self.sample(
+                    length, index, seed, tokenizer.decode(prompt_ids), prompt_ids,
+                    answer=answer, answer_ids=answer_ids, language=document.language, depth=depth, needle_token=start,
+                    needle_end=end, haystack_tokens=count, files=document.files, document=document.name,
                 )
-            )
+            )  # fmt: skip
         return samples
 
     def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:

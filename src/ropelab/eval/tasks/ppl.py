@@ -109,18 +109,11 @@ class Perplexity(Task):
                     + (" or longer documents" if self.documents is not None else "")
                 )
             samples.append(
-                Sample(
-                    task=self.name,
-                    length=length,
-                    index=index,
-                    seed=seed,
-                    prompt=tokenizer.decode(ids),
-                    prompt_ids=ids,
-                    answer="",
-                    language=document.language,
-                    extra={"files": document.files, "document": document.name},
+                self.sample(
+                    length, index, seed, tokenizer.decode(ids), ids,
+                    language=document.language, files=document.files, document=document.name,
                 )
-            )
+            )  # fmt: skip
         return samples
 
     def from_haystack(self, tokenizer, passkey: Sample, length: int) -> Sample:
@@ -137,17 +130,10 @@ class Perplexity(Task):
         }
         if start < len(ids):
             extra["needle"] = [start, min(end, len(ids))]
-        return Sample(
-            task=self.name,
-            length=length,
-            index=passkey.index,
-            seed=passkey.seed,
-            prompt=tokenizer.decode(ids),
-            prompt_ids=ids,
-            answer="",
-            language=passkey.language,
-            extra=extra,
-        )
+        return self.sample(
+            length, passkey.index, passkey.seed, tokenizer.decode(ids), ids,
+            language=passkey.language, **extra,
+        )  # fmt: skip
 
     def derive(self, tokenizer, source: Sample, length: int) -> Sample:
         """Cut from a passkey sample's haystack (:meth:`from_haystack`)."""

@@ -95,24 +95,12 @@ class Symbols(Task):
                     raise RopelabError(f"symbols: length {length} leaves no room for code")
             names = defined_names(code, self.scope)
             samples.append(
-                Sample(
-                    task=self.name,
-                    length=length,
-                    index=index,
-                    seed=seed,
-                    prompt=prompt,
-                    prompt_ids=prompt_ids,
-                    answer="\n".join(names),
-                    language="python",
-                    extra={
-                        "names": names,
-                        "num_names": len(names),
-                        "files": [file_name(path) for path, _ in parts],
-                        "code_chars": len(code),
-                        "scope": self.scope,
-                    },
+                self.sample(
+                    length, index, seed, prompt, prompt_ids,
+                    answer="\n".join(names), language="python", names=names, num_names=len(names),
+                    files=[file_name(path) for path, _ in parts], code_chars=len(code), scope=self.scope,
                 )
-            )
+            )  # fmt: skip
         return samples
 
     def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
