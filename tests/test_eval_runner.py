@@ -402,3 +402,20 @@ def test_report_a_b_gives_intervals_and_warns_on_other_train_lengths(tmp_path, t
     c = evaluate(other, tokenizer, "m", ["alibi"], ["copy"], ["256"], out=tmp_path / "c", **common)
     assert "**Warning**: A's model was trained at 128 tokens and B's at 64" in compare_runs(a, c)
     assert "share no task, method and length" in compare_runs(a, c)
+
+
+def test_a_run_parses_each_spec_once(tmp_path, tokenizer, model, monkeypatch):
+    """From the method list to attention, a spec is parsed once (``pe.spec_of``): the runner, the
+    method switches per unit, ``with_method``, ``compose`` and ``build`` take the parsed value."""
+    from ropelab import pe
+
+    pe._parsed.cache_clear()
+    parsed = []
+    original = pe.parse_spec
+    monkeypatch.setattr(pe, "parse_spec", lambda text: parsed.append(text) or original(text))
+    methods = ["rope", "yarn:factor=2", "hirope:window=32", "self-extend:window=32,group=4"]
+    evaluate(
+        model, tokenizer, "tiny", methods, ["ppl", "passkey"], ["2x", "3x"], 2, tmp_path / "run", progress=False
+    )
+    assert sorted(parsed) == sorted(set(parsed))  # no text parsed twice
+    assert set(methods) <= set(parsed) and len(parsed) <= len(methods) + 2  # + the model's own spec (and rope)

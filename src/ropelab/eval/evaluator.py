@@ -15,7 +15,7 @@ from ropelab.eval.base import Outputs, Sample, Task
 from ropelab.eval.plan import WINDOW
 from ropelab.hierarchy import align, file_spans, segment_text
 from ropelab.model.generate import stream
-from ropelab.pe import canonical_spec
+from ropelab.pe import Spec, spec_of
 from ropelab.pe.sliding import SlidingWindow
 
 
@@ -82,11 +82,8 @@ class Evaluator:
         if not self.window:
             return task.run(self, sample)
         self._own = self.model.pe
-        self.model.pe = SlidingWindow(self._own, self.train_len)
-        try:
+        with self.model.using(SlidingWindow(self._own, self.train_len)):
             return task.run(self, sample)
-        finally:
-            self.model.pe = self._own
 
     def positions(self, sample: Sample, ids: list[int]) -> tuple[torch.Tensor | None, str | None]:
         pe = self.model.pe
@@ -198,18 +195,15 @@ def window_prefill(model, own, sliding, ids: list[int], cache) -> torch.Tensor:
     fused attention); the rest continue from their cache under ``sliding``, whose far keys are its
     near keys, so the cached keys serve as both sets. ``model.pe`` is left as it was found.
     """
-    found, split = model.pe, sliding.window
+    split = sliding.window
     tensor = _tensor(model, ids)
-    try:
-        model.pe = own
+    with model.using(own):
         head = model.hidden_states(tensor[:, :split], None, cache)[0]
-        cache.share_far_keys()
-        if len(ids) <= split:  # nothing beyond the window: the own method alone
-            return head
-        model.pe = sliding
+    cache.share_far_keys()
+    if len(ids) <= split:  # nothing beyond the window: the own method alone
+        return head
+    with model.using(sliding):
         tail = model.hidden_states(tensor[:, split:], None, cache)[0]
-    finally:
-        model.pe = found
     return torch.cat((head, tail))
 
 
@@ -229,13 +223,14 @@ def _cut(text: str, stops: Iterable[str]) -> str:
     return body if cut < 0 else body[:cut]
 
 
-def use_method(model, own, spec: str) -> None:
+def use_method(model, own, spec: str | Spec) -> None:
     """Give ``model`` the method ``spec``: its own encoding object ``own`` (learned parameters
-    and all) when ``spec`` is the model's own method, else a new one (``with_method``)."""
-    if canonical_spec(spec) == canonical_spec(own.spec):
-        model.pe = own
-        model.config.pe = own.spec
-    elif canonical_spec(model.pe.spec) != canonical_spec(spec):
+    and all) when ``spec`` is the model's own method, else a new one (``with_method``). Encodings'
+    ``spec`` attributes are canonical already, so only ``spec`` is parsed (once: :func:`spec_of`)."""
+    spec = spec_of(spec)
+    if spec.text == own.spec:
+        model.use(own)
+    elif model.pe.spec != spec.text:
         model.with_method(spec)
 
 

@@ -15,7 +15,7 @@ from ropelab.core.lengths import parse_length
 from ropelab.core.log import log
 from ropelab.eval import TASKS, get_task
 from ropelab.eval.base import Sample, Task
-from ropelab.pe import canonical_spec
+from ropelab.pe import spec_of
 
 #: the reference row of every run: the model's own method, limited to the training length
 WINDOW = "window"
@@ -71,7 +71,7 @@ def run_config(
     check_samples(samples)
     if not methods or not tasks:
         raise RopelabError("no " + ("position method" if not methods else "task") + " given; the run would be empty")
-    methods = [canonical_spec(m) for m in methods]  # validates every spec before any work
+    methods = [spec_of(m).text for m in methods]  # parses and validates every spec (once) before any work
     task_objects = [get_task(name) for name in tasks]
     if documents is not None:
         _use_documents(task_objects, documents)

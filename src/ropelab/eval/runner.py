@@ -74,7 +74,6 @@ from ropelab.eval.records import (
     read_results,
 )
 from ropelab.model.device import dtype_name
-from ropelab.pe import canonical_spec
 
 __all__ = [
     "MAX_SAMPLES",
@@ -172,7 +171,7 @@ def evaluate(
     results_path = out / RESULTS
     parts = part_files(out)  # an earlier sharded run's records (any number of processes)
     done = done_keys(results_path).union(*(done_keys(part) for part in parts))
-    own = OwnRecords(results_path, canonical_spec(model.pe.spec), parts)
+    own = OwnRecords(results_path, model.pe.spec, parts)  # an encoding's spec is canonical
     todo = units_to_do(plan.units, done)
     shard.barrier()  # every process has read what is done before any of them writes
     if not shard.enabled:

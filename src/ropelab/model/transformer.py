@@ -36,6 +36,8 @@ float32; losses come from float32 logits.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -238,6 +240,7 @@ class Transformer(nn.Module):
         #: the method the model was built (or trained, or loaded) with: :meth:`with_method` keeps its
         #: frequency scaling (``ropelab.pe.compose``)
         self.native_spec = self.pe.spec
+        self.native = pe_registry.spec_of(self.native_spec)  # parsed once
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor]) -> Transformer:
@@ -307,12 +310,12 @@ class Transformer(nn.Module):
             n_layers=c.n_layers,
         )
 
-    def _build_pe(self, spec: str) -> PositionEncoding:
+    def _build_pe(self, spec: str | pe_registry.Spec) -> PositionEncoding:
         encoding = pe_registry.build(spec, self.pe_context())
         device = self.embed_tokens.weight.device
         return encoding.to(device)
 
-    def with_method(self, spec: str) -> Transformer:
+    def with_method(self, spec: str | pe_registry.Spec) -> Transformer:
         """Switch the position method in place, keeping the weights; returns ``self``.
 
         Methods with learned parameters (learned, KERPLE, FIRE) are freshly initialised when
@@ -325,8 +328,8 @@ class Transformer(nn.Module):
         a spec naming another base replaces it with a log line, a lone transform that would drop it
         is refused.
         """
-        composed, note = pe_registry.compose(self.native_spec, spec)
-        if self.pe.spec == composed:
+        composed, note = pe_registry.compose(self.native, spec)
+        if self.pe.spec == composed.text:
             return self
         said = self.__dict__.setdefault("_notes_said", set())
         if note and note not in said:  # once per model: the runner switches methods often
@@ -335,6 +338,24 @@ class Transformer(nn.Module):
         self.pe = self._build_pe(composed)
         self.config.pe = self.pe.spec
         return self
+
+    def use(self, encoding: PositionEncoding) -> Transformer:
+        """Run ``encoding`` from now on (an encoding object kept elsewhere, e.g. the model's own with
+        its trained parameters); ``config.pe`` follows. Returns ``self``."""
+        self.pe = encoding
+        self.config.pe = encoding.spec
+        return self
+
+    @contextmanager
+    def using(self, encoding: PositionEncoding) -> Iterator[Transformer]:
+        """Run ``encoding`` inside the block only (the sliding-window reference of an evaluation),
+        the encoding before it again afterwards; ``config.pe`` is not touched."""
+        found = self.pe
+        self.pe = encoding
+        try:
+            yield self
+        finally:
+            self.pe = found
 
     @property
     def device(self) -> torch.device:

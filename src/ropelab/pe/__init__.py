@@ -16,6 +16,7 @@ ever talks to that interface. ``methods()`` lists every registered method.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ropelab.core.errors import SpecError
 from ropelab.pe import alibi, fire, hirope, hope, kerple, learned, nope, rerope, rope, scaling, self_extend, yarn
@@ -39,6 +40,7 @@ __all__ = [
     "PositionEncoding",
     "RotaryEncoding",
     "Rotation",
+    "Spec",
     "apply_rotary",
     "build",
     "compose",
@@ -46,6 +48,7 @@ __all__ = [
     "get_method",
     "methods",
     "parse_spec",
+    "spec_of",
     "split_specs",
 ]
 
@@ -151,9 +154,49 @@ def parse_spec(spec: str) -> list[SpecPart]:
     return parts
 
 
-def canonical_spec(spec: str) -> str:
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """A method spec parsed and validated once (:func:`spec_of`): its parts, its canonical text and
+    whether a lone transform was written (``yarn:factor=2``, read as ``rope+yarn``). Everything that
+    takes a spec -- :func:`build`, :func:`compose`, ``Transformer.with_method``, the runner -- takes
+    this value or its text, so a spec given at the command line is parsed once on its way to the
+    attention."""
+
+    parts: tuple[SpecPart, ...]
+    text: str
+    lone_transform: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __eq__(self, other) -> bool:  # equal to another Spec, or to its canonical text
+        return (other.text if isinstance(other, Spec) else other) == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def spec_of(spec: str | Spec) -> Spec:
+    """``spec`` as a :class:`Spec`: parsed and validated here when it is text (one
+    :class:`~ropelab.core.errors.SpecError` for a bad one), returned as it is when it is one."""
+    if isinstance(spec, Spec):
+        return spec
+    if not isinstance(spec, str):
+        parse_spec(spec)  # the one error for a value that is not text
+    return _parsed(spec)
+
+
+@lru_cache(maxsize=1024)
+def _parsed(spec: str) -> Spec:
+    """Each spec text is parsed once per process (a run switches methods per unit: no re-parsing)."""
+    parts = parse_spec(spec)
+    lone = parts[0].info.name == "rope" and spec.strip().split("+")[0].split(":")[0].strip().lower() in TRANSFORMS
+    return Spec(tuple(parts), "+".join(part.canonical() for part in parts), lone)
+
+
+def canonical_spec(spec: str | Spec) -> str:
     """The spec with defaults dropped and names normalised (``rope+yarn:factor=2`` -> same)."""
-    return "+".join(part.canonical() for part in parse_spec(spec))
+    return spec_of(spec).text
 
 
 def split_specs(text: str) -> list[str]:
@@ -194,11 +237,11 @@ def split_specs(text: str) -> list[str]:
     return specs
 
 
-def build(spec: str, ctx: PEContext) -> PositionEncoding:
-    """Build the encoding named by ``spec`` for a model described by ``ctx``."""
-    parts = parse_spec(spec)
+def build(spec: str | Spec, ctx: PEContext) -> PositionEncoding:
+    """Build the encoding named by ``spec`` (text or a parsed :class:`Spec`) for a model described by ``ctx``."""
+    spec = spec_of(spec)
+    parts, canonical = spec.parts, spec.text
     base = parts[0]
-    canonical = "+".join(part.canonical() for part in parts)
     if base.info.kind == "rotary":
         plan = base.info.factory(ctx, **base.params)
         transforms = [part.info.factory(**part.params) for part in parts[1:]]
@@ -211,7 +254,7 @@ def build(spec: str, ctx: PEContext) -> PositionEncoding:
     return encoding
 
 
-def compose(native: str, requested: str) -> tuple[str, str | None]:
+def compose(native: str | Spec, requested: str | Spec) -> tuple[Spec, str | None]:
     """The spec to run when ``requested`` is applied to a model whose own method is ``native``,
     and a note saying what happened (None: nothing to say). A model's own frequency scaling (its
     rope type, e.g. ``rope+llama3:factor=8``) is never dropped silently:
@@ -224,21 +267,23 @@ def compose(native: str, requested: str) -> tuple[str, str | None]:
     * a lone transform (``yarn:factor=2``, which means ``rope+yarn``) on a model with its own
       scaling is refused: it would replace that scaling without saying so.
     """
-    own, wanted = parse_spec(native), parse_spec(requested)
-    own_text = "+".join(part.canonical() for part in own)
-    wanted_text = "+".join(part.canonical() for part in wanted)
+    native, requested = spec_of(native), spec_of(requested)
+    own, wanted = native.parts, requested.parts
+    own_text, wanted_text = native.text, requested.text
     scaling = own[1:]
     if not scaling or wanted_text == own_text or own[0].info.kind != "rotary":
-        return wanted_text, None
+        return requested, None
     scaling_text = "+".join(part.canonical() for part in scaling)
     extra = wanted[1:]
     if not extra and wanted[0].info.kind == "window":
-        return f"{wanted[0].canonical()}+{scaling_text}", f"{wanted_text} runs over the model's own {scaling_text}"
+        composed = spec_of(f"{wanted[0].canonical()}+{scaling_text}")  # validated: a windowed base, static scaling
+        return composed, f"{wanted_text} runs over the model's own {scaling_text}"
     if [p.canonical() for p in extra[: len(scaling)]] == [p.canonical() for p in scaling]:
-        return wanted_text, None
-    if requested.strip().split("+")[0].split(":")[0].strip().lower() in TRANSFORMS:
+        return requested, None
+    if requested.lone_transform:
+        written = "+".join(part.canonical() for part in wanted[1:])
         raise SpecError(
-            f"{requested.strip()} would replace the model's own {scaling_text} ({own_text}); write "
-            f"{own_text}+{requested.strip()} to compose, or {wanted_text} to replace it"
+            f"{written} would replace the model's own {scaling_text} ({own_text}); write "
+            f"{own_text}+{written} to compose, or {wanted_text} to replace it"
         )
-    return wanted_text, f"{wanted_text} replaces the model's own {own_text}"
+    return requested, f"{wanted_text} replaces the model's own {own_text}"
