@@ -21,6 +21,7 @@ MODULES = (
     "bench.window_sinks",
     "bench.hirope_sweep",
     "bench.context_study",
+    "bench.ruler",
     "bench.gpu_check",
     "bench.render",
     "bench.import_run",

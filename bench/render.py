@@ -18,7 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench import context_study, hirope_sweep
+from bench import context_study, hirope_sweep, ruler
 
 NAME = "render"
 DESCRIPTION = "render docs/results.md from bench/results/*.json (no measuring)"
@@ -401,6 +401,10 @@ def section_sweep() -> list[str]:
     return hirope_sweep.section(load(hirope_sweep.OUT.name), _machine)
 
 
+def section_ruler() -> list[str]:
+    return ruler.section(load(ruler.OUT.name), _machine)
+
+
 def _embedded_report(data: dict) -> list[str]:
     """A run's report.md with its title dropped, headings one level down and plots under results/."""
     body = data["report_md"].splitlines()
@@ -496,6 +500,7 @@ def render() -> str:
         section_shortllm,
         section_study,
         section_sweep,
+        section_ruler,
     ):
         lines += section()
     return "\n".join(lines).rstrip() + "\n"

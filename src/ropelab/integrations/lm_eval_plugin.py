@@ -133,12 +133,30 @@ if __name__ != "__main__":
 
 def main(argv: list[str] | None = None) -> None:
     """``ropelab-lm-eval ARGS``: lm-eval's command line (``lm_eval ARGS``) with the ``ropelab``
-    model registered."""
-    from lm_eval.__main__ import cli_evaluate
-
+    model registered; a ``run`` of RULER tasks on it gets the model's tokenizer, lengths such as
+    ``1x,2x`` and a ``max_length`` that holds them (:mod:`ropelab.integrations.lm_eval_ruler`)."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    try:
+        from lm_eval._cli import HarnessCLI
+        from lm_eval.utils import setup_logging
+    except ImportError:  # an older lm-eval, without lm_eval._cli: its command line as it is
+        from lm_eval.__main__ import cli_evaluate
+
+        cli_evaluate()
+        return
+    from ropelab.integrations.lm_eval_ruler import prepare_command_line
+
+    setup_logging()  # what lm_eval.__main__.cli_evaluate does, with the RULER step between parse and run
+    parser = HarnessCLI()
+    args = parser.parse_args()
+    if getattr(args, "command", None) == "run":
+        try:
+            prepare_command_line(args)
+        except RopelabError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+    parser.execute(args)
 
 
 if __name__ == "__main__":  # python -m ropelab.integrations.lm_eval_plugin: register through the real module
