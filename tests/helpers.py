@@ -9,7 +9,9 @@ imported inside the functions that need it, so a module can still ``pytest.impor
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -360,3 +362,166 @@ def tiny_family_model(model_type: str, seed: int = 0, **config):
     model = getattr(transformers, model_name)(getattr(transformers, config_name)(**fields))
     randomise(model, seed)
     return model.eval()
+
+
+# -- files for bad-input tests: a tiny GGUF, an HF config, a result record, a resumable checkpoint ---------
+
+
+GOOD_HF = {
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+
+
+@functools.cache
+def bpe_backend() -> Backend:
+    """A byte-level BPE with ``<s>`` (0) and ``</s>`` (1), as a GGUF's ``gpt2`` tokenizer holds it
+    (trained once; read-only)."""
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        special_tokens=["<s>", "</s>"],
+    )
+    backend.train_from_iterator(["def f(x):\n    return x\n" * 20, "hello world " * 30], trainer)
+    return backend
+
+
+GGUF_META = {
+    "block_count": 1,
+    "context_length": 64,
+    "embedding_length": 32,
+    "feed_forward_length": 64,
+    "attention.head_count": 4,
+    "attention.head_count_kv": 2,
+    "rope.freq_base": 10000.0,
+    "attention.layer_norm_rms_epsilon": 1e-5,
+}
+
+
+def add_gguf_value(writer, key: str, value) -> None:
+    """Write one metadata value with the GGUF type its Python type suggests (fuzzing writes the
+    wrong types on purpose)."""
+    import gguf
+
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        if value < 0:
+            writer.add_int64(key, max(value, -(2**63)))
+        else:
+            writer.add_uint64(key, min(value, 2**64 - 1))
+    elif isinstance(value, float):
+        writer.add_float64(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, list):
+        writer.add_array(key, value)
+    else:
+        raise TypeError(type(value))
+    del gguf
+
+
+def write_tiny_gguf(path: Path, *, meta: dict | None = None, drop=(), arch: str = "llama", tokenizer: bool = True):
+    """A llama.cpp-style GGUF of a random one-layer ropelab model: F32 tensors, Q/K permuted,
+    with a ``gpt2`` (byte-level BPE) tokenizer unless ``tokenizer=False``. ``meta`` replaces
+    metadata values (keys without the ``llama.`` prefix; ``general.*`` / ``tokenizer.*`` keys as
+    they are), ``drop`` leaves keys out. Returns the BPE backend the tokenizer was made from."""
+    import gguf
+
+    from ropelab import ModelConfig, Transformer
+
+    backend = bpe_backend()
+    data = json.loads(backend.to_str())
+    vocab = data["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]]
+    torch.manual_seed(0)
+    m = GGUF_META
+    config = ModelConfig(
+        vocab_size=len(tokens),
+        dim=m["embedding_length"],
+        n_layers=m["block_count"],
+        n_heads=m["attention.head_count"],
+        n_kv_heads=m["attention.head_count_kv"],
+        hidden_dim=m["feed_forward_length"],
+        train_len=m["context_length"],
+    )
+    model = Transformer(config)
+    writer = gguf.GGUFWriter(str(path), arch)
+    values = {**{f"{arch}.{k}": v for k, v in GGUF_META.items()}}
+    if tokenizer:
+        values.update(
+            {
+                "tokenizer.ggml.model": "gpt2",
+                "tokenizer.ggml.pre": "default",
+                "tokenizer.ggml.tokens": tokens,
+                "tokenizer.ggml.token_type": [1] * len(tokens),
+                "tokenizer.ggml.merges": merges,
+                "tokenizer.ggml.bos_token_id": vocab["<s>"],
+                "tokenizer.ggml.eos_token_id": vocab["</s>"],
+            }
+        )
+    for key, value in (meta or {}).items():
+        values[key if key.startswith(("general.", "tokenizer.")) else f"{arch}.{key}"] = value
+    for key in drop:
+        values.pop(key if key.startswith(("general.", "tokenizer.")) else f"{arch}.{key}", None)
+    for key, value in values.items():
+        if value is None:  # GGUF has no null: the key is left out
+            continue
+        if key == "tokenizer.ggml.token_type":
+            writer.add_token_types(value)
+        else:
+            add_gguf_value(writer, key, value)
+    weights = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for target, array in gguf_tensors(weights, config.n_heads, config.n_kv_heads):
+        writer.add_tensor(target, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return backend
+
+
+GOOD_RECORD = {"task": "ppl", "method": "rope", "length": 256, "index": 0, "metrics": {"loss": 2.0}, "seconds": 0.1}
+
+
+def write_resumable_checkpoint(root: Path) -> Path:
+    """A training checkpoint with resume files (``ropelab.train.state.write_checkpoint``)."""
+    from ropelab import ModelConfig, Transformer
+    from ropelab.train import state
+
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=50))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    optimizer.step()
+    return state.write_checkpoint(root, 1, model, optimizer, [], {"step": 1, "tokens": 4, "elapsed_s": 1.0}, {})
+
+
+#: every method name that is its own canonical spec
+CANONICAL = [
+    "rope",
+    "hope",
+    "hope-ab1",
+    "hope-ab2",
+    "hope-ab3",
+    "nope",
+    "learned",
+    "alibi",
+    "kerple-log",
+    "kerple-power",
+    "fire",
+    "pi",
+    "ntk",
+    "dynamic-ntk",
+    "yarn",
+]

@@ -5,7 +5,6 @@ clear line")."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -22,7 +21,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from ropelab.core.errors import CheckpointError, RopelabError
 from ropelab.hierarchy import extract
 from ropelab.pretrained.tokenizer import Tokenizer, without_surrogates
-from tests.helpers import gguf_tensors
+from tests.helpers import GOOD_HF, GOOD_RECORD, write_resumable_checkpoint, write_tiny_gguf
 
 NESTED_JS = "function a(){ "
 
@@ -142,16 +141,6 @@ def test_a_corrupt_run_directory_is_one_error_line(tmp_path, capsys):
 
 
 # -- model metadata is validated before it is trusted -------------------------------------------
-GOOD_HF = {
-    "model_type": "llama",
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-}
 
 
 @pytest.mark.parametrize(
@@ -193,118 +182,7 @@ def test_a_bad_hf_config_is_one_error_before_anything_is_built(tmp_path, change,
 # wheels' checksums, and latest.json. Helpers shared with tests/test_fuzz_metadata.py come first.
 
 
-@functools.cache
-def bpe_backend() -> Backend:
-    """A byte-level BPE with ``<s>`` (0) and ``</s>`` (1), as a GGUF's ``gpt2`` tokenizer holds it
-    (trained once; read-only)."""
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-        special_tokens=["<s>", "</s>"],
-    )
-    backend.train_from_iterator(["def f(x):\n    return x\n" * 20, "hello world " * 30], trainer)
-    return backend
-
-
 #: the metadata :func:`write_tiny_gguf` writes (``llama.`` keys without the prefix)
-GGUF_META = {
-    "block_count": 1,
-    "context_length": 64,
-    "embedding_length": 32,
-    "feed_forward_length": 64,
-    "attention.head_count": 4,
-    "attention.head_count_kv": 2,
-    "rope.freq_base": 10000.0,
-    "attention.layer_norm_rms_epsilon": 1e-5,
-}
-
-
-def _add_value(writer, key: str, value) -> None:
-    """Write one metadata value with the GGUF type its Python type suggests (fuzzing writes the
-    wrong types on purpose)."""
-    import gguf
-
-    if isinstance(value, bool):
-        writer.add_bool(key, value)
-    elif isinstance(value, int):
-        if value < 0:
-            writer.add_int64(key, max(value, -(2**63)))
-        else:
-            writer.add_uint64(key, min(value, 2**64 - 1))
-    elif isinstance(value, float):
-        writer.add_float64(key, value)
-    elif isinstance(value, str):
-        writer.add_string(key, value)
-    elif isinstance(value, list):
-        writer.add_array(key, value)
-    else:
-        raise TypeError(type(value))
-    del gguf
-
-
-def write_tiny_gguf(path: Path, *, meta: dict | None = None, drop=(), arch: str = "llama", tokenizer: bool = True):
-    """A llama.cpp-style GGUF of a random one-layer ropelab model: F32 tensors, Q/K permuted,
-    with a ``gpt2`` (byte-level BPE) tokenizer unless ``tokenizer=False``. ``meta`` replaces
-    metadata values (keys without the ``llama.`` prefix; ``general.*`` / ``tokenizer.*`` keys as
-    they are), ``drop`` leaves keys out. Returns the BPE backend the tokenizer was made from."""
-    import gguf
-
-    from ropelab import ModelConfig, Transformer
-
-    backend = bpe_backend()
-    data = json.loads(backend.to_str())
-    vocab = data["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]]
-    torch.manual_seed(0)
-    m = GGUF_META
-    config = ModelConfig(
-        vocab_size=len(tokens),
-        dim=m["embedding_length"],
-        n_layers=m["block_count"],
-        n_heads=m["attention.head_count"],
-        n_kv_heads=m["attention.head_count_kv"],
-        hidden_dim=m["feed_forward_length"],
-        train_len=m["context_length"],
-    )
-    model = Transformer(config)
-    writer = gguf.GGUFWriter(str(path), arch)
-    values = {**{f"{arch}.{k}": v for k, v in GGUF_META.items()}}
-    if tokenizer:
-        values.update(
-            {
-                "tokenizer.ggml.model": "gpt2",
-                "tokenizer.ggml.pre": "default",
-                "tokenizer.ggml.tokens": tokens,
-                "tokenizer.ggml.token_type": [1] * len(tokens),
-                "tokenizer.ggml.merges": merges,
-                "tokenizer.ggml.bos_token_id": vocab["<s>"],
-                "tokenizer.ggml.eos_token_id": vocab["</s>"],
-            }
-        )
-    for key, value in (meta or {}).items():
-        values[key if key.startswith(("general.", "tokenizer.")) else f"{arch}.{key}"] = value
-    for key in drop:
-        values.pop(key if key.startswith(("general.", "tokenizer.")) else f"{arch}.{key}", None)
-    for key, value in values.items():
-        if value is None:  # GGUF has no null: the key is left out
-            continue
-        if key == "tokenizer.ggml.token_type":
-            writer.add_token_types(value)
-        else:
-            _add_value(writer, key, value)
-    weights = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    for target, array in gguf_tensors(weights, config.n_heads, config.n_kv_heads):
-        writer.add_tensor(target, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return backend
 
 
 @pytest.fixture
@@ -329,7 +207,6 @@ RUN_CONFIG = {
     "samples": 1,
     "seed": 0,
 }
-GOOD_RECORD = {"task": "ppl", "method": "rope", "length": 256, "index": 0, "metrics": {"loss": 2.0}, "seconds": 0.1}
 BAD_RESULT_LINES = [
     ("123", "expected a record"),
     ("[]", "expected a record"),
@@ -345,10 +222,14 @@ BAD_RESULT_LINES = [
     (json.dumps({**GOOD_RECORD, "metrics": [1.0]}), "metrics must be an object of numbers"),
     (json.dumps({**GOOD_RECORD, "metrics": {"loss": "low"}}), "metrics must be an object of numbers"),
     (json.dumps({**GOOD_RECORD, "seconds": None}), "seconds must be a number"),
-    (json.dumps({"document": "py:email", "seed": 0, "method": "rope", "language": "python", "blocks": "x"}),
-     "blocks must be"),
-    (json.dumps({"document": 0, "seed": 0, "method": "rope", "language": "python", "blocks": []}),
-     "document must be a project name"),
+    (
+        json.dumps({"document": "py:email", "seed": 0, "method": "rope", "language": "python", "blocks": "x"}),
+        "blocks must be",
+    ),
+    (
+        json.dumps({"document": 0, "seed": 0, "method": "rope", "language": "python", "blocks": []}),
+        "document must be a project name",
+    ),
     ("{broken", "not valid JSON"),
     ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
     ('{"task": ' + "1" * 5000 + "}", "not valid JSON"),
@@ -395,7 +276,14 @@ def test_a_half_written_last_line_is_skipped_and_cut_on_resume(tmp_path):
     with pytest.raises(RopelabError, match=r"results\.jsonl:2: not valid JSON"):
         read_results(results)
     # the experiment runners' records (hirope) are records too; an index is optional for reading
-    document = {"method": "rope", "seed": 0, "language": "python", "document": "py:email", "blocks": [1.0], "seconds": 1}
+    document = {
+        "method": "rope",
+        "seed": 0,
+        "language": "python",
+        "document": "py:email",
+        "blocks": [1.0],
+        "seconds": 1,
+    }
     results.write_text(json.dumps(document) + "\n" + json.dumps({**GOOD_RECORD, "index": None} | {"index": 0}) + "\n")
     assert len(read_results(results)) == 2
     results.write_text(json.dumps({k: v for k, v in GOOD_RECORD.items() if k != "index"}) + "\n")
@@ -526,18 +414,6 @@ def test_the_memory_estimate_names_the_limit(monkeypatch):
     ModelConfig(vocab_size=32000, dim=1024, n_layers=24, n_heads=16)
 
 
-def _write_resumable(root: Path) -> Path:
-    """A training checkpoint with resume files (``ropelab.train.state.write_checkpoint``)."""
-    from ropelab import ModelConfig, Transformer
-    from ropelab.train import state
-
-    model = Transformer(ModelConfig.from_name("tiny", vocab_size=50))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
-    optimizer.step()
-    return state.write_checkpoint(root, 1, model, optimizer, [], {"step": 1, "tokens": 4, "elapsed_s": 1.0}, {})
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -555,7 +431,7 @@ def _write_resumable(root: Path) -> Path:
 def test_a_bad_trainer_state_is_one_error(tmp_path, change, message):
     from ropelab.train import state
 
-    directory = _write_resumable(tmp_path / "checkpoints")
+    directory = write_resumable_checkpoint(tmp_path / "checkpoints")
     path = directory / state.STATE
     if isinstance(change, str):
         path.write_text(change)
@@ -571,7 +447,7 @@ def test_a_bad_optimizer_setting_or_moment_is_one_error(tmp_path):
     from ropelab import ModelConfig, Transformer
     from ropelab.train import state
 
-    directory = _write_resumable(tmp_path / "checkpoints")
+    directory = write_resumable_checkpoint(tmp_path / "checkpoints")
     trainer_state, tensors, _ = state.read_resume_state(directory)
     model = Transformer(ModelConfig.from_name("tiny", vocab_size=50))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -608,8 +484,8 @@ def test_latest_json_naming_a_place_outside_the_run_is_not_followed(tmp_path, po
     from ropelab.train.state import latest_checkpoint
 
     run = tmp_path / "run" / "checkpoints"
-    _write_resumable(run)
-    outside = _write_resumable(tmp_path / "elsewhere")
+    write_resumable_checkpoint(run)
+    outside = write_resumable_checkpoint(tmp_path / "elsewhere")
     (run / "step-000009").symlink_to(outside, target_is_directory=True)
     text = json.dumps(pointer).replace("{outside}", str(tmp_path / "elsewhere"))
     (run / LATEST).write_text(text)
@@ -626,7 +502,7 @@ def test_a_corrupt_latest_json_names_the_checkpoint_to_resume_from(tmp_path):
     from ropelab.train.state import latest_checkpoint
 
     run = tmp_path / "checkpoints"
-    first = _write_resumable(run)
+    first = write_resumable_checkpoint(run)
     (run / LATEST).write_text("{broken")
     with pytest.raises(CheckpointError) as caught:
         latest_checkpoint(run)

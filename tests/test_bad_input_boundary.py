@@ -12,7 +12,7 @@ import pytest
 from ropelab.cli import main
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
-from tests.test_bad_input import write_tiny_gguf
+from tests.helpers import write_tiny_gguf
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -104,11 +104,32 @@ def test_missing_directory(tmp_path):
         load_checkpoint(tmp_path / "nope")
 
 
-def test_loading_never_unpickles(saved):
-    """The weights file is safetensors: its header is JSON, and nothing else is read."""
-    raw = (saved / WEIGHTS).read_bytes()
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + header_len])
+def test_loading_never_unpickles(saved, tmp_path, monkeypatch):
+    """Loading never runs pickle: with every unpickling entry point made to fail, a checkpoint and a
+    training run's resume state load, and a pickle put where the weights belong is refused as damaged
+    (it is never unpickled). The weights file is safetensors: a JSON header, then raw tensors."""
+    import pickle
+
+    from ropelab.train import state
+
+    bomb = tmp_path / "bomb.pt"
+    torch.save({"weights": torch.zeros(2)}, bomb)  # what an unpickling loader would happily read
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint was unpickled")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, refuse)
+    load_checkpoint(saved)
+    from tests.helpers import write_resumable_checkpoint
+
+    directory = write_resumable_checkpoint(tmp_path / "run" / "checkpoints")
+    state.read_resume_state(directory)
+    (saved / WEIGHTS).write_bytes(bomb.read_bytes())
+    with pytest.raises(CheckpointError):
+        load_checkpoint(saved)
+    raw = (directory / WEIGHTS).read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert header["__metadata__"] == {"format": "pt"}
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ropelab.cli import main
-from tests.test_spec import CANONICAL
+from tests.helpers import CANONICAL
 
 
 def run(capsys, *argv):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import pytest
 
 from ropelab.core.errors import RopelabError
-from tests.test_bad_input import GGUF_META, GOOD_HF, GOOD_RECORD, write_tiny_gguf
+from tests.helpers import GGUF_META, GOOD_HF, GOOD_RECORD, write_tiny_gguf
 
 #: cases over all targets (CI: a few hundred; set ROPELAB_FUZZ_CASES for more)
 CASES = int(os.environ.get("ROPELAB_FUZZ_CASES", "400"))
@@ -293,7 +293,7 @@ def test_fuzz_results_lines(tmp_path):
 def test_fuzz_latest_and_trainer_state(tmp_path):
     from ropelab.model.checkpoint import LATEST, find_latest_checkpoint
     from ropelab.train import state
-    from tests.test_bad_input import _write_resumable
+    from tests.helpers import write_resumable_checkpoint as _write_resumable
 
     root = tmp_path / "checkpoints"
     directory = _write_resumable(root)
@@ -329,7 +329,7 @@ def test_fuzz_latest_and_trainer_state(tmp_path):
 def test_fuzz_source_text():
     from ropelab.hierarchy import extract
     from ropelab.pretrained.tokenizer import Tokenizer
-    from tests.test_bad_input import bpe_backend
+    from tests.helpers import bpe_backend
 
     tokenizer = Tokenizer(bpe_backend(), name="fuzz-bpe")
     pieces = ["def f(x):\n", "    return x\n", "class A:\n", "{", "}", "(", ")", "\ud800", "\udfff", "\x00", "\r\n"]

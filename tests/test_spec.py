@@ -7,24 +7,7 @@ import pytest
 from ropelab import pe
 from ropelab.core.errors import SpecError
 from ropelab.pe import canonical_spec, parse_spec
-
-CANONICAL = [
-    "rope",
-    "hope",
-    "hope-ab1",
-    "hope-ab2",
-    "hope-ab3",
-    "nope",
-    "learned",
-    "alibi",
-    "kerple-log",
-    "kerple-power",
-    "fire",
-    "pi",
-    "ntk",
-    "dynamic-ntk",
-    "yarn",
-]
+from tests.helpers import CANONICAL
 
 
 def test_every_canonical_name_is_registered():

@@ -3,8 +3,9 @@
     ropelab compare                      the main job (SmolLM2-135M, long-context use, three projects)
     ropelab eval | report                :mod:`ropelab.cli.evaluate`
     ropelab train | experiment           :mod:`ropelab.cli.train`
-    ropelab analyze                      :mod:`ropelab.cli.analyse`
-    ropelab methods | describe | models | generate | positions | task-sample   :mod:`ropelab.cli.info`
+    ropelab analyze                      :mod:`ropelab.cli.analyze`
+    ropelab generate                     :mod:`ropelab.cli.generate`
+    ropelab methods | describe | models | positions | task-sample   :mod:`ropelab.cli.info`
 
 Bad input (an unknown method, a bad parameter, a length out of range) prints one ``error:`` line
 and exits with status 2; no traceback. Only optional heavy libraries (transformers, lm-eval,
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ropelab.cli import analyse, evaluate, export, info, train
+from ropelab.cli import analyze, evaluate, export, generate, info, train
 from ropelab.cli.common import check_model
 from ropelab.core.errors import RopelabError
 from ropelab.core.version import __version__
@@ -58,8 +59,8 @@ COMMANDS = (
     Command(
         name="generate",
         help="stream a continuation of a prompt",
-        options=info.generate_options,
-        run=info.cmd_generate,
+        options=generate.generate_options,
+        run=generate.cmd_generate,
     ),
     Command(
         name="positions",
@@ -106,9 +107,9 @@ COMMANDS = (
     Command(
         name="analyze",
         help="attention pattern, RoPE component VAF, extrapolation OOD and hierarchy analyses (HoPE paper, Sec. 3)",
-        description=analyse.DESCRIPTION,
-        options=analyse.analyze_options,
-        run=analyse.cmd_analyze,
+        description=analyze.DESCRIPTION,
+        options=analyze.analyze_options,
+        run=analyze.cmd_analyze,
     ),
     Command(
         name="export",

@@ -86,3 +86,20 @@ def device_options(p: argparse.ArgumentParser, dtype: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="where the model runs: " + DEVICE_HELP)
     if dtype:
         p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+
+
+def read_text_file(path: str, max_bytes: int | None = None) -> str:
+    """The text of ``path`` (undecodable bytes replaced, with a warning); more than ``max_bytes``
+    bytes is one :class:`RopelabError`, found without reading the rest of the file."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    except OSError as error:
+        raise RopelabError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise RopelabError(f"{path}: more than {max_bytes} bytes, too long a prompt (see --max-prompt-tokens)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        print(f"warning: {path} is not valid UTF-8; undecodable bytes were replaced", file=sys.stderr)
+        return data.decode("utf-8", errors="replace")

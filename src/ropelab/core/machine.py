@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 
 
+@cache
 def physical_memory() -> int | None:
-    """The machine's RAM in bytes (``SC_PHYS_PAGES * SC_PAGE_SIZE``), or None where unknown."""
+    """The machine's RAM in bytes (``SC_PHYS_PAGES * SC_PAGE_SIZE``), or None where unknown; asked
+    once per process (a model config checks its size against it at every construction)."""
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):

@@ -53,7 +53,7 @@ class Evaluator:
         self.model = model
         self.tokenizer = tokenizer
         self.method = method
-        self.window = method == WINDOW
+        self.is_reference = method == WINDOW  # the window reference row, not a method of its own
         self.train_len = model.config.train_len
         self._last: tuple[list[int], torch.Tensor] | None = None  # (input ids, hidden [T, D]) of the last pass
         self._last_losses: torch.Tensor | None = None  # its next-token losses [T - 1], once asked for
@@ -72,14 +72,14 @@ class Evaluator:
         from their cache with the window.
         """
         model = self.model
-        if not self.window or len(ids) <= self.train_len:
+        if not self.is_reference or len(ids) <= self.train_len:
             return model.hidden_states(_tensor(model, ids), positions, cache)[0]
         return window_prefill(model, self._own, model.pe, ids, cache if cache is not None else model.new_cache())
 
     @torch.no_grad()
     def session(self, task: Task, sample: Sample) -> dict:
         """Run a ``session`` task (it drives the model itself through :meth:`prefill`)."""
-        if not self.window:
+        if not self.is_reference:
             return task.run(self, sample)
         self._own = self.model.pe
         with self.model.using(SlidingWindow(self._own, self.train_len)):
@@ -88,7 +88,7 @@ class Evaluator:
     def positions(self, sample: Sample, ids: list[int]) -> tuple[torch.Tensor | None, str | None]:
         pe = self.model.pe
         granularity = getattr(pe, "granularity", "function")
-        if self.window or not pe.uses_hierarchy or not sample.language or granularity == "chunk":
+        if self.is_reference or not pe.uses_hierarchy or not sample.language or granularity == "chunk":
             return None, None  # no positions: a hierarchical encoding falls back to fixed chunks
         return hierarchy_positions(sample, ids, self.tokenizer, pe.levels, granularity)
 
@@ -100,7 +100,7 @@ class Evaluator:
         pass for all of them (causal model, angles independent of the input length)."""
         if not self._prefixes_shared():
             return None
-        limit = self.train_len if self.window else None
+        limit = self.train_len if self.is_reference else None
         fitting = [
             s
             for s in related
@@ -132,7 +132,7 @@ class Evaluator:
         if task.mode == "loss":
             if len(ids) != sample.length:
                 info["input_tokens"] = len(ids)
-            if self.window and len(ids) > self.train_len:
+            if self.is_reference and len(ids) > self.train_len:
                 ids = ids[-self.train_len :]
                 info["context"] = len(ids)
             source = self._shared_source(ids, related)
@@ -146,7 +146,7 @@ class Evaluator:
             return Outputs(losses=self._last_losses[: len(ids) - 1].tolist()), info
         if task.mode == "teacher_forced":
             answer = list(sample.answer_ids)
-            if self.window and self.truncates(task, sample):
+            if self.is_reference and self.truncates(task, sample):
                 ids = ids[-(self.train_len - len(answer)) :]
                 info["context"] = len(ids)
             hidden = self._hidden(sample, ids + answer, info)[len(ids) - 1 : -1]
@@ -155,7 +155,7 @@ class Evaluator:
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
             return Outputs(answer_losses=losses.tolist(), answer_argmax=logits.argmax(-1).tolist()), info
         if task.mode == "generate":
-            if self.window and self.truncates(task, sample):
+            if self.is_reference and self.truncates(task, sample):
                 ids = ids[-(self.train_len - task.max_new_tokens) :]
                 info["context"] = len(ids)
             positions, note = self.positions(sample, ids)

@@ -79,9 +79,13 @@ class TrainConfig:
     threads: int | None = None
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp" (the same update; checkpoints are the same files)
 
-    def validate(self) -> None:
-
+    def __post_init__(self) -> None:
+        # the spec in its canonical form from the start (a bad one is one SpecError here), so
+        # validate() only checks and two configs of the same run compare equal
         self.pe = canonical_spec(self.pe)
+
+    def validate(self) -> None:
+        """Check every setting (one :class:`RopelabError` naming the first bad one); changes nothing."""
         if self.model_config not in CONFIGS:
             raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
         if (self.steps is None) == (self.minutes is None):
