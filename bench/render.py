@@ -59,6 +59,25 @@ def _missing(command: str) -> list[str]:
     return [f"*Not measured yet.* Run `{command}`.", ""]
 
 
+def _section(title: str, name: str, command: str, measured=bool) -> tuple[list[str], dict | None]:
+    """A section's heading and its data from ``bench/results/<name>``; without the data (or when
+    ``measured(data)`` is false) the heading and how to measure it, and None."""
+    lines = [f"## {title}", ""]
+    data = load(name)
+    if not data or not measured(data):
+        return lines + _missing(command), None
+    return lines, data
+
+
+def _table_head(columns: list[str], align: str) -> list[str]:
+    """A markdown table's header and separator; ``align``: one letter per column, ``r`` right, ``l`` left."""
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+
+
+def _footer(data: dict, command: str) -> list[str]:
+    return ["", f"Machine: {_machine(data)}. Regenerate: `{command}`.", ""]
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -164,10 +183,12 @@ def section_pe_speed() -> list[str]:
 
 
 def section_hf_speed() -> list[str]:
-    lines = ["## 2. ropelab vs Hugging Face transformers on the same SmolLM2-135M weights", ""]
-    data = load("hf_speed.json")
-    if not data:
-        return lines + _missing("python -m bench hf-speed")
+    command = "python -m bench hf-speed"
+    lines, data = _section(
+        "2. ropelab vs Hugging Face transformers on the same SmolLM2-135M weights", "hf_speed.json", command
+    )
+    if data is None:
+        return lines
     lines += [
         "Prefill of real stdlib code with a KV cache (last-position logits), then 32 greedy decode steps; "
         "each implementation in its own process; peak memory = growth of the resident set during "
@@ -177,9 +198,21 @@ def section_hf_speed() -> list[str]:
         "KV cache writes each token in place, transformers' default cache concatenates (copies) the whole "
         "cache at every step, which is what grows with length.",
         "",
-        "| tokens | ropelab prefill s | transformers prefill s | prefill speed-up | ropelab decode tok/s "
-        "| transformers decode tok/s | ropelab MB | transformers MB | max logit diff | same tokens |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        *_table_head(
+            [
+                "tokens",
+                "ropelab prefill s",
+                "transformers prefill s",
+                "prefill speed-up",
+                "ropelab decode tok/s",
+                "transformers decode tok/s",
+                "ropelab MB",
+                "transformers MB",
+                "max logit diff",
+                "same tokens",
+            ],
+            "rrrrrrrrrl",
+        ),
     ]
     by = {(r["impl"], r["length"]): r for r in data["results"]}
     for c in data["comparisons"]:
@@ -190,8 +223,7 @@ def section_hf_speed() -> list[str]:
             f"| {ours['peak_memory_mb']:.0f} | {theirs['peak_memory_mb']:.0f} | {c['max_logit_diff']:.1e} "
             f"| {'yes' if c['same_tokens'] else 'NO'} |"
         )
-    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench hf-speed`.", ""]
-    return lines
+    return lines + _footer(data, command)
 
 
 def _bucket_table(data: dict) -> list[str]:
@@ -212,18 +244,20 @@ def _bucket_table(data: dict) -> list[str]:
 
 
 def section_window_scaling() -> list[str]:
-    lines = ["## 3. Windowed methods (ReRoPE, Self-Extend, HiRoPE) vs `rope`: time and memory at 4K-16K", ""]
-    data = load("long_context.json")
-    if not data or not data.get("scaling"):
-        return lines + _missing("python -m bench long-context")
+    command = "python -m bench long-context"
+    title = "3. Windowed methods (ReRoPE, Self-Extend, HiRoPE) vs `rope`: time and memory at 4K-16K"
+    lines, data = _section(title, "long_context.json", command, lambda data: data.get("scaling"))
+    if data is None:
+        return lines
     lines += [
         "SmolLM2-135M, one scored forward pass (chunked LM head) per method and length, each in its own "
         "process. Memory = growth of the resident set during the pass; its exponent k in memory ~ tokens^k "
         "between consecutive lengths says how it scales (1 = linear, 2 = quadratic). Targets: time within "
         "2.5x of `rope`, memory linear in length.",
         "",
-        "| method | tokens | seconds | time vs rope | pass memory MB | memory exponent | verdict |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        *_table_head(
+            ["method", "tokens", "seconds", "time vs rope", "pass memory MB", "memory exponent", "verdict"], "lrrrrrl"
+        ),
     ]
     for row in data["scaling"]:
         ratio, exponent = row["time_vs_rope"], row["memory_exponent"]
@@ -237,51 +271,46 @@ def section_window_scaling() -> list[str]:
             f"| {row['forward_memory_mb']:.0f} | {'-' if exponent is None else f'{exponent:.2f}'} "
             f"| {', '.join(verdict) or '-'} |"
         )
-    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench long-context`.", ""]
-    return lines
+    return lines + _footer(data, command)
 
 
 def section_hierarchy() -> list[str]:
-    lines = ["## 4. HiRoPE hierarchy extraction throughput", ""]
-    data = load("hierarchy_speed.json")
-    if not data:
-        return lines + _missing("python -m bench hierarchy-speed")
+    command = "python -m bench hierarchy-speed"
+    lines, data = _section("4. HiRoPE hierarchy extraction throughput", "hierarchy_speed.json", command)
+    if data is None:
+        return lines
     lines += [
         "tree-sitter parse + segment + align to tokens (`ropelab.hierarchy`), tokens per second, per language; "
         "tokenizing alone for comparison.",
         "",
-        "| language | tokens | extraction tok/s | tokenizer tok/s | ms per 16K tokens |",
-        "|---|---:|---:|---:|---:|",
+        *_table_head(["language", "tokens", "extraction tok/s", "tokenizer tok/s", "ms per 16K tokens"], "lrrrr"),
     ]
     for r in data["results"]:
         lines.append(
             f"| {r['language']} | {r['tokens']} | {r['extract_tokens_per_s']:,.0f} | "
             f"{r['tokenize_tokens_per_s']:,.0f} | {r['ms_per_16k_tokens']:.1f} |"
         )
-    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench hierarchy-speed`.", ""]
-    return lines
+    return lines + _footer(data, command)
 
 
 def section_train_speed() -> list[str]:
-    lines = ["## 5. Training throughput and model FLOP utilisation", ""]
-    data = load("train_speed.json")
-    if not data:
-        return lines + _missing("python -m bench train-speed")
+    command = "python -m bench train-speed"
+    lines, data = _section("5. Training throughput and model FLOP utilisation", "train_speed.json", command)
+    if data is None:
+        return lines
     peak = data["matmul_peak_gflops"]
     lines += [
         f"`ropelab.train` on the default corpus, fp32 CPU. MFU = model FLOPs per second (6 x parameters x tokens "
         f"+ attention) / the fp32 matmul peak measured in the same run ({peak:.0f} GFLOP/s).",
         "",
-        "| config | parameters | seq len | batch | tokens/s | model GFLOP/s | MFU |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *_table_head(["config", "parameters", "seq len", "batch", "tokens/s", "model GFLOP/s", "MFU"], "lrrrrrr"),
     ]
     for r in data["results"]:
         lines.append(
             f"| {r['config']} | {r['parameters'] / 1e6:.1f}M | {r['seq_len']} | {r['batch']} "
             f"| {r['tokens_per_s']:,.0f} | {r['model_gflops']:.1f} | {100 * r['mfu']:.0f}% |"
         )
-    lines += ["", f"Machine: {_machine(data)}. Regenerate: `python -m bench train-speed`.", ""]
-    return lines
+    return lines + _footer(data, command)
 
 
 def section_hirope() -> list[str]:

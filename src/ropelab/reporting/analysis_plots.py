@@ -54,6 +54,15 @@ def _with(data: dict, key: str) -> list[dict]:
     return [s for s in data["subjects"] if s.get(key) and not (isinstance(s[key], dict) and "skipped" in s[key])]
 
 
+def _decorate(ax, title: str, xlabel: str, ylabel: str, *, size: int = 8, grid: str = "both", legend: int = 6) -> None:
+    """A panel's title, axis labels, light grid and legend: every panel of these figures has them."""
+    ax.set_title(title, fontsize=size)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis=grid)
+    ax.legend(fontsize=legend)
+
+
 def make_plots(out: Path, data: dict) -> list[str]:
     written: list[str] = []
     plt = _plt()
@@ -163,23 +172,19 @@ def _components(out: Path, subjects: list[dict], written: list[str]) -> None:
                 alpha=0.45 if band == "high" else 1.0,
                 label=label,
             )
-        top.set_title(f"{subject['label']}: components C_j (T={comp['length']})", fontsize=8)
-        top.set_xlabel("key position")
-        top.set_ylabel("C_j (mean over layers, heads)")
-        top.grid(alpha=0.3)
-        top.legend(fontsize=6)
+        _decorate(
+            top,
+            f"{subject['label']}: components C_j (T={comp['length']})",
+            "key position",
+            "C_j (mean over layers, heads)",
+        )
         bottom.plot(x, comp["curves"]["logits"], color="black", lw=1.2, label="logit (all components)")
         bottom.plot(x, comp["curves"]["activated_sum"], color=BAND_COLORS["activated"], lw=1.2, label="activated sum")
         bottom.plot(x, comp["curves"]["lower_sum"], color=BAND_COLORS["lower"], lw=1, ls="--", label="lower sum")
-        bottom.set_title(
-            f"VAF of summed bands: activated {100 * comp['vaf_bands']['activated']:.1f}%, "
-            f"lower {100 * comp['vaf_bands']['lower']:.1f}%, high {100 * comp['vaf_bands']['high']:.1f}%",
-            fontsize=7,
-        )
-        bottom.set_xlabel("key position")
-        bottom.set_ylabel("logit")
-        bottom.grid(alpha=0.3)
-        bottom.legend(fontsize=6)
+        bands = comp["vaf_bands"]
+        title = (f"VAF of summed bands: activated {100 * bands['activated']:.1f}%, "
+                 f"lower {100 * bands['lower']:.1f}%, high {100 * bands['high']:.1f}%")  # fmt: skip
+        _decorate(bottom, title, "key position", "logit", size=7)
     fig.suptitle("RoPE component decomposition (Eq. 4)", y=1.0)
     _save(fig, out / "components.png", written)
 
@@ -208,11 +213,14 @@ def _vaf(out: Path, subjects: list[dict], written: list[str]) -> None:
         ax.set_ylim(max(-100.0, min(0.0, low * 1.1)), max(5.0, max(values) * 1.15))
         ax.axhline(0, color="black", lw=0.5)
         activated = ", ".join(f"j={a['index']}: {100 * a['vaf']:.1f}%" for a in comp["activated"]) or "none"
-        ax.set_title(f"{subject['label']} (T={comp['length']})\nactivated: {activated}", fontsize=7)
-        ax.set_xlabel("frequency index j (high -> low frequency)")
-        ax.set_ylabel("VAF (%)")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=6)
+        _decorate(
+            ax,
+            f"{subject['label']} (T={comp['length']})\nactivated: {activated}",
+            "frequency index j (high -> low frequency)",
+            "VAF (%)",
+            size=7,
+            grid="y",
+        )
     fig.suptitle("Variance accounted for by each component (Eq. 5); hatched: position-independent", y=1.02)
     _save(fig, out / "vaf.png", written)
 
@@ -272,15 +280,9 @@ def _ood(out: Path, subjects: list[dict], written: list[str]) -> None:
         if out_x:
             ax.scatter(out_x, [curve[d] for d in out_x], s=2, color="#d62728", label="beyond L, outside band", zorder=3)
         ax.axvline(train_len, color="grey", ls=":", lw=1)
-        ax.set_title(
-            f"{subject['label']}: layer {ood['first_layer']}: OOD {100 * ood['ood_fraction'][0]:.1f}%, "
-            f"KS {ood['ood_ks'][0]:.2f}\n(curve: mean over heads; scores: per head)",
-            fontsize=8,
-        )
-        ax.set_xlabel("distance from the last query (m - n)")
-        ax.set_ylabel("logit (mean over heads)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        title = (f"{subject['label']}: layer {ood['first_layer']}: OOD {100 * ood['ood_fraction'][0]:.1f}%, "
+                 f"KS {ood['ood_ks'][0]:.2f}\n(curve: mean over heads; scores: per head)")  # fmt: skip
+        _decorate(ax, title, "distance from the last query (m - n)", "logit (mean over heads)")
     ax = fig.add_subplot(grid[1, :])
     width = 0.8 / cols
     for col, subject in enumerate(subjects):
