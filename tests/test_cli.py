@@ -258,3 +258,25 @@ def test_describe_reads_a_models_shape(tmp_path, capsys):
     assert first.startswith("hope: head_dim ") and "train length" in first
     code, out, _ = run(capsys, "describe", "rope", "--model", str(checkpoint), "--train-len", "64")
     assert code == 0 and out.startswith("rope: head_dim ") and "train length 64" in out
+
+
+def test_each_experiment_has_its_own_options_with_its_configs_defaults(capsys):
+    from ropelab.cli import build_parser
+    from ropelab.experiments.hirope.config import ShortConfig
+    from ropelab.experiments.hope.config import ExperimentConfig
+
+    parser = build_parser()
+    hirope = parser.parse_args(["experiment", "hirope"])
+    short = ShortConfig()
+    assert (hirope.steps, hirope.length, hirope.documents, hirope.dev_documents) == (
+        short.steps, short.length, short.documents, short.dev_documents,
+    )  # fmt: skip
+    hope = parser.parse_args(["experiment", "hope"])
+    recipe = ExperimentConfig()
+    assert (hope.lr, hope.batch_size, hope.train_len) == (recipe.lr, recipe.batch_size, recipe.train_len)
+    with pytest.raises(SystemExit):  # an option of the other experiment is refused
+        parser.parse_args(["experiment", "hirope", "--budget-minutes", "3"])
+    assert "unrecognized arguments: --budget-minutes" in capsys.readouterr().err
+    old = parser.parse_args(["experiment", "hirope", "--documents", "3"])
+    assert old.documents == 3 and "--documents is renamed --test-projects" in capsys.readouterr().err
+    assert parser.parse_args(["experiment", "hope", "--window"]).window is True

@@ -72,7 +72,7 @@ class Renamed(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         print(f"warning: {option_string} is renamed {self.new} (one name per concept); it goes in a later release",
               file=sys.stderr)  # fmt: skip
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def renamed_option(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs) -> None:

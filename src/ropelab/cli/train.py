@@ -123,27 +123,21 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def _cmd_hirope(args: argparse.Namespace) -> int:
     import time
 
-    if args.budget_minutes is not None:
-        raise RopelabError("hirope trains a fixed number of --steps per seed; --budget-minutes is hope's")
     out = args.out or f"runs/experiment-hirope-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     count = len(ShortConfig().seeds) if args.seeds is None else args.seeds
-    config = ShortConfig(seeds=list(range(args.seed, args.seed + count)))
-    if args.steps is not None:
-        config.steps = args.steps
-    if args.length is not None:
-        config.length = args.length
-    if args.documents is not None:
-        config.documents = args.documents
-    if args.dev_documents is not None:
-        config.dev_documents = args.dev_documents
-    if args.languages is not None:
-        config.languages = split_list(args.languages)
-    if args.model_config_hirope is not None:
-        config.model_config = args.model_config_hirope
+    config = ShortConfig(
+        seeds=list(range(args.seed, args.seed + count)),
+        steps=args.steps,
+        length=args.length,
+        documents=args.documents,
+        dev_documents=args.dev_documents,
+        languages=split_list(args.languages),
+        model_config=args.model_config,
+    )
     if args.report_only:
         if not args.out:
             raise RopelabError("--report-only needs --out pointing at an experiment directory")
@@ -234,25 +228,49 @@ def train_options(p: argparse.ArgumentParser) -> None:
 
 
 def experiment_options(p: argparse.ArgumentParser) -> None:
+    """``ropelab experiment hope|hirope``: one subcommand per experiment, each with the options of
+    its own config (defaults read from it)."""
+    sub = p.add_subparsers(dest="name", metavar="EXPERIMENT", required=True)
+    hope = sub.add_parser(
+        "hope", help="the HoPE paper's comparison: train every PE, evaluate, one report", description=HOPE_HELP
+    )
+    _hope_options(hope)
+    hirope = sub.add_parser("hirope", help=HIROPE_HELP, description=HIROPE_HELP)
+    _hirope_options(hirope)
 
-    e = ExperimentConfig()
+
+HOPE_HELP = "the HoPE paper's comparison at CPU scale: train every encoding with seeds, evaluate, analyse, report"
+HIROPE_HELP = (
+    "the HiRoPE paper's ShortLLM study: train a RoPE code model at L=128 with seeds, choose HiRoPE's setting on "
+    "development projects, evaluate every training-free method up to L^2 on test projects"
+)
+
+
+def _shared_options(p: argparse.ArgumentParser, name: str, seed: int, seeds_help: str) -> None:
+    """What both experiments take: where, how many seeds, threads, report only, progress."""
     p.add_argument(
-        "name",
-        choices=("hope", "hirope"),
-        help="hope: the HoPE paper's comparison; hirope: the HiRoPE paper's ShortLLM study (train at L=128, "
-        "evaluate every training-free method up to L^2)",
+        "--out",
+        default=None,
+        help=f"experiment directory (default: runs/experiment-{name}-<time>); an existing one resumes",
+    )
+    p.add_argument("--seed", type=int, default=seed, help=f"first seed (default: {seed})")
+    p.add_argument("--seeds", type=int, default=None, help=seeds_help)
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
+    p.add_argument("--report-only", action="store_true", help="re-render the report of --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _hope_options(p: argparse.ArgumentParser) -> None:
+    e = ExperimentConfig()
+    _shared_options(
+        p, "hope", e.seed, f"train the --seed-pes with this many seeds (seed, seed+1, ...; default: {e.seeds})"
     )
     p.add_argument(
         "--budget-minutes",
         type=float,
         default=e.budget_minutes,
-        help="hope: size the steps and samples to fit this wall time (default: the recipe's fixed steps and "
-        "samples; 3 for a smoke run)",
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        help="experiment directory (default: runs/experiment-hope-<time>); an existing one resumes",
+        help="size the steps and samples to fit this wall time (default: the recipe's fixed steps and samples; 3 for "
+        "a smoke run)",
     )
     p.add_argument(
         "--pes", default=",".join(DEFAULT_PES), help=f"encodings to train (default: {','.join(DEFAULT_PES)})"
@@ -269,10 +287,7 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=None, help="samples per cell (default: the recipe's, or sized from the budget)"
     )
     p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="steps per model (default: the recipe's, or sized from the budget; hirope: 2000 per seed)",
+        "--steps", type=int, default=None, help="steps per model (default: the recipe's, or from the budget)"
     )
     p.add_argument(
         "--scale-factor",
@@ -282,14 +297,6 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=e.batch_size, help=f"default: {e.batch_size}")
     p.add_argument("--lr", type=float, default=e.lr, help=f"peak learning rate (default: {e.lr:g})")
-    p.add_argument("--seed", type=int, default=e.seed)
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help=f"hope: train the --seed-pes with this many seeds (seed, seed+1, ...; default: {e.seeds}); hirope: "
-        f"the training seeds of its model (default: {len(ShortConfig().seeds)})",
-    )
     p.add_argument(
         "--seed-pes",
         default=",".join(e.seed_pes),
@@ -299,47 +306,50 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
         "--other-seeds",
         type=int,
         default=e.other_seeds,
-        help=f"hope: seeds of the --other-seed-pes (default: {e.other_seeds})",
+        help=f"seeds of the --other-seed-pes (default: {e.other_seeds})",
     )
     p.add_argument(
         "--other-seed-pes",
         default=",".join(e.other_seed_pes),
-        help=f"hope: encodings that get --other-seeds seeds, where trained (default: {','.join(e.other_seed_pes)})",
+        help=f"encodings that get --other-seeds seeds, where trained (default: {','.join(e.other_seed_pes)})",
     )
-    p.add_argument(
-        "--no-tune", action="store_true", help="hope: train every encoding at --lr (no learning-rate sweep first)"
-    )
-    p.add_argument("--tune-steps", type=int, default=None, help="hope: steps of each learning-rate tuning run")
+    p.add_argument("--no-tune", action="store_true", help="train every encoding at --lr (no learning-rate sweep first)")
+    p.add_argument("--tune-steps", type=int, default=None, help="steps of each learning-rate tuning run")
     synthetic_options(p, e.synthetic, e.synthetic_repeat)
-    p.add_argument("--window", action="store_true", help="also score every model with its context truncated")
-    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (1 to 1024)")
+    p.add_argument(
+        "--reference", dest="window", action="store_true", help="also score every model with its context truncated"
+    )
+    renamed_option(p, "--window", "--reference", dest="window", nargs=0, const=True)
     p.add_argument(
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="hope: models trained and evaluated at a time, in worker processes sharing the cores "
-        "(default: 2 where there are 2 cores or more)",
+        help="models trained and evaluated at a time, in worker processes sharing the cores (default: 2 where there "
+        "are 2 cores or more)",
     )
-    p.add_argument("--report-only", action="store_true", help="re-render the report of --out")
+    p.add_argument("--no-analysis", action="store_true", help="skip the attention-pattern / VAF / OOD analysis")
+
+
+def _hirope_options(p: argparse.ArgumentParser) -> None:
+    c = ShortConfig()
+    _shared_options(p, "hirope", 0, f"training seeds of the model (default: {len(c.seeds)})")
+    p.add_argument("--steps", type=int, default=c.steps, help=f"training steps per seed (default: {c.steps})")
     p.add_argument(
-        "--no-analysis", action="store_true", help="skip the attention-pattern / VAF / OOD analysis of the models"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--length", type=int, default=None, help="hirope: evaluation document length (default: L^2)")
-    p.add_argument(
-        "--documents", type=int, default=None, help="hirope: test projects per language (default: 14, all of them)"
+        "--length", type=int, default=c.length, help=f"evaluation document length (default: L^2 = {c.length})"
     )
     p.add_argument(
-        "--dev-documents", type=int, default=None, help="hirope: development projects per language (default: 5)"
-    )
-    p.add_argument("--train-only", action="store_true", help="hirope: train the seeds, evaluate later")
-    p.add_argument("--languages", default=None, help="hirope: python,java (default) or one of them")
+        "--test-projects", dest="documents", type=int, default=c.documents,
+        help=f"test projects per language (default: {c.documents}, all of them)",
+    )  # fmt: skip
+    renamed_option(p, "--documents", "--test-projects", dest="documents", type=int)
     p.add_argument(
-        "--hirope-model-config",
-        dest="model_config_hirope",
-        default=None,
-        help="hirope: named model config (default: short-code)",
-    )
+        "--dev-projects", dest="dev_documents", type=int, default=c.dev_documents,
+        help=f"development projects per language (default: {c.dev_documents})",
+    )  # fmt: skip
+    renamed_option(p, "--dev-documents", "--dev-projects", dest="dev_documents", type=int)
+    p.add_argument("--languages", default=",".join(c.languages), help=f"default: {','.join(c.languages)}")
+    p.add_argument("--model-config", default=c.model_config, help=f"named model config (default: {c.model_config})")
+    p.add_argument("--train-only", action="store_true", help="train the seeds, evaluate later")
 
 
 __all__ = ["cmd_experiment", "cmd_train", "experiment_options", "train_options"]
