@@ -349,6 +349,7 @@ def _hirope_options(p: argparse.ArgumentParser) -> None:
     renamed_option(p, "--dev-documents", "--dev-projects", dest="dev_documents", type=int)
     p.add_argument("--languages", default=",".join(c.languages), help=f"default: {','.join(c.languages)}")
     p.add_argument("--model-config", default=c.model_config, help=f"named model config (default: {c.model_config})")
+    renamed_option(p, "--hirope-model-config", "--model-config", dest="model_config")
     p.add_argument("--train-only", action="store_true", help="train the seeds, evaluate later")
 
 
