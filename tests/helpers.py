@@ -525,3 +525,29 @@ CANONICAL = [
     "dynamic-ntk",
     "yarn",
 ]
+
+
+# -- the bad-input tests' command runner and checks -------------------------------------------
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    from ropelab.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def one_error_line(err: str) -> str:
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def tiny_corpus(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("def f(x):\n    return x + 1\n" * 400)
+    return corpus
+
+
+#: one JavaScript function opening: nested thousands of times, a deep syntax tree from a small input
+NESTED_JS = "function a(){ "

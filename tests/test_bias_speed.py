@@ -260,14 +260,20 @@ def test_consecutive_positions():
     assert not consecutive(torch.arange(2**24, 2**24 + 3)[None], torch.arange(2**24, 2**24 + 3)[None], 0)
 
 
-def test_chunk_length():
-    assert bias_attention.chunk_length(8, 4096, 4096) == 64
-    assert bias_attention.chunk_length(8, 16384, 16384) == 32  # twice the floats, for 32 queries
-    assert bias_attention.chunk_length(8, 65536, 65536) == 8
-    assert bias_attention.chunk_length(8, 16384, 16384, elements=2**23) == 64
-    assert bias_attention.chunk_length(8, 1, 16384) == 1
-    assert bias_attention.chunk_length(8, 100, 100) == 100
-    assert bias_attention.chunk_length(1, 10**6, 10**9) == 1
+@pytest.mark.parametrize("rows", [1, 8, 96])
+@pytest.mark.parametrize("q_len", [1, 100, 4096, 65536])
+@pytest.mark.parametrize("k_len", [1, 4096, 16384, 10**6])
+@pytest.mark.parametrize("elements", [2**16, 2**21, 2**23])
+def test_chunk_length_keeps_its_contract(rows, q_len, k_len, elements):
+    """Whatever the sizes: at least one query, at most all of them, a multiple of 64 above 64, and a
+    chunk's bias within the budget -- twice it only to reach MIN_CHUNK queries."""
+    chunk = bias_attention.chunk_length(rows, q_len, k_len, elements=elements)
+    assert 1 <= chunk <= q_len
+    assert chunk <= 64 or chunk % 64 == 0 or chunk == q_len
+    floats = rows * chunk * k_len
+    assert floats <= elements or chunk == 1 or (chunk <= bias_attention.MIN_CHUNK and floats <= 2 * elements)
+    bigger = bias_attention.chunk_length(rows, q_len, k_len, elements=4 * elements)
+    assert bigger >= chunk  # a larger budget never gives a shorter chunk
 
 
 @pytest.mark.parametrize("seed", range(4))
