@@ -150,7 +150,7 @@ def test_an_empty_or_oversized_eval_is_one_error_and_writes_nothing(tmp_path, ca
     """An empty --tasks or --lengths made an empty run directory and exited 0; --samples 1e9 built
     samples until killed; --device cpu:5 blamed the checkpoint ("model.safetensors ... corrupt")."""
     out = tmp_path / "run"
-    code, err = run_cli(capsys, "eval", str(loadable), "--methods", "rope", "--no-window", "--out", str(out), *argv)
+    code, err = run_cli(capsys, "eval", str(loadable), "--methods", "rope", "--no-reference", "--out", str(out), *argv)
     assert code == 2 and message in one_error_line(err), err
     assert not out.exists()
 

@@ -141,12 +141,12 @@ def test_resuming_an_eval_run_with_a_corrupt_record_is_one_error(tmp_path, capsy
     checkpoint = loadable
     out = tmp_path / "run"
     argv = ("eval", str(checkpoint), "--methods", "rope", "--tasks", "ppl", "--lengths", "300", "--out", str(out))
-    code, err = run_cli(capsys, *argv, "--no-window")
+    code, err = run_cli(capsys, *argv, "--no-reference")
     assert code == 0, err
     results = out / "results.jsonl"
     assert len(results.read_text().splitlines()) == 1
     results.write_text(results.read_text() + "{}\n")
     before = results.read_bytes()
-    code, err = run_cli(capsys, *argv, "--no-window")
+    code, err = run_cli(capsys, *argv, "--no-reference")
     assert code == 2 and "results.jsonl:2: not a result record" in one_error_line(err)
     assert results.read_bytes() == before

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from ropelab.cli.common import device_options, methods_argument, model_argument
+from ropelab.cli.common import device_options, methods_argument, model_argument, renamed_option
 from ropelab.core.args import positive_int, split_list, thread_count
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
@@ -191,8 +191,12 @@ def _eval_options(
         "--out", default=None, help="run directory (default: runs/<command>-<time>); an existing one resumes"
     )
     p.add_argument(
-        "--no-window", action="store_true", help="skip the window reference row (attention limited to the train length)"
+        "--no-reference",
+        dest="no_window",
+        action="store_true",
+        help="skip the reference row (`window`: the model's own method, attention limited to the train length)",
     )
+    renamed_option(p, "--no-window", "--no-reference", dest="no_window", nargs=0, const=True)
     p.add_argument(
         "--ppl-document",
         choices=("code", "haystack"),
