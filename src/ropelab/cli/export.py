@@ -17,7 +17,7 @@ from ropelab.integrations.hf_export import export_hf
 DESCRIPTION = (
     "Write a model as a transformers directory (config.json, model.safetensors, tokenizer files) that "
     "transformers.AutoModelForCausalLM.from_pretrained loads without ropelab. Only methods a transformers "
-    "config can express are exported: rope, pi, ntk, dynamic-ntk, llama3, proportional, yarn, hope (and ntk followed by one of the others); "
+    "config can express are exported: rope, pi, ntk, dynamic-ntk, llama3, proportional, longrope, yarn, hope (and ntk followed by one of the others); "
     "any other method is refused. The directory appears whole or not at all."
 )
 
