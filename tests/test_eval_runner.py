@@ -55,9 +55,11 @@ def test_ppl_samples_are_prefixes_and_reproducible(tokenizer):
         assert len(a.prompt_ids) == 300 and len(b.prompt_ids) == 500
         assert b.prompt_ids[:300] == a.prompt_ids  # what lets one pass serve every length
     assert short[0].prompt_ids != short[1].prompt_ids  # samples are different documents
-    # the metric is the mean loss of the last 256 tokens, by hand
+    # the metric is the mean loss of the last 256 tokens (the last half, 150, below 512), by hand
     losses = [float(i) for i in range(299)]
-    assert task.score(short[0], Outputs(losses=losses))["loss"] == pytest.approx(sum(losses[-256:]) / 256)
+    assert task.score(short[0], Outputs(losses=losses))["loss"] == pytest.approx(sum(losses[-150:]) / 150)
+    losses = [float(i) for i in range(499)]
+    assert task.score(long[0], Outputs(losses=losses))["loss"] == pytest.approx(sum(losses[-250:]) / 250)
 
 
 @pytest.mark.parametrize("length", [300, 2000])
@@ -197,7 +199,7 @@ def test_bad_run_arguments(tmp_path, tokenizer, model):
     with pytest.raises(RopelabError, match="unknown position method"):
         evaluate(model, tokenizer, "m", ["ropee"], ["ppl"], ["2x"], 1, tmp_path / "b", progress=False)
     with pytest.raises(RopelabError, match="too short"):
-        evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["100"], 1, tmp_path / "c", progress=False)
+        evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["10"], 1, tmp_path / "c", progress=False)
     assert not (tmp_path / "c" / "config.json").exists()  # nothing written for a rejected run
 
 
@@ -367,20 +369,27 @@ def test_grid_heatmap_bins_many_depths():
 
 
 def test_a_cell_that_cannot_run_is_skipped_and_named(tmp_path, tokenizer, model, capsys):
-    """ppl needs more than its 256 scored tokens: at 1x of a short model that cell is skipped with one
-    log line and named in the report; the rest of the run goes on. Nothing runnable is one error."""
+    """A cell shorter than its task's minimum (copy needs 64 tokens) is skipped with one log line and
+    named in the report; the rest of the run goes on. Nothing runnable is one error."""
     from ropelab.reporting.eval import write_report
 
     L = model.config.train_len
     common = dict(samples=1, progress=False, include_window=False)
-    run = evaluate(model, tokenizer, "m", ["rope"], ["ppl", "copy"], ["1x", "4x"], out=tmp_path / "a", **common)
+    run = evaluate(model, tokenizer, "m", ["rope"], ["ppl", "copy"], ["32", "1x"], out=tmp_path / "a", **common)
     config = json.loads((run / "config.json").read_text())
-    assert list(config["skipped"]) == ["ppl"] and str(L) in config["skipped"]["ppl"]
-    assert config["task_lengths"] == {"ppl": [4 * L], "copy": [L, 4 * L]}
-    assert f"skipped: ppl: length {L} is too short" in capsys.readouterr().err
-    assert f"Not run (the cell cannot be built at this length): ppl at {L}" in write_report(run).read_text()
-    with pytest.raises(RopelabError, match="no task can run at the lengths given: ppl: length"):
-        evaluate(model, tokenizer, "m", ["rope"], ["ppl"], ["1x"], out=tmp_path / "b", **common)
+    assert list(config["skipped"]) == ["copy"] and "32" in config["skipped"]["copy"]
+    assert config["task_lengths"] == {"ppl": [32, L], "copy": [L]}
+    assert "skipped: copy: length 32 is too short" in capsys.readouterr().err
+    assert "Not run (the cell cannot be built at this length): copy at 32" in write_report(run).read_text()
+    with pytest.raises(RopelabError, match="no task can run at the lengths given: copy: length"):
+        evaluate(model, tokenizer, "m", ["rope"], ["copy"], ["32"], out=tmp_path / "b", **common)
+
+
+def test_ppl_runs_at_a_small_models_lengths_on_the_last_half():
+    """Below 512 tokens ppl scores the last half of its input (the HoPE protocol's 256 above)."""
+    from ropelab.eval.tasks.ppl import scored_tail
+
+    assert [scored_tail(n) for n in (16, 64, 128, 511, 512, 4096)] == [8, 32, 64, 255, 256, 256]
 
 
 def test_report_a_b_gives_intervals_and_warns_on_other_train_lengths(tmp_path, tokenizer, model):

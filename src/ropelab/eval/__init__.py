@@ -1,6 +1,6 @@
 """Evaluation: one runner, every task (one file each), every method unchanged.
 
-Tasks: ``ppl`` (loss of the last 256 tokens vs input length), ``passkey`` (needle retrieval),
+Tasks: ``ppl`` (loss of the last 256 tokens vs input length; the last half below 512), ``passkey`` (needle retrieval),
 ``copy`` (HoPE's in-context copying), ``fewshot`` (few-shot following), ``completion`` (long code
 completion, LCC style), ``symbols`` (HiRoPE's code symbol understanding). See
 :mod:`ropelab.eval.base` for the interface and :mod:`ropelab.eval.runner` for the runner.

@@ -1,5 +1,6 @@
 """Perplexity vs input length -- the HoPE paper's protocol (Section 4.2.1): the zero-shot loss of
-the **last 256 tokens** of an input of each length, on long documents.
+the **last 256 tokens** of an input of each length (the last half of an input shorter than 512),
+on long documents.
 
 Each length scores *different* tokens (the last 256 of a longer prefix), so the curve across
 lengths mostly shows which lines sit where. To ask whether a method uses more context, use the
@@ -33,7 +34,15 @@ from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
 from ropelab.eval.documents import first_tokens, long_code, stdlib_python_files
 
+#: tokens scored at the end of each input (the HoPE paper's protocol); an input shorter than twice
+#: this scores its last half (:func:`scored_tail`), so a small model's short lengths run too
 TAIL = 256
+
+
+def scored_tail(length: int) -> int:
+    """The tokens scored at the end of an input of ``length`` tokens: the last :data:`TAIL`, or the
+    last half of an input shorter than ``2 x TAIL``."""
+    return min(TAIL, length // 2)
 
 
 class Document(NamedTuple):
@@ -90,10 +99,10 @@ class Perplexity(Task):
     mode = "loss"
     metric = "loss"
     higher_is_better = False
-    min_length = TAIL + 1
+    min_length = 16
     reads_documents = True
     recorded = ("document",)
-    report_note = "the HoPE paper's protocol: loss of the last 256 tokens of each input"
+    report_note = "the HoPE paper's protocol: loss of the last 256 tokens of each input (the last half below 512)"
 
     def build(self, tokenizer, length: int, n: int, seed: int, train_len: int) -> list[Sample]:
         self.check_length(length)
@@ -141,7 +150,7 @@ class Perplexity(Task):
 
     def score(self, sample: Sample, outputs: Outputs) -> dict[str, float]:
         # entry t of the losses scores token t + 1; the needle's tokens (haystack inputs) are skipped
-        first = max(0, len(outputs.losses) - TAIL)
+        first = max(0, len(outputs.losses) - scored_tail(sample.length))
         start, end = sample.extra.get("needle", (0, 0))
         tail = [loss for t, loss in enumerate(outputs.losses[first:], first) if not start <= t + 1 < end]
         loss = sum(tail) / len(tail)
