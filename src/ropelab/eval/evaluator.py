@@ -54,6 +54,7 @@ class Evaluator:
         self.tokenizer = tokenizer
         self.method = method
         self.is_reference = method == WINDOW  # the window reference row, not a method of its own
+        self._own = model.pe  # the method the model runs (the reference limits what it sees)
         self.train_len = model.config.train_len
         self._last: tuple[list[int], torch.Tensor] | None = None  # (input ids, hidden [T, D]) of the last pass
         self._last_losses: torch.Tensor | None = None  # its next-token losses [T - 1], once asked for
@@ -81,7 +82,6 @@ class Evaluator:
         """Run a ``session`` task (it drives the model itself through :meth:`prefill`)."""
         if not self.is_reference:
             return task.run(self, sample)
-        self._own = self.model.pe
         with self.model.using(SlidingWindow(self._own, self.train_len)):
             return task.run(self, sample)
 

@@ -254,7 +254,7 @@ class Transformer(nn.Module):
             model = cls(config, init_weights=False)
         if config.tie_embeddings:
             state = {k: v for k, v in state.items() if k != "lm_head.weight"}  # the embedding serves
-        problems = model.state_problems(state)
+        problems = state_problems(model.state_dict(), state, config.tie_embeddings)
         if problems:
             raise CheckpointError("; ".join(problems))
         model.load_state_dict(state, strict=False, assign=True)
@@ -267,24 +267,6 @@ class Transformer(nn.Module):
         if left:
             raise RopelabError(f"weights missing for: {', '.join(left[:5])}")
         return model
-
-    def state_problems(self, state: dict[str, Tensor]) -> list[str]:
-        """What keeps ``state`` from loading into this model: missing/unexpected tensors, shapes."""
-        expected = self.state_dict()
-        if self.config.tie_embeddings:
-            expected.pop("lm_head.weight", None)
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-        problems = []
-        if missing:
-            problems.append(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            problems.append(f"unexpected tensors: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            shapes = ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:3])
-            problems.append(f"shape mismatch: {shapes}")
-        return problems
 
     # -- construction --------------------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -577,3 +559,23 @@ class Transformer(nn.Module):
         """Shorthand for :func:`ropelab.model.generate.generate`."""
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+def state_problems(expected: dict[str, Tensor], state: dict[str, Tensor], tied: bool = False) -> list[str]:
+    """What keeps ``state`` from loading where ``expected`` (a model's state dict) is: missing or
+    unexpected tensors, wrong shapes (``tied``: the LM head shares the embedding, never stored)."""
+    expected = dict(expected)
+    if tied:
+        expected.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        shapes = ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:3])
+        problems.append(f"shape mismatch: {shapes}")
+    return problems
