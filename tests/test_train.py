@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 from pathlib import Path
 
@@ -495,3 +496,27 @@ def test_a_training_run_directory_is_a_model_everywhere(corpus, tmp_path, capsys
     (empty / "checkpoints").mkdir(parents=True)
     with pytest.raises(RopelabError, match="a training run without a finished checkpoint"):
         load_model(empty)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(batch_size=True), "batch-size must be a positive integer, got True"),
+        (dict(lr=float("nan")), "lr must be positive, got nan"),
+        (dict(beta2=1.0), "beta2 must be in [0, 1), got 1.0"),
+        (dict(schedule="linear"), "schedule must be one of cosine, constant, got 'linear'"),
+        (dict(parallel="zero"), "parallel must be one of ddp, fsdp, got 'zero'"),
+        (dict(split_seed=-1), "split-seed must be an integer from 0 to 2**63 - 1, got -1"),
+        (dict(val_fraction=1.0), "val-fraction must be in [0, 1), got 1.0"),
+    ],
+)
+def test_train_config_fields_declare_their_ranges(change, message):
+    """Each field's type and range is declared once (core.checks.bound) and checked by one loop;
+    validate() changes nothing."""
+    from ropelab.train.config import TrainConfig
+
+    config = TrainConfig(steps=1, **change)
+    before = config.to_dict()
+    with pytest.raises(RopelabError, match=re.escape(message)):
+        config.validate()
+    assert config.to_dict() == before

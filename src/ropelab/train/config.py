@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ropelab.core.checks import int_between, is_int
+from ropelab.core.checks import bound, check_fields
 from ropelab.core.errors import RopelabError
 from ropelab.model.config import CONFIGS
 from ropelab.model.device import DEVICES  # checked by name here; on the machine when the run starts
@@ -44,40 +44,61 @@ PAPER_STEPS = 50000
 RUNTIME_FIELDS = ("micro_batch_size", "keep", "log_every", "threads", "parallel")
 
 
+#: the declared ranges of TrainConfig's fields (:func:`ropelab.core.checks.check_fields`)
+POSITIVE = bound(int, "a positive integer", low=1)
+POSITIVE_OR_NONE = bound(int, "a positive integer", low=1, optional=True)
+NON_NEGATIVE = bound(float, ">= 0", low=0)
+BETA = bound(float, "in [0, 1)", low=0, high=1, open_high=True)
+#: numpy's and torch's generators take 0 .. 2**63 - 1
+SEED = bound(int, "an integer from 0 to 2**63 - 1", low=0, high=2**63 - 1)
+SEED_OR_NONE = bound(int, "an integer from 0 to 2**63 - 1", low=0, high=2**63 - 1, optional=True)
+
+
 @dataclass
 class TrainConfig:
     pe: str = "rope"
     model_config: str = "tiny"
-    train_len: int | None = None  # default: the named config's
+    train_len: int | None = field(default=None, metadata=POSITIVE_OR_NONE)  # default: the named config's
     data: list[str] = field(default_factory=lambda: ["stdlib"])
     holdout: list[str] = field(default_factory=list)  # files always in validation
     tokenizer: str = "bpe-8k"
-    val_fraction: float = 0.05
-    synthetic: float = 0.0  # share of training sequences replaced by record sequences (data/synthetic.py)
-    synthetic_repeat: float = 0.5  # probability that a record repeats an earlier one
-    seed: int = 0
-    split_seed: int | None = None  # seed of the train/val split by file (default: seed)
-    steps: int | None = None
-    minutes: float | None = None  # a time budget instead of steps (steps are then calibrated)
-    batch_size: int = 16  # sequences per optimizer step, over all processes
-    micro_batch_size: int | None = None  # sequences per forward (default: batch_size / processes)
-    lr: float = 3e-4
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    warmup: int | None = None  # default: 4% of the steps, at most 2000 (the paper's ratio)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int | None = None  # default: with every checkpoint
-    val_sequences: int = 64  # validation loss over this many fixed val sequences
-    log_every: int = 10
-    checkpoint_every: int | None = None  # default: steps // 10 (and always the last step)
-    keep: int = 0  # keep the newest N checkpoints (0: all -- analysis reads the whole series)
+    val_fraction: float = field(default=0.05, metadata=bound(float, "in [0, 1)", low=0, high=1, open_high=True))
+    #: share of training sequences replaced by record sequences (data/synthetic.py)
+    synthetic: float = field(default=0.0, metadata=bound(float, "a share in [0, 1]", low=0, high=1))
+    #: probability that a record repeats an earlier one
+    synthetic_repeat: float = field(
+        default=0.5, metadata=bound(float, "a probability in [0, 1)", low=0, high=1, open_high=True)
+    )
+    seed: int = field(default=0, metadata=SEED)
+    #: seed of the train/val split by file (default: seed)
+    split_seed: int | None = field(default=None, metadata=SEED_OR_NONE)
+    steps: int | None = field(default=None, metadata=POSITIVE_OR_NONE)
+    #: a time budget instead of steps (steps are then calibrated)
+    minutes: float | None = field(default=None, metadata=bound(float, "positive", low=0, open_low=True, optional=True))
+    batch_size: int = field(default=16, metadata=POSITIVE)  # sequences per optimizer step, over all processes
+    #: sequences per forward (default: batch_size / processes)
+    micro_batch_size: int | None = field(default=None, metadata=POSITIVE_OR_NONE)
+    lr: float = field(default=3e-4, metadata=bound(float, "positive", low=0, open_low=True))
+    schedule: str = field(default="cosine", metadata=bound(str, f"one of {', '.join(SCHEDULES)}", choices=SCHEDULES))
+    min_lr_ratio: float = field(default=0.1, metadata=bound(float, "in [0, 1]", low=0, high=1))
+    #: default: 4% of the steps, at most 2000 (the paper's ratio)
+    warmup: int | None = field(default=None, metadata=POSITIVE_OR_NONE)
+    beta1: float = field(default=0.9, metadata=BETA)
+    beta2: float = field(default=0.999, metadata=BETA)
+    eps: float = field(default=1e-8, metadata=bound(float, "> 0", low=0, open_low=True))
+    weight_decay: float = field(default=0.1, metadata=NON_NEGATIVE)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0: no clipping
+    eval_every: int | None = field(default=None, metadata=POSITIVE_OR_NONE)  # default: with every checkpoint
+    val_sequences: int = field(default=64, metadata=POSITIVE)  # validation loss over this many fixed sequences
+    log_every: int = field(default=10, metadata=POSITIVE)
+    #: default: steps // 10 (and always the last step)
+    checkpoint_every: int | None = field(default=None, metadata=POSITIVE_OR_NONE)
+    #: keep the newest N checkpoints (0: all -- analysis reads the whole series)
+    keep: int = field(default=0, metadata=bound(int, ">= 0 (0 keeps every checkpoint)", low=0))
     device: str = "cpu"  # cpu, cuda, cuda:N, mps or auto (ropelab.model.device.resolve_device)
-    threads: int | None = None
-    parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp" (the same update; checkpoints are the same files)
+    threads: int | None = field(default=None, metadata=POSITIVE_OR_NONE)
+    #: under torchrun: "ddp" or "fsdp" (the same update; checkpoints are the same files)
+    parallel: str = field(default="ddp", metadata=bound(str, f"one of {', '.join(PARALLEL)}", choices=PARALLEL))
 
     def __post_init__(self) -> None:
         # the spec in its canonical form from the start (a bad one is one SpecError here), so
@@ -90,45 +111,13 @@ class TrainConfig:
             raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
         if (self.steps is None) == (self.minutes is None):
             raise RopelabError("give exactly one of steps (--steps N) or a time budget (--minutes M)")
-        positive = ["batch_size", "val_sequences", "log_every"]
-        optional = ["steps", "train_len", "micro_batch_size", "warmup", "eval_every", "checkpoint_every", "threads"]
-        for name in positive + optional:
-            value = getattr(self, name)
-            if value is None and name in optional:
-                continue
-            if not (is_int(value) and value > 0):
-                raise RopelabError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        for name in ("seed", "split_seed"):  # numpy's and torch's generators take 0 .. 2**63 - 1
-            value = getattr(self, name)
-            if value is not None and not int_between(value, 0, 2**63 - 1):
-                raise RopelabError(f"{name.replace('_', '-')} must be an integer from 0 to 2**63 - 1, got {value!r}")
+        check_fields(self, RopelabError, lambda name: name.replace("_", "-"))
         if self.warmup is not None and self.steps is not None and self.warmup > self.steps:
             raise RopelabError(f"warmup ({self.warmup}) is longer than the run ({self.steps} steps)")
-        if self.minutes is not None and not self.minutes > 0:
-            raise RopelabError(f"minutes must be positive, got {self.minutes}")
-        if not self.lr > 0:
-            raise RopelabError(f"lr must be positive, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise RopelabError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise RopelabError(f"min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise RopelabError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
-            raise RopelabError("weight-decay and grad-clip must be >= 0 and eps > 0")
-        if not 0 <= self.synthetic <= 1:
-            raise RopelabError(f"synthetic must be a share in [0, 1], got {self.synthetic}")
-        if not 0 <= self.synthetic_repeat < 1:
-            raise RopelabError(f"synthetic-repeat must be a probability in [0, 1), got {self.synthetic_repeat}")
-        if self.keep < 0:
-            raise RopelabError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
         if not isinstance(self.device, str) or not re.fullmatch(
             r"cpu|cuda(:\d+)?|mps|auto", self.device.strip().lower()
         ):
             raise RopelabError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.parallel not in PARALLEL:
-            raise RopelabError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if not self.data:
             raise RopelabError("no data sources given")
 

@@ -70,11 +70,17 @@ class ExperimentConfig:
     tune_steps: int | None = None  # steps of each tuning run; default: tuning.TUNE_STEPS
     other_seed_pes: list[str] = field(default_factory=lambda: list(OTHER_SEED_PES))
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        # specs in canonical form from the start (a bad one is one error here), so validate() only checks;
+        # the alternatives get their seeds where they are trained (a run of fewer encodings drops them)
+        self.pes = [canonical_spec(p) for p in self.pes]
+        self.seed_pes = [canonical_spec(p) for p in self.seed_pes]
+        self.other_seed_pes = [p for p in map(canonical_spec, self.other_seed_pes) if p in self.pes]
 
+    def validate(self) -> None:
+        """Check every setting (one :class:`RopelabError` naming the first bad one); changes nothing."""
         if not self.pes:
             raise RopelabError("no position encodings to compare")
-        self.pes = [canonical_spec(p) for p in self.pes]
         for pe in self.pes:
             if len(parse_spec(pe)) > 1:
                 raise RopelabError(f"{pe!r}: train with a base encoding; +pi / +yarn are applied at inference")
@@ -100,9 +106,6 @@ class ExperimentConfig:
                 raise RopelabError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not int_between(self.seed, 0, 2**63 - 1 - max(self.seeds, self.other_seeds)):
             raise RopelabError(f"seed must be an integer from 0 to 2**63 - 1 - seeds, got {self.seed!r}")
-        self.seed_pes = [canonical_spec(p) for p in self.seed_pes]
-        # the alternatives get their seeds where they are trained (a run of fewer encodings drops them)
-        self.other_seed_pes = [p for p in map(canonical_spec, self.other_seed_pes) if p in self.pes]
         missing = [p for p in self.seed_pes if p not in self.pes]
         if self.seeds > 1 and missing:
             raise RopelabError(f"--seed-pes names encodings that are not trained: {', '.join(missing)}")
