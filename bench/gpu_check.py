@@ -53,7 +53,7 @@ NAME = "gpu-check"
 DESCRIPTION = "CUDA vs CPU parity of every method (tiny model, SmolLM2) and SmolLM2 prefill time/memory at 16K/32K"
 
 #: the sliding-window reference (the model's own RoPE, attention limited to a window plus sinks)
-WINDOW = "window"
+REFERENCE = "window"
 TIMING_METHODS = (
     "rope",
     "yarn:factor=2",
@@ -61,7 +61,7 @@ TIMING_METHODS = (
     "rerope",
     "self-extend",
     "hirope",
-    WINDOW,
+    REFERENCE,
     "rerope@chunked",
     "hirope@chunked",
 )
@@ -113,7 +113,7 @@ def tiny_specs(window: int = TINY_WINDOW) -> list[str]:
             specs.append(f"learned:max_len={4 * TINY_LENGTH}")
         else:
             specs.append(info.name)
-    return [*specs, f"rerope:window={window},logn=true", WINDOW]
+    return [*specs, f"rerope:window={window},logn=true", REFERENCE]
 
 
 def pretrained_specs(window: int = MODEL_WINDOW) -> list[str]:
@@ -132,13 +132,13 @@ def pretrained_specs(window: int = MODEL_WINDOW) -> list[str]:
         f"rerope:window={window}",
         f"self-extend:window={window},group=4",
         f"hirope:window={window}",
-        WINDOW,
+        REFERENCE,
     ]
 
 
 def set_method(model: Transformer, spec: str, window: int) -> None:
     """Switch ``model`` to ``spec``; ``window`` is the sliding-window reference around RoPE."""
-    if spec == WINDOW:
+    if spec == REFERENCE:
         model.with_method("rope")
         model.pe = SlidingWindow(model.pe, window)
     else:
@@ -209,12 +209,12 @@ def parity_tiny(device: torch.device, log, specs: list[str] | None = None) -> li
     mask[1, :TINY_PAD] = 0
     for spec in specs or tiny_specs():
         torch.manual_seed(0)
-        base = "rope" if spec == WINDOW else spec
+        base = "rope" if spec == REFERENCE else spec
         model = Transformer(ModelConfig.from_name("tiny", pe=base, vocab_size=97, train_len=TINY_TRAIN)).eval()
         with torch.no_grad():  # sharper attention, so positions matter
             for layer in model.layers:
                 layer.self_attn.q_proj.weight.mul_(4)
-        if spec == WINDOW:
+        if spec == REFERENCE:
             set_method(model, spec, TINY_WINDOW)
         try:
             reference = _tiny_logits(model, ids, mask)
@@ -298,7 +298,7 @@ def prefill_once(model: Transformer, ids: torch.Tensor, spec: str) -> tuple[floa
         before = torch.cuda.memory_allocated(device)
     with RssSampler() if device.type == "cpu" else contextlib.nullcontext() as sampler:
         start = time.perf_counter()
-        if spec == WINDOW:
+        if spec == REFERENCE:
             sliding = SlidingWindow(own, model.config.train_len)
             hidden = window_prefill(model, own, sliding, ids[0].tolist(), model.new_cache())[None]
         else:
@@ -328,7 +328,7 @@ def prefill(model: Transformer, tokens: list[int], lengths: list[int], specs: li
                 continue
             ids = torch.tensor([tokens[:length]], device=device)
             try:
-                set_method(model, "rope" if spec == WINDOW else spec, model.config.train_len)
+                set_method(model, "rope" if spec == REFERENCE else spec, model.config.train_len)
                 window_attention.KERNEL = kernel or "auto"
                 # warm-up at full length: kernels, allocator, and FlexAttention's compile for this shape
                 prefill_once(model, ids, spec)

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.common import machine_info, write_json
     from ropelab.core.lengths import parse_length
-    from ropelab.eval.runner import WINDOW
+    from ropelab.eval.runner import REFERENCE
     from ropelab.experiments.hirope import data, selection
     from ropelab.experiments.hirope.config import ablations
     from ropelab.experiments.hirope.run import measure
@@ -155,13 +155,13 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     grid = selection.grid(L, args.windows, items(args.splits))
     models = {0: model}
-    units = [(0, spec, d) for d in dev_docs for spec in [*grid, WINDOW]]
+    units = [(0, spec, d) for d in dev_docs for spec in [*grid, REFERENCE]]
     dev_records = measure(work / "dev.jsonl", units, models, tokenizer, progress, "hirope-sweep dev")
     found = selection.choose(work / "selection.json", dev_records, [d["name"] for d in dev_docs], grid, L, [0])
     default = explicit_default(model)
     reported = list(dict.fromkeys([found["chosen"], *([found["smaller_window"]] if found["smaller_window"] else []),
                                    default]))  # fmt: skip
-    units = [(0, spec, d) for d in test_docs for spec in [*reported, WINDOW]]
+    units = [(0, spec, d) for d in test_docs for spec in [*reported, REFERENCE]]
     changed = [(name, value, spec) for name, value, spec in ablations(found["chosen"])] if args.ablations else []
     units += [(0, spec, d) for d in test_docs for _, _, spec in changed]
     test_records = measure(work / "test.jsonl", units, models, tokenizer, progress, "hirope-sweep test")

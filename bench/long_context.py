@@ -33,13 +33,13 @@ def worker(args: argparse.Namespace) -> dict:
 
     from bench.common import RssSampler, peak_rss_mb
     from ropelab.eval.documents import java_parts, python_parts
-    from ropelab.eval.runner import WINDOW, window_prefill
+    from ropelab.eval.runner import REFERENCE, window_prefill
     from ropelab.eval.stats import block_means
     from ropelab.pretrained.registry import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    window = args.method == WINDOW
+    window = args.method == REFERENCE
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, method="rope" if window else args.method)
     load_seconds = time.perf_counter() - start
@@ -82,7 +82,7 @@ def worker(args: argparse.Namespace) -> dict:
         part = losses[lo : lo + args.bucket]
         buckets.append({"start": lo, "end": lo + part.numel(), "mean_loss": float(part.mean())})
     return {
-        "method": WINDOW if window else model.pe.spec,
+        "method": REFERENCE if window else model.pe.spec,
         "tokens": len(ids),
         "train_len": model.config.train_len,
         "files": files,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench import context_study, render
-from ropelab.eval.runner import WINDOW
+from ropelab.eval.runner import REFERENCE
 from ropelab.reporting.context import render_context, summarise_rows
 
 T975_3 = 3.182446305284263  # t_{0.975, 3}
@@ -33,7 +33,7 @@ CONFIG = {"methods": ["a"], "train_len": 1024, "model": "m", "samples": 4}
 
 def test_paired_t_interval_holm_and_calls_by_hand():
     rows = [_row("a", i, b, needles=(n, 4)) for i, (b, n) in enumerate(zip([1.0, 1.1, 0.9, 1.2], [4, 3, 4, 4]))]
-    rows += [_row(WINDOW, i, b, needles=(0, 4)) for i, b in enumerate([1.5, 1.6, 1.4, 1.6])]
+    rows += [_row(REFERENCE, i, b, needles=(0, 4)) for i, b in enumerate([1.5, 1.6, 1.4, 1.6])]
     s = summarise_rows(CONFIG, rows)["lengths"]["2048"]
     beyond = s["diffs"]["a"]["loss_beyond"]
     # differences -0.5, -0.5, -0.5, -0.4: mean -0.475, sd 0.05, se 0.025, 3 degrees of freedom
@@ -56,18 +56,18 @@ def test_paired_t_interval_holm_and_calls_by_hand():
 
 
 def test_two_documents_make_no_call_and_mismatched_samples_do_not_pair():
-    rows = [_row("a", i, 1.0) for i in range(2)] + [_row(WINDOW, i, 3.0) for i in range(2)]
+    rows = [_row("a", i, 1.0) for i in range(2)] + [_row(REFERENCE, i, 3.0) for i in range(2)]
     s = summarise_rows(CONFIG, rows)["lengths"]["2048"]
     assert s["diffs"]["a"]["loss_beyond"]["call"] == "n too small"  # a huge effect, but 2 documents
     rows = [_row("a", i, 1.0 + i / 10, sha="x" if i == 0 else "s") for i in range(4)]
-    rows += [_row(WINDOW, i, 2.0) for i in range(4)]
+    rows += [_row(REFERENCE, i, 2.0) for i in range(4)]
     s = summarise_rows(CONFIG, rows)["lengths"]["2048"]
     assert s["mismatched"] == ["doc0"] and s["diffs"]["a"]["loss_beyond"]["interval"]["n"] == 3
 
 
 def test_within_the_train_length_only_the_inside_loss_is_tested():
     rows = [_row("a", i, 1.0, inside=1.0 + i / 100, length=512) for i in range(4)]
-    rows += [_row(WINDOW, i, 1.0, length=512) for i in range(4)]
+    rows += [_row(REFERENCE, i, 1.0, length=512) for i in range(4)]
     summary = summarise_rows(CONFIG, rows)
     assert summary["family"] == 1
     text = "\n".join(render_context(CONFIG, "context", summary))
@@ -78,7 +78,7 @@ def test_study_section_renders_partial_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "RESULTS", tmp_path)
     assert "Not measured yet" in "\n".join(render.section_study())
     config = {**CONFIG, "methods": ["a"], "samples": 20}
-    rows = [_row(m, i, 1.0 + (m == WINDOW)) for i in range(4) for m in ("a", WINDOW)] + [_row("a", 4, 1.0)]
+    rows = [_row(m, i, 1.0 + (m == REFERENCE)) for i in range(4) for m in ("a", REFERENCE)] + [_row("a", 4, 1.0)]
     data = {"machine": {"cpu": "C", "cores": 2, "torch_threads": 2, "torch": "t", "date": "d"},
             "stages": {"2x": {"config": config, "documents": rows}}}  # fmt: skip
     (tmp_path / "context_study.json").write_text(json.dumps(data))
@@ -103,7 +103,7 @@ def test_study_run_is_saved_and_restored_from_its_archive(tmp_path):
 
 def test_a_model_no_better_than_a_unigram_one_gets_no_call():
     rows = [_row("a", i, b) for i, b in enumerate([1.0, 1.1, 0.9, 1.2])]
-    rows += [_row(WINDOW, i, b) for i, b in enumerate([1.5, 1.6, 1.4, 1.6])]
+    rows += [_row(REFERENCE, i, b) for i, b in enumerate([1.5, 1.6, 1.4, 1.6])]
     for row in rows:
         row["unigram_loss"] = 0.9  # every loss inside L (1.0) is above it
     summary = summarise_rows(CONFIG, rows)

@@ -14,7 +14,7 @@ import torch
 from ropelab import ModelConfig, Transformer
 from ropelab.core.errors import RopelabError
 from ropelab.eval import get_task
-from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
+from ropelab.eval.runner import REFERENCE, Evaluator, evaluate, read_results
 from ropelab.eval.stats import block_means, mcnemar, wilson
 from ropelab.eval.tasks.context import fingerprint, question_text
 from ropelab.pe.sliding import SlidingWindow
@@ -87,7 +87,7 @@ def test_sliding_window_equals_a_dense_masked_reference(model, tokenizer, sinks)
 @torch.no_grad()
 def test_window_prefill_equals_the_own_method_inside_and_the_sliding_window_beyond(model, tokenizer):  # noqa: F811
     ids = tokenizer.encode("class A:\n    def g(self):\n        return 2\n" * 40)[:1000]
-    evaluator = Evaluator(model, tokenizer, WINDOW)
+    evaluator = Evaluator(model, tokenizer, REFERENCE)
     own = model.pe.rotation(torch.arange(3)[None])  # keep a handle on the own encoding's output
     session = {}
 
@@ -146,9 +146,10 @@ def test_context_samples_place_needles_far_and_near(tokenizer):  # noqa: F811
         for site in extra["sites"]:
             gold = tokenizer.decode(site["candidates"][site["gold"]]).strip()
             assert gold == site["name"]
-            assert sample.prompt_ids[site["start"] : site["start"] + len(site["candidates"][site["gold"]])] == site[
-                "candidates"
-            ][site["gold"]]
+            assert (
+                sample.prompt_ids[site["start"] : site["start"] + len(site["candidates"][site["gold"]])]
+                == site["candidates"][site["gold"]]
+            )
     assert samples[0].prompt_ids != samples[2].prompt_ids
     again = _samples(tokenizer, length=4000, n=4, train_len=train)
     assert [fingerprint(s) for s in again] == [fingerprint(s) for s in samples]
@@ -200,12 +201,12 @@ def test_context_refuses_more_documents_than_the_split_holds(tokenizer):  # noqa
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", ["rope", "rerope:window=32", "hirope:window=32,chunk=16", WINDOW])
+@pytest.mark.parametrize("method", ["rope", "rerope:window=32", "hirope:window=32,chunk=16", REFERENCE])
 def test_cached_answers_equal_separate_passes(model, tokenizer, method):  # noqa: F811
     """A question at the end and a candidate at an earlier site, each asked from the truncated KV cache
     of one pass (end first, so truncation never loses what a later one needs), give the logits of a
     fresh pass over prefix + continuation."""
-    model.with_method("rope" if method == WINDOW else method)
+    model.with_method("rope" if method == REFERENCE else method)
     sample = _samples(tokenizer, n=1)[0]
     ids = sample.prompt_ids
     evaluator = Evaluator(model, tokenizer, method)
@@ -238,7 +239,7 @@ def test_context_task_runs_and_reports(tmp_path, model, tokenizer):  # noqa: F81
     )  # fmt: skip
     records = read_results(out / "results.jsonl")
     assert [(r["method"], r["index"]) for r in records] == [
-        (m, i) for i in (0, 1, 2) for m in ("rope", "rerope:window=32", WINDOW)
+        (m, i) for i in (0, 1, 2) for m in ("rope", "rerope:window=32", REFERENCE)
     ]  # sample by sample
     by = {(r["method"], r["index"]): r for r in records}
     for r in records:
@@ -249,7 +250,7 @@ def test_context_task_runs_and_reports(tmp_path, model, tokenizer):  # noqa: F81
         assert len({x["sample_sha256"] for x in records if x["index"] == r["index"]}) == 1
     # inside the train length the window reference is the own method (rope) exactly
     for index in (0, 1, 2):
-        rope, window = by[("rope", index)]["token_losses"], by[(WINDOW, index)]["token_losses"]
+        rope, window = by[("rope", index)]["token_losses"], by[(REFERENCE, index)]["token_losses"]
         assert all(a is None or abs(a - b) < 2e-4 for a, b in zip(rope[:TRAIN], window[:TRAIN]))
         assert any(abs(a - b) > 1e-3 for a, b in zip(rope[TRAIN:], window[TRAIN:]) if a is not None)
     assert "Not a table task" in compare_runs(out, out)  # a context run compares without a KeyError

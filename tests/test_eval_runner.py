@@ -14,7 +14,7 @@ from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
 from ropelab.eval.base import Outputs
 from ropelab.eval.documents import long_code
-from ropelab.eval.runner import WINDOW, Evaluator, evaluate, read_results
+from ropelab.eval.runner import REFERENCE, Evaluator, evaluate, read_results
 from ropelab.eval.tasks.passkey import QUESTION
 from ropelab.reporting.eval import compare_runs, write_report
 from tests.helpers import corpus_or_skip, long_code_bpe
@@ -124,7 +124,7 @@ def test_shared_pass_equals_separate_passes(tokenizer, model):
 def test_window_reference_truncates_to_the_train_length(tokenizer, model):
     task = get_task("ppl")
     sample = task.build(tokenizer, 300, 1, seed=0, train_len=128)[0]
-    outputs, info = Evaluator(model, tokenizer, WINDOW).outputs(task, sample)
+    outputs, info = Evaluator(model, tokenizer, REFERENCE).outputs(task, sample)
     assert info["context"] == 128 and len(outputs.losses) == 127
     direct = model.token_losses(torch.tensor([sample.prompt_ids[-128:]]))[0]
     torch.testing.assert_close(torch.tensor(outputs.losses), direct, atol=1e-5, rtol=1e-5)
@@ -134,12 +134,12 @@ def test_window_reuses_the_own_method_only_where_it_truncates_nothing(tmp_path, 
     train_len = model.config.train_len
     out = evaluate(model, tokenizer, "m", ["rope"], ["passkey"], ["100", "3x"], 1, tmp_path / "w", progress=False)
     records = {(r["method"], r["length"]): r for r in read_results(out / "results.jsonl")}
-    within, beyond = records[(WINDOW, 100)], records[(WINDOW, 3 * train_len)]
+    within, beyond = records[(REFERENCE, 100)], records[(REFERENCE, 3 * train_len)]
     assert within["same_as"] == "rope" and within["metrics"] == records[("rope", 100)]["metrics"]
     # computing it as a window gives the same answer: the copy is exact, not an approximation
     task = get_task("passkey")
     sample = task.build(tokenizer, 100, 1, seed=0, train_len=train_len)[0]
-    outputs, info = Evaluator(model, tokenizer, WINDOW).outputs(task, sample)
+    outputs, info = Evaluator(model, tokenizer, REFERENCE).outputs(task, sample)
     assert "context" not in info and task.score(sample, outputs) == within["metrics"]
     assert "same_as" not in beyond and beyond["context"] < 3 * train_len
 
@@ -160,7 +160,7 @@ def test_run_writes_everything_and_resumes(tmp_path, tokenizer, model):
     records = read_results(out / "results.jsonl")
     # 4 methods (with window) x 2 tasks x 2 lengths x 2 samples
     assert len(records) == 32
-    assert {r["method"] for r in records} == {"rope", "rope+yarn:factor=2", "hirope:window=32", WINDOW}
+    assert {r["method"] for r in records} == {"rope", "rope+yarn:factor=2", "hirope:window=32", REFERENCE}
     for name in (
         "config.json",
         "summary.json",
@@ -423,8 +423,6 @@ def test_a_run_parses_each_spec_once(tmp_path, tokenizer, model, monkeypatch):
     original = pe.parse_spec
     monkeypatch.setattr(pe, "parse_spec", lambda text: parsed.append(text) or original(text))
     methods = ["rope", "yarn:factor=2", "hirope:window=32", "self-extend:window=32,group=4"]
-    evaluate(
-        model, tokenizer, "tiny", methods, ["ppl", "passkey"], ["2x", "3x"], 2, tmp_path / "run", progress=False
-    )
+    evaluate(model, tokenizer, "tiny", methods, ["ppl", "passkey"], ["2x", "3x"], 2, tmp_path / "run", progress=False)
     assert sorted(parsed) == sorted(set(parsed))  # no text parsed twice
     assert set(methods) <= set(parsed) and len(parsed) <= len(methods) + 2  # + the model's own spec (and rope)

@@ -12,7 +12,7 @@ import torch
 
 from ropelab.core.errors import RopelabError
 from ropelab.eval.base import Outputs, Sample, Task
-from ropelab.eval.plan import WINDOW
+from ropelab.eval.plan import REFERENCE
 from ropelab.hierarchy import align, file_spans, segment_text
 from ropelab.model.generate import stream
 from ropelab.pe import Spec, spec_of
@@ -53,7 +53,7 @@ class Evaluator:
         self.model = model
         self.tokenizer = tokenizer
         self.method = method
-        self.is_reference = method == WINDOW  # the window reference row, not a method of its own
+        self.is_reference = method == REFERENCE  # the window reference row, not a method of its own
         self._own = model.pe  # the method the model runs (the reference limits what it sees)
         self.train_len = model.config.train_len
         self._last: tuple[list[int], torch.Tensor] | None = None  # (input ids, hidden [T, D]) of the last pass

@@ -1,7 +1,7 @@
 """Planning an evaluation run: its configuration (checked before any work), every sample built
 up front, and the units of work (method x task x length x sample) in run order.
 
-``WINDOW`` names the reference row every run carries: the model's own method with what it sees
+``REFERENCE`` names the reference row every run carries: the model's own method with what it sees
 limited to the training length (:mod:`ropelab.eval.evaluator`).
 """
 
@@ -17,8 +17,9 @@ from ropelab.eval import TASKS, get_task
 from ropelab.eval.base import Sample, Task
 from ropelab.pe import spec_of
 
-#: the reference row of every run: the model's own method, limited to the training length
-WINDOW = "window"
+#: the reference row of every run: the model's own method with what it sees limited to the training
+#: length (its stored label, in every results.jsonl and report, is "window")
+REFERENCE = "window"
 
 
 @dataclass(kw_only=True)
@@ -250,7 +251,7 @@ def _units(
             return 0
         return 1 if task.name in derived else 2
 
-    methods = config.methods + ([WINDOW] if config.include_window else [])
+    methods = config.methods + ([REFERENCE] if config.include_window else [])
     return [
         (method, task, sample)
         for method in methods

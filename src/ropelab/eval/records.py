@@ -14,7 +14,7 @@ from ropelab.core.checks import is_int, is_real
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text, check_out_dir, differing_keys, saved_settings
 from ropelab.eval.base import Sample, Task
-from ropelab.eval.plan import WINDOW, Plan, RunConfig, unit_key
+from ropelab.eval.plan import REFERENCE, Plan, RunConfig, unit_key
 from ropelab.model.config import shown
 
 if TYPE_CHECKING:
@@ -192,9 +192,9 @@ class OwnRecords:
         """The ``window`` record of ``sample`` copied from the own method's, or None where there is none
         to copy or the window cuts the sample's context."""
         same = self.records.get((task.name, sample.length, sample.index))
-        if evaluator.method != WINDOW or same is None or evaluator.truncates(task, sample):
+        if evaluator.method != REFERENCE or same is None or evaluator.truncates(task, sample):
             return None
-        return {**same, "method": WINDOW, "seconds": 0.0, "same_as": self.method}
+        return {**same, "method": REFERENCE, "seconds": 0.0, "same_as": self.method}
 
 
 def part_files(out: Path) -> list[Path]:

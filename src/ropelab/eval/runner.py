@@ -47,7 +47,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ropelab.core.errors import RopelabError
-from ropelab.eval.evaluator import WINDOW, Evaluator, hierarchy_positions, measure, use_method, window_prefill
+from ropelab.eval.evaluator import REFERENCE, Evaluator, hierarchy_positions, measure, use_method, window_prefill
 from ropelab.eval.plan import (
     MAX_SAMPLES,
     PPL_DOCUMENTS,
@@ -79,8 +79,8 @@ __all__ = [
     "MAX_SAMPLES",
     "PART",
     "PPL_DOCUMENTS",
+    "REFERENCE",
     "RESULTS",
-    "WINDOW",
     "Evaluator",
     "RunConfig",
     "Shard",
@@ -209,9 +209,9 @@ def _run_shard(
     left = sum(unit_key(unit) not in done for unit in mine)
     bar = _bar(progress and shard.rank == 0, left, 0, desc=f"evaluating (rank 0 of {shard.world_size})")
     try:
-        _run_units(model, tokenizer, plan, [u for u in mine if u[0] != WINDOW], path, own, bar, done, close=False)
+        _run_units(model, tokenizer, plan, [u for u in mine if u[0] != REFERENCE], path, own, bar, done, close=False)
         shard.barrier()  # every method's records are written
-        window = [u for u in mine if u[0] == WINDOW]
+        window = [u for u in mine if u[0] == REFERENCE]
         if window:
             others = [part for part in part_files(out) if part != path]
             for record in (r for part in others for r in read_results(part)):
@@ -249,7 +249,7 @@ def _run_units(
         with open(results_path, "a") as results:
             for method, task, sample in todo:
                 if evaluator is None or evaluator.method != method:
-                    use_method(model, own_pe, own_pe.spec if method == WINDOW else method)
+                    use_method(model, own_pe, own_pe.spec if method == REFERENCE else method)
                     evaluator = Evaluator(model, tokenizer, method)
                 if unit_group((method, task, sample)) != group:
                     evaluator.forget()

@@ -128,7 +128,7 @@ def _candidate(encoding: PositionEncoding) -> tuple[dict | None, str | None]:
     parts = parse_spec(encoding.spec)
     base, transforms = parts[0], parts[1:]
     name = base.info.name
-    if encoding.window is not None:
+    if encoding.is_windowed:
         return None, _WHY_NOT["window"].format(name=name)
     ctx = encoding.ctx
     d = ctx.head_dim

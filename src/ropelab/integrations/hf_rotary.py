@@ -85,7 +85,7 @@ class RopelabRotaryEmbedding(nn.Module):
     @staticmethod
     def _tables(encoding: PositionEncoding, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """float32 ``[..., T, rotary_dim]`` cos/sin in HF's rotate-half layout."""
-        if isinstance(encoding, RotaryEncoding) and encoding.window is None:
+        if isinstance(encoding, RotaryEncoding) and not encoding.is_windowed:
             if encoding.inv_freq.device != position_ids.device:
                 encoding.to(position_ids.device)
             rotation = encoding.rotation(position_ids)
@@ -161,7 +161,7 @@ def build_encoding(spec: str, ctx: PEContext) -> PositionEncoding:
                 "cannot carry; it needs the attention-function hook (not yet supported)"
             )
         return encoding
-    if encoding.info.family == "none" or encoding.window is not None:
+    if encoding.info.family == "none" or encoding.is_windowed:
         return encoding
     rotary = ", ".join(m.name for m in pe_registry.methods() if m.kind == "rotary")
     raise RopelabError(

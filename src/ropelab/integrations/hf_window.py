@@ -170,7 +170,7 @@ def window_attention(module, query, key, value, attention_mask, scaling=None, dr
     each row's real tokens are numbered ``0, 1, 2, ...`` for the method's tables, so a padded row
     gets the result it gets alone."""
     encoding = module._ropelab_window
-    if encoding.window is None:  # a layer type that keeps rotary tables (a spec per layer type)
+    if not encoding.is_windowed:  # a layer type that keeps rotary tables (a spec per layer type)
         return _model_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     batch, q_len, k_len = query.shape[0], query.shape[2], key.shape[2]
     past = k_len - q_len
@@ -252,7 +252,7 @@ def check_model(model: nn.Module, encodings: dict[str, PositionEncoding]) -> Non
     logits (Gemma 2's ``attn_logit_softcapping``: the windowed attention computes uncapped ones),
     and a spec per layer type mixing windowed and rotary methods on a model whose attention
     implementation is not one of :data:`FALLBACKS`."""
-    windowed = [kind for kind, encoding in encodings.items() if encoding.window is not None]
+    windowed = [kind for kind, encoding in encodings.items() if encoding.is_windowed]
     if not windowed:
         return
     caps = {getattr(module, "attn_logit_softcapping", None) for kind, module in attention_layers(model)}
@@ -279,7 +279,7 @@ def set_window(model: nn.Module, encodings: dict[str, PositionEncoding] | None) 
     config = model.config
     decoder = body(model)
     saved = getattr(decoder, "_ropelab_saved_attn", None)
-    windowed = encodings is not None and any(encoding.window is not None for encoding in encodings.values())
+    windowed = encodings is not None and any(encoding.is_windowed for encoding in encodings.values())
     if windowed:
         _register()
         if saved is None:

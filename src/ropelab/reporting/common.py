@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ropelab.eval.runner import WINDOW
+from ropelab.eval.runner import REFERENCE
 
 
 def methods_order(config: dict, present: Iterable[str]) -> list[str]:
     """The run's methods in its order, the ``window`` reference last, then any others by name."""
     present = set(present)
     order = [m for m in config["methods"] if m in present]
-    if WINDOW in present:
-        order.append(WINDOW)
+    if REFERENCE in present:
+        order.append(REFERENCE)
     return order + sorted(m for m in present if m not in order)
 
 
@@ -32,7 +32,7 @@ def tokens_text(n: int) -> str:
 
 def method_style(method: str, index: int) -> dict:
     markers = "osD^vP*Xh<>"
-    if method == WINDOW:
+    if method == REFERENCE:
         return dict(color="black", linestyle="--", linewidth=1.8, marker="x", markersize=6)
     return dict(marker=markers[index % len(markers)], markersize=5, linewidth=1.4, alpha=0.9)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scipy import stats as _st
 
-from ropelab.eval.runner import WINDOW
+from ropelab.eval.runner import REFERENCE
 from ropelab.eval.stats import block_means, detectable_from, differences, family, interval, paired, wilson
 from ropelab.reporting.common import method_style, methods_order, save_figure, series_labels, tokens_text
 
@@ -97,7 +97,9 @@ def summarise_rows(config: dict, rows: list[dict]) -> dict:
         cell = lengths[length]["diffs"][m][metric]
         cell["p_holm"], cell["call"] = verdict.adjusted_p, verdict.call
         if lengths[length]["floor"] and verdict.call in ("better", "worse"):
-            cell["call"] = "model at floor"  # a model no better than a unigram one: its differences are not about context
+            cell["call"] = (
+                "model at floor"  # a model no better than a unigram one: its differences are not about context
+            )
     for s in lengths.values():
         for cells in s["diffs"].values():
             for cell in cells.values():
@@ -114,7 +116,7 @@ def _length_summary(config: dict, items: list[dict]) -> dict:
     methods = methods_order(config, {r["method"] for r in items})
     docs = sorted({(r["index"], r["document"], r["language"], r["era"]) for r in items})
     per = {m: {r["index"]: r for r in items if r["method"] == m} for m in methods}
-    reference = per.get(WINDOW, {})
+    reference = per.get(REFERENCE, {})
     values = {m: {metric: {i: r["metrics"].get(metric) for i, r in rows.items()} for metric in METRICS}
               for m, rows in per.items()}  # fmt: skip
     rows_summary, diffs, mismatched = {}, {}, set()
@@ -124,14 +126,14 @@ def _length_summary(config: dict, items: list[dict]) -> dict:
             iv = interval([v for v in values[m][metric].values() if v is not None])
             pooled = _pooled(per[m].values(), metric) if metric in RATE_METRICS else None
             rows_summary[m][metric] = {**_interval_dict(iv), "pooled": pooled}
-        if m == WINDOW or not reference:
+        if m == REFERENCE or not reference:
             continue
         same = {i for i, r in per[m].items() if i in reference and r["sample_sha256"] == reference[i]["sample_sha256"]}
         mismatched |= {per[m][i]["document"] for i in per[m] if i in reference and i not in same}
         diffs[m] = {}
         for metric in METRICS:
             a = {i: values[m][metric][i] for i in same}
-            b = {i: values[WINDOW][metric][i] for i in same}
+            b = {i: values[REFERENCE][metric][i] for i in same}
             units, _ = differences(a, b)
             if not units:
                 continue
@@ -144,8 +146,8 @@ def _length_summary(config: dict, items: list[dict]) -> dict:
         "mismatched": sorted(mismatched),
         "buckets": _buckets(config, per, methods),
         "seconds": {m: sum(r["seconds"] for r in per[m].values()) for m in methods},
-        "eras": _eras(per.get(WINDOW) or per[methods[0]]),
-        "floor": _floor(per.get(WINDOW) or per[methods[0]]),
+        "eras": _eras(per.get(REFERENCE) or per[methods[0]]),
+        "floor": _floor(per.get(REFERENCE) or per[methods[0]]),
     }
 
 
@@ -175,12 +177,12 @@ def _buckets(config: dict, per: dict, methods: list[str]) -> dict:
     out: dict = {"size": size, "starts": [j * size for j in range(count)], "mean": {}, "diff": {}}
     for m in methods:
         out["mean"][m] = [interval([r["buckets"][j] for r in per[m].values()]).mean for j in range(count)]
-    reference = per.get(WINDOW)
+    reference = per.get(REFERENCE)
     if not reference:
         return out
     comparisons = {}
     for m in methods:
-        if m == WINDOW:
+        if m == REFERENCE:
             continue
         for j in range(count):
             a = {i: r["buckets"][j] for i, r in per[m].items() if i in reference}
@@ -189,7 +191,7 @@ def _buckets(config: dict, per: dict, methods: list[str]) -> dict:
     verdicts = family({k: v[0] for k, v in comparisons.items()}, lower_is_better=True, atol=2e-4,
                       unit_diffs={k: v[1] for k, v in comparisons.items()})  # fmt: skip
     for m in methods:
-        if m != WINDOW:
+        if m != REFERENCE:
             out["diff"][m] = [
                 {**_interval_dict(verdicts[(m, j)].diff), "call": verdicts[(m, j)].call} for j in range(count)
             ]
@@ -279,7 +281,7 @@ def _overview(config: dict, length: int, s: dict, family_size: int, split: str =
         f"({', '.join(f'{n} {lang}' for lang, n in sorted(languages.items()))}): "
         + ", ".join(f"`{d['document']}`" for d in docs)
         + ". Each cell: the mean over documents [95 % t interval, n - 1 df]; rates also pooled (hits/asked). "
-        f"Δ: the paired difference to the `{WINDOW}` reference per document (the model's own method with attention "
+        f"Δ: the paired difference to the `{REFERENCE}` reference per document (the model's own method with attention "
         f"limited to the previous {tokens_text(train_len)} tokens plus 4 sink tokens, in one pass). **better** / "
         f"**worse** only when the Holm-adjusted p < 0.05 over the {family_size} comparisons of the run's overview "
         "tables; *identical*: every per-document difference at numerical precision; *n too small*: fewer than 3 "
@@ -300,13 +302,13 @@ def _overview(config: dict, length: int, s: dict, family_size: int, split: str =
     header = "| method | " + " | ".join(METRICS[m][0] for m in shown) + " | seconds |"
     lines += [header, "|---|" + "---:|" * (len(shown) + 1)]
     for m in s["methods"]:
-        label = f"*{m}* (reference)" if m == WINDOW else f"`{m}`"
+        label = f"*{m}* (reference)" if m == REFERENCE else f"`{m}`"
         cells = [_row_cell(metric, s["rows"][m].get(metric, {})) for metric in shown]  # an older summary may lack one
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {s['seconds'].get(m, 0):.0f} |")
     lines += ["", "Paired difference to the window reference (method minus window):", ""]
     lines += ["| method | " + " | ".join(f"Δ {METRICS[m][0]}" for m in tested) + " |", "|---|" + "---:|" * len(tested)]
     for m in s["methods"]:
-        if m != WINDOW:
+        if m != REFERENCE:
             lines.append(f"| `{m}` | " + " | ".join(_diff_cell(metric, s["diffs"].get(m, {}).get(metric))
                                                      for metric in tested) + " |")  # fmt: skip
     return [*lines, ""]
@@ -431,7 +433,7 @@ def _overview_figure(path: Path, config: dict, length: int, s: dict) -> str:
                [100 * (min(c["hi"], 1.0) - c["mean"]) if c["n"] > 1 else 0.0 for c in cells]]  # fmt: skip
         style = method_style(m, i)
         right.bar(xs, ys, width, yerr=err, capsize=2, label=m, color=style.get("color"),
-                  hatch="//" if m == WINDOW else None, alpha=0.85)  # fmt: skip
+                  hatch="//" if m == REFERENCE else None, alpha=0.85)  # fmt: skip
     labels = [METRICS[m][0].replace(" (%)", "").replace(" (control", "\n(control") for m in metrics]
     right.set_xticks(range(len(metrics)), labels, fontsize=7)
     right.set_ylim(0, 122)  # room above 100 % for the legend

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
 from ropelab.eval import TASKS, Task, get_task
-from ropelab.eval.runner import WINDOW, read_results
+from ropelab.eval.runner import REFERENCE, read_results
 from ropelab.eval.stats import call, differences, family, holm, interval, paired
 from ropelab.reporting.common import (
     length_label,
@@ -136,7 +136,7 @@ def _table_calls(config: dict, summary: dict) -> dict:
     for n in lengths:
         rows = [m for m in cells if n in cells[m]]
         for a, b in itertools.permutations(rows, 2):
-            if a != WINDOW and (b == WINDOW or a < b):
+            if a != REFERENCE and (b == REFERENCE or a < b):
                 x, y = cells[a][n].get("values", {}), cells[b][n].get("values", {})
                 comparisons[(n, a, b)] = (paired(x, y), differences(x, y)[0])
     verdicts = family({k: v[0] for k, v in comparisons.items()}, lower_is_better=not higher,
@@ -149,9 +149,9 @@ def _table_calls(config: dict, summary: dict) -> dict:
         return {"better": "worse", "worse": "better"}.get(flipped.call, flipped.call) if flipped else "-"
 
     window = {
-        n: {m: {"call": verdicts[(n, m, WINDOW)].call, "p_holm": verdicts[(n, m, WINDOW)].adjusted_p,
-                "diff": verdicts[(n, m, WINDOW)].diff.mean, "n": verdicts[(n, m, WINDOW)].diff.n}
-            for m in cells if (n, m, WINDOW) in verdicts}
+        n: {m: {"call": verdicts[(n, m, REFERENCE)].call, "p_holm": verdicts[(n, m, REFERENCE)].adjusted_p,
+                "diff": verdicts[(n, m, REFERENCE)].diff.mean, "n": verdicts[(n, m, REFERENCE)].diff.n}
+            for m in cells if (n, m, REFERENCE) in verdicts}
         for n in lengths
     }  # fmt: skip
     best = {}
@@ -173,8 +173,8 @@ def compare_cells(cell: dict, reference: dict, higher: bool) -> str:
 
 def _methods_order(config: dict, cells: dict) -> list[str]:
     order = [m for m in config["methods"] if m in cells]
-    if WINDOW in cells:
-        order.append(WINDOW)
+    if REFERENCE in cells:
+        order.append(REFERENCE)
     return order + sorted(m for m in cells if m not in order)
 
 
@@ -241,7 +241,7 @@ def _preamble(config: dict) -> list[str]:
         *not_run,
         f"Train length {config['train_len']}; methods {', '.join(config['methods'])}"
         + (
-            f" and the `{WINDOW}` reference (attention limited to the train length)"
+            f" and the `{REFERENCE}` reference (attention limited to the train length)"
             if config.get("include_window")
             else ""
         )
@@ -290,7 +290,7 @@ def _task_table(config: dict, name: str, task: dict, lengths: list[int]) -> list
         for n in lengths:
             text = cell_text(cells[method].get(str(n)), metric)
             row.append(f"**{text}**" if best.get(str(n)) == method else text)
-        name_cell = f"`{method}`" if method != WINDOW else f"*{WINDOW}* (reference)"
+        name_cell = f"`{method}`" if method != REFERENCE else f"*{REFERENCE}* (reference)"
         lines.append(f"| {name_cell} | " + " | ".join(row) + " |")
     lines.append("")
     return lines
@@ -301,12 +301,15 @@ def _window_verdicts(config: dict, task: dict, lengths: list[int]) -> list[str]:
     train_len = config["train_len"]
     metric, cells = task["metric"], task["cells"]
     beyond = [n for n in lengths if n > train_len]
-    if WINDOW not in cells or not beyond:
+    if REFERENCE not in cells or not beyond:
         return []
     calls = task.get("calls", {}).get("window", {})
-    lines = [f"Beyond the train length, against the `{WINDOW}` reference (paired by sample, Holm within the table):", ""]
+    lines = [
+        f"Beyond the train length, against the `{REFERENCE}` reference (paired by sample, Holm within the table):",
+        "",
+    ]
     for n in beyond:
-        reference = cells[WINDOW].get(str(n))
+        reference = cells[REFERENCE].get(str(n))
         if reference is None:
             continue
         verdicts = defaultdict(list)
@@ -368,7 +371,9 @@ def _table_plot(run: Path, config: dict, name: str, task: dict, records: list[di
         ax.yaxis.set_major_formatter(PercentFormatter())
     ax.set_xlabel("input length (tokens, log2 scale)")
     ax.set_ylabel(f"{metric} (%)" if rate else metric)
-    ax.set_title(f"{name}: {metric} vs input length ({config['model']}); bars: 95 % t interval over samples", fontsize=9)
+    ax.set_title(
+        f"{name}: {metric} vs input length ({config['model']}); bars: 95 % t interval over samples", fontsize=9
+    )
     ax.grid(alpha=0.3)
     outside_legend(ax)
     return [save_figure(fig, run / f"{name}_{metric}.png")]

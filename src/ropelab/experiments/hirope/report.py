@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ropelab.core.io import atomic_write_text
-from ropelab.eval.runner import WINDOW, read_results
+from ropelab.eval.runner import REFERENCE, read_results
 from ropelab.eval.stats import family, interval, paired
 from ropelab.experiments.hirope.config import ablations, block_size
 from ropelab.reporting.common import method_style, outside_legend, save_figure, series_labels, tokens_text
@@ -75,8 +75,10 @@ def compare_family(values: dict, pairs: list[tuple[str, str, str]]) -> dict:
 def summarise(config: dict, records: list[dict], selection: dict, methods: list[str]) -> dict:
     values = {m: values_by_seed(records, m) for m in METRICS}
     chosen = selection["chosen"]
-    main = [m for m in methods if m != WINDOW and not _is_ablation(m, chosen)]
-    vs_window = compare_family(values, {(metric, m): (metric, m, WINDOW) for m in main for metric in METRICS}.items())
+    main = [m for m in methods if m != REFERENCE and not _is_ablation(m, chosen)]
+    vs_window = compare_family(
+        values, {(metric, m): (metric, m, REFERENCE) for m in main for metric in METRICS}.items()
+    )
     vs_chosen = compare_family(
         values, {(metric, m): (metric, m, chosen) for m in main if m != chosen for metric in METRICS}.items()
     )
@@ -203,7 +205,7 @@ def render(config: dict, summary: dict, extra: dict, selection: dict, plot: str 
     buckets = summary["buckets"]
     lines += ["| method | " + " | ".join(f"{tokens_text(b['start'])}-{tokens_text(b['stop'])}" for b in buckets) + " |",
               "|---|" + "---:|" * len(buckets)]  # fmt: skip
-    for m in [*summary["main"], WINDOW]:
+    for m in [*summary["main"], REFERENCE]:
         cells = " | ".join(f"{b['cells'][m]:.3f}" if m in b["cells"] else "-" for b in buckets)
         lines.append(f"| `{m}` | {cells} |")
     lines += ["", "Regenerate: `ropelab experiment hirope --out <this directory>` (resumes; re-renders when done).", ""]
@@ -254,7 +256,7 @@ def plot(out: Path, config: dict, summary: dict) -> str:
     train_len = config["train_len"]
     fig, ax = plt.subplots(figsize=(10.5, 4.6))
     curves = {}
-    for m in [*summary["main"], WINDOW]:
+    for m in [*summary["main"], REFERENCE]:
         curves[m] = [(math.sqrt(max(1, b["start"]) * b["stop"]), b["cells"][m])
                      for b in summary["buckets"] if m in b["cells"] and not math.isnan(b["cells"][m])]  # fmt: skip
     labels = series_labels(curves)

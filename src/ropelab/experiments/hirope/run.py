@@ -46,7 +46,7 @@ from ropelab.core.io import atomic_write_text
 from ropelab.core.log import log
 from ropelab.eval.base import Sample
 from ropelab.eval.far import far_tokens
-from ropelab.eval.runner import WINDOW, Evaluator, read_results, window_prefill
+from ropelab.eval.runner import REFERENCE, Evaluator, read_results, window_prefill
 from ropelab.eval.stats import block_means
 from ropelab.experiments.hirope import data, selection
 from ropelab.experiments.hirope.config import ShortConfig, block_size, resolved_methods
@@ -111,12 +111,12 @@ def evaluate_document(model, tokenizer, doc: dict, spec: str, seed: int) -> dict
     (HiRoPE) the out-of-range share of far-pair segment distances."""
     own = model.pe.spec
     train_len = model.config.train_len
-    model.with_method(own if spec == WINDOW else spec)
+    model.with_method(own if spec == REFERENCE else spec)
     try:
         start = time.perf_counter()
         record = {"seed": seed, "method": spec, "document": doc["name"], "language": doc["language"], "era": doc["era"]}
         with torch.no_grad():
-            if spec == WINDOW:
+            if spec == REFERENCE:
                 sliding = SlidingWindow(model.pe, train_len)
                 hidden = window_prefill(model, model.pe, sliding, doc["ids"], model.new_cache())
             else:
@@ -217,12 +217,12 @@ def run_experiment(
     data.check_held_out(dev_docs + test_docs, sources)
 
     grid = selection.grid(L)
-    units = [(s, spec, d) for s in config.seeds for d in dev_docs for spec in [*grid, WINDOW]]
+    units = [(s, spec, d) for s in config.seeds for d in dev_docs for spec in [*grid, REFERENCE]]
     dev_records = measure(out / "dev.jsonl", units, models, tokenizer, progress, "development")
     names = [d["name"] for d in dev_docs]
     chosen = selection.choose(out / "selection.json", dev_records, names, grid, L, config.seeds)
     settings = [chosen["chosen"]] + ([chosen["smaller_window"]] if chosen["smaller_window"] else [])
-    methods = [*resolved_methods(config, settings), WINDOW]
+    methods = [*resolved_methods(config, settings), REFERENCE]
     units = [(s, spec, d) for s in config.seeds for d in test_docs for spec in methods]
     measure(out / "results.jsonl", units, models, tokenizer, progress, "test")
 

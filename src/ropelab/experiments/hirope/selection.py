@@ -136,7 +136,7 @@ def choose(path: Path, records: list[dict], documents: list[str], grid: list[str
     if path.exists():
         return json.loads(path.read_text())
     from ropelab.core.io import atomic_write_text
-    from ropelab.eval.runner import WINDOW
+    from ropelab.eval.runner import REFERENCE
 
     def score(spec: str) -> dict[str, float]:
         out = {}
@@ -145,7 +145,7 @@ def choose(path: Path, records: list[dict], documents: list[str], grid: list[str
             out[name] = sum(values) / len(values) if len(values) == len(seeds) else float("nan")
         return out
 
-    chosen, rows = select({spec: score(spec) for spec in grid}, train_len, score(WINDOW))
+    chosen, rows = select({spec: score(spec) for spec in grid}, train_len, score(REFERENCE))
     found = {"rule": RULE, "documents": list(documents), "seeds": list(seeds), "chosen": chosen,
              "smaller_window": smaller_window_alternative(chosen, rows, train_len),
              "rows": [r.to_dict() for r in rows]}  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ropelab.core.errors import RopelabError
 from ropelab.core.io import atomic_write_text
-from ropelab.eval.runner import WINDOW, read_results
+from ropelab.eval.runner import REFERENCE, read_results
 from ropelab.experiments.hope import primary, tuning
 from ropelab.experiments.hope.config import (
     ANALYSIS_DIR,
@@ -51,8 +51,8 @@ def _row_order(pes: list[str], cells: dict) -> list[str]:
     rows = []
     for pe in ranked:
         rows += sorted((m for m in cells if m == pe or m.startswith(pe + "+")), key=lambda m: (m != pe, m))
-        if f"{WINDOW}[{pe}]" in cells:
-            rows.append(f"{WINDOW}[{pe}]")
+        if f"{REFERENCE}[{pe}]" in cells:
+            rows.append(f"{REFERENCE}[{pe}]")
     return rows + sorted(m for m in cells if m not in rows)
 
 
@@ -94,7 +94,7 @@ def collect(exp: Path) -> dict:
         if not base or not summary_path.is_file():
             continue  # the extra seeds' evaluations go to the seed study
         summary = json.loads(summary_path.read_text())
-        rename = {WINDOW: f"{WINDOW}[{pe}]"}
+        rename = {REFERENCE: f"{REFERENCE}[{pe}]"}
         for task, data in summary["tasks"].items():
             merged = tasks.setdefault(
                 task, {"metric": data["metric"], "higher_is_better": data["higher_is_better"], "cells": {}}
@@ -157,7 +157,7 @@ def seed_study(exp: Path, experiment: dict) -> dict | None:
                 task, {"metric": data["metric"], "higher_is_better": data["higher_is_better"], "cells": {}}
             )
             for method, cells in data["cells"].items():
-                if method == WINDOW:
+                if method == REFERENCE:
                     continue
                 for n, cell in cells.items():
                     entry["cells"].setdefault(method, {}).setdefault(n, {})[str(run.seed)] = cell[data["metric"]]
@@ -233,7 +233,7 @@ def _table(task: str, data: dict, merged: dict, metric: str | None = None) -> li
             else:  # the average over lengths
                 text = value_text(value, metric)
             row.append(text)
-        label = f"*{m}* (reference)" if m.startswith(WINDOW) else f"`{m}`"
+        label = f"*{m}* (reference)" if m.startswith(REFERENCE) else f"`{m}`"
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return lines
 
