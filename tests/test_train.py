@@ -520,3 +520,17 @@ def test_train_config_fields_declare_their_ranges(change, message):
     with pytest.raises(RopelabError, match=re.escape(message)):
         config.validate()
     assert config.to_dict() == before
+
+
+def test_experiment_configs_declare_their_ranges_too():
+    from ropelab.experiments.hirope.config import ShortConfig
+    from ropelab.experiments.hope.config import ExperimentConfig
+
+    with pytest.raises(RopelabError, match=re.escape("train fraction must be in (0, 1), got 1.0")):
+        ExperimentConfig(train_fraction=1.0).validate()
+    with pytest.raises(RopelabError, match=re.escape("scale factor must be >= 1, got 0.5")):
+        ExperimentConfig(scale_factor=0.5).validate()
+    with pytest.raises(RopelabError, match=re.escape("dev documents must be a positive integer, got 0")):
+        ShortConfig(dev_documents=0, languages=["python"]).validate()
+    with pytest.raises(RopelabError, match=re.escape("train len must be an integer >= 8, got 4")):
+        ShortConfig(train_len=4, languages=["python"]).validate()

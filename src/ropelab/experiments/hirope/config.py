@@ -7,7 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ropelab.core.checks import is_int
+from ropelab.core.checks import bound, check_fields, is_int
 from ropelab.core.errors import RopelabError
 from ropelab.eval.documents import jdk_sources
 from ropelab.model.config import CONFIGS
@@ -22,33 +22,36 @@ def block_size(train_len: int) -> int:
     return max(1, min(BLOCK, train_len // 2))
 
 
+#: a declared range of the study's fields (:func:`ropelab.core.checks.check_fields`)
+POSITIVE = bound(int, "a positive integer", low=1)
+
+
 @dataclass(kw_only=True)
 class ShortConfig:
     model_config: str = "short-code"
-    train_len: int = 128
-    length: int = 16384  # evaluation document length (L^2 by default)
+    train_len: int = field(default=128, metadata=bound(int, "an integer >= 8", low=8))
+    length: int = field(default=16384, metadata=POSITIVE)  # evaluation document length (L^2 by default)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds (same data, same split)
-    steps: int = 2000  # training steps per seed (fixed, so every seed gets the same training)
-    dev_documents: int = 5  # development projects per language (the settings are chosen on them)
-    documents: int = 14  # test projects per language (the verdicts)
+    #: training steps per seed (fixed, so every seed gets the same training)
+    steps: int = field(default=2000, metadata=POSITIVE)
+    #: development projects per language (the settings are chosen on them)
+    dev_documents: int = field(default=5, metadata=POSITIVE)
+    documents: int = field(default=14, metadata=POSITIVE)  # test projects per language (the verdicts)
     languages: list[str] = field(default_factory=lambda: ["python", "java"])
     tokenizer: str = "bpe-8k"
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = field(default=32, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=bound(float, "positive", low=0, open_low=True))
     methods: list[str] | None = None  # default: :func:`baseline_methods`, the chosen HiRoPE setting, ablations
     data: list[str] | None = None  # training sources; default: the stdlib and the JDK's java.base packages
 
     def validate(self) -> None:
         if self.model_config not in CONFIGS:
             raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
-        if self.train_len < 8 or self.length <= self.train_len:
-            raise RopelabError(f"need 8 <= train length < length, got {self.train_len} and {self.length}")
-        if not is_int(self.steps) or self.steps < 1:
-            raise RopelabError(f"steps must be a positive integer, got {self.steps!r}")
+        check_fields(self, RopelabError, lambda name: name.replace("_", " "))
+        if self.length <= self.train_len:
+            raise RopelabError(f"need train length < length, got {self.train_len} and {self.length}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(not is_int(s) or s < 0 for s in self.seeds):
             raise RopelabError(f"seeds must be distinct integers >= 0, got {self.seeds!r}")
-        if self.documents < 1 or self.dev_documents < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise RopelabError("documents, development documents, batch size and lr must be positive")
         for language in self.languages:
             if language not in ("python", "java"):
                 raise RopelabError(f"language {language!r}: the study reads python and java")

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from ropelab.core.checks import int_between, is_int
+from ropelab.core.checks import bound, check_fields, int_between
 from ropelab.core.errors import RopelabError
 from ropelab.core.lengths import parse_length
 from ropelab.eval import get_task
@@ -42,12 +42,20 @@ CURVE_FILE = "copy_curve.json"
 CURVE_SAMPLES = 100
 
 
+#: the declared ranges of the experiment's fields (:func:`ropelab.core.checks.check_fields`)
+POSITIVE = bound(int, "a positive integer", low=1)
+POSITIVE_OR_NONE = bound(int, "a positive integer", low=1, optional=True)
+
+
 @dataclass(kw_only=True)
 class ExperimentConfig:
     pes: list[str] = field(default_factory=lambda: list(DEFAULT_PES))
-    budget_minutes: float | None = None  # None: the recipe's steps and samples; else sized to fit
+    #: None: the recipe's steps and samples; else sized to fit
+    budget_minutes: float | None = field(
+        default=None, metadata=bound(float, "positive", low=0, open_low=True, optional=True)
+    )
     model_config: str = "hope-cpu"
-    train_len: int = 256
+    train_len: int = field(default=256, metadata=POSITIVE)
     data: list[str] = field(default_factory=lambda: ["stdlib"])
     holdout_eval: bool = True  # hold the stdlib files the evaluation reads out of training
     tokenizer: str = "bpe-4k"
@@ -55,19 +63,24 @@ class ExperimentConfig:
     synthetic_repeat: float = 0.6
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     lengths: list[str] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
-    samples: int | None = None  # per task x length x method; default: RECIPE_SAMPLES (or sized from the budget)
-    scale_factor: float | None = None  # +yarn factor; default: longest length / train length (+pi: per length)
-    train_fraction: float = 0.75
-    batch_size: int = 8
-    lr: float = 3e-3
+    #: per task x length x method; default: RECIPE_SAMPLES (or sized from the budget)
+    samples: int | None = field(default=None, metadata=POSITIVE_OR_NONE)
+    #: +yarn factor; default: longest length / train length (+pi: per length)
+    scale_factor: float | None = field(default=None, metadata=bound(float, ">= 1", low=1, optional=True))
+    train_fraction: float = field(
+        default=0.75, metadata=bound(float, "in (0, 1)", low=0, high=1, open_low=True, open_high=True)
+    )
+    batch_size: int = field(default=8, metadata=POSITIVE)
+    lr: float = field(default=3e-3, metadata=bound(float, "positive", low=0, open_low=True))
     seed: int = 0
     window: bool = False  # also the truncated-context reference row of every model
-    steps: int | None = None  # default: RECIPE_STEPS (or sized from the budget)
-    seeds: int = 5  # models per encoding of ``seed_pes``, trained with seeds seed, seed + 1, ...
+    steps: int | None = field(default=None, metadata=POSITIVE_OR_NONE)  # default: RECIPE_STEPS (or from the budget)
+    #: models per encoding of ``seed_pes``, trained with seeds seed, seed + 1, ...
+    seeds: int = field(default=5, metadata=POSITIVE)
     seed_pes: list[str] = field(default_factory=lambda: list(SEED_PES))
-    other_seeds: int = 3  # models per encoding of ``other_seed_pes``
+    other_seeds: int = field(default=3, metadata=POSITIVE)  # models per encoding of ``other_seed_pes``
     tune_lr: bool = True  # each encoding's learning rate from a short sweep on development files (tuning.py)
-    tune_steps: int | None = None  # steps of each tuning run; default: tuning.TUNE_STEPS
+    tune_steps: int | None = field(default=None, metadata=POSITIVE_OR_NONE)  # default: tuning.TUNE_STEPS
     other_seed_pes: list[str] = field(default_factory=lambda: list(OTHER_SEED_PES))
 
     def __post_init__(self) -> None:
@@ -88,29 +101,16 @@ class ExperimentConfig:
             raise RopelabError("a position encoding is listed twice")
         if self.model_config not in CONFIGS:
             raise RopelabError(f"unknown model config {self.model_config!r}; known configs: {', '.join(CONFIGS)}")
-        if self.budget_minutes is not None and not self.budget_minutes > 0:
-            raise RopelabError(f"the budget must be positive, got {self.budget_minutes} minutes")
-        if not 0 < self.train_fraction < 1:
-            raise RopelabError(f"train fraction must be in (0, 1), got {self.train_fraction}")
-        if self.train_len <= 0 or self.batch_size <= 0 or not self.lr > 0:
-            raise RopelabError("train length, batch size and lr must be positive")
+        check_fields(self, RopelabError, lambda name: name.replace("_", " "))
         for name in self.tasks:
             get_task(name)
         for length in self.lengths:
             parse_length(length, self.train_len)
-        for value, name in ((self.samples, "samples"), (self.steps, "steps"), (self.tune_steps, "tune steps")):
-            if value is not None and value <= 0:
-                raise RopelabError(f"{name} must be a positive integer, got {value}")
-        for name in ("seeds", "other_seeds"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
-                raise RopelabError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not int_between(self.seed, 0, 2**63 - 1 - max(self.seeds, self.other_seeds)):
             raise RopelabError(f"seed must be an integer from 0 to 2**63 - 1 - seeds, got {self.seed!r}")
         missing = [p for p in self.seed_pes if p not in self.pes]
         if self.seeds > 1 and missing:
             raise RopelabError(f"--seed-pes names encodings that are not trained: {', '.join(missing)}")
-        if self.scale_factor is not None and not self.scale_factor >= 1:
-            raise RopelabError(f"scale factor must be >= 1, got {self.scale_factor}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
