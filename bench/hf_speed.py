@@ -77,7 +77,7 @@ def worker(args: argparse.Namespace) -> dict:
     else:
 
         def prefill():
-            cache = model.new_cache()
+            cache = model.new_cache(capacity=ids.shape[1] + args.new_tokens)  # as generate allocates it
             hidden = model.hidden_states(ids, cache=cache)
             return model.lm_head(hidden[:, -1]).float(), cache
 

@@ -70,6 +70,25 @@ def test_kv_cache_writes_in_place_and_grows_keeping_every_token():
     assert grew == 4 and cache.filled == [700]  # at 258, 387, 516 and 645 tokens
 
 
+def test_a_cache_of_known_capacity_is_allocated_once_and_still_grows_past_it():
+    """``generate`` knows prompt + new tokens: the buffer holds exactly that, with no room to spare,
+    and is never reallocated while decoding; written past its capacity it grows as usual."""
+    from ropelab.model.transformer import KVCache
+
+    cache = KVCache(n_layers=1, capacity=140)
+    keys = torch.randn(1, 2, 150, 4, generator=torch.Generator().manual_seed(0))
+    cache.update(0, keys[:, :, :100], keys[:, :, :100])
+    buffer = cache.keys[0].data_ptr()
+    assert cache.keys[0].shape[2] == 140
+    for t in range(100, 150):
+        k, _ = cache.update(0, keys[:, :, t : t + 1], keys[:, :, t : t + 1])
+        assert torch.equal(k, keys[:, :, : t + 1])
+        assert (cache.keys[0].data_ptr() == buffer) == (t < 140)  # in place up to the capacity, then grown
+    model = tiny("rope")
+    ids = torch.randint(0, 61, (1, 20), generator=torch.Generator().manual_seed(1))
+    assert model.generate(ids, 7).tolist() == model.generate(ids, 7, use_cache=False).tolist()
+
+
 @pytest.mark.parametrize("spec", ALL_SPECS)
 def test_generate_with_cache_equals_full_recompute(spec):
     model = tiny(spec)

@@ -156,7 +156,7 @@ def stream(
                 f"{model.pe.info.name}: decoding {max_new_tokens} tokens reaches position {top}, outside the learned "
                 f"table (positions 0..{last}); ask for at most {max_new_tokens - (top - last)} new tokens"
             )
-    cache = model.new_cache() if use_cache else None
+    cache = model.new_cache(capacity=ids.shape[1] + max_new_tokens) if use_cache else None  # written in place
     logits = model(ids, positions=positions, cache=cache, attention_mask=attention_mask)[:, -1]
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):

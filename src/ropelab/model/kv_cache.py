@@ -27,6 +27,9 @@ class KVCache:
     """
 
     n_layers: int
+    #: tokens to allocate room for at the first write (a prefill followed by decoding whose total
+    #: length is known, as in ``generate``); None: the filled length plus an eighth (at least 128)
+    capacity: int | None = None
     keys: list[Tensor | None] = field(default_factory=list)
     values: list[Tensor | None] = field(default_factory=list)
     far_keys: list[Tensor | None] = field(default_factory=list)  # windowed methods' second key set
@@ -45,14 +48,14 @@ class KVCache:
     def length(self) -> int:
         return 0 if self.positions is None else int(self.positions.shape[1])
 
-    @staticmethod
-    def _append(store: list[Tensor | None], layer: int, new: Tensor, filled: int) -> Tensor:
+    def _append(self, store: list[Tensor | None], layer: int, new: Tensor, filled: int) -> Tensor:
         """Write ``new [B, H, t, D]`` after the first ``filled`` tokens of ``store[layer]``; returns
         the view of all ``filled + t`` tokens."""
         need = filled + new.shape[2]
         buffer = store[layer]
         if buffer is None or need > buffer.shape[2] or buffer.shape[:2] != new.shape[:2] or buffer.dtype != new.dtype:
-            grown = new.new_empty(*new.shape[:2], need + max(128, need // 8), new.shape[3])
+            room = self.capacity if self.capacity is not None and self.capacity >= need else need + max(128, need // 8)
+            grown = new.new_empty(*new.shape[:2], room, new.shape[3])
             if buffer is not None and filled:
                 grown[:, :, :filled] = buffer[:, :, :filled]
             store[layer] = buffer = grown

@@ -551,8 +551,10 @@ class Transformer(nn.Module):
             return hidden.new_zeros(targets.shape[0], 0, dtype=torch.float32)
         return torch.cat(losses, dim=1)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_layers)
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        """An empty KV cache; ``capacity``: the tokens it will hold in all (prompt and new tokens),
+        allocated exactly at the first write (without it, room for an eighth more, grown as needed)."""
+        return KVCache(self.config.n_layers, capacity=capacity)
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, **kwargs) -> Tensor:
