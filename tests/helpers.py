@@ -551,3 +551,15 @@ def tiny_corpus(tmp_path: Path) -> Path:
 
 #: one JavaScript function opening: nested thousands of times, a deep syntax tree from a small input
 NESTED_JS = "function a(){ "
+
+
+#: the config.json of a minimal eval run (tests that damage or read run directories)
+RUN_CONFIG = {
+    "model": "tiny",
+    "train_len": 256,
+    "methods": ["rope"],
+    "tasks": ["ppl"],
+    "lengths": [256],
+    "samples": 1,
+    "seed": 0,
+}

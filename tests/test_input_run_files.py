@@ -13,6 +13,7 @@ import pytest
 from ropelab.core.errors import RopelabError
 from tests.helpers import (
     GOOD_RECORD,
+    RUN_CONFIG,
     one_error_line,
     run_cli,
 )
@@ -43,15 +44,6 @@ def test_a_corrupt_run_directory_is_one_error_line(tmp_path, capsys):
 
 
 # -- 1. corrupt eval run files -----------------------------------------------------------------
-RUN_CONFIG = {
-    "model": "tiny",
-    "train_len": 256,
-    "methods": ["rope"],
-    "tasks": ["ppl"],
-    "lengths": [256],
-    "samples": 1,
-    "seed": 0,
-}
 BAD_RESULT_LINES = [
     ("123", "expected a record"),
     ("[]", "expected a record"),

@@ -14,6 +14,7 @@ import torch
 from ropelab import ModelConfig, Transformer, save_checkpoint
 from ropelab.core.io import atomic_path, atomic_write_text, current_umask
 from ropelab.model.checkpoint import CONFIG, WEIGHTS
+from tests.helpers import RUN_CONFIG
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 
@@ -86,16 +87,7 @@ def test_eval_report_gets_open_modes(tmp_path, umask):
 
     run = tmp_path / "eval-run"
     run.mkdir()
-    config = {
-        "model": "tiny",
-        "train_len": 256,
-        "methods": ["rope"],
-        "tasks": ["ppl"],
-        "lengths": [256],
-        "samples": 1,
-        "seed": 0,
-    }
-    (run / "config.json").write_text(json.dumps(config))
+    (run / "config.json").write_text(json.dumps(RUN_CONFIG))
     record = {"task": "ppl", "method": "rope", "length": 256, "metrics": {"loss": 2.0}, "seconds": 0.1}
     (run / "results.jsonl").write_text(json.dumps(record) + "\n")
     report = write_report(run)
