@@ -90,32 +90,46 @@ def test_render_reads_json_and_marks_missing_sections(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "RESULTS", tmp_path)
     text = render.render()
     assert text.count("*Not measured yet.*") >= 7  # nothing measured: every section says so, no numbers
+    from bench import hf_speed
+
+    def worker_run(impl, prefill, decode, memory, method="rope"):
+        return {
+            "impl": impl,
+            "method": method,
+            "length": 1024,
+            "prefill_s": prefill,
+            "decode_tokens_per_s": decode,
+            "peak_memory_mb": memory,
+            "generated": [1, 2],
+            "last_logits": [0.5, 0.25],
+            "threads": 2,
+        }
+
+    ours = [
+        worker_run("ropelab", 2.0, 5.0, 10),
+        worker_run("ropelab", 2.2, 6.0, 12),
+        worker_run("ropelab", 1.0, 4.0, 9),
+    ]
+    theirs = [worker_run("transformers", 3.0, 4.0, 20)] * 3
     data = {
         "machine": {"cpu": "TestCPU", "cores": 2, "torch_threads": 2, "torch": "x", "date": "d"},
+        "settings": {"repeats": 3, "new_tokens": 32},
         "results": [
-            {"impl": "ropelab", "length": 1024, "prefill_s": 2.0, "decode_tokens_per_s": 5.0, "peak_memory_mb": 10},
-            {
-                "impl": "transformers",
-                "length": 1024,
-                "prefill_s": 3.0,
-                "decode_tokens_per_s": 4.0,
-                "peak_memory_mb": 20,
-            },
+            hf_speed.summarise(ours),
+            hf_speed.summarise(theirs),
+            hf_speed.summarise([worker_run("ropelab", 2.5, 4.8, 14, "rerope")] * 3),
         ],
-        "comparisons": [
-            {
-                "length": 1024,
-                "prefill_speedup": 1.5,
-                "decode_speedup": 1.25,
-                "memory_ratio": 0.5,
-                "max_logit_diff": 1e-5,
-                "same_tokens": True,
-            }
-        ],
+        "comparisons": [hf_speed._compare(ours, theirs)],
     }
+    comparison = data["comparisons"][0]  # by hand: medians 2.0 s, 5.0 tok/s, 10 MB against 3.0, 4.0, 20
+    assert comparison["prefill_speedup"] == pytest.approx(1.5) and comparison["decode_speedup"] == pytest.approx(1.25)
+    assert comparison["memory_ratio"] == pytest.approx(0.5) and comparison["memory_ratio_rounds"] == [0.45, 0.6]
+    assert comparison["decode_speedup_rounds"] == [1.0, 1.5] and comparison["same_tokens"]
     (tmp_path / "hf_speed.json").write_text(json.dumps(data))
     text = render.render()
-    assert "| 1024 | 2.00 | 3.00 | 1.50x | 5.0 | 4.0 | 10 | 20 | 1.0e-05 | yes |" in text
+    row = "| 1024 | 5.0 (4.0-6.0) | 4.0 (4.0-4.0) | 1.25x (1.00-1.50) | 10 (9-12) | 20 (20-20) | 0.50 (0.45-0.60) "
+    assert row + "| 1.50x (1.36-3.00) | 0.0e+00 | yes |" in text
+    assert "| 1024 | `rerope` | 4.8 (4.8-4.8) | 1.20x | 14 (14-14) |" in text
     assert "TestCPU" in text
 
 

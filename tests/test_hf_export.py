@@ -47,7 +47,11 @@ def _leftovers(parent, name: str) -> list[str]:
         ("rope", "dynamic-ntk:factor=2", "dynamic"),
         ("rope", "llama3:factor=8,high_freq_factor=2", "llama3"),
         ("rope", "proportional:fraction=0.5", "proportional"),
-        ("rope", "longrope:short_factor=1/1.1/1.2/1.3/1.5/1.7/2/2.2,long_factor=2/2.5/3/3.5/4/5/6/7,factor=4", "longrope"),
+        (
+            "rope",
+            "longrope:short_factor=1/1.1/1.2/1.3/1.5/1.7/2/2.2,long_factor=2/2.5/3/3.5/4/5/6/7,factor=4",
+            "longrope",
+        ),
         ("hope", None, "proportional"),  # HoPE's kept frequencies are a prefix: p-RoPE, checked angle by angle
         ("hope", "rope", "default"),  # --method replaces the checkpoint's own
     ],

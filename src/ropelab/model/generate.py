@@ -101,6 +101,43 @@ def check_prompt_length(length: int, max_prompt_tokens: int | None) -> None:
         )
 
 
+#: Prompt tokens per forward pass when a prompt fills a KV cache (:func:`prefill`): the
+#: activations of one chunk at a time instead of the whole prompt's.
+PREFILL_CHUNK = 2048
+
+
+def prefill(
+    model,
+    ids: Tensor,
+    cache=None,
+    *,
+    positions: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    chunk: int = PREFILL_CHUNK,
+) -> Tensor:
+    """Run the prompt ``ids [B, T]`` (into ``cache`` when given) and return the logits of its last
+    position, ``[B, vocab]`` -- the LM head runs on that position only.
+
+    With a cache the prompt goes in ``chunk`` tokens at a time, each attending to the cached ones:
+    the same logits as one pass (to float rounding; tested for every method) with the activation
+    memory of one chunk. An encoding whose rotation depends on the input length (dynamic NTK)
+    takes the prompt in one pass, as its angles would otherwise change between chunks.
+    ``positions`` and ``attention_mask`` are the whole prompt's, checked by the caller
+    (:func:`ropelab.model.inputs.check_inputs`).
+    """
+    T = ids.shape[1]
+    step = T if cache is None or model.pe.rotation_depends_on_length else max(1, chunk)
+    for start in range(0, T, step):
+        end = min(T, start + step)
+        hidden = model.hidden_states(
+            ids[:, start:end],
+            positions=None if positions is None else positions[:, start:end],
+            cache=cache,
+            attention_mask=None if attention_mask is None else attention_mask[:, :end],
+        )
+    return model.lm_head(hidden[:, -1])
+
+
 @torch.no_grad()
 def stream(
     model,
@@ -157,7 +194,7 @@ def stream(
                 f"table (positions 0..{last}); ask for at most {max_new_tokens - (top - last)} new tokens"
             )
     cache = model.new_cache(capacity=ids.shape[1] + max_new_tokens) if use_cache else None  # written in place
-    logits = model(ids, positions=positions, cache=cache, attention_mask=attention_mask)[:, -1]
+    logits = prefill(model, ids, cache, positions=positions, attention_mask=attention_mask)
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -175,7 +212,7 @@ def stream(
             ids = torch.cat((ids, token[:, None]), dim=1)
             if attention_mask is not None:  # a bool mask from check_inputs
                 attention_mask = torch.cat((attention_mask, attention_mask.new_ones(ids.shape[0], 1)), dim=1)
-            logits = model(ids, positions=positions, attention_mask=attention_mask)[:, -1]
+            logits = prefill(model, ids, positions=positions, attention_mask=attention_mask)
 
 
 def generate(model, input_ids, max_new_tokens: int, **kwargs) -> Tensor:

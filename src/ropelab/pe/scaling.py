@@ -237,8 +237,15 @@ METHODS = [
         paper="HF transformers rope type 'proportional'; Barbero et al. 2024, Round and Round We Go! "
         "What makes Rotary Positional Encodings useful? (arXiv 2410.06205)",
         params=(
-            Param("fraction", float, 1.0, "share of the head's channels that rotate (partial_rotary_factor)",
-                  minimum=0.0, maximum=1.0, always_show=True),
+            Param(
+                "fraction",
+                float,
+                1.0,
+                "share of the head's channels that rotate (partial_rotary_factor)",
+                minimum=0.0,
+                maximum=1.0,
+                always_show=True,
+            ),
             replace(FACTOR, default=1.0, always_show=False),
         ),
         factory=proportional,
