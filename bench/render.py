@@ -252,32 +252,16 @@ def section_hf_speed() -> list[str]:
     return lines + _footer(data, command)
 
 
-def _bucket_table(data: dict) -> list[str]:
-    from bench.long_context import bucket_label
-
-    results = data["results"]
-    longest = max(results, key=lambda r: len(r["buckets"]))["buckets"]
-    heads = [bucket_label(b) for b in longest]
-    lines = ["| method | " + " | ".join(heads) + " | mean |", "|---|" + "---:|" * (len(heads) + 1)]
-    best = [min(r["buckets"][i]["mean_loss"] for r in results if i < len(r["buckets"])) for i in range(len(heads))]
-    for r in results:
-        cells = []
-        for i, b in enumerate(r["buckets"]):
-            text = f"{b['mean_loss']:.3f}"
-            cells.append(f"**{text}**" if b["mean_loss"] == best[i] else text)
-        lines.append(f"| `{r.get('spec', r['method'])}` | " + " | ".join(cells) + f" | {r['mean_loss']:.3f} |")
-    return lines
-
-
 def section_window_scaling() -> list[str]:
     command = "python -m bench long-context"
-    title = "3. Windowed methods (ReRoPE, Self-Extend, HiRoPE) vs `rope`: time and memory at 4K-16K"
+    title = "3. Long inputs: windowed methods and the window reference vs `rope`, time and memory"
     lines, data = _section(title, "long_context.json", command, lambda data: data.get("scaling"))
     if data is None:
         return lines
     lines += [
         "SmolLM2-135M, one scored forward pass (chunked LM head) per method and length, each in its own "
-        "process. Memory = growth of the resident set during the pass; its exponent k in memory ~ tokens^k "
+        "process; `window` is the sliding-window reference (the model's own RoPE over the last L tokens, with "
+        "4 sink tokens). Memory = growth of the resident set during the pass; its exponent k in memory ~ tokens^k "
         "between consecutive lengths says how it scales (1 = linear, 2 = quadratic). Targets: time within "
         "2.5x of `rope`, memory linear in length.",
         "",

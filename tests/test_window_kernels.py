@@ -181,7 +181,27 @@ def test_fused_cpu_path_equals_the_masked_chunked_path(monkeypatch, queries, pas
     inputs = [t.to(dtype) for t in _inputs(2, 4, 2, queries, past)]
     with torch.no_grad():
         fused = wa.windowed_attention(*inputs, window, past, chunk_size=chunk, far_keys=sinks)
-        monkeypatch.setattr(wa, "_fused_cpu", lambda *args: None)
+        monkeypatch.setattr(wa, "_flash_cpu_ok", lambda *args: False)  # neither fused path nor decode step
         masked = wa.windowed_attention(*inputs, window, past, chunk_size=chunk, far_keys=sinks)
     tolerance = {"atol": 2e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(fused, masked, **tolerance)
+
+
+@pytest.mark.parametrize(("past", "window"), [(299, 40), (10, 40), (40, 40), (39, 40), (0, 5), (100, 1)])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (6, 2), (9, 3)])
+@pytest.mark.parametrize("sinks", [None, 0, 4])
+def test_decoding_step_reads_the_shared_cache_in_place_and_equals_the_masked_path(
+    monkeypatch, past, window, heads, kv_heads, sinks
+):
+    """A decoding step (one query, no padding) attends with the query heads of a key/value head as
+    one kernel call's rows: the same output as the hand-masked path that copies the cache per head."""
+    inputs = _inputs(2, heads, kv_heads, 1, past)
+    copies = []
+    original = torch.Tensor.repeat_interleave
+    with torch.no_grad():
+        monkeypatch.setattr(torch.Tensor, "repeat_interleave", lambda *a, **k: copies.append(1) or original(*a, **k))
+        step = wa.windowed_attention(*inputs, window, past, far_keys=sinks)
+        assert not copies  # the cache was not expanded per query head
+        monkeypatch.setattr(wa, "_flash_cpu_ok", lambda *args: False)
+        masked = wa.windowed_attention(*inputs, window, past, far_keys=sinks)
+    torch.testing.assert_close(step, masked, atol=2e-6, rtol=1e-5)

@@ -53,7 +53,7 @@ from ropelab.model.generate import generate
 from ropelab.model.inputs import check_inputs, outside_table
 from ropelab.model.kv_cache import KVCache
 from ropelab.model.positions import extend_positions
-from ropelab.model.window_attention import windowed_attention
+from ropelab.model.window_attention import causal_over_cache, windowed_attention
 from ropelab.pe.base import PEContext, PositionEncoding, Rotation, WindowedRotation, apply_rotary
 
 
@@ -100,6 +100,7 @@ class AttentionInputs:
     past: int = 0
     key_mask: Tensor | None = None  # bool [B, Tk], True = real token; None = no padding
     consecutive: bool = False  # every position (cached ones too) is the default 0, 1, 2, ...: known, not read
+    cached_block: bool = False  # several new tokens after cached ones, plain causal: no padding
 
 
 class Attention(nn.Module):
@@ -156,6 +157,8 @@ class Attention(nn.Module):
                 distance_bias=lambda distance: pe.distance_bias(layer, distance),
                 consecutive=inputs.consecutive,
             )
+        if out is None and inputs.cached_block:
+            out = causal_over_cache(q, k, v)
         if out is None:
             out = F.scaled_dot_product_attention(
                 q,
@@ -405,7 +408,9 @@ class Transformer(nn.Module):
             causal_mask, is_causal = None, False
         else:
             causal_mask, is_causal = _causal(T, past + T, positions.device), False
+        cached_block = key_mask is None and past > 0 and T > 1
         return AttentionInputs(
+            cached_block=cached_block,
             q_positions=positions,
             k_positions=k_positions,
             q_rotation=q_rot,
