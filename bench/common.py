@@ -119,6 +119,23 @@ def matmul_peak_gflops(size: int = 2048, seconds: float = 2.0) -> float:
     return best
 
 
+def release_free_memory() -> bool:
+    """Collect garbage and hand the allocator's free pages back to the system (glibc's
+    ``malloc_trim``), so that a resident-set measurement that starts now counts new allocations:
+    memory freed earlier (a converted model's first copy, a warm-up's buffers) otherwise stays
+    resident and is silently reused, hiding part of what the measured code allocates -- more for
+    one process than another. False where there is no glibc (the measurement then goes on)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class RssSampler:
     """Peak resident set size (MB) of this process while the ``with`` block runs."""
 

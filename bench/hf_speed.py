@@ -20,7 +20,10 @@ the same real code (stdlib Python) and:
 * a 16-token warm-up forward first (it pages in the weights, which ropelab memory-maps from its
   checkpoint, and initialises kernels), so load costs are not counted as prefill;
 * **peak memory**: the largest resident set size sampled every 5 ms during prefill + decode,
-  minus the resident set before it (the model weights are not counted).
+  minus the resident set before it (the model weights are not counted), measured after the
+  allocator has returned its free pages to the system (``release_free_memory``): otherwise memory
+  freed before the run (transformers' worker frees the ropelab copy it converted from) is reused
+  unseen and the growth undercounts.
 
 The parent checks equal outputs: the last-position logits of the prefill (max absolute
 difference) and the greedy tokens (identical or not). Target: ropelab at least as fast as
@@ -34,7 +37,7 @@ import gc
 import sys
 import time
 
-from bench.common import RssSampler, at_least, items
+from bench.common import RssSampler, at_least, items, release_free_memory
 
 NAME = "hf-speed"
 DESCRIPTION = "ropelab vs transformers on the same weights: prefill s, decode tokens/s, peak memory, equal outputs"
@@ -90,7 +93,7 @@ def worker(args: argparse.Namespace) -> dict:
     with torch.no_grad():  # warm-up: touches every weight page (ropelab maps the checkpoint lazily) and kernel
         warm = ids[:, :16]
         hf(warm) if args.impl == "transformers" else model(warm)
-    gc.collect()
+    release_free_memory()  # both libraries start from the memory they hold, nothing freed and reusable
     with torch.no_grad(), RssSampler() as memory:
         start = time.perf_counter()
         logits, cache = prefill()

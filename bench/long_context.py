@@ -1,7 +1,7 @@
 """Long-context loss of a real pretrained model under several position methods, in one run.
 
-    python -m bench.long_context [--model smollm2-135m] [--methods rope,yarn:factor=2,...]
-                                 [--tokens 16384] [--bucket 2048] [--out bench/results/long_context.json]
+    python -m bench.long_context [--model smollm2-135m] [--methods rope,rerope,self-extend,hirope,window]
+                                 [--tokens 32768] [--bucket 2048] [--out bench/results/long_context.json]
 
 Text: the longest Python files of the running interpreter's standard library, whole files in a
 fixed order (largest first), concatenated until ``--tokens`` tokens. One forward pass per method
@@ -25,7 +25,8 @@ from bench.common import at_least, items
 
 NAME = "long-context"
 DESCRIPTION = "long-context loss per position bucket of a real model under several methods (time, peak RSS)"
-DEFAULT_METHODS = "rope,ntk:factor=2,yarn:factor=2,rerope,rerope:logn=true,self-extend,hirope,hirope:split=auto"
+#: rope, the windowed methods and the window reference (``eval.plan.REFERENCE``): the published table
+DEFAULT_METHODS = "rope,rerope,self-extend,hirope,window"
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -121,7 +122,7 @@ def render(results: list[dict], bucket: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", default=DEFAULT_METHODS)
-    parser.add_argument("--tokens", type=at_least(1), default=16384, help="length of the scored pass (default: 16384)")
+    parser.add_argument("--tokens", type=at_least(1), default=32768, help="length of the scored pass (default: 32768)")
     parser.add_argument("--bucket", type=at_least(1), default=2048)
     parser.add_argument("--language", choices=("python", "java"), default="python", help="corpus (default: python)")
     parser.add_argument(
@@ -129,10 +130,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scaling-lengths",
-        default="4096,8192",
-        help="shorter passes for the time/memory scaling of --scaling-methods ('' for none; default: 4096,8192)",
+        default="4096,8192,16384",
+        help="shorter passes for the time/memory scaling of --scaling-methods ('' for none; default: 4096,8192,16384)",
     )
-    parser.add_argument("--scaling-methods", default="rope,rerope,self-extend,hirope")
+    parser.add_argument("--scaling-methods", default=DEFAULT_METHODS)
     parser.add_argument("--threads", type=at_least(0), default=0)
     parser.add_argument("--out", default="bench/results/long_context.json")
     parser.add_argument("--method", help=argparse.SUPPRESS)  # worker mode

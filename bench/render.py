@@ -193,7 +193,8 @@ def section_hf_speed() -> list[str]:
     lines += [
         "Prefill of real stdlib code into a KV cache (last-position logits), then "
         f"{data.get('settings', {}).get('new_tokens', 32)} greedy decode steps; every run in a fresh process; peak "
-        "memory = growth of the resident set during prefill + decode (the weights are loaded before). "
+        "memory = growth of the resident set during prefill + decode (the weights are loaded before; the "
+        "allocator's free pages are handed back to the system first, so reused freed memory is not hidden). "
         "transformers runs `LlamaForCausalLM` with SDPA attention, float32, its default (dynamic) cache. "
         f"ropelab runs as `generate` does: the prompt in 2048-token chunks, linear weights stored column-major. "
         f"Each cell is the median of {rounds} rounds (min-max in brackets); a round runs both implementations one "

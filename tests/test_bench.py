@@ -264,3 +264,19 @@ def test_archive_keeps_every_file_of_a_run_and_counts_records_across_them(tmp_pa
     (fresh / "test.jsonl").write_text('{"b": 1}\n{"b": 2}\n')  # more records here than archived: kept
     restore(fresh, archive, names)
     assert (fresh / "test.jsonl").read_text().count("\n") == 2
+
+
+def test_released_memory_leaves_the_resident_set_before_a_measurement():
+    """Freed 100 KB buffers (below glibc's mmap threshold) stay resident until the allocator
+    hands them back: a measurement that starts then would reuse them unseen."""
+    from bench.common import RssSampler, release_free_memory
+
+    kept, freed = [], []
+    for _ in range(2000):  # 200 MB, each buffer pinned in the heap by a small neighbour
+        freed.append(torch.ones(25_000))
+        kept.append(torch.ones(10))
+    full = RssSampler.rss_mb()
+    del freed
+    if not release_free_memory():
+        pytest.skip("no glibc malloc_trim here")
+    assert RssSampler.rss_mb() < full - 100
