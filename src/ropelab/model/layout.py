@@ -22,7 +22,12 @@ from torch import nn
 
 def column_major(model: nn.Module) -> int:
     """Store every CPU ``nn.Linear`` weight of ``model`` column-major, in place; returns how many
-    weights changed (a weight already laid out so, or on another device, is left as it is)."""
+    weights changed (a weight already laid out so, or on another device, is left as it is).
+
+    The other CPU parameters and buffers are copied into memory of their own: weights loaded from
+    a memory-mapped checkpoint view the file's mapping, and one remaining view (a norm's weight)
+    would keep the whole mapping -- every page the conversion read -- resident beside the new copy
+    (the main job's peak memory grew from 2.6 to 3.2 GB that way)."""
     changed = 0
     seen: set[int] = set()
     for module in model.modules():
@@ -36,4 +41,9 @@ def column_major(model: nn.Module) -> int:
             continue
         weight.data = weight.data.t().contiguous().t()
         changed += 1
+    if changed:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if id(tensor) not in seen and tensor.device.type == "cpu":
+                seen.add(id(tensor))
+                tensor.data = tensor.data.clone()
     return changed
