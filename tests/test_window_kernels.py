@@ -165,7 +165,7 @@ def test_a_failing_flex_kernel_falls_back_to_chunked_once_with_one_line(kernel, 
         (300, 0, 40, 64),  # prefill: far part one causal call, band in chunks
         (300, 0, 40, 7),  # chunks shorter than the window
         (64, 0, 500, 32),  # window longer than the input: no far part
-        (1, 299, 40, 256),  # a decoding step: the far part sees every key up to m - window
+        (1, 299, 40, 256),  # a decoding step (it takes _decode_step, before the fused path)
         (20, 30, 40, 256),  # a cached block that starts inside the window
         (20, 40, 40, 256),  # a cached block that starts exactly one window in
         (20, 50, 40, 256),  # a cached multi-query block past the window: the masked path takes over

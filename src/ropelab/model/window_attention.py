@@ -297,7 +297,7 @@ def _fused_cpu(
     scale = 1.0 / math.sqrt(d)
     start = max(0, window - past)  # the first query index that sees any far key
     far_keys = Tk - window
-    if sinks is None and start < Tq and Tq - start not in (far_keys, 1):
+    if sinks is None and start < Tq and Tq - start != far_keys:
         return None
     far_out = far_lse = None
     if start < Tq and sinks is not None:
